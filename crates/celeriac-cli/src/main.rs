@@ -1,0 +1,466 @@
+//! The `celeriac` command: `demo`, `worker`, `call`, `result`, `dlq`.
+
+mod demo;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use celeriac::{Broker, Call, Registry, ResultBackend, Worker, open_backend, open_broker};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use serde_json::{Map, Value};
+
+/// celeriac: parallel, concurrent and distributed task execution,
+/// wire-compatible with Python Celery.
+#[derive(Debug, Parser)]
+#[command(name = "celeriac", version, about)]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    /// Log level: error, warn, info, debug or trace (default: info, and warn
+    /// for `demo`).
+    #[arg(long, global = true, env = "CELERIAC_LOGLEVEL")]
+    loglevel: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, ClapArgs)]
+struct Conn {
+    /// Broker URL (memory://, sqlite:///path.db). Default: the file
+    /// broker at $CELERIAC_HOME/celeriac.db or ~/.local/share/celeriac/celeriac.db.
+    #[arg(long, short = 'b', global = true, env = "CELERIAC_BROKER_URL")]
+    broker: Option<String>,
+    /// Result backend URL. Default: the broker's own store.
+    #[arg(long, global = true, env = "CELERIAC_RESULT_BACKEND")]
+    result_backend: Option<String>,
+}
+
+impl Conn {
+    fn broker_url(&self) -> String {
+        self.broker
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", celeriac::default_db_path().display()))
+    }
+
+    fn backend_url(&self) -> String {
+        self.result_backend
+            .clone()
+            .unwrap_or_else(|| celeriac::default_backend_url(&self.broker_url()))
+    }
+
+    fn open(&self) -> Result<(Arc<dyn Broker>, Arc<dyn ResultBackend>)> {
+        let b = self.broker_url();
+        let broker = open_broker(&b).with_context(|| format!("opening broker {b}"))?;
+        let r = self.backend_url();
+        let backend = open_backend(&r).with_context(|| format!("opening result backend {r}"))?;
+        Ok((broker, backend))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The book's Fibonacci job on the embedded default, with auto-sized
+    /// pools: results, wall time, speedup over one worker, stats.
+    Demo(demo::DemoArgs),
+    /// Consume tasks from the broker and run them.
+    Worker(WorkerArgs),
+    /// Send a task; print its id, or with --wait its result as JSON.
+    Call(CallArgs),
+    /// Print a task's result as JSON (non-zero exit if it failed or is not
+    /// ready).
+    Result(ResultArgs),
+    /// Revoke tasks: every worker, including ones started later, records
+    /// them as REVOKED instead of running them.
+    Revoke {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// How long the revoke is remembered, in seconds.
+        #[arg(long, default_value_t = 3.0 * 3600.0)]
+        ttl: f64,
+    },
+    /// Inspect and requeue dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// List the tasks this binary can run.
+    Tasks {
+        /// Include the diagnostic tasks.
+        #[arg(long)]
+        diagnostic_tasks: bool,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+struct WorkerArgs {
+    /// Concurrency (threads). Default: the number of CPUs.
+    #[arg(short = 'c', long)]
+    concurrency: Option<usize>,
+    /// Pool kind. Only `threads` is available in this version.
+    #[arg(short = 'P', long, default_value = "threads")]
+    pool: String,
+    /// Queues to consume, comma-separated, in priority order.
+    #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery")]
+    queues: Vec<String>,
+    /// Node name. Default: `celeriac@HOSTNAME`.
+    #[arg(short = 'n', long)]
+    hostname: Option<String>,
+    /// Also register celeriac.fail, .panic, .crash and .alloc.
+    #[arg(long)]
+    diagnostic_tasks: bool,
+    /// Largest message body accepted, in bytes; larger ones are dead-lettered.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_body: usize,
+    /// Dead-letter a message delivered more than this many times without an
+    /// ack (its worker crashed each time); 0 disables.
+    #[arg(long, default_value_t = 5)]
+    max_deliveries: u32,
+    /// Rate-limit a task: NAME=RATE, e.g. celeriac.echo=20/s (shared by all
+    /// workers on the broker) or =20/s/w (per worker). Repeatable.
+    #[arg(long, value_name = "NAME=RATE")]
+    rate_limit: Vec<String>,
+}
+
+#[derive(Debug, ClapArgs)]
+struct CallArgs {
+    /// Task name, e.g. celeriac.add.
+    name: String,
+    /// Positional arguments as a JSON list.
+    #[arg(long, default_value = "[]")]
+    args: String,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    kwargs: String,
+    /// Queue to send to.
+    #[arg(long, short = 'q', default_value = "celery")]
+    queue: String,
+    /// Run no earlier than this many seconds from now.
+    #[arg(long)]
+    countdown: Option<f64>,
+    /// Priority 0-9 (0 is the highest on Redis and the embedded brokers).
+    #[arg(long)]
+    priority: Option<u8>,
+    /// Run at most one task with this key (a retried submission gets the
+    /// first one's result).
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Wait for the result and print it as JSON.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait, give up after this many seconds.
+    #[arg(long)]
+    timeout: Option<f64>,
+}
+
+#[derive(Debug, ClapArgs)]
+struct ResultArgs {
+    /// The task id.
+    id: String,
+    /// Wait until the result is ready.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait, give up after this many seconds.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Print the whole stored document instead of the value.
+    #[arg(long)]
+    meta: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move a dead letter back onto its queue.
+    Requeue {
+        /// The dead letter's id (from `dlq list`).
+        id: String,
+    },
+}
+
+/// Exit codes: 0 ok, 1 the task failed, 2 usage or setup error, 3 timed
+/// out, 4 result not ready.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.loglevel.as_deref().unwrap_or(default_level));
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Worker(args) => worker(&cli.conn, args),
+        Command::Call(args) => call(&cli.conn, args),
+        Command::Result(args) => result(&cli.conn, args),
+        Command::Dlq { command } => dlq(&cli.conn, command),
+        Command::Revoke { ids, ttl } => {
+            if !(ttl > 0.0 && ttl.is_finite()) {
+                bail!("--ttl must be a positive number of seconds");
+            }
+            runtime()?.block_on(async {
+                let (broker, _) = cli.conn.open()?;
+                broker.revoke(&ids, Duration::from_secs_f64(ttl)).await?;
+                for id in &ids {
+                    println!("revoked {id}");
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Tasks { diagnostic_tasks } => {
+            for name in Registry::linked(diagnostic_tasks)?.names() {
+                println!("{name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
+    // Validates -P; threads are the only kind in this version.
+    let _pool: celeriac::PoolKind = args.pool.parse()?;
+    let registry = Registry::linked(args.diagnostic_tasks).context("building the task registry")?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (broker, backend) = conn.open()?;
+        let mut b = Worker::builder(broker, backend, Arc::new(registry))
+            .queues(args.queues.clone())
+            .max_body(args.max_body)
+            .max_deliveries(args.max_deliveries);
+        if let Some(c) = args.concurrency {
+            b = b.concurrency(c);
+        }
+        for spec in &args.rate_limit {
+            let (name, rate) = spec
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--rate-limit takes NAME=RATE, got {spec:?}"))?;
+            let limit: celeriac::RateLimit = rate.parse().map_err(anyhow::Error::msg)?;
+            b = b.rate_limit(name, limit);
+        }
+        if let Some(n) = &args.hostname {
+            b = b.nodename(n.clone());
+        }
+        let worker = b.build()?;
+        let w = worker.clone();
+        tokio::spawn(async move {
+            if shutdown_signal().await == Shutdown::Warm {
+                tracing::warn!("warm shutdown: finishing running tasks (signal again for a cold shutdown)");
+                w.shutdown();
+                shutdown_signal().await;
+            }
+            tracing::warn!("cold shutdown: exiting now; unfinished tasks are redelivered when their leases lapse");
+            std::process::exit(1);
+        });
+        worker.run().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Shutdown {
+    Warm,
+    Cold,
+}
+
+/// SIGINT and SIGTERM ask for a warm shutdown, SIGQUIT for a cold one
+/// (as in Celery).
+async fn shutdown_signal() -> Shutdown {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut quit = signal(SignalKind::quit()).expect("install SIGQUIT handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Shutdown::Warm,
+        _ = term.recv() => Shutdown::Warm,
+        _ = quit.recv() => Shutdown::Cold,
+    }
+}
+
+fn parse_json_list(s: &str) -> Result<Vec<Value>> {
+    match serde_json::from_str(s).context("--args must be JSON")? {
+        Value::Array(a) => Ok(a),
+        other => bail!("--args must be a JSON list, got {other}"),
+    }
+}
+
+fn parse_json_object(s: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(s).context("--kwargs must be JSON")? {
+        Value::Object(m) => Ok(m),
+        other => bail!("--kwargs must be a JSON object, got {other}"),
+    }
+}
+
+fn print_outcome(meta: &celeriac::ResultMeta, whole: bool) -> ExitCode {
+    if whole {
+        println!("{}", serde_json::to_string(meta).unwrap_or_default());
+    }
+    match meta.outcome() {
+        Some(Ok(v)) => {
+            if !whole {
+                println!("{v}");
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => {
+            eprintln!("task {} failed: {e}", meta.task_id);
+            if let Some(tb) = e.traceback() {
+                eprintln!("{}", tb.trim_end());
+            }
+            ExitCode::from(1)
+        }
+        None => {
+            eprintln!("task {} is {}", meta.task_id, meta.status);
+            ExitCode::from(4)
+        }
+    }
+}
+
+fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
+    let mut call: Call<Value> = Call::new(args.name.clone())
+        .with_args(parse_json_list(&args.args)?)
+        .with_kwargs(parse_json_object(&args.kwargs)?)
+        .queue(args.queue.clone());
+    if let Some(c) = args.countdown {
+        if !(c >= 0.0 && c.is_finite()) {
+            bail!("--countdown must be a non-negative number of seconds");
+        }
+        call = call.countdown(Duration::from_secs_f64(c));
+    }
+    if let Some(k) = &args.idempotency_key {
+        call = call.idempotency_key(k.clone());
+    }
+    if let Some(p) = args.priority {
+        if p > 9 {
+            bail!("--priority must be 0-9");
+        }
+        call = call.priority(p);
+    }
+    let msg = call.to_message()?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (broker, backend) = conn.open()?;
+        let watch = if args.wait {
+            Some(backend.watch(msg.id()).await?)
+        } else {
+            None
+        };
+        broker
+            .publish(celeriac::Outgoing::from_message(&msg)?)
+            .await
+            .context("publishing the task")?;
+        let Some(watch) = watch else {
+            println!("{}", msg.id());
+            return Ok(ExitCode::SUCCESS);
+        };
+        let meta = match args.timeout {
+            Some(t) => match tokio::time::timeout(Duration::from_secs_f64(t.max(0.0)), watch).await
+            {
+                Ok(r) => r?,
+                Err(_) => {
+                    eprintln!("timed out after {t} s waiting for task {}", msg.id());
+                    return Ok(ExitCode::from(3));
+                }
+            },
+            None => watch.await?,
+        };
+        Ok(print_outcome(&meta, false))
+    })
+}
+
+fn result(conn: &Conn, args: ResultArgs) -> Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (_broker, backend) = conn.open()?;
+        let meta = if args.wait {
+            let watch = backend.watch(&args.id).await?;
+            match args.timeout {
+                Some(t) => {
+                    match tokio::time::timeout(Duration::from_secs_f64(t.max(0.0)), watch).await {
+                        Ok(r) => Some(r?),
+                        Err(_) => {
+                            eprintln!("timed out after {t} s waiting for task {}", args.id);
+                            return Ok(ExitCode::from(3));
+                        }
+                    }
+                }
+                None => Some(watch.await?),
+            }
+        } else {
+            backend.get(&args.id).await?
+        };
+        match meta {
+            Some(m) => Ok(print_outcome(&m, args.meta)),
+            None => {
+                eprintln!("task {} is PENDING (no result stored)", args.id);
+                Ok(ExitCode::from(4))
+            }
+        }
+    })
+}
+
+fn dlq(conn: &Conn, command: DlqCommand) -> Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (broker, _) = conn.open()?;
+        match command {
+            DlqCommand::List { limit } => {
+                for d in broker.dead_letters(limit).await? {
+                    let summary = celeriac::Message::decode(&d.payload)
+                        .map(|m| format!("{} {}", m.task(), m.id()))
+                        .unwrap_or_else(|_| "<undecodable>".to_string());
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        d.id,
+                        d.queue,
+                        celeriac::time::iso_from_unix(d.failed_at),
+                        summary,
+                        d.reason
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            DlqCommand::Requeue { id } => {
+                if broker.requeue_dead_letter(&id).await? {
+                    println!("requeued {id}");
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    eprintln!("no dead letter with id {id}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,58 @@
+//! # celeriac-core
+//!
+//! The layer every other celeriac crate builds on. It holds no IO:
+//!
+//! - [`message`]: the Celery task message, protocol v2, which is celeriac's
+//!   native wire format on every broker (embedded ones included), with v1
+//!   messages accepted and converted, and kombu's `__type__` JSON tags decoded.
+//! - [`result`]: task states and the result document exactly as Celery's
+//!   result backends store it (`status`, `result`, `traceback`, ...).
+//! - [`task`]: the task model: [`Task`], typed [`Call`] handles, argument
+//!   binding ([`Args`]), the [`Registry`] and link-time registration.
+//! - [`broker`]: the [`Broker`] and [`ResultBackend`] extension traits.
+//! - [`error`]: typed errors for each of the above.
+//!
+//! Users normally depend on the `celeriac` facade crate instead.
+
+pub mod broker;
+pub mod error;
+pub mod message;
+pub mod rate;
+pub mod result;
+pub mod retry;
+pub mod routes;
+pub mod task;
+pub mod time;
+
+pub use broker::{
+    Broker, DeadLetter, Delivery, NodeInfo, Outgoing, ResultBackend, ResultWatch, Waiters,
+};
+pub use error::{BackendError, BrokerError, CodecError, RegistryError, TaskError, TaskErrorKind};
+pub use message::{DeliveryInfo, Embed, Headers, Message, Properties};
+pub use rate::RateLimit;
+pub use result::{ExceptionInfo, ResultMeta, State};
+pub use retry::{RetryDecision, TaskOptions};
+pub use routes::Routes;
+pub use task::{Args, Call, IntoArgs, RegisteredTask, Registry, Task, TaskContext, TaskDef};
+
+#[doc(hidden)]
+pub mod __private {
+    //! Items used by code that `#[celeriac::task]` generates. Not public API.
+    pub use inventory;
+    pub use serde_json;
+
+    /// Serializes a task's return value.
+    pub fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, crate::TaskError> {
+        serde_json::to_value(v).map_err(|e| {
+            crate::TaskError::new(format!(
+                "the task's return value cannot be serialized to JSON: {e}"
+            ))
+        })
+    }
+
+    /// The default name of a task: its Rust module path with `::` as `.`
+    /// (the generated module is named after the function).
+    pub fn default_task_name(module_path: &str) -> String {
+        module_path.replace("::", ".")
+    }
+}

@@ -1,0 +1,717 @@
+//! The Celery task message, protocol v2: celeriac's native format on every
+//! broker.
+//!
+//! A [`Message`] is what a task call is on the wire: [`Headers`] (task name,
+//! id, eta, retries, ...), [`Properties`] (correlation id, delivery info,
+//! priority, delivery tag) and the body `[args, kwargs, embed]`.
+//!
+//! [`Message::decode`] reads the JSON envelope that kombu's Redis transport
+//! (and celeriac's embedded brokers) store, accepts protocol v1 messages and
+//! converts them, and decodes kombu's `__type__` JSON tags.
+//! [`Message::encode`] writes the same envelope, byte-compatible with what
+//! Python Celery 5.x produces.
+//!
+//! # Examples
+//!
+//! ```
+//! use celeriac_core::Message;
+//! use serde_json::json;
+//!
+//! let msg = Message::new("tasks.add", vec![json!(2), json!(3)], Default::default());
+//! let bytes = msg.encode().unwrap();
+//! let back = Message::decode(&bytes).unwrap();
+//! assert_eq!(back.headers.task, "tasks.add");
+//! assert_eq!(back.args, vec![json!(2), json!(3)]);
+//! assert_eq!(back.properties.delivery_info.routing_key, "celery");
+//! ```
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::CodecError;
+
+/// The JSON content type, the only one accepted by default.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// The default queue and routing key, as in Celery.
+pub const DEFAULT_QUEUE: &str = "celery";
+
+/// Default upper bound for a decoded body (64 MiB).
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Protocol v2 headers (`celery/app/amqp.py` `as_task_v2`).
+///
+/// Unknown headers are kept in `extra` and written back unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Headers {
+    /// Client language; ignored by workers.
+    #[serde(default)]
+    pub lang: Option<String>,
+    /// The task name. Its presence marks a v2 message.
+    pub task: String,
+    /// The task id (a UUID), equal to `correlation_id`.
+    pub id: String,
+    /// An alias name for logs.
+    #[serde(default)]
+    pub shadow: Option<String>,
+    /// Earliest run time, ISO-8601.
+    #[serde(default)]
+    pub eta: Option<String>,
+    /// Expiry time, ISO-8601.
+    #[serde(default)]
+    pub expires: Option<String>,
+    /// Group id for group and chord-header members.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Index within the group.
+    #[serde(default)]
+    pub group_index: Option<u64>,
+    /// Number of retries so far.
+    #[serde(default)]
+    pub retries: u32,
+    /// `[hard, soft]` time limits in seconds.
+    #[serde(default)]
+    pub timelimit: (Option<f64>, Option<f64>),
+    /// First task of the workflow.
+    #[serde(default)]
+    pub root_id: Option<String>,
+    /// The task that sent this one.
+    #[serde(default)]
+    pub parent_id: Option<String>,
+    /// Repr of the args, for logs.
+    #[serde(default)]
+    pub argsrepr: Option<String>,
+    /// Repr of the kwargs, for logs.
+    #[serde(default)]
+    pub kwargsrepr: Option<String>,
+    /// Who sent it: `gen<pid>@<host>` or a worker node name.
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// Whether the result is not stored; null means "task default".
+    #[serde(default)]
+    pub ignore_result: Option<bool>,
+    /// Celery 5.3+ nesting counter.
+    #[serde(default)]
+    pub replaced_task_nesting: Option<u32>,
+    /// Celery 5.3+ stamping.
+    #[serde(default)]
+    pub stamped_headers: Option<Value>,
+    /// Celery 5.3+ stamps.
+    #[serde(default)]
+    pub stamps: Option<Value>,
+    /// Headers this struct does not name (e.g. `redelivered`).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `delivery_info`: required by kombu on restore and reject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryInfo {
+    /// The exchange; `""` for the default direct publish.
+    #[serde(default)]
+    pub exchange: String,
+    /// The routing key; for exchange `""` it is the queue name.
+    #[serde(default)]
+    pub routing_key: String,
+    /// Other fields, kept as they are.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Message properties.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Properties {
+    /// The task id.
+    #[serde(default)]
+    pub correlation_id: String,
+    /// Client oid (used by the RPC backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// 2 for persistent task messages.
+    #[serde(default = "default_delivery_mode")]
+    pub delivery_mode: u8,
+    /// Exchange and routing key.
+    #[serde(default = "default_delivery_info")]
+    pub delivery_info: DeliveryInfo,
+    /// Priority 0-9.
+    #[serde(default)]
+    pub priority: u8,
+    /// `"base64"` on Redis and the embedded brokers.
+    #[serde(default = "default_body_encoding")]
+    pub body_encoding: String,
+    /// Unique per publish; the key of kombu's `unacked` hash.
+    #[serde(default)]
+    pub delivery_tag: String,
+    /// Other properties, kept as they are.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn default_delivery_mode() -> u8 {
+    2
+}
+fn default_body_encoding() -> String {
+    "base64".to_string()
+}
+fn default_delivery_info() -> DeliveryInfo {
+    DeliveryInfo {
+        exchange: String::new(),
+        routing_key: DEFAULT_QUEUE.to_string(),
+        extra: Map::new(),
+    }
+}
+
+/// The third body element: callbacks, errbacks, chain and chord.
+///
+/// Signatures are kept as JSON objects so that every canvas Python can send
+/// is accepted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Embed {
+    /// Signatures to call with the result on success (`link`).
+    #[serde(default)]
+    pub callbacks: Option<Vec<Value>>,
+    /// Signatures to call on failure (`link_error`).
+    #[serde(default)]
+    pub errbacks: Option<Vec<Value>>,
+    /// Remaining chain steps, in reverse order.
+    #[serde(default)]
+    pub chain: Option<Vec<Value>>,
+    /// Chord body, when this task is a chord-header member.
+    #[serde(default)]
+    pub chord: Option<Value>,
+    /// Other fields, kept as they are.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A task message, protocol v2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The headers.
+    pub headers: Headers,
+    /// The properties.
+    pub properties: Properties,
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    pub kwargs: Map<String, Value>,
+    /// Callbacks, errbacks, chain and chord.
+    pub embed: Embed,
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope {
+    body: Value,
+    #[serde(rename = "content-type", default)]
+    content_type: Option<String>,
+    #[serde(rename = "content-encoding", default)]
+    content_encoding: Option<String>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+    #[serde(default)]
+    properties: Option<Map<String, Value>>,
+}
+
+#[derive(Serialize)]
+struct OutEnvelope<'a> {
+    body: String,
+    #[serde(rename = "content-encoding")]
+    content_encoding: &'static str,
+    #[serde(rename = "content-type")]
+    content_type: &'static str,
+    headers: &'a Headers,
+    properties: &'a Properties,
+}
+
+fn origin() -> String {
+    static ORIGIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ORIGIN
+        .get_or_init(|| format!("gen{}@{}", std::process::id(), hostname()))
+        .clone()
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// Python-style repr of JSON values, truncated as Celery does (1024 chars).
+fn py_repr(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("None"),
+        Value::Bool(true) => out.push_str("True"),
+        Value::Bool(false) => out.push_str("False"),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => {
+            out.push('\'');
+            for c in s.chars() {
+                match c {
+                    '\'' => out.push_str("\\'"),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('\'');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                py_repr(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                py_repr(&Value::String(k.clone()), out);
+                out.push_str(": ");
+                py_repr(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn truncate_repr(mut s: String) -> String {
+    if s.len() > 1024 {
+        let mut cut = 1021;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// `argsrepr` for positional args: a Python tuple repr.
+pub fn args_repr(args: &[Value]) -> String {
+    let mut out = String::from("(");
+    for (i, a) in args.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        py_repr(a, &mut out);
+    }
+    if args.len() == 1 {
+        out.push(',');
+    }
+    out.push(')');
+    truncate_repr(out)
+}
+
+/// `kwargsrepr`: a Python dict repr.
+pub fn kwargs_repr(kwargs: &Map<String, Value>) -> String {
+    let mut out = String::new();
+    py_repr(&Value::Object(kwargs.clone()), &mut out);
+    truncate_repr(out)
+}
+
+impl Message {
+    /// A new message for task `name`, with a fresh id, routed to the default
+    /// queue `celery`, as `app.send_task(name, args, kwargs)` would build it.
+    pub fn new(name: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
+        let id = uuid::Uuid::new_v4().to_string();
+        Self::with_id(name, &id, args, kwargs)
+    }
+
+    /// Like [`Message::new`] with a given task id.
+    pub fn with_id(name: &str, id: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
+        let headers = Headers {
+            lang: Some("rs".to_string()),
+            task: name.to_string(),
+            id: id.to_string(),
+            shadow: None,
+            eta: None,
+            expires: None,
+            group: None,
+            group_index: None,
+            retries: 0,
+            timelimit: (None, None),
+            root_id: Some(id.to_string()),
+            parent_id: None,
+            argsrepr: Some(args_repr(&args)),
+            kwargsrepr: Some(kwargs_repr(&kwargs)),
+            origin: Some(origin()),
+            ignore_result: None,
+            replaced_task_nesting: Some(0),
+            stamped_headers: None,
+            stamps: Some(Value::Object(Map::new())),
+            extra: Map::new(),
+        };
+        let properties = Properties {
+            correlation_id: id.to_string(),
+            reply_to: None,
+            delivery_mode: 2,
+            delivery_info: default_delivery_info(),
+            priority: 0,
+            body_encoding: "base64".to_string(),
+            delivery_tag: uuid::Uuid::new_v4().to_string(),
+            extra: Map::new(),
+        };
+        Message {
+            headers,
+            properties,
+            args,
+            kwargs,
+            embed: Embed::default(),
+        }
+    }
+
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.headers.id
+    }
+
+    /// The task name.
+    pub fn task(&self) -> &str {
+        &self.headers.task
+    }
+
+    /// The queue the message is routed to (its routing key for the default
+    /// exchange).
+    pub fn queue(&self) -> &str {
+        &self.properties.delivery_info.routing_key
+    }
+
+    /// Routes the message to `queue` through the default exchange.
+    pub fn set_queue(&mut self, queue: &str) {
+        self.properties.delivery_info.exchange = String::new();
+        self.properties.delivery_info.routing_key = queue.to_string();
+    }
+
+    /// `eta` as unix seconds, if set and parseable.
+    pub fn eta_unix(&self) -> Option<f64> {
+        self.headers.eta.as_deref().and_then(crate::time::parse_iso)
+    }
+
+    /// The idempotency key (header `idempotency_key`), if any.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.headers
+            .extra
+            .get(crate::task::IDEMPOTENCY_HEADER)
+            .and_then(Value::as_str)
+            .filter(|k| !k.is_empty())
+    }
+
+    /// `expires` as unix seconds, if set and parseable.
+    pub fn expires_unix(&self) -> Option<f64> {
+        self.headers
+            .expires
+            .as_deref()
+            .and_then(crate::time::parse_iso)
+    }
+
+    /// Serializes the body `[args, kwargs, embed]` as JSON.
+    pub fn body_json(&self) -> Result<Vec<u8>, CodecError> {
+        Ok(serde_json::to_vec(&(
+            &self.args,
+            &self.kwargs,
+            &self.embed,
+        ))?)
+    }
+
+    /// Encodes the JSON envelope as kombu's Redis transport stores it: the
+    /// body base64-encoded, `body_encoding: "base64"`.
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        let body = B64.encode(self.body_json()?);
+        let env = OutEnvelope {
+            body,
+            content_encoding: "utf-8",
+            content_type: CONTENT_TYPE_JSON,
+            headers: &self.headers,
+            properties: &self.properties,
+        };
+        Ok(serde_json::to_vec(&env)?)
+    }
+
+    /// Decodes an envelope (protocol v2 or v1) with the default body limit.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        Self::decode_with_limit(bytes, DEFAULT_MAX_BODY)
+    }
+
+    /// Decodes an envelope, refusing bodies larger than `max_body` bytes.
+    pub fn decode_with_limit(bytes: &[u8], max_body: usize) -> Result<Self, CodecError> {
+        let raw: RawEnvelope = serde_json::from_slice(bytes)
+            .map_err(|e| CodecError::Malformed(format!("envelope is not a JSON object: {e}")))?;
+        let mut headers = raw.headers.unwrap_or_default();
+        let mut properties = raw.properties.unwrap_or_default();
+        if let Some(c) = headers.get("compression").and_then(Value::as_str) {
+            return Err(CodecError::UnsupportedCompression(c.to_string()));
+        }
+        let content_type = raw
+            .content_type
+            .unwrap_or_else(|| CONTENT_TYPE_JSON.to_string());
+        if content_type != CONTENT_TYPE_JSON {
+            return Err(CodecError::ContentDisallowed(content_type));
+        }
+        if let Some(enc) = raw.content_encoding.as_deref()
+            && !enc.eq_ignore_ascii_case("utf-8")
+            && !enc.eq_ignore_ascii_case("utf8")
+        {
+            return Err(CodecError::Malformed(format!(
+                "unsupported content-encoding {enc:?} for JSON"
+            )));
+        }
+        let base64_body = properties
+            .get("body_encoding")
+            .and_then(Value::as_str)
+            .is_some_and(|e| e == "base64");
+        let body: Value = match raw.body {
+            Value::String(s) => {
+                let bytes = if base64_body {
+                    B64.decode(s.as_bytes()).map_err(|e| {
+                        CodecError::Malformed(format!("body is not valid base64: {e}"))
+                    })?
+                } else {
+                    s.into_bytes()
+                };
+                if bytes.len() > max_body {
+                    return Err(CodecError::TooLarge {
+                        size: bytes.len(),
+                        limit: max_body,
+                    });
+                }
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| CodecError::Malformed(format!("body is not JSON: {e}")))?
+            }
+            other => other,
+        };
+        let body = decode_kombu_tags(body);
+
+        let is_v2 = headers.get("task").is_some_and(|t| !t.is_null());
+        let (args, kwargs, embed) = if is_v2 {
+            split_v2_body(body)?
+        } else {
+            convert_v1(body, &mut headers)?
+        };
+
+        // Fill what older or foreign producers leave out.
+        let id = headers
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| CodecError::Malformed("header `id` is missing".into()))?;
+        if !properties.contains_key("correlation_id") {
+            properties.insert("correlation_id".into(), Value::String(id.clone()));
+        }
+        if !headers.contains_key("root_id") {
+            headers.insert("root_id".into(), Value::String(id));
+        }
+        let headers: Headers = serde_json::from_value(Value::Object(headers))
+            .map_err(|e| CodecError::Malformed(format!("bad headers: {e}")))?;
+        if headers.task.is_empty() {
+            return Err(CodecError::Malformed("header `task` is empty".into()));
+        }
+        let properties: Properties = serde_json::from_value(Value::Object(properties))
+            .map_err(|e| CodecError::Malformed(format!("bad properties: {e}")))?;
+        Ok(Message {
+            headers,
+            properties,
+            args,
+            kwargs,
+            embed,
+        })
+    }
+}
+
+type Body = (Vec<Value>, Map<String, Value>, Embed);
+
+fn split_v2_body(body: Value) -> Result<Body, CodecError> {
+    let Value::Array(mut parts) = body else {
+        return Err(CodecError::Malformed(
+            "v2 body must be a list [args, kwargs, embed]".into(),
+        ));
+    };
+    if parts.is_empty() || parts.len() > 3 {
+        return Err(CodecError::Malformed(format!(
+            "v2 body must have 2 or 3 elements, found {}",
+            parts.len()
+        )));
+    }
+    let embed = if parts.len() == 3 {
+        match parts.pop() {
+            Some(Value::Null) | None => Embed::default(),
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| CodecError::Malformed(format!("bad embed: {e}")))?,
+        }
+    } else {
+        Embed::default()
+    };
+    let kwargs = match parts.pop() {
+        Some(Value::Object(m)) => m,
+        Some(Value::Null) | None => Map::new(),
+        Some(other) => {
+            return Err(CodecError::Malformed(format!(
+                "kwargs must be an object, found {}",
+                type_name(&other)
+            )));
+        }
+    };
+    let args = match parts.pop() {
+        Some(Value::Array(a)) => a,
+        Some(Value::Null) | None => Vec::new(),
+        Some(other) => {
+            return Err(CodecError::Malformed(format!(
+                "args must be a list, found {}",
+                type_name(&other)
+            )));
+        }
+    };
+    Ok((args, kwargs, embed))
+}
+
+/// Protocol v1: everything lives in a body dict. Converted the way Celery's
+/// `proto1_to_proto2` does.
+fn convert_v1(body: Value, headers: &mut Map<String, Value>) -> Result<Body, CodecError> {
+    let Value::Object(mut b) = body else {
+        return Err(CodecError::Malformed(
+            "message has no `task` header and its body is not a v1 dict".into(),
+        ));
+    };
+    let task = b
+        .remove("task")
+        .and_then(|t| t.as_str().map(str::to_string))
+        .ok_or_else(|| CodecError::Malformed("v1 body has no `task`".into()))?;
+    let id = b
+        .remove("id")
+        .and_then(|t| t.as_str().map(str::to_string))
+        .ok_or_else(|| CodecError::Malformed("v1 body has no `id`".into()))?;
+    let args = match b.remove("args") {
+        Some(Value::Array(a)) => a,
+        None | Some(Value::Null) => Vec::new(),
+        Some(other) => {
+            return Err(CodecError::Malformed(format!(
+                "v1 args must be a list, found {}",
+                type_name(&other)
+            )));
+        }
+    };
+    let kwargs = match b.remove("kwargs") {
+        Some(Value::Object(m)) => m,
+        None | Some(Value::Null) => Map::new(),
+        Some(other) => {
+            return Err(CodecError::Malformed(format!(
+                "v1 kwargs must be an object, found {}",
+                type_name(&other)
+            )));
+        }
+    };
+    headers.insert("lang".into(), Value::String("py".into()));
+    headers.insert("task".into(), Value::String(task));
+    headers.insert("id".into(), Value::String(id.clone()));
+    headers.insert("root_id".into(), Value::String(id));
+    for key in [
+        "eta",
+        "expires",
+        "group",
+        "group_index",
+        "retries",
+        "timelimit",
+    ] {
+        if let Some(v) = b.remove(key).filter(|v| !v.is_null()) {
+            headers.insert(key.into(), v);
+        }
+    }
+    if let Some(Value::String(ts)) = b.remove("taskset") {
+        headers
+            .entry("group")
+            .or_insert_with(|| Value::String(ts.clone()));
+    }
+    headers.insert("argsrepr".into(), Value::String(args_repr(&args)));
+    headers.insert("kwargsrepr".into(), Value::String(kwargs_repr(&kwargs)));
+    let embed = Embed {
+        callbacks: b.remove("callbacks").and_then(list_or_none),
+        errbacks: b.remove("errbacks").and_then(list_or_none),
+        chain: None,
+        chord: b.remove("chord").filter(|c| !c.is_null()),
+        extra: Map::new(),
+    };
+    Ok((args, kwargs, embed))
+}
+
+fn list_or_none(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(a) => Some(a),
+        _ => None,
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Decodes kombu's JSON type tags (`{"__type__": ..., "__value__": ...}`)
+/// into plain JSON, recursively:
+///
+/// | tag | becomes |
+/// |---|---|
+/// | `datetime`, `date`, `time` | the ISO-8601 string |
+/// | `decimal` | the decimal's string (lossless) |
+/// | `uuid` (`{"hex": ...}`) | the hyphenated UUID string |
+/// | `bytes` | the UTF-8 string |
+/// | `base64` | a list of byte values (so `Vec<u8>` parameters accept it) |
+///
+/// Unknown tags are left as they are.
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::message::decode_kombu_tags;
+/// use serde_json::json;
+/// let v = decode_kombu_tags(json!({"when": {"__type__": "datetime", "__value__": "2026-11-26T10:00:00+00:00"},
+///     "id": {"__type__": "uuid", "__value__": {"hex": "f2b687d9fe7d46fc9a4051f8d40bb0b2"}}}));
+/// assert_eq!(v, json!({"when": "2026-11-26T10:00:00+00:00", "id": "f2b687d9-fe7d-46fc-9a40-51f8d40bb0b2"}));
+/// ```
+pub fn decode_kombu_tags(v: Value) -> Value {
+    match v {
+        Value::Array(items) => Value::Array(items.into_iter().map(decode_kombu_tags).collect()),
+        Value::Object(mut map) => {
+            if map.len() == 2 && map.contains_key("__type__") && map.contains_key("__value__") {
+                let ty = map.get("__type__").and_then(Value::as_str).unwrap_or("");
+                let tagged = match ty {
+                    "datetime" | "date" | "time" | "decimal" | "bytes" => {
+                        map.get("__value__").filter(|v| v.is_string()).cloned()
+                    }
+                    "uuid" => map
+                        .get("__value__")
+                        .and_then(|v| v.get("hex").or(Some(v)))
+                        .and_then(Value::as_str)
+                        .and_then(|hex| uuid::Uuid::parse_str(hex).ok())
+                        .map(|u| Value::String(u.hyphenated().to_string())),
+                    "base64" => map
+                        .get("__value__")
+                        .and_then(Value::as_str)
+                        .and_then(|s| B64.decode(s).ok())
+                        .map(|bytes| Value::Array(bytes.into_iter().map(Value::from).collect())),
+                    _ => None,
+                };
+                if let Some(v) = tagged {
+                    return v;
+                }
+            }
+            for (_, item) in map.iter_mut() {
+                let taken = std::mem::take(item);
+                *item = decode_kombu_tags(taken);
+            }
+            Value::Object(map)
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,160 @@
+//! Retry policy: Celery's `max_retries`, `default_retry_delay`,
+//! `retry_backoff`, `retry_backoff_max`, `retry_jitter` and
+//! `autoretry_for`, plus the task's `rate_limit`.
+
+use crate::error::{TaskError, TaskErrorKind};
+use crate::rate::RateLimit;
+
+/// A task's retry policy. Built with `const fn`s, so `#[task(...)]` can
+/// store it in a static.
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::{TaskError, TaskOptions, RetryDecision};
+///
+/// const OPTS: TaskOptions = TaskOptions::new()
+///     .max_retries(Some(3))
+///     .retry_backoff(2.0)
+///     .retry_jitter(false)
+///     .autoretry_for(&["ConnectionError"]);
+///
+/// let err = TaskError::typed("ConnectionError", "builtins", "refused");
+/// assert_eq!(OPTS.decide(&err, 0, 0.5), RetryDecision::Retry { countdown: 2.0 });
+/// assert_eq!(OPTS.decide(&err, 2, 0.5), RetryDecision::Retry { countdown: 8.0 });
+/// assert_eq!(OPTS.decide(&err, 3, 0.5), RetryDecision::GiveUp);
+/// assert_eq!(OPTS.decide(&TaskError::new("other"), 0, 0.5), RetryDecision::NoRetry);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskOptions {
+    max_retries: Option<u32>,
+    default_retry_delay: f64,
+    retry_backoff: Option<f64>,
+    retry_backoff_max: f64,
+    retry_jitter: bool,
+    autoretry_for: &'static [&'static str],
+    rate_limit: Option<RateLimit>,
+}
+
+/// What to do with a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RetryDecision {
+    /// Not a retry request: the task failed.
+    NoRetry,
+    /// Retry in `countdown` seconds, with the same task id.
+    Retry {
+        /// Seconds until the next attempt.
+        countdown: f64,
+    },
+    /// A retry was asked for, but `max_retries` is reached.
+    GiveUp,
+}
+
+impl TaskOptions {
+    /// Celery's defaults: 3 retries, 180 s apart, no backoff, jitter on,
+    /// nothing retried automatically.
+    pub const DEFAULT: TaskOptions = TaskOptions {
+        max_retries: Some(3),
+        default_retry_delay: 180.0,
+        retry_backoff: None,
+        retry_backoff_max: 600.0,
+        retry_jitter: true,
+        autoretry_for: &[],
+        rate_limit: None,
+    };
+
+    /// The defaults.
+    pub const fn new() -> Self {
+        Self::DEFAULT
+    }
+
+    /// At most this many retries; `None` retries without limit.
+    pub const fn max_retries(mut self, n: Option<u32>) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Delay of a retry without a countdown when there is no backoff.
+    pub const fn default_retry_delay(mut self, secs: f64) -> Self {
+        self.default_retry_delay = secs;
+        self
+    }
+
+    /// Exponential backoff: retry `n` waits `factor · 2ⁿ` seconds, capped
+    /// by [`retry_backoff_max`](Self::retry_backoff_max).
+    pub const fn retry_backoff(mut self, factor: f64) -> Self {
+        self.retry_backoff = Some(factor);
+        self
+    }
+
+    /// The backoff cap in seconds (default 600).
+    pub const fn retry_backoff_max(mut self, secs: f64) -> Self {
+        self.retry_backoff_max = secs;
+        self
+    }
+
+    /// With jitter (the default), a backoff delay is drawn uniformly from
+    /// `[0, delay]`, so that retries of many tasks spread out.
+    pub const fn retry_jitter(mut self, on: bool) -> Self {
+        self.retry_jitter = on;
+        self
+    }
+
+    /// Errors retried automatically, by `exc_type` (e.g. `"ConnectionError"`).
+    pub const fn autoretry_for(mut self, exc_types: &'static [&'static str]) -> Self {
+        self.autoretry_for = exc_types;
+        self
+    }
+
+    /// Limits how often the task starts (see [`RateLimit`]).
+    pub const fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// The rate limit, if any.
+    pub fn rate(&self) -> Option<RateLimit> {
+        self.rate_limit
+    }
+
+    /// The retry limit.
+    pub fn retry_limit(&self) -> Option<u32> {
+        self.max_retries
+    }
+
+    /// Decides what a failed attempt means. `retries` is how many retries
+    /// came before it; `random` is a number in `[0, 1)` for the jitter.
+    pub fn decide(&self, err: &TaskError, retries: u32, random: f64) -> RetryDecision {
+        let wanted = err.kind() == TaskErrorKind::Retry
+            || err.is_retryable()
+            || self.autoretry_for.contains(&err.exc_type());
+        if !wanted {
+            return RetryDecision::NoRetry;
+        }
+        if self.max_retries.is_some_and(|max| retries >= max) {
+            return RetryDecision::GiveUp;
+        }
+        let countdown = match (err.countdown(), self.retry_backoff) {
+            (Some(c), _) => c,
+            (None, Some(factor)) => {
+                let exp = 2f64.powi(retries.min(60) as i32);
+                let delay = (factor * exp).min(self.retry_backoff_max);
+                if self.retry_jitter {
+                    delay * random.clamp(0.0, 1.0)
+                } else {
+                    delay
+                }
+            }
+            (None, None) => self.default_retry_delay,
+        };
+        RetryDecision::Retry {
+            countdown: countdown.max(0.0),
+        }
+    }
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}

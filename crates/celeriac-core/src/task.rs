@@ -1,0 +1,716 @@
+//! The task model: the [`Task`] trait that `#[celeriac::task]` implements,
+//! typed [`Call`] handles, argument binding and the [`Registry`].
+//!
+//! A task has a stable string name on the wire. Arguments arrive as JSON:
+//! positional args map to parameters in order and kwargs map by name. A call
+//! that does not fit (too many or missing arguments, unknown keywords, wrong
+//! types) becomes a typed [`TaskError`] of kind
+//! [`TaskErrorKind::InvalidArguments`](crate::TaskErrorKind::InvalidArguments),
+//! stored as a FAILURE; it never panics the worker.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::{RegistryError, TaskError};
+use crate::message::Message;
+use crate::retry::TaskOptions;
+
+/// The header that carries an idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency_key";
+
+/// The arguments of one task call, as they came off the wire.
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::Args;
+/// use serde_json::json;
+///
+/// let args = Args::new(vec![json!(2)], [("y".to_string(), json!(3))].into_iter().collect());
+/// let mut bound = args.bind("add", &["x", "y"]).unwrap();
+/// let x: i64 = bound.take(0).unwrap();
+/// let y: i64 = bound.take(1).unwrap();
+/// assert_eq!(x + y, 5);
+///
+/// let err = Args::new(vec![json!(1), json!(2), json!(3)], Default::default())
+///     .bind("add", &["x", "y"])
+///     .unwrap_err();
+/// assert_eq!(err.message(), "add() takes 2 positional arguments but 3 were given");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Args {
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    pub kwargs: Map<String, Value>,
+}
+
+impl Args {
+    /// Arguments from positional and keyword parts.
+    pub fn new(args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
+        Args { args, kwargs }
+    }
+
+    /// Binds the arguments to parameter names, Python style: positional
+    /// first, then keywords by name.
+    pub fn bind(self, task: &str, params: &'static [&'static str]) -> Result<BoundArgs, TaskError> {
+        if self.args.len() > params.len() {
+            return Err(TaskError::invalid_arguments(format!(
+                "{task}() takes {} positional argument{} but {} {} given",
+                params.len(),
+                if params.len() == 1 { "" } else { "s" },
+                self.args.len(),
+                if self.args.len() == 1 { "was" } else { "were" },
+            )));
+        }
+        let mut slots: Vec<Option<Value>> = Vec::with_capacity(params.len());
+        slots.extend(self.args.into_iter().map(Some));
+        slots.resize(params.len(), None);
+        for (key, value) in self.kwargs {
+            match params.iter().position(|p| *p == key) {
+                Some(i) if slots[i].is_some() => {
+                    return Err(TaskError::invalid_arguments(format!(
+                        "{task}() got multiple values for argument '{key}'"
+                    )));
+                }
+                Some(i) => slots[i] = Some(value),
+                None => {
+                    return Err(TaskError::invalid_arguments(format!(
+                        "{task}() got an unexpected keyword argument '{key}'"
+                    )));
+                }
+            }
+        }
+        Ok(BoundArgs {
+            task: task.to_string(),
+            params,
+            slots,
+        })
+    }
+}
+
+/// Arguments bound to parameter slots; see [`Args::bind`].
+#[derive(Debug)]
+pub struct BoundArgs {
+    task: String,
+    params: &'static [&'static str],
+    slots: Vec<Option<Value>>,
+}
+
+impl BoundArgs {
+    /// Takes parameter `i` and deserializes it as `T`. A missing argument is
+    /// accepted only for `Option` parameters (it becomes `None`).
+    pub fn take<T: DeserializeOwned>(&mut self, i: usize) -> Result<T, TaskError> {
+        let name = self.params.get(i).copied().unwrap_or("?");
+        match self.slots.get_mut(i).and_then(Option::take) {
+            Some(v) => serde_json::from_value(v).map_err(|e| {
+                TaskError::invalid_arguments(format!("{}() argument '{name}': {e}", self.task))
+            }),
+            None => serde_json::from_value(Value::Null).map_err(|_| {
+                TaskError::invalid_arguments(format!(
+                    "{}() missing 1 required positional argument: '{name}'",
+                    self.task
+                ))
+            }),
+        }
+    }
+}
+
+/// Conversion of a tuple of Rust values into positional JSON arguments.
+///
+/// Implemented for tuples of up to 12 `Serialize` values and for
+/// `Vec<Value>`.
+pub trait IntoArgs {
+    /// The positional arguments, or a message saying which could not be
+    /// serialized.
+    fn into_args(self) -> Result<Vec<Value>, String>;
+}
+
+impl IntoArgs for Vec<Value> {
+    fn into_args(self) -> Result<Vec<Value>, String> {
+        Ok(self)
+    }
+}
+
+macro_rules! tuple_into_args {
+    ($($name:ident),*) => {
+        impl<$($name: Serialize),*> IntoArgs for ($($name,)*) {
+            #[allow(non_snake_case)]
+            fn into_args(self) -> Result<Vec<Value>, String> {
+                let ($($name,)*) = self;
+                Ok(vec![$(serde_json::to_value($name).map_err(|e| e.to_string())?),*])
+            }
+        }
+    };
+}
+impl IntoArgs for () {
+    fn into_args(self) -> Result<Vec<Value>, String> {
+        Ok(Vec::new())
+    }
+}
+tuple_into_args!(A);
+tuple_into_args!(A, B);
+tuple_into_args!(A, B, C);
+tuple_into_args!(A, B, C, D);
+tuple_into_args!(A, B, C, D, E);
+tuple_into_args!(A, B, C, D, E, F);
+tuple_into_args!(A, B, C, D, E, F, G);
+tuple_into_args!(A, B, C, D, E, F, G, H);
+tuple_into_args!(A, B, C, D, E, F, G, H, I);
+tuple_into_args!(A, B, C, D, E, F, G, H, I, J);
+tuple_into_args!(A, B, C, D, E, F, G, H, I, J, K);
+tuple_into_args!(A, B, C, D, E, F, G, H, I, J, K, L);
+
+/// What a running task knows about its own call.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    id: String,
+    name: String,
+    retries: u32,
+    hostname: String,
+    root_id: Option<String>,
+    parent_id: Option<String>,
+    group: Option<String>,
+}
+
+impl TaskContext {
+    /// The context for executing `msg` on worker node `hostname`.
+    pub fn from_message(msg: &Message, hostname: &str) -> Self {
+        TaskContext {
+            id: msg.headers.id.clone(),
+            name: msg.headers.task.clone(),
+            retries: msg.headers.retries,
+            hostname: hostname.to_string(),
+            root_id: msg.headers.root_id.clone(),
+            parent_id: msg.headers.parent_id.clone(),
+            group: msg.headers.group.clone(),
+        }
+    }
+
+    /// A context for calling a task directly, outside any worker.
+    pub fn detached(name: &str) -> Self {
+        TaskContext {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.to_string(),
+            retries: 0,
+            hostname: String::new(),
+            root_id: None,
+            parent_id: None,
+            group: None,
+        }
+    }
+
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// The task name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// How many times this task has been retried.
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+    /// The node name of the worker running it.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+    /// The first task of the workflow.
+    pub fn root_id(&self) -> Option<&str> {
+        self.root_id.as_deref()
+    }
+    /// The task that sent this one.
+    pub fn parent_id(&self) -> Option<&str> {
+        self.parent_id.as_deref()
+    }
+    /// The group id, for group members.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    /// A request to retry this task with the same id in `countdown`
+    /// (Celery's `self.retry(countdown=...)`); return it as the task's
+    /// error. [`TaskContext::retry_later`] uses the task's delay or backoff.
+    pub fn retry(&self, countdown: Duration) -> TaskError {
+        TaskError::retry(Some(countdown))
+    }
+
+    /// A request to retry after the task's retry delay or backoff.
+    pub fn retry_later(&self) -> TaskError {
+        TaskError::retry(None)
+    }
+}
+
+/// The function that decodes arguments and runs a task.
+pub type RunFn = fn(&TaskContext, Args) -> Result<Value, TaskError>;
+
+/// A task, as `#[celeriac::task]` implements it for the type it generates
+/// with the function's name.
+///
+/// The name is the task's identity on the wire; Rust type paths never go on
+/// the wire.
+pub trait Task: 'static {
+    /// The positional arguments, as a tuple.
+    type Args: IntoArgs;
+    /// The return value, as clients decode it.
+    type Output: DeserializeOwned;
+    /// Parameter names, in order (the task context is not one of them).
+    const PARAMS: &'static [&'static str];
+    /// The retry policy (Celery's defaults unless the attribute sets it).
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
+    /// The task's wire name, e.g. `tasks.add`.
+    fn name() -> &'static str;
+    /// Binds `args` and runs the task.
+    fn run(ctx: &TaskContext, args: Args) -> Result<Value, TaskError>;
+    /// A typed call of this task with `args`.
+    fn call(args: Self::Args) -> Call<Self::Output> {
+        Call::new(Self::name()).with_args(args)
+    }
+}
+
+/// A link-time task registration, submitted by `#[celeriac::task]` and
+/// collected by [`Registry::linked`].
+#[derive(Debug)]
+pub struct TaskDef {
+    /// The task's wire name.
+    pub name: fn() -> &'static str,
+    /// Runs the task.
+    pub run: RunFn,
+    /// Diagnostic tasks are registered only on request (e.g. a worker's
+    /// `--diagnostic-tasks`).
+    pub diagnostic: bool,
+    /// The retry policy.
+    pub options: TaskOptions,
+}
+
+inventory::collect!(TaskDef);
+
+type DynRun = dyn Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync;
+
+/// A task known to a [`Registry`].
+#[derive(Clone)]
+pub struct RegisteredTask {
+    name: String,
+    run: Arc<DynRun>,
+    options: TaskOptions,
+}
+
+impl RegisteredTask {
+    /// The task's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The task's retry policy.
+    pub fn options(&self) -> &TaskOptions {
+        &self.options
+    }
+
+    /// Runs the task with `args`. Panics are not caught here; executors catch
+    /// them.
+    pub fn invoke(&self, ctx: &TaskContext, args: Args) -> Result<Value, TaskError> {
+        (self.run)(ctx, args)
+    }
+}
+
+impl fmt::Debug for RegisteredTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegisteredTask")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The tasks a worker can run, by name.
+///
+/// [`Registry::linked`] collects every `#[celeriac::task]` linked into the
+/// binary; [`Registry::register`] and [`Registry::register_fn`] add tasks
+/// explicitly. A duplicate name is an error.
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::{Args, Registry, TaskContext};
+/// use serde_json::json;
+///
+/// let mut reg = Registry::new();
+/// reg.register_fn("tasks.double", |_ctx, args: Args| {
+///     let mut b = args.bind("double", &["x"])?;
+///     let x: i64 = b.take(0)?;
+///     Ok(json!(x * 2))
+/// }).unwrap();
+/// assert!(reg.register_fn("tasks.double", |_, _| Ok(json!(null))).is_err());
+/// let task = reg.get("tasks.double").unwrap();
+/// let out = task.invoke(&TaskContext::detached("tasks.double"), Args::new(vec![json!(21)], Default::default()));
+/// assert_eq!(out.unwrap(), json!(42));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    tasks: HashMap<String, Arc<RegisteredTask>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every task linked into the binary with `#[celeriac::task]`;
+    /// diagnostic tasks only when `diagnostic` is true.
+    pub fn linked(diagnostic: bool) -> Result<Self, RegistryError> {
+        let mut reg = Registry::new();
+        for def in inventory::iter::<TaskDef> {
+            if def.diagnostic && !diagnostic {
+                continue;
+            }
+            reg.register_def(def)?;
+        }
+        Ok(reg)
+    }
+
+    /// Registers a link-time definition.
+    pub fn register_def(&mut self, def: &TaskDef) -> Result<&mut Self, RegistryError> {
+        let run = def.run;
+        self.insert((def.name)(), Arc::new(run), def.options)
+    }
+
+    /// Registers task type `T` (the escape hatch when link-time registration
+    /// is not wanted, e.g. a task defined in a test).
+    pub fn register<T: Task>(&mut self) -> Result<&mut Self, RegistryError> {
+        self.insert(T::name(), Arc::new(T::run), T::OPTIONS)
+    }
+
+    /// Registers a closure under `name`.
+    pub fn register_fn<F>(&mut self, name: &str, f: F) -> Result<&mut Self, RegistryError>
+    where
+        F: Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync + 'static,
+    {
+        self.insert(name, Arc::new(f), TaskOptions::DEFAULT)
+    }
+
+    /// Registers a closure under `name` with a retry policy.
+    pub fn register_fn_with<F>(
+        &mut self,
+        name: &str,
+        options: TaskOptions,
+        f: F,
+    ) -> Result<&mut Self, RegistryError>
+    where
+        F: Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync + 'static,
+    {
+        self.insert(name, Arc::new(f), options)
+    }
+
+    fn insert(
+        &mut self,
+        name: &str,
+        run: Arc<DynRun>,
+        options: TaskOptions,
+    ) -> Result<&mut Self, RegistryError> {
+        if name.is_empty() || name.chars().any(char::is_whitespace) {
+            return Err(RegistryError::InvalidName(name.to_string()));
+        }
+        if self.tasks.contains_key(name) {
+            return Err(RegistryError::Duplicate(name.to_string()));
+        }
+        self.tasks.insert(
+            name.to_string(),
+            Arc::new(RegisteredTask {
+                name: name.to_string(),
+                run,
+                options,
+            }),
+        );
+        Ok(self)
+    }
+
+    /// Looks a task up by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<RegisteredTask>> {
+        self.tasks.get(name)
+    }
+
+    /// Whether a task of this name is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tasks.contains_key(name)
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tasks.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Number of registered tasks.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether no task is registered.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+/// Options of one call: routing, timing and identity.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Queue to route to (default `celery`).
+    pub queue: Option<String>,
+    /// Run no earlier than this many seconds after sending.
+    pub countdown: Option<Duration>,
+    /// Run no earlier than this unix time.
+    pub eta: Option<f64>,
+    /// Expire (become REVOKED) after this unix time.
+    pub expires: Option<f64>,
+    /// Priority 0-9.
+    pub priority: Option<u8>,
+    /// Use this task id instead of a fresh UUID.
+    pub task_id: Option<String>,
+    /// Do not store the result.
+    pub ignore_result: Option<bool>,
+    /// Hard time limit in seconds.
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds.
+    pub soft_time_limit: Option<f64>,
+    /// Idempotency key: tasks sharing one run once; see
+    /// [`Call::idempotency_key`].
+    pub idempotency_key: Option<String>,
+}
+
+/// A call of a task: its name, arguments and options, typed by the output
+/// `T` that a client decodes from the result.
+///
+/// `#[celeriac::task]` generates `add::call(2, 3) -> Call<i64>`; a call of a
+/// task known only by name is built with [`Call::new`].
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::Call;
+///
+/// let call: Call<i64> = Call::new("celeriac.add").arg(2).arg(3).queue("math");
+/// let msg = call.to_message().unwrap();
+/// assert_eq!(msg.task(), "celeriac.add");
+/// assert_eq!(msg.queue(), "math");
+/// assert_eq!(msg.headers.argsrepr.as_deref(), Some("(2, 3)"));
+/// ```
+pub struct Call<T> {
+    name: Cow<'static, str>,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    error: Option<String>,
+    options: CallOptions,
+    _out: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Call<T> {
+    fn clone(&self) -> Self {
+        Call {
+            name: self.name.clone(),
+            args: self.args.clone(),
+            kwargs: self.kwargs.clone(),
+            error: self.error.clone(),
+            options: self.options.clone(),
+            _out: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Call<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("name", &self.name)
+            .field("args", &self.args)
+            .field("kwargs", &self.kwargs)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<T> Call<T> {
+    /// A call of task `name` with no arguments yet.
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        Call {
+            name: name.into(),
+            args: Vec::new(),
+            kwargs: Map::new(),
+            error: None,
+            options: CallOptions::default(),
+            _out: PhantomData,
+        }
+    }
+
+    fn record<V: Serialize>(&mut self, what: &str, v: V) -> Value {
+        serde_json::to_value(v).unwrap_or_else(|e| {
+            self.error
+                .get_or_insert_with(|| format!("{what} cannot be serialized to JSON: {e}"));
+            Value::Null
+        })
+    }
+
+    /// Appends a positional argument.
+    pub fn arg<V: Serialize>(mut self, v: V) -> Self {
+        let v = self.record("argument", v);
+        self.args.push(v);
+        self
+    }
+
+    /// Sets a keyword argument.
+    pub fn kwarg<V: Serialize>(mut self, key: &str, v: V) -> Self {
+        let v = self.record("keyword argument", v);
+        self.kwargs.insert(key.to_string(), v);
+        self
+    }
+
+    /// Replaces the positional arguments.
+    pub fn with_args(mut self, args: impl IntoArgs) -> Self {
+        match args.into_args() {
+            Ok(a) => self.args = a,
+            Err(e) => {
+                self.error
+                    .get_or_insert(format!("argument cannot be serialized to JSON: {e}"));
+            }
+        }
+        self
+    }
+
+    /// Replaces the keyword arguments.
+    pub fn with_kwargs(mut self, kwargs: Map<String, Value>) -> Self {
+        self.kwargs = kwargs;
+        self
+    }
+
+    /// Routes the call to `queue`.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.options.queue = Some(queue.into());
+        self
+    }
+
+    /// Runs the task no earlier than `delay` from now.
+    pub fn countdown(mut self, delay: Duration) -> Self {
+        self.options.countdown = Some(delay);
+        self
+    }
+
+    /// Runs the task no earlier than unix time `at`.
+    pub fn eta(mut self, at: f64) -> Self {
+        self.options.eta = Some(at);
+        self
+    }
+
+    /// The task expires (becomes REVOKED) if not started within `ttl`.
+    pub fn expires_in(mut self, ttl: Duration) -> Self {
+        self.options.expires = Some(crate::time::unix_now() + ttl.as_secs_f64());
+        self
+    }
+
+    /// Sets the priority, 0-9.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.options.priority = Some(priority.min(9));
+        self
+    }
+
+    /// Uses a given task id.
+    pub fn task_id(mut self, id: impl Into<String>) -> Self {
+        self.options.task_id = Some(id.into());
+        self
+    }
+
+    /// Does not store the result.
+    pub fn ignore_result(mut self, ignore: bool) -> Self {
+        self.options.ignore_result = Some(ignore);
+        self
+    }
+
+    /// Gives the call an idempotency key (the `idempotency_key` header).
+    /// Workers run at most one task per key (for the result TTL): a second
+    /// task with the same key, e.g. a client retrying a submission, gets
+    /// the first one's result without running.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.options.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets hard and soft time limits in seconds (`timelimit` header).
+    pub fn time_limits(mut self, hard: Option<f64>, soft: Option<f64>) -> Self {
+        self.options.time_limit = hard;
+        self.options.soft_time_limit = soft;
+        self
+    }
+
+    /// The task name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The positional arguments.
+    pub fn args(&self) -> &[Value] {
+        &self.args
+    }
+
+    /// The keyword arguments.
+    pub fn kwargs(&self) -> &Map<String, Value> {
+        &self.kwargs
+    }
+
+    /// The options.
+    pub fn options(&self) -> &CallOptions {
+        &self.options
+    }
+
+    /// The same call with another output type.
+    pub fn cast<U>(self) -> Call<U> {
+        Call {
+            name: self.name,
+            args: self.args,
+            kwargs: self.kwargs,
+            error: self.error,
+            options: self.options,
+            _out: PhantomData,
+        }
+    }
+
+    /// Builds the protocol v2 message for this call.
+    pub fn to_message(&self) -> Result<Message, TaskError> {
+        if let Some(e) = &self.error {
+            return Err(TaskError::invalid_arguments(e.clone()));
+        }
+        let mut msg = match &self.options.task_id {
+            Some(id) => Message::with_id(&self.name, id, self.args.clone(), self.kwargs.clone()),
+            None => Message::new(&self.name, self.args.clone(), self.kwargs.clone()),
+        };
+        let o = &self.options;
+        if let Some(q) = &o.queue {
+            msg.set_queue(q);
+        }
+        let eta = match (o.eta, o.countdown) {
+            (Some(at), _) => Some(at),
+            (None, Some(d)) => Some(crate::time::unix_now() + d.as_secs_f64()),
+            (None, None) => None,
+        };
+        msg.headers.eta = eta.map(crate::time::iso_from_unix);
+        msg.headers.expires = o.expires.map(crate::time::iso_from_unix);
+        if let Some(p) = o.priority {
+            msg.properties.priority = p;
+        }
+        msg.headers.ignore_result = o.ignore_result;
+        msg.headers.timelimit = (o.time_limit, o.soft_time_limit);
+        if let Some(key) = &o.idempotency_key {
+            msg.headers
+                .extra
+                .insert(IDEMPOTENCY_HEADER.to_string(), Value::String(key.clone()));
+        }
+        Ok(msg)
+    }
+}

@@ -1,0 +1,46 @@
+//! # celeriac-embedded
+//!
+//! Brokers and result stores that need no server:
+//!
+//! - [`MemoryBroker`] and [`MemoryBackend`] (`memory://`): inside one
+//!   process. `memory://` opens a private instance; `memory://NAME` opens the
+//!   process-wide instance called `NAME`, so that a client and a worker in
+//!   one process can share it.
+//! - [`SqliteBroker`] and [`SqliteBackend`] (`sqlite:///path/to/file.db`):
+//!   a durable file in SQLite's WAL mode that several processes on one
+//!   machine share safely.
+//!
+//! Both store Celery protocol v2 envelopes, exactly as they would travel
+//! through Redis, and keep the celeriac broker contract: atomic claims with
+//! leases, delayed (eta) messages stored in the broker, dead letters with a
+//! reason, and nothing dropped. On both, **priority 0 is the highest**, as
+//! on Redis.
+//!
+//! ## The SQLite design
+//!
+//! One table holds every message with a `visible_at` time. A message is
+//! claimable when `visible_at <= now`. Publishing sets it to the eta (or
+//! now). A claim runs in one `BEGIN IMMEDIATE` transaction that selects the
+//! claimable rows and sets `visible_at` to the end of a lease, a fresh
+//! `claim_token` and the consumer name, so a claimed message is never only
+//! in a worker's memory. Workers renew the lease while the task runs. If the
+//! worker dies, the lease lapses and the next claim takes the message again
+//! (`redelivered`). Ack, renew and requeue match on the claim token, so a
+//! worker whose lease lapsed cannot ack a message another worker holds.
+
+mod memory;
+mod sqlite;
+mod url;
+
+pub use memory::{MemoryBackend, MemoryBroker};
+pub use sqlite::{SqliteBackend, SqliteBroker};
+pub use url::{SqliteOptions, default_db_path, parse_sqlite_url};
+
+use std::time::Duration;
+
+/// How long a claim holds a message before it is claimable again, unless
+/// renewed. Workers renew at a third of it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// How long results are kept (Celery's `result_expires`, one day).
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(86_400);

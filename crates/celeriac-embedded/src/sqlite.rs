@@ -1,0 +1,924 @@
+//! `sqlite://`: a durable broker and result store in one SQLite file (WAL),
+//! shared safely by several processes on one machine. See the crate docs
+//! for the design.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use celeriac_core::time::unix_now;
+use celeriac_core::{
+    BackendError, Broker, BrokerError, DeadLetter, Delivery, NodeInfo, Outgoing, ResultBackend,
+    ResultMeta, ResultWatch, Waiters,
+};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::Notify;
+
+use crate::url::{SqliteOptions, parse_sqlite_url};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    visible_at REAL NOT NULL,
+    tag TEXT NOT NULL,
+    task_id TEXT NOT NULL DEFAULT '',
+    payload BLOB NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    consumer TEXT,
+    claim_token TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages(queue, priority, id);
+CREATE INDEX IF NOT EXISTS messages_visible ON messages(queue, visible_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    task_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    expires_at REAL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_seq ON results(seq);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rate_limits (
+    key TEXT PRIMARY KEY,
+    tat REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked (
+    task_id TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    concurrency INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    last_seen REAL NOT NULL
+);
+";
+
+fn open_connection(opts: &SqliteOptions) -> Result<Connection, String> {
+    if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let conn = Connection::open(&opts.path)
+        .map_err(|e| format!("cannot open {}: {e}", opts.path.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    // Switching a new file to WAL needs exclusive access. When another
+    // process opens the same new file at that moment, SQLite may leave the
+    // mode unchanged (or report busy) instead of waiting, so retry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mode = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0));
+        match mode {
+            Ok(m) if m.eq_ignore_ascii_case("wal") => break,
+            other if std::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "{} cannot use WAL mode: {other:?}",
+                    opts.path.display()
+                ));
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let sync = if opts.full_sync { "FULL" } else { "NORMAL" };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"
+    ))
+    .map_err(|e| e.to_string())?;
+    // Several processes may create the schema at once; IF NOT EXISTS inside
+    // an immediate transaction makes that safe.
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
+        .map_err(|e| e.to_string())?;
+    // Files made before messages carried their task id.
+    let has_task_id: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'task_id'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(|e| e.to_string())?
+        > 0;
+    if !has_task_id {
+        conn.execute_batch("ALTER TABLE messages ADD COLUMN task_id TEXT NOT NULL DEFAULT ''")
+            .or_else(|e| {
+                // Another process may have added it meanwhile.
+                if e.to_string().contains("duplicate column") {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(conn)
+}
+
+#[derive(Debug)]
+struct Db {
+    conn: Mutex<Connection>,
+    path: String,
+}
+
+impl Db {
+    fn open(opts: &SqliteOptions) -> Result<Arc<Self>, String> {
+        Ok(Arc::new(Db {
+            conn: Mutex::new(open_connection(opts)?),
+            path: opts.path.display().to_string(),
+        }))
+    }
+}
+
+/// Runs a blocking database closure off the async executor.
+async fn blocking<T, E, F>(db: &Arc<Db>, f: F, map_err: fn(String) -> E) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+{
+    let db = db.clone();
+    let run = move || {
+        let mut conn = db.conn.lock();
+        f(&mut conn).map_err(|e| map_err(e.to_string()))
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| map_err(format!("database task failed: {e}")))?
+    } else {
+        run()
+    }
+}
+
+fn storage(e: String) -> BrokerError {
+    BrokerError::Storage(e)
+}
+
+fn split_tag(tag: &str) -> Result<(i64, String), BrokerError> {
+    let (id, token) = tag
+        .split_once(':')
+        .ok_or_else(|| BrokerError::NotHeld(tag.to_string()))?;
+    let id = id
+        .parse::<i64>()
+        .map_err(|_| BrokerError::NotHeld(tag.to_string()))?;
+    Ok((id, token.to_string()))
+}
+
+/// A durable broker in a SQLite file (`sqlite:///path/to/file.db`).
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::{Broker, Message, Outgoing};
+/// use celeriac_embedded::SqliteBroker;
+/// use std::time::Duration;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let url = format!("sqlite://{}/q.db", dir.path().display());
+/// let broker = SqliteBroker::open(&url).unwrap();
+/// let msg = Message::new("celeriac.add", vec![2.into(), 3.into()], Default::default());
+/// broker.publish(Outgoing::from_message(&msg).unwrap()).await.unwrap();
+/// // Another handle on the same file, as another process would open it.
+/// let other = SqliteBroker::open(&url).unwrap();
+/// let got = other.claim("w1", &["celery".into()], 1, Duration::from_secs(1)).await.unwrap();
+/// assert_eq!(Message::decode(&got[0].payload).unwrap().id(), msg.id());
+/// other.ack(&got[0]).await.unwrap();
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct SqliteBroker {
+    db: Arc<Db>,
+    lease: Duration,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+impl SqliteBroker {
+    /// Opens (creating if needed) the file named by a `sqlite://` URL.
+    pub fn open(url: &str) -> Result<Arc<Self>, BrokerError> {
+        let opts = parse_sqlite_url(url)?;
+        Self::open_with(&opts)
+    }
+
+    /// Opens with parsed options.
+    pub fn open_with(opts: &SqliteOptions) -> Result<Arc<Self>, BrokerError> {
+        Ok(Arc::new(SqliteBroker {
+            db: Db::open(opts).map_err(BrokerError::Connection)?,
+            lease: opts.lease,
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        Path::new(&self.db.path)
+    }
+
+    /// Makes waiting claims return and later calls fail.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    fn check_open(&self) -> Result<(), BrokerError> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(BrokerError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn try_claim(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        max: usize,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let consumer = consumer.to_string();
+        let queues = queues.to_vec();
+        let lease = self.lease.as_secs_f64();
+        blocking(
+            &self.db,
+            move |conn| {
+                let now = unix_now();
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut out = Vec::new();
+                {
+                    let mut pick = tx.prepare_cached(
+                        "SELECT m.id, m.queue, m.payload, m.deliveries,
+                           EXISTS (SELECT 1 FROM revoked r
+                                   WHERE r.task_id = m.task_id AND r.expires_at > ?2)
+                         FROM messages m
+                         WHERE m.queue = ?1 AND m.visible_at <= ?2
+                         ORDER BY m.priority ASC, m.id ASC LIMIT ?3",
+                    )?;
+                    let mut mark = tx.prepare_cached(
+                        "UPDATE messages SET visible_at = ?2, consumer = ?3, claim_token = ?4,
+                         deliveries = deliveries + 1 WHERE id = ?1",
+                    )?;
+                    for q in &queues {
+                        let want = max - out.len();
+                        if want == 0 {
+                            break;
+                        }
+                        let rows: Vec<(i64, String, Vec<u8>, u32, bool)> = pick
+                            .query_map(params![q, now, want as i64], |r| {
+                                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                            })?
+                            .collect::<Result<_, _>>()?;
+                        for (id, queue, payload, deliveries, revoked) in rows {
+                            let token = uuid::Uuid::new_v4().simple().to_string();
+                            mark.execute(params![id, now + lease, consumer, token])?;
+                            out.push(Delivery {
+                                tag: format!("{id}:{token}"),
+                                queue,
+                                payload,
+                                deliveries: deliveries + 1,
+                                redelivered: deliveries > 0,
+                                revoked,
+                            });
+                        }
+                    }
+                }
+                tx.commit()?;
+                Ok(out)
+            },
+            storage,
+        )
+        .await
+    }
+
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        sql: &'static str,
+        extra: Option<f64>,
+    ) -> Result<(), BrokerError> {
+        self.check_open()?;
+        let (id, token) = split_tag(&delivery.tag)?;
+        let tag = delivery.tag.clone();
+        let changed = blocking(
+            &self.db,
+            move |conn| match extra {
+                Some(x) => conn.execute(sql, params![id, token, x]),
+                None => conn.execute(sql, params![id, token]),
+            },
+            storage,
+        )
+        .await?;
+        if changed == 0 {
+            return Err(BrokerError::NotHeld(tag));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Broker for SqliteBroker {
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.db.path)
+    }
+
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    async fn publish(&self, msg: Outgoing) -> Result<(), BrokerError> {
+        self.publish_batch(vec![msg]).await
+    }
+
+    async fn publish_batch(&self, msgs: Vec<Outgoing>) -> Result<(), BrokerError> {
+        self.check_open()?;
+        blocking(
+            &self.db,
+            move |conn| {
+                let now = unix_now();
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                {
+                    let mut ins = tx.prepare_cached(
+                        "INSERT INTO messages (queue, priority, visible_at, tag, task_id, payload, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?;
+                    for m in &msgs {
+                        let visible = m.eta.map_or(now, |e| e.max(now));
+                        ins.execute(params![
+                            m.queue,
+                            m.priority.min(9),
+                            visible,
+                            m.tag,
+                            m.task_id,
+                            m.payload,
+                            now
+                        ])?;
+                    }
+                }
+                tx.commit()
+            },
+            storage,
+        )
+        .await?;
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let deadline = Instant::now() + timeout;
+        // Other processes publish without waking us, so poll, backing off
+        // from 1 ms to 20 ms while idle; this process's publishes wake us.
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            self.check_open()?;
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let got = self.try_claim(consumer, queues, max.max(1)).await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(got);
+            }
+            let wait = backoff.min(deadline - now);
+            if tokio::time::timeout(wait, notified).await.is_ok() {
+                backoff = Duration::from_millis(1);
+            } else {
+                backoff = (backoff * 2).min(Duration::from_millis(20));
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
+        self.settle(
+            delivery,
+            "DELETE FROM messages WHERE id = ?1 AND claim_token = ?2",
+            None,
+        )
+        .await
+    }
+
+    async fn renew(&self, deliveries: &[Delivery]) -> Result<(), BrokerError> {
+        self.check_open()?;
+        let tags: Vec<(i64, String)> = deliveries
+            .iter()
+            .filter_map(|d| split_tag(&d.tag).ok())
+            .collect();
+        let lease = self.lease.as_secs_f64();
+        blocking(
+            &self.db,
+            move |conn| {
+                let until = unix_now() + lease;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                {
+                    let mut up = tx.prepare_cached(
+                        "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND claim_token = ?2",
+                    )?;
+                    for (id, token) in &tags {
+                        up.execute(params![id, token, until])?;
+                    }
+                }
+                tx.commit()
+            },
+            storage,
+        )
+        .await
+    }
+
+    async fn requeue(
+        &self,
+        delivery: &Delivery,
+        not_before: Option<f64>,
+    ) -> Result<(), BrokerError> {
+        let at = not_before.unwrap_or_else(unix_now);
+        self.settle(
+            delivery,
+            "UPDATE messages SET visible_at = ?3, consumer = NULL, claim_token = NULL
+             WHERE id = ?1 AND claim_token = ?2",
+            Some(at),
+        )
+        .await?;
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
+        self.check_open()?;
+        let (id, token) = split_tag(&delivery.tag)?;
+        let reason = reason.to_string();
+        let moved = blocking(
+            &self.db,
+            move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let n = tx.execute(
+                    "INSERT INTO dead_letters (queue, reason, failed_at, payload)
+                     SELECT queue, ?3, ?4, payload FROM messages WHERE id = ?1 AND claim_token = ?2",
+                    params![id, token, reason, unix_now()],
+                )?;
+                tx.execute(
+                    "DELETE FROM messages WHERE id = ?1 AND claim_token = ?2",
+                    params![id, token],
+                )?;
+                tx.commit()?;
+                Ok(n)
+            },
+            storage,
+        )
+        .await?;
+        if moved == 0 {
+            return Err(BrokerError::NotHeld(delivery.tag.clone()));
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        blocking(
+            &self.db,
+            move |conn| {
+                let mut st = conn.prepare_cached(
+                    "SELECT id, queue, reason, failed_at, payload FROM dead_letters ORDER BY id LIMIT ?1",
+                )?;
+                st.query_map(params![limit as i64], |r| {
+                    Ok(DeadLetter {
+                        id: r.get::<_, i64>(0)?.to_string(),
+                        queue: r.get(1)?,
+                        reason: r.get(2)?,
+                        failed_at: r.get(3)?,
+                        payload: r.get(4)?,
+                    })
+                })?
+                .collect()
+            },
+            storage,
+        )
+        .await
+    }
+
+    async fn requeue_dead_letter(&self, id: &str) -> Result<bool, BrokerError> {
+        let Ok(id) = id.parse::<i64>() else {
+            return Ok(false);
+        };
+        let moved = blocking(
+            &self.db,
+            move |conn| {
+                let now = unix_now();
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let row: Option<(String, Vec<u8>)> = tx
+                    .query_row(
+                        "SELECT queue, payload FROM dead_letters WHERE id = ?1",
+                        params![id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let Some((queue, payload)) = row else {
+                    return Ok(false);
+                };
+                let task_id = crate::memory::task_id_of(&payload);
+                tx.execute(
+                    "INSERT INTO messages (queue, priority, visible_at, tag, task_id, payload, created_at)
+                     VALUES (?1, 0, ?2, ?3, ?4, ?5, ?2)",
+                    params![queue, now, format!("dlq-{id}"), task_id, payload],
+                )?;
+                tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])?;
+                tx.commit()?;
+                Ok(true)
+            },
+            storage,
+        )
+        .await?;
+        self.notify.notify_waiters();
+        Ok(moved)
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
+        let queue = queue.to_string();
+        blocking(
+            &self.db,
+            move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM messages WHERE queue = ?1 AND claim_token IS NULL",
+                    params![queue],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as usize)
+            },
+            storage,
+        )
+        .await
+    }
+
+    async fn rate_wait(&self, key: &str, interval: f64) -> Result<f64, BrokerError> {
+        let key = key.to_string();
+        blocking(
+            &self.db,
+            move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tat: Option<f64> = tx
+                    .query_row(
+                        "SELECT tat FROM rate_limits WHERE key = ?1",
+                        params![key],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let wait = match celeriac_core::rate::gcra(tat, unix_now(), interval) {
+                    Ok(new_tat) => {
+                        tx.execute(
+                            "INSERT INTO rate_limits (key, tat) VALUES (?1, ?2)
+                             ON CONFLICT(key) DO UPDATE SET tat = excluded.tat",
+                            params![key, new_tat],
+                        )?;
+                        0.0
+                    }
+                    Err(wait) => wait,
+                };
+                tx.commit()?;
+                Ok(wait)
+            },
+            storage,
+        )
+        .await
+    }
+
+    async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        let ids = task_ids.to_vec();
+        let until = unix_now() + ttl.as_secs_f64();
+        blocking(
+            &self.db,
+            move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "DELETE FROM revoked WHERE expires_at <= ?1",
+                    params![unix_now()],
+                )?;
+                {
+                    let mut ins = tx.prepare_cached(
+                        "INSERT INTO revoked (task_id, expires_at) VALUES (?1, ?2)
+                         ON CONFLICT(task_id) DO UPDATE SET expires_at = excluded.expires_at",
+                    )?;
+                    for id in &ids {
+                        ins.execute(params![id, until])?;
+                    }
+                }
+                tx.commit()
+            },
+            storage,
+        )
+        .await
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {
+        let node = node.clone();
+        blocking(
+            &self.db,
+            move |conn| {
+                conn.execute(
+                    "INSERT INTO nodes (name, concurrency, pid, last_seen) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(name) DO UPDATE SET concurrency = excluded.concurrency,
+                     pid = excluded.pid, last_seen = excluded.last_seen",
+                    params![node.name, node.concurrency as i64, node.pid, node.last_seen],
+                )
+                .map(|_| ())
+            },
+            storage,
+        )
+        .await
+    }
+
+    async fn node_gone(&self, name: &str) -> Result<(), BrokerError> {
+        let name = name.to_string();
+        blocking(
+            &self.db,
+            move |conn| {
+                conn.execute("DELETE FROM nodes WHERE name = ?1", params![name])
+                    .map(|_| ())
+            },
+            storage,
+        )
+        .await
+    }
+
+    async fn nodes(&self, max_age: Duration) -> Result<Vec<NodeInfo>, BrokerError> {
+        let cutoff = unix_now() - max_age.as_secs_f64();
+        blocking(
+            &self.db,
+            move |conn| {
+                let mut st = conn.prepare_cached(
+                    "SELECT name, concurrency, pid, last_seen FROM nodes WHERE last_seen >= ?1 ORDER BY name",
+                )?;
+                st.query_map(params![cutoff], |r| {
+                    Ok(NodeInfo {
+                        name: r.get(0)?,
+                        concurrency: r.get::<_, i64>(1)? as usize,
+                        pid: r.get(2)?,
+                        last_seen: r.get(3)?,
+                    })
+                })?
+                .collect()
+            },
+            storage,
+        )
+        .await
+    }
+}
+
+fn backend_storage(e: String) -> BackendError {
+    BackendError::Storage(e)
+}
+
+#[derive(Debug)]
+struct BackendShared {
+    db: Arc<Db>,
+    waiters: Waiters,
+    poller_running: AtomicBool,
+    last_seq: Mutex<i64>,
+}
+
+/// A durable result store in a SQLite file (`sqlite:///path/to/file.db`),
+/// usually the broker's own file.
+///
+/// Waiting clients in the storing process are woken directly; results
+/// stored by other processes are picked up by a poller that reads only rows
+/// written since its last look.
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::{ResultBackend, ResultMeta};
+/// use celeriac_embedded::SqliteBackend;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let url = format!("sqlite://{}/r.db", dir.path().display());
+/// let a = SqliteBackend::open(&url).unwrap();
+/// let b = SqliteBackend::open(&url).unwrap();
+/// let watch = b.watch("t1").await.unwrap();
+/// a.store(&ResultMeta::success("t1", 5.into())).await.unwrap();
+/// assert_eq!(watch.await.unwrap().result, 5);
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct SqliteBackend {
+    shared: Arc<BackendShared>,
+    ttl: Duration,
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the file named by a `sqlite://` URL.
+    pub fn open(url: &str) -> Result<Arc<Self>, BackendError> {
+        let opts = parse_sqlite_url(url).map_err(|e| BackendError::InvalidUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let db = Db::open(&opts).map_err(BackendError::Connection)?;
+        let last_seq = db
+            .conn
+            .lock()
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM results", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| BackendError::Storage(e.to_string()))?;
+        Ok(Arc::new(SqliteBackend {
+            shared: Arc::new(BackendShared {
+                db,
+                waiters: Waiters::default(),
+                poller_running: AtomicBool::new(false),
+                last_seq: Mutex::new(last_seq),
+            }),
+            ttl: crate::DEFAULT_RESULT_TTL,
+        }))
+    }
+
+    fn ensure_poller(&self) {
+        let shared = self.shared.clone();
+        if shared.poller_running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(1);
+            loop {
+                if shared.waiters.pending_ids().is_empty() {
+                    shared.poller_running.store(false, Ordering::SeqCst);
+                    // A watcher registered after the emptiness check but
+                    // before the flag was cleared would have no poller.
+                    if shared.waiters.is_empty()
+                        || shared.poller_running.swap(true, Ordering::SeqCst)
+                    {
+                        return;
+                    }
+                }
+                let since = *shared.last_seq.lock();
+                let rows = blocking(
+                    &shared.db,
+                    move |conn| {
+                        let mut st = conn.prepare_cached(
+                            "SELECT seq, meta FROM results WHERE seq > ?1 ORDER BY seq LIMIT 10000",
+                        )?;
+                        st.query_map(params![since], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                    },
+                    backend_storage,
+                )
+                .await;
+                match rows {
+                    Ok(rows) if !rows.is_empty() => {
+                        backoff = Duration::from_millis(1);
+                        let mut last = shared.last_seq.lock();
+                        for (seq, meta) in rows {
+                            *last = (*last).max(seq);
+                            if let Ok(meta) = serde_json::from_str::<ResultMeta>(&meta) {
+                                shared.waiters.notify(&meta);
+                            }
+                        }
+                    }
+                    Ok(_) => backoff = (backoff * 2).min(Duration::from_millis(20)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "result poller failed; retrying");
+                        backoff = Duration::from_millis(200);
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl ResultBackend for SqliteBackend {
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.shared.db.path)
+    }
+
+    async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
+        let json =
+            serde_json::to_string(meta).map_err(|e| BackendError::Malformed(e.to_string()))?;
+        let task_id = meta.task_id.clone();
+        let status = meta.status.to_string();
+        let expires = unix_now() + self.ttl.as_secs_f64();
+        blocking(
+            &self.shared.db,
+            move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM results", [], |r| r.get(0))?;
+                tx.execute(
+                    "INSERT INTO results (task_id, status, meta, expires_at, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(task_id) DO UPDATE SET status = excluded.status, meta = excluded.meta,
+                       expires_at = excluded.expires_at, seq = excluded.seq
+                     WHERE results.status <> 'SUCCESS' OR results.expires_at < ?6",
+                    params![task_id, status, json, expires, seq, unix_now()],
+                )?;
+                tx.commit()
+            },
+            backend_storage,
+        )
+        .await?;
+        self.shared.waiters.notify(meta);
+        Ok(())
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
+        let task_id = task_id.to_string();
+        let raw: Option<String> = blocking(
+            &self.shared.db,
+            move |conn| {
+                conn.query_row(
+                    "SELECT meta FROM results WHERE task_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                    params![task_id, unix_now()],
+                    |r| r.get(0),
+                )
+                .optional()
+            },
+            backend_storage,
+        )
+        .await?;
+        raw.map(|s| serde_json::from_str(&s).map_err(|e| BackendError::Malformed(e.to_string())))
+            .transpose()
+    }
+
+    async fn watch(&self, task_id: &str) -> Result<ResultWatch, BackendError> {
+        if let Some(meta) = self.get(task_id).await?.filter(|m| m.status.is_ready()) {
+            return Ok(ResultWatch::new(async move { Ok(meta) }));
+        }
+        let rx = self.shared.waiters.register(task_id);
+        if let Some(meta) = self.get(task_id).await?.filter(|m| m.status.is_ready()) {
+            return Ok(ResultWatch::new(async move { Ok(meta) }));
+        }
+        self.ensure_poller();
+        Ok(ResultWatch::new(async move {
+            rx.await.map_err(|_| BackendError::Closed)
+        }))
+    }
+
+    async fn claim_key(
+        &self,
+        key: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, BackendError> {
+        let key = key.to_string();
+        let task_id = task_id.to_string();
+        let ttl = ttl.as_secs_f64();
+        blocking(
+            &self.shared.db,
+            move |conn| {
+                let now = unix_now();
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let holder: Option<String> = tx
+                    .query_row(
+                        "SELECT task_id FROM idempotency_keys WHERE key = ?1 AND expires_at > ?2",
+                        params![key, now],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if holder.is_none() {
+                    tx.execute(
+                        "INSERT INTO idempotency_keys (key, task_id, expires_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(key) DO UPDATE SET task_id = excluded.task_id, expires_at = excluded.expires_at",
+                        params![key, task_id, now + ttl],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(holder)
+            },
+            backend_storage,
+        )
+        .await
+    }
+
+    async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
+        let task_id = task_id.to_string();
+        blocking(
+            &self.shared.db,
+            move |conn| {
+                conn.execute("DELETE FROM results WHERE task_id = ?1", params![task_id])
+                    .map(|_| ())
+            },
+            backend_storage,
+        )
+        .await
+    }
+}

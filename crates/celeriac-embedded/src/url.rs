@@ -1,0 +1,98 @@
+//! Parsing of `sqlite://` URLs and the default database location.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use celeriac_core::BrokerError;
+
+/// Options of a `sqlite://` URL.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// The database file.
+    pub path: PathBuf,
+    /// The claim lease (`?lease=SECONDS`).
+    pub lease: std::time::Duration,
+    /// `?sync=full` makes every commit durable against power loss; the
+    /// default (`normal`) is durable against process crashes.
+    pub full_sync: bool,
+}
+
+/// The default database file: `$CELERIAC_HOME/celeriac.db`, else
+/// `$XDG_DATA_HOME/celeriac/celeriac.db`, else
+/// `~/.local/share/celeriac/celeriac.db`, else `./celeriac.db`.
+pub fn default_db_path() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(home) = env("CELERIAC_HOME") {
+        return PathBuf::from(home).join("celeriac.db");
+    }
+    if let Some(xdg) = env("XDG_DATA_HOME") {
+        return PathBuf::from(xdg).join("celeriac").join("celeriac.db");
+    }
+    if let Some(home) = env("HOME") {
+        return PathBuf::from(home)
+            .join(".local")
+            .join("share")
+            .join("celeriac")
+            .join("celeriac.db");
+    }
+    PathBuf::from("celeriac.db")
+}
+
+/// Parses `sqlite:///abs/path.db`, `sqlite://relative.db` or `sqlite://`
+/// (the [default path](default_db_path)), with optional `?lease=SECONDS` and
+/// `?sync=full|normal`.
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_embedded::parse_sqlite_url;
+/// let o = parse_sqlite_url("sqlite:///tmp/q.db?lease=5").unwrap();
+/// assert_eq!(o.path, std::path::PathBuf::from("/tmp/q.db"));
+/// assert_eq!(o.lease, std::time::Duration::from_secs(5));
+/// assert!(parse_sqlite_url("redis://x").is_err());
+/// ```
+pub fn parse_sqlite_url(url: &str) -> Result<SqliteOptions, BrokerError> {
+    let bad = |reason: &str| BrokerError::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let rest = url
+        .strip_prefix("sqlite://")
+        .ok_or_else(|| bad("expected sqlite://PATH"))?;
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (rest, ""),
+    };
+    let path = if path.is_empty() {
+        default_db_path()
+    } else {
+        PathBuf::from(path)
+    };
+    let mut opts = SqliteOptions {
+        path,
+        lease: crate::DEFAULT_LEASE,
+        full_sync: false,
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "lease" => {
+                let secs: f64 = v
+                    .parse()
+                    .map_err(|_| bad("lease must be a number of seconds"))?;
+                if !(secs > 0.0 && secs.is_finite()) {
+                    return Err(bad("lease must be positive"));
+                }
+                opts.lease = Duration::from_secs_f64(secs);
+            }
+            "sync" => match v {
+                "full" => opts.full_sync = true,
+                "normal" => opts.full_sync = false,
+                _ => return Err(bad("sync must be full or normal")),
+            },
+            other => return Err(bad(&format!("unknown option {other:?}"))),
+        }
+    }
+    Ok(opts)
+}

@@ -1,0 +1,381 @@
+//! The `#[celeriac::task]` attribute macro. Use it through the `celeriac`
+//! crate, which documents it with examples.
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::{format_ident, quote};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::{
+    Expr, ExprLit, FnArg, GenericArgument, ItemFn, Lit, Meta, Pat, PathArguments, ReturnType,
+    Token, Type,
+};
+
+/// Turns a function into a celeriac task. See `celeriac::task` for the
+/// documentation.
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match expand(attr.into(), item.into()) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+struct Options {
+    name: Option<String>,
+    diagnostic: bool,
+    /// `.method(value)` calls on `TaskOptions::new()`.
+    policy: Vec<TokenStream2>,
+}
+
+fn number(expr: &Expr, what: &str) -> syn::Result<f64> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => i.base10_parse::<u64>().map(|v| v as f64),
+        Expr::Lit(ExprLit {
+            lit: Lit::Float(f), ..
+        }) => f.base10_parse::<f64>(),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("{what} takes a number of seconds"),
+        )),
+    }
+}
+
+fn boolean(expr: &Expr, what: &str) -> syn::Result<bool> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Ok(b.value),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("{what} takes true or false"),
+        )),
+    }
+}
+
+fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
+    let mut opts = Options {
+        name: None,
+        diagnostic: false,
+        policy: Vec::new(),
+    };
+    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
+    for meta in metas {
+        match &meta {
+            Meta::NameValue(nv) if nv.path.is_ident("name") => match &nv.value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(s), ..
+                }) => {
+                    let v = s.value();
+                    if v.is_empty() || v.chars().any(char::is_whitespace) {
+                        return Err(syn::Error::new_spanned(
+                            s,
+                            "task name must be non-empty and contain no whitespace",
+                        ));
+                    }
+                    opts.name = Some(v);
+                }
+                other => {
+                    return Err(syn::Error::new_spanned(
+                        other,
+                        "expected a string literal: name = \"tasks.add\"",
+                    ));
+                }
+            },
+            Meta::Path(p) if p.is_ident("diagnostic") => opts.diagnostic = true,
+            Meta::NameValue(nv) if nv.path.is_ident("max_retries") => {
+                let v = match &nv.value {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Int(i), ..
+                    }) => {
+                        let n: u32 = i.base10_parse()?;
+                        quote!(::core::option::Option::Some(#n))
+                    }
+                    Expr::Path(p) if p.path.is_ident("None") => {
+                        quote!(::core::option::Option::None)
+                    }
+                    other => {
+                        return Err(syn::Error::new_spanned(
+                            other,
+                            "max_retries takes a whole number, or None for no limit",
+                        ));
+                    }
+                };
+                opts.policy.push(quote!(.max_retries(#v)));
+            }
+            Meta::NameValue(nv) if nv.path.is_ident("default_retry_delay") => {
+                let v = number(&nv.value, "default_retry_delay")?;
+                opts.policy.push(quote!(.default_retry_delay(#v)));
+            }
+            Meta::NameValue(nv) if nv.path.is_ident("retry_backoff") => {
+                let v = match &nv.value {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Bool(b), ..
+                    }) => {
+                        if b.value {
+                            1.0
+                        } else {
+                            continue;
+                        }
+                    }
+                    other => number(other, "retry_backoff")?,
+                };
+                opts.policy.push(quote!(.retry_backoff(#v)));
+            }
+            Meta::NameValue(nv) if nv.path.is_ident("retry_backoff_max") => {
+                let v = number(&nv.value, "retry_backoff_max")?;
+                opts.policy.push(quote!(.retry_backoff_max(#v)));
+            }
+            Meta::NameValue(nv) if nv.path.is_ident("retry_jitter") => {
+                let v = boolean(&nv.value, "retry_jitter")?;
+                opts.policy.push(quote!(.retry_jitter(#v)));
+            }
+            Meta::NameValue(nv) if nv.path.is_ident("rate_limit") => {
+                let Expr::Lit(ExprLit {
+                    lit: Lit::Str(lit), ..
+                }) = &nv.value
+                else {
+                    return Err(syn::Error::new_spanned(
+                        &nv.value,
+                        "rate_limit takes a string like \"10/s\"",
+                    ));
+                };
+                let text = lit.value();
+                let (n, rest) = text.split_once('/').unwrap_or((text.as_str(), "s"));
+                let n: f64 = n.trim().parse().map_err(|_| {
+                    syn::Error::new_spanned(lit, "rate_limit: expected N/s, N/m or N/h")
+                })?;
+                let (unit, global) = match rest.trim() {
+                    "s" => (1.0, true),
+                    "m" => (60.0, true),
+                    "h" => (3600.0, true),
+                    "s/w" => (1.0, false),
+                    "m/w" => (60.0, false),
+                    "h/w" => (3600.0, false),
+                    _ => {
+                        return Err(syn::Error::new_spanned(
+                            lit,
+                            "rate_limit: expected N/s, N/m or N/h, optionally followed by /w",
+                        ));
+                    }
+                };
+                if n <= 0.0 {
+                    return Err(syn::Error::new_spanned(lit, "rate_limit must be positive"));
+                }
+                let per_second = n / unit;
+                let make = if global {
+                    quote!(per_second_global)
+                } else {
+                    quote!(per_second_per_worker)
+                };
+                opts.policy
+                    .push(quote!(.rate_limit(::celeriac::RateLimit::#make(#per_second))));
+            }
+            Meta::List(list) if list.path.is_ident("autoretry_for") => {
+                let names =
+                    list.parse_args_with(Punctuated::<syn::LitStr, Token![,]>::parse_terminated)?;
+                let names: Vec<String> = names.iter().map(syn::LitStr::value).collect();
+                opts.policy.push(quote!(.autoretry_for(&[#(#names),*])));
+            }
+            other => {
+                return Err(syn::Error::new_spanned(
+                    other,
+                    "unknown task option; expected name, diagnostic, max_retries, default_retry_delay, \
+                     retry_backoff, retry_backoff_max, retry_jitter or autoretry_for(\"ExcType\", ...)",
+                ));
+            }
+        }
+    }
+    Ok(opts)
+}
+
+fn is_context(ty: &Type) -> bool {
+    if let Type::Reference(r) = ty
+        && let Type::Path(p) = &*r.elem
+    {
+        return p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "TaskContext");
+    }
+    false
+}
+
+/// For `Result<T, E>` (any path ending in `Result` with generic args),
+/// returns `T`.
+fn result_ok_type(ty: &Type) -> Option<Type> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    args.args.iter().find_map(|a| match a {
+        GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    })
+}
+
+fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
+    let opts = parse_options(attr)?;
+    let func: ItemFn = syn::parse2(item)?;
+    let sig = &func.sig;
+    if let Some(a) = &sig.asyncness {
+        return Err(syn::Error::new_spanned(
+            a,
+            "async tasks are not supported yet: celeriac runs #[task] functions on its thread pool",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
+            "a task function cannot be generic: its parameters must have concrete types",
+        ));
+    }
+    let fn_name = &sig.ident;
+    let vis = &func.vis;
+
+    let mut call_args = Vec::new(); // expressions passed to the function
+    let mut bindings = Vec::new(); // let x: T = b.take(i)?;
+    let mut param_names = Vec::new();
+    let mut handle_params = Vec::new(); // x: T for call()
+    let mut handle_idents = Vec::new();
+    let mut arg_types = Vec::new();
+    let mut index = 0usize;
+    for (pos, input) in sig.inputs.iter().enumerate() {
+        let FnArg::Typed(pt) = input else {
+            return Err(syn::Error::new_spanned(input, "a task cannot take `self`"));
+        };
+        let ty = &*pt.ty;
+        if is_context(ty) {
+            if pos != 0 {
+                return Err(syn::Error::new_spanned(
+                    ty,
+                    "the &TaskContext parameter must come first",
+                ));
+            }
+            call_args.push(quote!(__ctx));
+            continue;
+        }
+        if let Type::Reference(_) = ty {
+            return Err(syn::Error::new_spanned(
+                ty,
+                "task parameters must be owned types that deserialize from JSON (use String, not &str)",
+            ));
+        }
+        let name = match &*pt.pat {
+            Pat::Ident(pi) => pi.ident.to_string(),
+            _ => format!("arg{index}"),
+        };
+        let name = name.trim_start_matches("r#").to_string();
+        let var = format_ident!("__arg{}", index);
+        bindings.push(quote! { let #var: #ty = __bound.take(#index)?; });
+        call_args.push(quote!(#var));
+        handle_params.push(quote!(#var: #ty));
+        handle_idents.push(quote!(#var));
+        arg_types.push(quote!(#ty));
+        param_names.push(name);
+        index += 1;
+    }
+
+    let (output_ty, convert) = match &sig.output {
+        ReturnType::Default => (
+            quote!(()),
+            quote! { ::celeriac::__private::to_json(&__out) },
+        ),
+        ReturnType::Type(_, ty) => match result_ok_type(ty) {
+            Some(ok) => (
+                quote!(#ok),
+                quote! {
+                    match __out {
+                        ::core::result::Result::Ok(v) => ::celeriac::__private::to_json(&v),
+                        ::core::result::Result::Err(e) => ::core::result::Result::Err(::celeriac::TaskError::from_error(e)),
+                    }
+                },
+            ),
+            None => (
+                quote!(#ty),
+                quote! { ::celeriac::__private::to_json(&__out) },
+            ),
+        },
+    };
+
+    let name_fn = match &opts.name {
+        Some(n) => quote! { #n },
+        None => {
+            let raw = fn_name.to_string();
+            let raw = raw.trim_start_matches("r#");
+            quote! {
+                static __NAME: ::std::sync::OnceLock<::std::string::String> = ::std::sync::OnceLock::new();
+                __NAME.get_or_init(|| ::celeriac::__private::default_task_name(
+                    ::core::concat!(::core::module_path!(), "::", #raw)
+                )).as_str()
+            }
+        }
+    };
+    let diagnostic = opts.diagnostic;
+    let policy = &opts.policy;
+    let doc = format!(
+        "The `{fn_name}` task: `{fn_name}::call(..)` builds a typed call, and `{fn_name}` implements `celeriac::Task` (for templates and explicit registration)."
+    );
+    let call_doc = format!("A typed call of the `{fn_name}` task with these arguments.");
+    let args_tuple = quote! { (#(#arg_types,)*) };
+
+    // A braced struct lives in the type namespace only, so it can share the
+    // function's name: `add(2, 3)` calls the function, `add::call(2, 3)`
+    // builds a call, and `add` is the task type. Nothing refers to a parent
+    // module, so tasks work in any scope, function bodies included.
+    Ok(quote! {
+        #func
+
+        #[doc = #doc]
+        #[allow(non_camel_case_types, missing_docs)]
+        #[derive(Debug, Clone, Copy, Default)]
+        #vis struct #fn_name {}
+
+        impl ::celeriac::Task for #fn_name {
+            type Args = #args_tuple;
+            type Output = #output_ty;
+            const PARAMS: &'static [&'static str] = &[#(#param_names),*];
+            const OPTIONS: ::celeriac::TaskOptions = ::celeriac::TaskOptions::new() #(#policy)*;
+
+            fn name() -> &'static str {
+                #name_fn
+            }
+
+            fn run(
+                __ctx: &::celeriac::TaskContext,
+                __args: ::celeriac::Args,
+            ) -> ::core::result::Result<::celeriac::__private::serde_json::Value, ::celeriac::TaskError> {
+                let _ = __ctx;
+                #[allow(unused_mut)]
+                let mut __bound = __args.bind(<Self as ::celeriac::Task>::name(), Self::PARAMS)?;
+                #(#bindings)*
+                let __out = #fn_name(#(#call_args),*);
+                #convert
+            }
+        }
+
+        impl #fn_name {
+            #[doc = #call_doc]
+            #[allow(clippy::too_many_arguments, dead_code)]
+            #vis fn call(#(#handle_params),*) -> ::celeriac::Call<#output_ty> {
+                <Self as ::celeriac::Task>::call((#(#handle_idents,)*))
+            }
+        }
+
+        ::celeriac::__private::inventory::submit! {
+            ::celeriac::TaskDef {
+                name: <#fn_name as ::celeriac::Task>::name,
+                run: <#fn_name as ::celeriac::Task>::run,
+                diagnostic: #diagnostic,
+                options: <#fn_name as ::celeriac::Task>::OPTIONS,
+            }
+        }
+    })
+}

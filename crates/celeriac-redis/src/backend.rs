@@ -1,0 +1,342 @@
+//! The Redis result backend, as Celery's `celery.backends.redis` stores
+//! results.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use celeriac_core::{BackendError, ResultBackend, ResultMeta, ResultWatch, Waiters};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, PubSubSink};
+use redis::{AsyncCommands, Script};
+use tokio::sync::OnceCell;
+
+use crate::url::{RedisOptions, parse_redis_url};
+
+/// Writes a result unless a SUCCESS is already stored, and publishes it on
+/// the channel of the same name. KEYS: the meta key. ARGV: json, ttl.
+const STORE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, d = pcall(cjson.decode, cur)
+  if ok and type(d) == 'table' and d.status == 'SUCCESS' then return 0 end
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SETEX', KEYS[1], ttl, ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"#;
+
+const META_PREFIX: &str = "celery-task-meta-";
+
+#[derive(Debug)]
+struct Shared {
+    opts: RedisOptions,
+    client: redis::Client,
+    waiters: Waiters,
+    sink: Mutex<Option<PubSubSink>>,
+}
+
+impl Shared {
+    fn key(&self, task_id: &str) -> String {
+        format!("{}{META_PREFIX}{task_id}", self.opts.prefix)
+    }
+
+    fn task_id<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.opts.prefix.as_str())?
+            .strip_prefix(META_PREFIX)
+    }
+}
+
+/// Celery's Redis result backend: `celery-task-meta-<id>` keys written with
+/// `SETEX` and `PUBLISH`ed on a channel of the same name.
+#[derive(Debug)]
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+    conn: OnceCell<ConnectionManager>,
+    listener: OnceCell<()>,
+    store: Script,
+}
+
+fn err(e: redis::RedisError) -> BackendError {
+    if crate::conn::is_connection_error(&e) {
+        BackendError::Connection(e.to_string())
+    } else {
+        BackendError::Storage(e.to_string())
+    }
+}
+
+impl RedisBackend {
+    /// A backend for a `redis://` URL; connects on first use.
+    pub fn open(url: &str) -> Result<Arc<Self>, BackendError> {
+        let opts = parse_redis_url(url).map_err(|reason| BackendError::InvalidUrl {
+            url: url.split('@').next_back().unwrap_or(url).to_string(),
+            reason,
+        })?;
+        let client = redis::Client::open(opts.client_url.as_str()).map_err(|e| {
+            BackendError::InvalidUrl {
+                url: opts.redacted.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Arc::new(RedisBackend {
+            shared: Arc::new(Shared {
+                opts,
+                client,
+                waiters: Waiters::default(),
+                sink: Mutex::new(None),
+            }),
+            conn: OnceCell::new(),
+            listener: OnceCell::new(),
+            store: Script::new(STORE),
+        }))
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, BackendError> {
+        self.conn
+            .get_or_try_init(|| crate::conn::manager(&self.shared.client))
+            .await
+            .cloned()
+            .map_err(err)
+    }
+
+    /// Starts the subscriber task once: it delivers published results to
+    /// waiters and, when its connection drops, reconnects, resubscribes to
+    /// every pending id and reads their keys, so no result is missed.
+    async fn ensure_listener(&self) -> Result<(), BackendError> {
+        self.listener
+            .get_or_try_init(|| async {
+                let (sink, stream) = self
+                    .shared
+                    .client
+                    .get_async_pubsub()
+                    .await
+                    .map_err(err)?
+                    .split();
+                *self.shared.sink.lock() = Some(sink);
+                tokio::spawn(listen(self.shared.clone(), stream, self.conn().await?));
+                Ok::<(), BackendError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), BackendError> {
+        let sink = self.shared.sink.lock().clone();
+        match sink {
+            Some(mut s) => s.subscribe(channel).await.map_err(err),
+            None => Err(BackendError::Connection(
+                "result subscriber is reconnecting".into(),
+            )),
+        }
+    }
+}
+
+/// Delivers published results to waiters. Two safety nets keep a lost or
+/// silently dead subscription from stranding a waiter: every 2 s the keys of
+/// all pending ids are read (a watchdog, as Celery's subscriptions can go
+/// silent after reconnects), and when the connection drops it reconnects,
+/// resubscribes and reads the pending keys at once.
+async fn listen(
+    shared: Arc<Shared>,
+    mut stream: redis::aio::PubSubStream,
+    mut conn: ConnectionManager,
+) {
+    let mut watchdog = tokio::time::interval(Duration::from_secs(2));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    deliver(&shared, &msg);
+                }
+                _ = watchdog.tick() => catch_up(&shared, &mut conn).await,
+            }
+        }
+        tracing::warn!("result subscription lost; reconnecting");
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(backoff).await;
+            match resubscribe(&shared).await {
+                Ok(new_stream) => {
+                    stream = new_stream;
+                    catch_up(&shared, &mut conn).await;
+                    tracing::info!("result subscription restored");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "result subscriber cannot reconnect");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+fn deliver(shared: &Arc<Shared>, msg: &redis::Msg) {
+    let channel = msg.get_channel_name().to_string();
+    let Some(id) = shared.task_id(&channel).map(str::to_string) else {
+        return;
+    };
+    let Ok(payload) = msg.get_payload::<String>() else {
+        return;
+    };
+    match serde_json::from_str::<ResultMeta>(&payload) {
+        Ok(meta) if meta.status.is_ready() => {
+            shared.waiters.notify(&meta);
+            if let Some(mut sink) = shared.sink.lock().clone() {
+                tokio::spawn(async move {
+                    let _ = sink.unsubscribe(channel).await;
+                });
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(task_id = %id, error = %e, "malformed result published"),
+    }
+}
+
+/// Reads the stored results of every pending id and wakes their waiters.
+async fn catch_up(shared: &Shared, conn: &mut ConnectionManager) {
+    let pending = shared.waiters.pending_ids();
+    if pending.is_empty() {
+        return;
+    }
+    let keys: Vec<String> = pending.iter().map(|id| shared.key(id)).collect();
+    let docs: Result<Vec<Option<String>>, _> = conn.mget(&keys).await;
+    if let Ok(docs) = docs {
+        for raw in docs.into_iter().flatten() {
+            if let Ok(meta) = serde_json::from_str::<ResultMeta>(&raw) {
+                shared.waiters.notify(&meta);
+            }
+        }
+    }
+}
+
+async fn resubscribe(shared: &Shared) -> Result<redis::aio::PubSubStream, redis::RedisError> {
+    let (mut sink, stream) = shared.client.get_async_pubsub().await?.split();
+    for id in shared.waiters.pending_ids() {
+        sink.subscribe(shared.key(&id)).await?;
+    }
+    *shared.sink.lock() = Some(sink);
+    Ok(stream)
+}
+
+#[async_trait]
+impl ResultBackend for RedisBackend {
+    fn url(&self) -> String {
+        self.shared.opts.redacted.clone()
+    }
+
+    async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
+        let json =
+            serde_json::to_string(meta).map_err(|e| BackendError::Malformed(e.to_string()))?;
+        let mut conn = self.conn().await?;
+        let _: i64 = self
+            .store
+            .key(self.shared.key(&meta.task_id))
+            .arg(json)
+            .arg(self.shared.opts.result_expires)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(err)?;
+        // Waiters in this process are woken through the subscription too,
+        // but a direct wake saves the round trip.
+        self.shared.waiters.notify(meta);
+        Ok(())
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
+        let mut conn = self.conn().await?;
+        let raw: Option<String> = conn.get(self.shared.key(task_id)).await.map_err(err)?;
+        raw.map(|s| serde_json::from_str(&s).map_err(|e| BackendError::Malformed(e.to_string())))
+            .transpose()
+    }
+
+    async fn watch(&self, task_id: &str) -> Result<ResultWatch, BackendError> {
+        self.ensure_listener().await?;
+        let rx = self.shared.waiters.register(task_id);
+        // Subscribe before the caller publishes, then read the key to close
+        // the race with a result stored before the subscription.
+        self.subscribe(&self.shared.key(task_id)).await?;
+        if let Some(meta) = self.get(task_id).await?.filter(|m| m.status.is_ready()) {
+            return Ok(ResultWatch::new(async move { Ok(meta) }));
+        }
+        Ok(ResultWatch::new(async move {
+            rx.await.map_err(|_| BackendError::Closed)
+        }))
+    }
+
+    async fn watch_many(&self, task_ids: &[String]) -> Result<Vec<ResultWatch>, BackendError> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ensure_listener().await?;
+        let receivers: Vec<_> = task_ids
+            .iter()
+            .map(|id| self.shared.waiters.register(id))
+            .collect();
+        let keys: Vec<String> = task_ids.iter().map(|id| self.shared.key(id)).collect();
+        // One SUBSCRIBE for all channels, then one MGET closes the race.
+        let sink = self.shared.sink.lock().clone();
+        match sink {
+            Some(mut s) => s.subscribe(&keys).await.map_err(err)?,
+            None => {
+                return Err(BackendError::Connection(
+                    "result subscriber is reconnecting".into(),
+                ));
+            }
+        }
+        let mut conn = self.conn().await?;
+        let stored: Vec<Option<String>> = conn.mget(&keys).await.map_err(err)?;
+        Ok(receivers
+            .into_iter()
+            .zip(stored)
+            .map(|(rx, raw)| {
+                let ready = raw
+                    .and_then(|r| serde_json::from_str::<ResultMeta>(&r).ok())
+                    .filter(|m| m.status.is_ready());
+                match ready {
+                    Some(meta) => ResultWatch::new(async move { Ok(meta) }),
+                    None => {
+                        ResultWatch::new(async move { rx.await.map_err(|_| BackendError::Closed) })
+                    }
+                }
+            })
+            .collect())
+    }
+
+    async fn claim_key(
+        &self,
+        key: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, BackendError> {
+        let mut conn = self.conn().await?;
+        let k = format!("{}celeriac-idempotency-{key}", self.shared.opts.prefix);
+        // SET NX GET: sets the key if absent, and returns the old holder.
+        let holder: Option<String> = redis::cmd("SET")
+            .arg(&k)
+            .arg(task_id)
+            .arg("NX")
+            .arg("GET")
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(err)?;
+        Ok(holder)
+    }
+
+    async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
+        let mut conn = self.conn().await?;
+        let _: i64 = conn.del(self.shared.key(task_id)).await.map_err(err)?;
+        Ok(())
+    }
+}

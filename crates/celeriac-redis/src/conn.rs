@@ -1,0 +1,42 @@
+//! What the broker and the backend share: the managed connection and how
+//! Redis errors are classified.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// A multiplexed connection that reconnects in the background when it
+/// drops; a command that finds it down fails fast and later ones succeed.
+pub(crate) async fn manager(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    ConnectionManager::new_with_config(client.clone(), cfg).await
+}
+
+/// Whether an error means the server could not be reached (as opposed to
+/// a command error).
+pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// How long one blocking wait lasts before it is re-issued. Messages on the
+/// lists the wait does not watch (other queues, priority sub-lists) are
+/// picked up by the claim that follows each wait, so this also bounds their
+/// latency on an idle worker.
+pub(crate) const BLOCK_FOR: Duration = Duration::from_millis(250);
+
+/// A connection of its own for blocking waits (they must never share the
+/// multiplexed connection that carries every other command). Its response
+/// timeout is the watchdog: a wait that stays silent past it fails, the
+/// connection is dropped and the wait is re-issued on a fresh one.
+pub(crate) async fn blocking(
+    client: &redis::Client,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(BLOCK_FOR + Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+}

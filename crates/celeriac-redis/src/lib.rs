@@ -1,0 +1,73 @@
+//! # celeriac-redis
+//!
+//! A Redis broker and result backend that Python Celery (kombu's Redis
+//! transport) can share: the same keys, the same message envelopes, the
+//! same result documents.
+//!
+//! ## Keys (as kombu uses them)
+//!
+//! - **Queue lists** `Q`, `Q\x06\x163`, `Q\x06\x166`, `Q\x06\x169`: messages
+//!   are `LPUSH`ed to the list of their priority step (the largest of 0, 3, 6,
+//!   9 that is ≤ the priority) and taken from the right end. Lists are served
+//!   priority-major, so **0 is the highest priority**.
+//! - **`unacked`** (HASH `tag → [envelope, exchange, routing_key]`) and
+//!   **`unacked_index`** (ZSET `tag → claim time`): every claimed message is
+//!   recorded there, so a Python worker can restore celeriac's unacknowledged
+//!   messages and celeriac restores Python's, after the visibility timeout.
+//! - **`_kombu.binding.<exchange>`**: queue bindings, written when a worker
+//!   starts consuming a queue, so Python publishers route to it.
+//!
+//! ## The atomic claim
+//!
+//! kombu pops a message with `BRPOP` and then records it in `unacked` in a
+//! second command; a worker that dies in between loses the message. celeriac
+//! claims with one Lua script that pops from the lists in priority order
+//! **and** records each message in `unacked`/`unacked_index` (plus celeriac's
+//! own claim token) atomically, so a message is never held only in a
+//! worker's memory.
+//!
+//! When the lists are empty, an idle consumer waits on a **dedicated
+//! connection** with `BLMOVE Q Q RIGHT RIGHT` on its first queue's list. On one
+//! list that is a rotation of the last element onto itself: it blocks until a
+//! message arrives and leaves the list unchanged, so nothing leaves Redis
+//! outside the claim script. The claim runs as soon as the wait returns. The
+//! wait lasts at most 250 ms and is then re-issued, which also bounds the
+//! idle latency of the lists it does not watch (other queues, priority
+//! sub-lists). Its connection has a response timeout: a wait that goes
+//! silent (a half-open socket after a broker restart) fails, and it is
+//! re-issued on a fresh connection. Celery workers can stop consuming after
+//! such reconnects (celery#8030); this one cannot.
+//!
+//! ## Leases
+//!
+//! While a task runs its worker keeps moving the message's `unacked_index`
+//! score to now ([`Broker::renew`](celeriac_core::Broker::renew)), so a long
+//! task is never restored while its worker lives. Any consumer restores
+//! messages whose score is older than the visibility timeout (default 3600 s,
+//! `?visibility_timeout=` in the URL) back to the front of their queue, marked
+//! `redelivered`, unless a Python worker holds `unacked_mutex`. A claim token
+//! (`celeriac.claims`) keeps a worker whose lease lapsed from acking a message
+//! another worker now holds.
+//!
+//! ## Delayed messages
+//!
+//! Messages with a future `eta` wait in the `celeriac.delayed` ZSET (scored by
+//! eta) and are moved onto their list by the claim script when due; they are
+//! never held by a worker.
+//!
+//! ## Results
+//!
+//! `celery-task-meta-<id>` is written with `SETEX` (one day by default) and
+//! `PUBLISH`ed on a channel of the same name, exactly as Celery's Redis
+//! backend does, by a script that never overwrites a stored SUCCESS. A
+//! watcher subscribes before it sends and reads the key after subscribing, so
+//! no result is missed.
+
+mod backend;
+mod broker;
+mod conn;
+mod url;
+
+pub use backend::RedisBackend;
+pub use broker::RedisBroker;
+pub use url::{RedisOptions, parse_redis_url};

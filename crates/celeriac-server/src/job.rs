@@ -1,0 +1,224 @@
+//! Job handles.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use celeriac_core::{BackendError, BrokerError, ResultMeta, TaskError};
+use parking_lot::{Condvar, Mutex};
+use serde::de::DeserializeOwned;
+
+/// Why a job produced no value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The task failed: returned an error, panicked, got wrong arguments,
+    /// was not registered, timed out or was revoked. The [`TaskError`]
+    /// carries the kind, the exception type and the message.
+    #[error("task failed: {0}")]
+    Task(TaskError),
+    /// The result did not arrive in time (the job may still finish).
+    #[error("timed out waiting for the result")]
+    Timeout,
+    /// The result arrived but does not decode as the expected type.
+    #[error("result does not decode as the expected type: {0}")]
+    Decode(String),
+    /// The job could not be published.
+    #[error("could not publish the job: {0}")]
+    Publish(String),
+    /// The result backend failed while waiting.
+    #[error("result backend: {0}")]
+    Backend(String),
+    /// The server was shut down before the job finished.
+    #[error("the server was shut down before the job finished")]
+    Destroyed,
+}
+
+impl JobError {
+    /// The task's error, for [`JobError::Task`].
+    pub fn task_error(&self) -> Option<&TaskError> {
+        match self {
+            JobError::Task(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl From<BrokerError> for JobError {
+    fn from(e: BrokerError) -> Self {
+        JobError::Publish(e.to_string())
+    }
+}
+
+impl From<BackendError> for JobError {
+    fn from(e: BackendError) -> Self {
+        JobError::Backend(e.to_string())
+    }
+}
+
+/// How a job ended, before decoding.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    Meta(Box<ResultMeta>),
+    Error(JobError),
+}
+
+impl Outcome {
+    pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, JobError> {
+        match self {
+            Outcome::Error(e) => Err(e.clone()),
+            Outcome::Meta(meta) => match meta.outcome() {
+                Some(Ok(v)) => {
+                    T::deserialize(v).map_err(|e| JobError::Decode(format!("{e} (value: {v})")))
+                }
+                Some(Err(te)) => Err(JobError::Task(te)),
+                None => Err(JobError::Backend(format!(
+                    "result in state {} is not final",
+                    meta.status
+                ))),
+            },
+        }
+    }
+}
+
+/// A job's callback, decoding the outcome to the job's type.
+pub(crate) type Callback = Box<dyn FnOnce(&Outcome) + Send>;
+
+pub(crate) struct JobState {
+    pub(crate) id: String,
+    pub(crate) group: String,
+    /// Set by whoever starts finishing the job (its result watcher, or the
+    /// server's shutdown), so that it is finished exactly once.
+    claimed: AtomicBool,
+    callback: Mutex<Option<Callback>>,
+    slot: Mutex<Option<Outcome>>,
+    cv: Condvar,
+}
+
+impl std::fmt::Debug for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobState")
+            .field("id", &self.id)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobState {
+    pub(crate) fn new(id: String, group: String, callback: Option<Callback>) -> Arc<Self> {
+        Arc::new(JobState {
+            id,
+            group,
+            claimed: AtomicBool::new(false),
+            callback: Mutex::new(callback),
+            slot: Mutex::new(None),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Claims the right to finish the job; returns its callback. `None`
+    /// if someone else already claimed it.
+    pub(crate) fn claim(&self) -> Option<Option<Callback>> {
+        if self.claimed.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        Some(self.callback.lock().take())
+    }
+
+    /// Whether someone has started finishing the job.
+    pub(crate) fn is_claimed(&self) -> bool {
+        self.claimed.load(Ordering::SeqCst)
+    }
+
+    /// Records the outcome once; later calls are ignored.
+    pub(crate) fn complete(&self, outcome: Outcome) -> bool {
+        let mut slot = self.slot.lock();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(outcome);
+        self.cv.notify_all();
+        true
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Option<Outcome> {
+        let mut slot = self.slot.lock();
+        loop {
+            if let Some(o) = slot.as_ref() {
+                return Some(o.clone());
+            }
+            match deadline {
+                None => self.cv.wait(&mut slot),
+                Some(d) => {
+                    if self.cv.wait_until(&mut slot, d).timed_out() {
+                        return slot.clone();
+                    }
+                }
+            }
+        }
+    }
+
+    fn peek(&self) -> Option<Outcome> {
+        self.slot.lock().clone()
+    }
+}
+
+/// A submitted job: a handle on its future result, typed by the task's
+/// output `T`.
+///
+/// `wait` can be called any number of times, from any thread; a job's
+/// callback, if any, has run before `wait` returns.
+#[derive(Debug)]
+pub struct Job<T> {
+    pub(crate) state: Arc<JobState>,
+    pub(crate) _out: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Job<T> {
+    fn clone(&self) -> Self {
+        Job {
+            state: self.state.clone(),
+            _out: PhantomData,
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Job<T> {
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.state.id
+    }
+
+    /// The job's group.
+    pub fn group(&self) -> &str {
+        &self.state.group
+    }
+
+    /// Blocks until the job has finished and returns its value or error.
+    pub fn wait(&self) -> Result<T, JobError> {
+        match self.state.wait_until(None) {
+            Some(o) => o.decode(),
+            None => Err(JobError::Destroyed),
+        }
+    }
+
+    /// Like [`Job::wait`], giving up after `timeout` with
+    /// [`JobError::Timeout`].
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<T, JobError> {
+        match self.state.wait_until(Some(Instant::now() + timeout)) {
+            Some(o) => o.decode(),
+            None => Err(JobError::Timeout),
+        }
+    }
+
+    /// Whether the job has finished.
+    pub fn ready(&self) -> bool {
+        self.state.peek().is_some()
+    }
+
+    /// The result if the job has finished, without blocking.
+    pub fn try_result(&self) -> Option<Result<T, JobError>> {
+        self.state.peek().map(|o| o.decode())
+    }
+}

@@ -1,0 +1,770 @@
+//! The job server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use celeriac_core::{
+    BackendError, Broker, BrokerError, Call, Message, Outgoing, Registry, RegistryError,
+    ResultBackend, ResultWatch, Routes, Task,
+};
+use celeriac_worker::{PoolKind, Worker, WorkerError, open_backend, open_broker};
+use parking_lot::{Condvar, Mutex};
+use serde::de::DeserializeOwned;
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+
+use crate::job::{Callback, Job, JobError, JobState, Outcome};
+use crate::stats::{NodeStats, Stats};
+
+/// Errors building or operating a [`Server`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The broker could not be opened.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The result backend could not be opened.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The task registry is invalid (e.g. a duplicate task name).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The local worker could not be started or resized.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// The server has no local worker (built with `workers(0)`).
+    #[error("this server has no local worker")]
+    NoLocalWorker,
+    /// The async runtime could not be started.
+    #[error("runtime: {0}")]
+    Runtime(String),
+}
+
+type CallbackJob = Box<dyn FnOnce() + Send>;
+
+struct Pending {
+    msg: Message,
+    state: Arc<JobState>,
+}
+
+#[derive(Debug, Default)]
+struct NodeTally {
+    jobs: u64,
+    seconds: f64,
+}
+
+struct Shared {
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    local_node: Option<String>,
+    forget_results: bool,
+    pending: Mutex<HashMap<String, Arc<JobState>>>,
+    groups: Mutex<HashMap<String, usize>>,
+    groups_cv: Condvar,
+    tally: Mutex<BTreeMap<String, NodeTally>>,
+    callbacks: Mutex<Option<std::sync::mpsc::Sender<CallbackJob>>>,
+}
+
+impl Shared {
+    /// Finishes a job once: records stats, runs its callback on the
+    /// callback thread, then completes it. Later calls are ignored.
+    fn finish(self: &Arc<Self>, state: Arc<JobState>, outcome: Outcome) {
+        let Some(callback) = state.claim() else {
+            return;
+        };
+        if let Outcome::Meta(meta) = &outcome {
+            let node = match (&meta.worker, &self.local_node) {
+                (Some(w), Some(local)) if w == local => "local".to_string(),
+                (Some(w), _) => w.clone(),
+                (None, _) => "unknown".to_string(),
+            };
+            let mut tally = self.tally.lock();
+            let t = tally.entry(node).or_default();
+            t.jobs += 1;
+            t.seconds += meta.runtime.unwrap_or(0.0);
+        }
+        let Some(cb) = callback else {
+            // No callback: complete at once, no hop through the callback thread.
+            self.settle(&state, outcome);
+            return;
+        };
+        let done = {
+            let shared = self.clone();
+            move || {
+                if catch_unwind(AssertUnwindSafe(|| cb(&outcome))).is_err() {
+                    tracing::error!(task_id = %state.id, "job callback panicked");
+                }
+                shared.settle(&state, outcome);
+            }
+        };
+        let sender = self.callbacks.lock().clone();
+        match sender {
+            Some(tx) => {
+                if let Err(returned) = tx.send(Box::new(done)) {
+                    (returned.0)();
+                }
+            }
+            None => done(),
+        }
+    }
+
+    fn settle(&self, state: &JobState, outcome: Outcome) {
+        if state.complete(outcome) {
+            self.pending.lock().remove(&state.id);
+            let mut groups = self.groups.lock();
+            if let Some(n) = groups.get_mut(&state.group) {
+                *n -= 1;
+                if *n == 0 {
+                    groups.remove(&state.group);
+                }
+            }
+            self.groups_cv.notify_all();
+        }
+    }
+}
+
+struct Handle {
+    rt: Option<Runtime>,
+    shared: Arc<Shared>,
+    worker: Option<Worker>,
+    worker_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    publish: mpsc::UnboundedSender<Pending>,
+    queue: String,
+    routes: Routes,
+    created: Instant,
+    destroyed: AtomicBool,
+    callback_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Handle {
+    fn rt(&self) -> &Runtime {
+        self.rt
+            .as_ref()
+            .expect("runtime lives as long as the server")
+    }
+
+    /// Runs a future on the server's runtime and blocks for its output;
+    /// works from any thread, including inside another runtime.
+    fn block<F>(&self, fut: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.rt().spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .expect("server runtime stopped while blocking on it")
+    }
+
+    fn destroy(&self) {
+        if self.destroyed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(w) = &self.worker {
+            w.shutdown();
+        }
+        if let Some(task) = self.worker_task.lock().take() {
+            self.block(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+            });
+        }
+        // The local worker has stored every result it will produce. Jobs
+        // whose result is stored but not yet delivered get it now; the
+        // others can no longer finish here.
+        let left: Vec<Arc<JobState>> = self.shared.pending.lock().values().cloned().collect();
+        for state in left {
+            if state.is_claimed() {
+                continue;
+            }
+            let backend = self.shared.backend.clone();
+            let id = state.id.clone();
+            let stored = self.block(async move { backend.get(&id).await });
+            let outcome = match stored {
+                Ok(Some(meta)) if meta.status.is_ready() => Outcome::Meta(Box::new(meta)),
+                _ => Outcome::Error(JobError::Destroyed),
+            };
+            self.shared.finish(state, outcome);
+        }
+        self.shared.callbacks.lock().take();
+        if let Some(t) = self.callback_thread.lock().take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.destroy();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The pp-style job server. Cheap to clone; clones share the server, which
+/// shuts down (warm: running jobs finish) when the last clone is dropped or
+/// [`Server::destroy`] is called.
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::Call;
+/// use celeriac_server::Server;
+///
+/// let server = Server::builder().workers(2).build().unwrap();
+/// # let mut reg = celeriac_core::Registry::new();
+/// # reg.register_fn("tasks.add", |_, a| { let mut b = a.bind("add", &["x", "y"])?;
+/// #     Ok(serde_json::json!(b.take::<i64>(0)? + b.take::<i64>(1)?)) }).unwrap();
+/// # let server = Server::builder().workers(2).registry(reg).build().unwrap();
+/// let job = server.submit(Call::<i64>::new("tasks.add").arg(2).arg(3));
+/// assert_eq!(job.wait().unwrap(), 5);
+/// server.print_stats();
+/// ```
+#[derive(Clone)]
+pub struct Server {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("broker", &self.handle.shared.broker.url())
+            .field("backend", &self.handle.shared.backend.url())
+            .field("workers", &self.workers())
+            .finish()
+    }
+}
+
+/// Configures a [`Server`].
+#[derive(Debug, Default)]
+pub struct ServerBuilder {
+    broker: Option<String>,
+    backend: Option<String>,
+    workers: Option<usize>,
+    queue: Option<String>,
+    registry: Option<Registry>,
+    diagnostic: bool,
+    nodename: Option<String>,
+    pool: PoolKind,
+    routes: Routes,
+}
+
+impl ServerBuilder {
+    /// Routes tasks matching `pattern` (a name, or a glob with `*`) to
+    /// `queue` when their call names no queue; the first matching route
+    /// wins. The local worker consumes the routed queues too.
+    pub fn route(mut self, pattern: impl Into<String>, queue: impl Into<String>) -> Self {
+        self.routes = self.routes.route(pattern, queue);
+        self
+    }
+
+    /// The pool that runs the local worker's jobs (default: threads).
+    pub fn pool(mut self, pool: PoolKind) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// The broker URL. Defaults to `memory://` (a private in-process
+    /// broker). Use `sqlite:///path.db` to share work with `celeriac
+    /// worker` processes on this machine.
+    pub fn broker(mut self, url: impl Into<String>) -> Self {
+        self.broker = Some(url.into());
+        self
+    }
+
+    /// The result backend URL. Defaults to the broker's own store.
+    pub fn backend(mut self, url: impl Into<String>) -> Self {
+        self.backend = Some(url.into());
+        self
+    }
+
+    /// Local worker threads. Defaults to the number of CPUs; `0` runs no
+    /// local worker (jobs go to other workers on the same broker).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// The queue jobs are sent to and the local worker consumes (default
+    /// `celery`).
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// The tasks the local worker runs. Defaults to every task linked into
+    /// the binary with `#[celeriac::task]`.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Also registers the diagnostic tasks (`celeriac.fail`, ...), when the
+    /// registry is the linked default.
+    pub fn diagnostic_tasks(mut self, on: bool) -> Self {
+        self.diagnostic = on;
+        self
+    }
+
+    /// The local worker's node name.
+    pub fn nodename(mut self, name: impl Into<String>) -> Self {
+        self.nodename = Some(name.into());
+        self
+    }
+
+    /// Starts the server.
+    pub fn build(self) -> Result<Server, ServerError> {
+        let broker_url = self.broker.unwrap_or_else(|| "memory://".to_string());
+        let backend_url = self
+            .backend
+            .unwrap_or_else(|| celeriac_worker::default_backend_url(&broker_url));
+        let broker = open_broker(&broker_url)?;
+        let backend = open_backend(&backend_url)?;
+        let queue = self.queue.unwrap_or_else(|| "celery".to_string());
+        let workers = self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("celeriac-io")
+            .enable_all()
+            .build()
+            .map_err(|e| ServerError::Runtime(e.to_string()))?;
+
+        if self.pool != PoolKind::Threads {
+            return Err(WorkerError::UnsupportedPool(format!("{:?}", self.pool)).into());
+        }
+        let worker = if workers > 0 {
+            let registry = match self.registry {
+                Some(r) => r,
+                None => Registry::linked(self.diagnostic)?,
+            };
+            let nodename = self.nodename.unwrap_or_else(|| {
+                format!(
+                    "server-{}@{}",
+                    std::process::id(),
+                    celeriac_core::message::hostname()
+                )
+            });
+            let mut queues = vec![queue.clone()];
+            for q in self.routes.queues() {
+                if !queues.iter().any(|x| x == q) {
+                    queues.push(q.to_string());
+                }
+            }
+            Some(
+                Worker::builder(broker.clone(), backend.clone(), Arc::new(registry))
+                    .concurrency(workers)
+                    .queues(queues)
+                    .nodename(nodename)
+                    .build()?,
+            )
+        } else {
+            None
+        };
+
+        let (cb_tx, cb_rx) = std::sync::mpsc::channel::<CallbackJob>();
+        let callback_thread = std::thread::Builder::new()
+            .name("celeriac-callbacks".into())
+            .spawn(move || {
+                while let Ok(job) = cb_rx.recv() {
+                    job();
+                }
+            })
+            .map_err(|e| ServerError::Runtime(e.to_string()))?;
+
+        let shared = Arc::new(Shared {
+            forget_results: backend.url() == "memory://",
+            broker,
+            backend,
+            local_node: worker.as_ref().map(|w| w.nodename().to_string()),
+            pending: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
+            groups_cv: Condvar::new(),
+            tally: Mutex::new(BTreeMap::new()),
+            callbacks: Mutex::new(Some(cb_tx)),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        rt.spawn(publisher(shared.clone(), rx));
+        let worker_task = worker.as_ref().map(|w| {
+            let w = w.clone();
+            rt.spawn(async move { w.run().await })
+        });
+        Ok(Server {
+            handle: Arc::new(Handle {
+                rt: Some(rt),
+                shared,
+                worker,
+                worker_task: Mutex::new(worker_task),
+                publish: tx,
+                queue,
+                routes: self.routes,
+                created: Instant::now(),
+                destroyed: AtomicBool::new(false),
+                callback_thread: Mutex::new(Some(callback_thread)),
+            }),
+        })
+    }
+}
+
+/// Publishes jobs in submission order, batching whatever is queued, after
+/// starting to watch each job's result (watch before publish: no race).
+async fn publisher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        let mut outgoing = Vec::with_capacity(batch.len());
+        let mut ready = Vec::with_capacity(batch.len());
+        for p in batch.drain(..) {
+            match Outgoing::from_message(&p.msg) {
+                Ok(o) => {
+                    outgoing.push(o);
+                    ready.push(p);
+                }
+                Err(e) => shared.finish(p.state, Outcome::Error(JobError::Publish(e.to_string()))),
+            }
+        }
+        let ids: Vec<String> = ready.iter().map(|p| p.msg.id().to_string()).collect();
+        let published: Vec<(Pending, ResultWatch)> = match shared.backend.watch_many(&ids).await {
+            Ok(watches) => ready.into_iter().zip(watches).collect(),
+            Err(e) => {
+                for p in ready {
+                    shared.finish(p.state, Outcome::Error(JobError::Backend(e.to_string())));
+                }
+                continue;
+            }
+        };
+        if outgoing.is_empty() {
+            continue;
+        }
+        if let Err(e) = shared.broker.publish_batch(outgoing).await {
+            tracing::error!(error = %e, "could not publish jobs");
+            for (p, _) in published {
+                shared.finish(p.state, Outcome::Error(JobError::Publish(e.to_string())));
+            }
+            continue;
+        }
+        for (p, watch) in published {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let outcome = match watch.await {
+                    Ok(meta) => Outcome::Meta(Box::new(meta)),
+                    Err(BackendError::Closed) => Outcome::Error(JobError::Destroyed),
+                    Err(e) => Outcome::Error(e.into()),
+                };
+                let id = p.state.id.clone();
+                shared.finish(p.state, outcome);
+                // Forgotten only after the job is claimed, so a shutdown
+                // that looks for stored results cannot miss it; kept when
+                // duplicates of an idempotency key may still need it.
+                if shared.forget_results && p.msg.idempotency_key().is_none() {
+                    let _ = shared.backend.forget(&id).await;
+                }
+            });
+        }
+    }
+}
+
+/// A job being configured: its group and callback. Created by
+/// [`Server::job`].
+#[must_use = "a job is sent only by .submit()"]
+pub struct Submit<'s, T> {
+    server: &'s Server,
+    call: Call<T>,
+    group: String,
+    callback: Option<Callback>,
+}
+
+impl<T> std::fmt::Debug for Submit<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submit")
+            .field("call", &self.call)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: DeserializeOwned + 'static> Submit<'_, T> {
+    /// Puts the job in a group, for [`Server::wait_group`] (default
+    /// `default`).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// Runs `f` with the job's result when it finishes, on the server's
+    /// callback thread (one thread: callbacks run one at a time, in order
+    /// of completion). [`Job::wait`] returns after the callback has run.
+    pub fn callback<F>(mut self, f: F) -> Self
+    where
+        F: FnOnce(Result<T, JobError>) + Send + 'static,
+    {
+        self.callback = Some(Box::new(move |o: &Outcome| f(o.decode::<T>())));
+        self
+    }
+
+    /// Sends the job.
+    pub fn submit(self) -> Job<T> {
+        self.server.send(self.call, self.group, self.callback)
+    }
+}
+
+impl Server {
+    /// A server with workers sized to the machine, on the embedded
+    /// in-process broker, running every linked task.
+    pub fn new() -> Result<Server, ServerError> {
+        Self::builder().build()
+    }
+
+    /// Configures a server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// Submits a job in the `default` group.
+    pub fn submit<T: DeserializeOwned + 'static>(&self, call: Call<T>) -> Job<T> {
+        self.send(call, "default".to_string(), None)
+    }
+
+    /// Starts configuring a job with a group and a callback.
+    pub fn job<T: DeserializeOwned + 'static>(&self, call: Call<T>) -> Submit<'_, T> {
+        Submit {
+            server: self,
+            call,
+            group: "default".to_string(),
+            callback: None,
+        }
+    }
+
+    fn send<T>(&self, call: Call<T>, group: String, callback: Option<Callback>) -> Job<T> {
+        let h = &self.handle;
+        let msg = call.to_message().map(|mut m| {
+            if call.options().queue.is_none() {
+                m.set_queue(h.routes.queue_for(call.name()).unwrap_or(&h.queue));
+            }
+            m
+        });
+        let id = msg
+            .as_ref()
+            .map_or_else(|_| String::new(), |m| m.id().to_string());
+        let state = JobState::new(id.clone(), group.clone(), callback);
+        *h.shared.groups.lock().entry(group).or_insert(0) += 1;
+        h.shared.pending.lock().insert(id, state.clone());
+        let job = Job {
+            state: state.clone(),
+            _out: PhantomData,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                h.shared.finish(state, Outcome::Error(JobError::Task(e)));
+                return job;
+            }
+        };
+        if h.destroyed.load(Ordering::SeqCst) {
+            h.shared.finish(state, Outcome::Error(JobError::Destroyed));
+            return job;
+        }
+        if let Err(returned) = h.publish.send(Pending { msg, state }) {
+            h.shared
+                .finish(returned.0.state, Outcome::Error(JobError::Destroyed));
+        }
+        job
+    }
+
+    /// Blocks until every job of `group` has finished (callbacks included).
+    pub fn wait_group(&self, group: &str) {
+        let shared = &self.handle.shared;
+        let mut groups = shared.groups.lock();
+        while groups.contains_key(group) {
+            shared.groups_cv.wait(&mut groups);
+        }
+    }
+
+    /// Blocks until every submitted job has finished.
+    pub fn wait(&self) {
+        let shared = &self.handle.shared;
+        let mut groups = shared.groups.lock();
+        while !groups.is_empty() {
+            shared.groups_cv.wait(&mut groups);
+        }
+    }
+
+    /// Number of local worker threads (0 with no local worker).
+    pub fn workers(&self) -> usize {
+        self.handle.worker.as_ref().map_or(0, Worker::concurrency)
+    }
+
+    /// Resizes the local worker while it runs; no job is lost.
+    pub fn set_workers(&self, n: usize) -> Result<(), ServerError> {
+        let w = self
+            .handle
+            .worker
+            .as_ref()
+            .ok_or(ServerError::NoLocalWorker)?;
+        w.set_concurrency(n)?;
+        Ok(())
+    }
+
+    /// Nodes serving this server's broker and their worker counts:
+    /// `local` for this server's own worker, and every other worker whose
+    /// heartbeat is recent (within 6 s).
+    pub fn active_nodes(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        if let Some(w) = &self.handle.worker {
+            out.insert("local".to_string(), w.concurrency());
+        }
+        let broker = self.handle.shared.broker.clone();
+        let local = self.handle.shared.local_node.clone();
+        match self
+            .handle
+            .block(async move { broker.nodes(Duration::from_secs(6)).await })
+        {
+            Ok(nodes) => {
+                for n in nodes {
+                    if Some(&n.name) != local.as_ref() {
+                        out.insert(n.name, n.concurrency);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list nodes"),
+        }
+        out
+    }
+
+    /// A snapshot of per-node statistics.
+    pub fn stats(&self) -> Stats {
+        let tally = self.handle.shared.tally.lock();
+        let total: u64 = tally.values().map(|t| t.jobs).sum();
+        let mut nodes: Vec<NodeStats> = tally
+            .iter()
+            .map(|(node, t)| NodeStats {
+                node: node.clone(),
+                jobs: t.jobs,
+                percent: if total == 0 {
+                    0.0
+                } else {
+                    100.0 * t.jobs as f64 / total as f64
+                },
+                total_time: Duration::from_secs_f64(t.seconds),
+                time_per_job: Duration::from_secs_f64(if t.jobs == 0 {
+                    0.0
+                } else {
+                    t.seconds / t.jobs as f64
+                }),
+            })
+            .collect();
+        nodes.sort_by(|a, b| b.jobs.cmp(&a.jobs).then(a.node.cmp(&b.node)));
+        Stats {
+            nodes,
+            elapsed: self.handle.created.elapsed(),
+            pending: self.handle.shared.pending.lock().len(),
+            workers: self.workers(),
+        }
+    }
+
+    /// Prints [`Server::stats`] in pp's layout.
+    pub fn print_stats(&self) {
+        println!("{}", self.stats());
+    }
+
+    /// Revokes task ids durably (for three hours): every worker on the
+    /// broker, including ones started later, records them as REVOKED
+    /// instead of running them. A job already running finishes.
+    pub fn revoke(&self, task_ids: &[&str]) -> Result<(), ServerError> {
+        let broker = self.handle.shared.broker.clone();
+        let ids: Vec<String> = task_ids.iter().map(|s| s.to_string()).collect();
+        self.handle
+            .block(async move { broker.revoke(&ids, celeriac_core::broker::REVOKE_TTL).await })?;
+        Ok(())
+    }
+
+    /// The broker URL.
+    pub fn broker_url(&self) -> String {
+        self.handle.shared.broker.url()
+    }
+
+    /// Shuts the server down now: the local worker finishes its running
+    /// jobs, and jobs that can no longer finish fail with
+    /// [`JobError::Destroyed`]. Called on drop of the last clone.
+    pub fn destroy(&self) {
+        self.handle.destroy();
+    }
+}
+
+type TemplateCallback<O> = Arc<dyn Fn(Result<O, JobError>) + Send + Sync>;
+
+/// Pre-binds a task, a group and a callback, like pp's `Template`; each
+/// [`Template::submit`] sends one job with new arguments.
+pub struct Template<T: Task> {
+    server: Server,
+    group: String,
+    queue: Option<String>,
+    callback: Option<TemplateCallback<T::Output>>,
+}
+
+impl<T: Task> std::fmt::Debug for Template<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Template")
+            .field("task", &T::name())
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Task> Template<T>
+where
+    T::Output: 'static,
+{
+    /// A template for task `T` on `server`.
+    pub fn new(server: &Server) -> Self {
+        Template {
+            server: server.clone(),
+            group: "default".to_string(),
+            queue: None,
+            callback: None,
+        }
+    }
+
+    /// The group of every job it submits.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// The queue of every job it submits.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// A callback run with each job's result.
+    pub fn callback<F>(mut self, f: F) -> Self
+    where
+        F: Fn(Result<T::Output, JobError>) + Send + Sync + 'static,
+    {
+        self.callback = Some(Arc::new(f));
+        self
+    }
+
+    /// Submits one job with `args`.
+    pub fn submit(&self, args: T::Args) -> Job<T::Output> {
+        let mut call = T::call(args);
+        if let Some(q) = &self.queue {
+            call = call.queue(q.clone());
+        }
+        let callback: Option<Callback> = self
+            .callback
+            .clone()
+            .map(|cb| Box::new(move |o: &Outcome| cb(o.decode::<T::Output>())) as Callback);
+        self.server.send(call, self.group.clone(), callback)
+    }
+}

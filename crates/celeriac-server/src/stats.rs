@@ -1,0 +1,70 @@
+//! Per-node job statistics, as pp's `print_stats` shows them.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Statistics of one node.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Node name (`local` for the server's own worker).
+    pub node: String,
+    /// Jobs finished by the node.
+    pub jobs: u64,
+    /// Share of all finished jobs, in percent.
+    pub percent: f64,
+    /// Sum of the jobs' execution times.
+    pub total_time: Duration,
+    /// Average execution time per job.
+    pub time_per_job: Duration,
+}
+
+/// A snapshot of a server's statistics.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// One row per node that finished jobs, busiest first.
+    pub nodes: Vec<NodeStats>,
+    /// Time since the server was created.
+    pub elapsed: Duration,
+    /// Jobs submitted and not finished yet.
+    pub pending: usize,
+    /// The server's local worker count.
+    pub workers: usize,
+}
+
+impl fmt::Display for Stats {
+    /// The pp layout:
+    ///
+    /// ```text
+    /// Job execution statistics:
+    ///  job count | % of all jobs | job time sum | time per job | job server
+    ///         15 |        100.00 |       1.4060 |     0.093733 | local
+    /// Time elapsed since server creation 0.8520
+    /// 0 active tasks, 2 cores
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "Job execution statistics:")?;
+        writeln!(
+            f,
+            " job count | % of all jobs | job time sum | time per job | job server"
+        )?;
+        for n in &self.nodes {
+            writeln!(
+                f,
+                "{:>10} | {:>13.2} | {:>12.4} | {:>12.6} | {}",
+                n.jobs,
+                n.percent,
+                n.total_time.as_secs_f64(),
+                n.time_per_job.as_secs_f64(),
+                n.node
+            )?;
+        }
+        writeln!(
+            f,
+            "Time elapsed since server creation {:.4}",
+            self.elapsed.as_secs_f64()
+        )?;
+        write!(f, "{} active tasks, {} cores", self.pending, self.workers)
+    }
+}

@@ -1,0 +1,103 @@
+//! A private `redis-server` for one test: a free loopback port, its own data
+//! directory with an append-only file (so a restart keeps the data, as a
+//! production Redis would), stopped when dropped.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running private `redis-server`.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Whether `redis-server` can be run here. Under `scripts/test.sh`
+    /// (`CELERIAC_REQUIRE_INTEROP=1`) its absence is a failure, not a skip.
+    pub fn available() -> bool {
+        let ok = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok();
+        if !ok {
+            assert!(
+                std::env::var("CELERIAC_REQUIRE_INTEROP").as_deref() != Ok("1"),
+                "redis-server is required under scripts/test.sh"
+            );
+            eprintln!("skipped: redis-server is not installed");
+        }
+        ok
+    }
+
+    /// Starts a server on a free port and waits until it accepts
+    /// connections.
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind a free port")
+            .local_addr()
+            .expect("local address")
+            .port();
+        let mut r = RedisServer {
+            port,
+            dir: tempfile::tempdir().expect("temporary directory"),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (SIGTERM: it flushes its append-only file), waits
+    /// `down_for`, and starts it again on the same port and data.
+    pub fn restart(&mut self, down_for: Duration) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+        std::thread::sleep(down_for);
+        self.spawn();
+    }
+
+    /// `redis://127.0.0.1:PORT/0` followed by `query` (e.g. `?visibility_timeout=2`).
+    pub fn url(&self, query: &str) -> String {
+        format!("redis://127.0.0.1:{}/0{query}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Broker and result backend URLs.
+
+use std::sync::Arc;
+
+use celeriac_core::{BackendError, Broker, BrokerError, ResultBackend};
+use celeriac_embedded::{MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker};
+use celeriac_redis::{RedisBackend, RedisBroker};
+
+/// Opens a broker from a URL: `memory://[NAME]`, `sqlite://PATH` or
+/// `redis://HOST[:PORT][/DB]`.
+///
+/// # Examples
+///
+/// ```
+/// let broker = celeriac_worker::open_broker("memory://").unwrap();
+/// assert_eq!(broker.url(), "memory://");
+/// assert!(celeriac_worker::open_broker("carrier-pigeon://").is_err());
+/// ```
+pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
+    let scheme = url.split("://").next().unwrap_or_default();
+    match scheme {
+        "memory" => Ok(MemoryBroker::open(url)?),
+        "sqlite" => Ok(SqliteBroker::open(url)?),
+        "redis" | "rediss" | "redis+unix" => Ok(RedisBroker::open(url)?),
+        _ => Err(BrokerError::InvalidUrl {
+            url: url.to_string(),
+            reason: format!(
+                "unsupported scheme {scheme:?}; expected memory://, sqlite:// or redis://"
+            ),
+        }),
+    }
+}
+
+/// Opens a result backend from a URL: `memory://[NAME]`, `sqlite://PATH`
+/// or `redis://HOST[:PORT][/DB]`.
+pub fn open_backend(url: &str) -> Result<Arc<dyn ResultBackend>, BackendError> {
+    let scheme = url.split("://").next().unwrap_or_default();
+    match scheme {
+        "memory" => Ok(MemoryBackend::open(url)?),
+        "sqlite" => Ok(SqliteBackend::open(url)?),
+        "redis" | "rediss" | "redis+unix" => Ok(RedisBackend::open(url)?),
+        _ => Err(BackendError::InvalidUrl {
+            url: url.to_string(),
+            reason: format!(
+                "unsupported scheme {scheme:?}; expected memory://, sqlite:// or redis://"
+            ),
+        }),
+    }
+}
+
+/// The result backend to use with a broker when none is configured: the
+/// broker's own store (the same named memory instance, the same SQLite file,
+/// the same Redis database).
+pub fn default_backend_url(broker_url: &str) -> String {
+    broker_url.to_string()
+}

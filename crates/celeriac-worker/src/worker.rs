@@ -1,0 +1,851 @@
+//! The consume → execute → store → ack loop.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use celeriac_core::message::DEFAULT_MAX_BODY;
+use celeriac_core::time::unix_now;
+use celeriac_core::{
+    Args, Broker, Delivery, Message, NodeInfo, Outgoing, RateLimit, Registry, ResultBackend,
+    ResultMeta, RetryDecision, State, TaskContext, TaskError, TaskErrorKind,
+};
+use celeriac_pool::{Panicked, ThreadPool};
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{Notify, oneshot};
+
+use crate::WorkerError;
+
+/// How long one claim waits for work before the loop claims again; it
+/// also bounds how long a shutdown waits for the claim in flight.
+const CLAIM_WAIT: Duration = Duration::from_millis(250);
+
+/// Counters of what a worker has done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// Tasks run to a SUCCESS.
+    pub succeeded: u64,
+    /// Tasks run to a FAILURE (errors, panics, bad arguments).
+    pub failed: u64,
+    /// Messages moved to the dead-letter store.
+    pub dead_lettered: u64,
+    /// Expired messages turned into REVOKED.
+    pub expired: u64,
+    /// Retries published.
+    pub retried: u64,
+    /// Revoked messages turned into REVOKED.
+    pub revoked: u64,
+    /// Deliveries skipped as duplicates (a finished task delivered again,
+    /// or a second task with the same idempotency key).
+    pub duplicates: u64,
+    /// Tasks running now.
+    pub active: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+    expired: AtomicU64,
+    retried: AtomicU64,
+    revoked: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+/// Configures a [`Worker`].
+#[derive(Debug)]
+pub struct WorkerBuilder {
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    registry: Arc<Registry>,
+    concurrency: Option<usize>,
+    queues: Vec<String>,
+    nodename: Option<String>,
+    max_body: usize,
+    heartbeat: Duration,
+    renew_every: Duration,
+    pool: Option<ThreadPool>,
+    result_extended: bool,
+    max_deliveries: u32,
+    rate_limits: HashMap<String, RateLimit>,
+}
+
+impl WorkerBuilder {
+    /// Execution slots (threads). Defaults to the number of CPUs.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = Some(n);
+        self
+    }
+
+    /// Queues to consume, in priority order. Defaults to `celery`.
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The node name, e.g. `w1@host`. Defaults to `celeriac@<hostname>`.
+    pub fn nodename(mut self, name: impl Into<String>) -> Self {
+        self.nodename = Some(name.into());
+        self
+    }
+
+    /// Largest message body accepted; larger ones are dead-lettered.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// How often the worker announces itself (default 2 s, as Celery).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// How often leases of running tasks are renewed at most (default 10 s).
+    /// The worker renews at least three times per broker lease
+    /// ([`Broker::lease`]), whatever this says.
+    pub fn renew_every(mut self, every: Duration) -> Self {
+        self.renew_every = every;
+        self
+    }
+
+    /// Also store each task's args and kwargs with its result, like
+    /// Celery's `result_extended` (default off, as in Celery). The task name,
+    /// worker, queue, retries and runtime are always stored.
+    pub fn result_extended(mut self, on: bool) -> Self {
+        self.result_extended = on;
+        self
+    }
+
+    /// A message delivered more than this many times without being
+    /// acknowledged (its worker crashed or was killed every time) is a
+    /// poison message: it is moved to the dead-letter queue instead of
+    /// being run again. Default 5; 0 disables the limit.
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n;
+        self
+    }
+
+    /// Limits how often task `name` starts, overriding its own
+    /// `rate_limit` (like Celery's `rate_limit` control command). A global
+    /// limit is shared by every worker on the broker.
+    pub fn rate_limit(mut self, name: impl Into<String>, limit: RateLimit) -> Self {
+        self.rate_limits.insert(name.into(), limit);
+        self
+    }
+
+    /// Runs tasks on this pool instead of a new one.
+    pub fn pool(mut self, pool: ThreadPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Builds the worker. It starts consuming when [`Worker::run`] is
+    /// awaited.
+    pub fn build(self) -> Result<Worker, WorkerError> {
+        if self.queues.is_empty() {
+            return Err(WorkerError::NoQueues);
+        }
+        let pool = match self.pool {
+            Some(p) => {
+                if let Some(n) = self.concurrency {
+                    p.set_threads(n).map_err(|_| WorkerError::ZeroConcurrency)?;
+                }
+                p
+            }
+            None => {
+                let mut b = ThreadPool::builder().thread_name("celeriac-task");
+                if let Some(n) = self.concurrency {
+                    if n == 0 {
+                        return Err(WorkerError::ZeroConcurrency);
+                    }
+                    b = b.threads(n);
+                }
+                b.build().map_err(|e| WorkerError::Pool(e.to_string()))?
+            }
+        };
+        let concurrency = pool.threads();
+        let nodename = self
+            .nodename
+            .unwrap_or_else(|| format!("celeriac@{}", celeriac_core::message::hostname()));
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                broker: self.broker,
+                backend: self.backend,
+                registry: self.registry,
+                queues: self.queues,
+                nodename,
+                max_body: self.max_body,
+                heartbeat: self.heartbeat,
+                renew_every: self.renew_every,
+                result_extended: self.result_extended,
+                max_deliveries: self.max_deliveries,
+                rate_limits: self.rate_limits,
+                local_rate: Mutex::new(HashMap::new()),
+                pool,
+                target: AtomicUsize::new(concurrency),
+                inflight: AtomicUsize::new(0),
+                settling: AtomicUsize::new(0),
+                slot_freed: Notify::new(),
+                held: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
+                stopping: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    registry: Arc<Registry>,
+    queues: Vec<String>,
+    nodename: String,
+    max_body: usize,
+    heartbeat: Duration,
+    renew_every: Duration,
+    result_extended: bool,
+    max_deliveries: u32,
+    rate_limits: HashMap<String, RateLimit>,
+    local_rate: Mutex<HashMap<String, f64>>,
+    pool: ThreadPool,
+    target: AtomicUsize,
+    /// Execution slots in use (claimed and not yet executed).
+    inflight: AtomicUsize,
+    /// Messages held and not yet settled (acked, requeued or dead-lettered).
+    settling: AtomicUsize,
+    slot_freed: Notify,
+    held: Mutex<HashMap<String, Delivery>>,
+    counters: Counters,
+    stopping: AtomicBool,
+}
+
+/// A worker: consumes task messages and runs them. Cheap to clone; clones
+/// share the worker.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use celeriac_core::{Broker, Call, Outgoing, Registry, ResultBackend};
+/// use celeriac_embedded::{MemoryBackend, MemoryBroker};
+/// use celeriac_worker::Worker;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let broker = Arc::new(MemoryBroker::new());
+/// let backend = Arc::new(MemoryBackend::new());
+/// let mut registry = Registry::new();
+/// registry.register_fn("tasks.mul", |_, args| {
+///     let mut b = args.bind("mul", &["x", "y"])?;
+///     Ok(serde_json::json!(b.take::<i64>(0)? * b.take::<i64>(1)?))
+/// }).unwrap();
+/// let worker = Worker::builder(broker.clone(), backend.clone(), Arc::new(registry))
+///     .concurrency(2)
+///     .build()
+///     .unwrap();
+/// let running = tokio::spawn({ let w = worker.clone(); async move { w.run().await } });
+///
+/// let msg = Call::<i64>::new("tasks.mul").arg(6).arg(7).to_message().unwrap();
+/// let watch = backend.watch(msg.id()).await.unwrap();
+/// broker.publish(Outgoing::from_message(&msg).unwrap()).await.unwrap();
+/// assert_eq!(watch.await.unwrap().result, 42);
+///
+/// worker.shutdown();
+/// running.await.unwrap();
+/// # });
+/// ```
+#[derive(Debug, Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+impl Worker {
+    /// Starts configuring a worker for a broker, a result backend and the
+    /// tasks it can run.
+    pub fn builder(
+        broker: Arc<dyn Broker>,
+        backend: Arc<dyn ResultBackend>,
+        registry: Arc<Registry>,
+    ) -> WorkerBuilder {
+        WorkerBuilder {
+            broker,
+            backend,
+            registry,
+            concurrency: None,
+            queues: vec![celeriac_core::message::DEFAULT_QUEUE.to_string()],
+            nodename: None,
+            max_body: DEFAULT_MAX_BODY,
+            heartbeat: Duration::from_secs(2),
+            renew_every: Duration::from_secs(10),
+            pool: None,
+            result_extended: false,
+            max_deliveries: 5,
+            rate_limits: HashMap::new(),
+        }
+    }
+
+    /// The node name.
+    pub fn nodename(&self) -> &str {
+        &self.inner.nodename
+    }
+
+    /// The queues consumed.
+    pub fn queues(&self) -> &[String] {
+        &self.inner.queues
+    }
+
+    /// Execution slots.
+    pub fn concurrency(&self) -> usize {
+        self.inner.target.load(Ordering::SeqCst)
+    }
+
+    /// Resizes the worker while it runs. Running tasks finish; no task is
+    /// lost. `n` must be at least 1.
+    pub fn set_concurrency(&self, n: usize) -> Result<(), WorkerError> {
+        if n == 0 {
+            return Err(WorkerError::ZeroConcurrency);
+        }
+        self.inner
+            .pool
+            .set_threads(n)
+            .map_err(|e| WorkerError::Pool(e.to_string()))?;
+        self.inner.target.store(n, Ordering::SeqCst);
+        self.inner.slot_freed.notify_waiters();
+        Ok(())
+    }
+
+    /// What the worker has done so far.
+    pub fn stats(&self) -> WorkerStats {
+        let c = &self.inner.counters;
+        WorkerStats {
+            succeeded: c.succeeded.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            revoked: c.revoked.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            active: self.inner.inflight.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Asks the worker to stop (warm): it stops claiming, finishes the
+    /// tasks it holds, stores their results and acks them, then
+    /// [`Worker::run`] returns.
+    pub fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.slot_freed.notify_waiters();
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Consumes and runs tasks until [`Worker::shutdown`] is called. Must
+    /// run inside a tokio runtime.
+    pub async fn run(&self) {
+        let inner = &self.inner;
+        tracing::info!(node = %inner.nodename, queues = ?inner.queues, concurrency = self.concurrency(),
+            broker = %inner.broker.url(), "worker ready");
+        let heartbeat = tokio::spawn(heartbeat_loop(self.inner.clone()));
+        let renewer = tokio::spawn(renew_loop(self.inner.clone()));
+        let mut backoff = Duration::from_millis(100);
+        while !self.is_stopping() {
+            // Claim only for free slots.
+            let free = loop {
+                let freed = inner.slot_freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                let target = inner.target.load(Ordering::SeqCst);
+                let busy = inner.inflight.load(Ordering::SeqCst);
+                if self.is_stopping() {
+                    break 0;
+                }
+                if busy < target {
+                    break target - busy;
+                }
+                freed.await;
+            };
+            if free == 0 {
+                break;
+            }
+            // A claim is never cancelled: the broker may already have
+            // recorded it, and a dropped claim would strand its messages
+            // until their lease lapses. It returns within CLAIM_WAIT.
+            let claimed = inner
+                .broker
+                .claim(&inner.nodename, &inner.queues, free, CLAIM_WAIT)
+                .await;
+            match claimed {
+                Ok(deliveries) if self.is_stopping() => {
+                    // Shutting down: give back what was just claimed
+                    // instead of starting it.
+                    for d in deliveries {
+                        if let Err(e) = inner.broker.requeue(&d, None).await {
+                            tracing::error!(error = %e, "could not give a message back at shutdown; it returns when its lease lapses");
+                        }
+                    }
+                    break;
+                }
+                Ok(deliveries) => {
+                    backoff = Duration::from_millis(100);
+                    for d in deliveries {
+                        inner.inflight.fetch_add(1, Ordering::SeqCst);
+                        inner.settling.fetch_add(1, Ordering::SeqCst);
+                        let inner = self.inner.clone();
+                        tokio::spawn(async move {
+                            let mut slot = Slot(Some(&inner));
+                            handle(&inner, d, &mut slot).await;
+                            drop(slot);
+                            inner.settling.fetch_sub(1, Ordering::SeqCst);
+                            inner.slot_freed.notify_waiters();
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in = ?backoff, "claim failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        // Warm shutdown: wait until every held message is settled (its
+        // result stored and the message acked or given back).
+        loop {
+            let freed = inner.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if inner.settling.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            freed.await;
+        }
+        heartbeat.abort();
+        renewer.abort();
+        if let Err(e) = inner.broker.node_gone(&inner.nodename).await {
+            tracing::warn!(error = %e, "could not remove node record");
+        }
+        tracing::info!(node = %inner.nodename, "worker stopped");
+    }
+}
+
+async fn heartbeat_loop(inner: Arc<Inner>) {
+    loop {
+        let node = NodeInfo {
+            name: inner.nodename.clone(),
+            concurrency: inner.target.load(Ordering::SeqCst),
+            pid: std::process::id(),
+            last_seen: unix_now(),
+        };
+        if let Err(e) = inner.broker.heartbeat(&node).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        tokio::time::sleep(inner.heartbeat).await;
+    }
+}
+
+async fn renew_loop(inner: Arc<Inner>) {
+    let every = inner
+        .renew_every
+        .min(inner.broker.lease() / 3)
+        .max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let held: Vec<Delivery> = inner.held.lock().values().cloned().collect();
+        if held.is_empty() {
+            continue;
+        }
+        if let Err(e) = inner.broker.renew(&held).await {
+            tracing::warn!(error = %e, count = held.len(), "lease renewal failed");
+        }
+    }
+}
+
+async fn dead_letter(inner: &Inner, d: &Delivery, reason: &str) {
+    inner.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = inner.broker.dead_letter(d, reason).await {
+        // Not acked, so the lease lapses and the message comes back.
+        tracing::error!(error = %e, reason, "could not dead-letter message; it stays in the broker");
+    }
+}
+
+async fn store(inner: &Inner, meta: &ResultMeta) -> bool {
+    match inner.backend.store(meta).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(task_id = %meta.task_id, error = %e, "could not store result");
+            false
+        }
+    }
+}
+
+/// An execution slot, released once the task has run (or was not run), so
+/// that the next claim overlaps with storing this task's result.
+struct Slot<'a>(Option<&'a Inner>);
+
+impl Slot<'_> {
+    fn release(&mut self) {
+        if let Some(inner) = self.0.take() {
+            inner.inflight.fetch_sub(1, Ordering::SeqCst);
+            inner.slot_freed.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
+    if inner.max_deliveries > 0 && d.deliveries > inner.max_deliveries {
+        let reason = format!(
+            "poison message: delivered {} times without being acknowledged (its worker crashed or was killed each time)",
+            d.deliveries - 1
+        );
+        tracing::error!(queue = %d.queue, deliveries = d.deliveries, "{reason}; moving it to the dead-letter queue");
+        dead_letter(inner, &d, &reason).await;
+        return;
+    }
+    let msg = match Message::decode_with_limit(&d.payload, inner.max_body) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(queue = %d.queue, error = %e, bytes = d.payload.len(),
+                "malformed message; moving it to the dead-letter queue");
+            dead_letter(inner, &d, &e.to_string()).await;
+            return;
+        }
+    };
+    let id = msg.id().to_string();
+    let name = msg.task().to_string();
+    let now = unix_now();
+
+    if d.revoked {
+        tracing::info!(task_id = %id, task = %name, "task revoked; marking REVOKED");
+        inner.counters.revoked.fetch_add(1, Ordering::Relaxed);
+        let meta = extended(
+            inner,
+            &msg,
+            &d,
+            ResultMeta::failure(&id, &TaskError::revoked("revoked")),
+            None,
+        );
+        if store(inner, &meta).await {
+            ack(inner, &d).await;
+        }
+        return;
+    }
+    if let Some(exp) = msg.expires_unix().filter(|&e| e < now) {
+        tracing::info!(task_id = %id, task = %name, expired_at = exp, "task expired; marking REVOKED");
+        inner.counters.expired.fetch_add(1, Ordering::Relaxed);
+        let meta = extended(
+            inner,
+            &msg,
+            &d,
+            ResultMeta::failure(&id, &TaskError::revoked("expired")),
+            None,
+        );
+        if store(inner, &meta).await {
+            ack(inner, &d).await;
+        }
+        return;
+    }
+    if let Some(eta) = msg.eta_unix().filter(|&e| e > now + 0.005) {
+        // A delayed message the broker did not hold back (e.g. from a
+        // foreign producer): put it in the broker's delayed store.
+        if let Err(e) = inner.broker.requeue(&d, Some(eta)).await {
+            tracing::error!(task_id = %id, error = %e, "could not defer eta task");
+        }
+        return;
+    }
+    if let Some(key) = msg.idempotency_key() {
+        match inner.backend.claim_key(key, &id, IDEMPOTENCY_TTL).await {
+            Ok(None) => {}
+            Ok(Some(holder)) if holder == id => {}
+            Ok(Some(holder)) => {
+                duplicate_of(inner, &msg, &d, key, &holder).await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(task_id = %id, error = %e, "could not claim the idempotency key; retrying later");
+                if let Err(e) = inner.broker.requeue(&d, Some(now + 1.0)).await {
+                    tracing::error!(task_id = %id, error = %e, "could not requeue task");
+                }
+                return;
+            }
+        }
+    }
+    if d.redelivered {
+        // A worker that died after storing the result but before the ack
+        // leaves a finished task to be delivered again: skip it.
+        if let Ok(Some(meta)) = inner.backend.get(&id).await
+            && meta.status.is_ready()
+        {
+            tracing::info!(task_id = %id, task = %name, status = %meta.status,
+                "redelivered task already finished; skipping it");
+            inner.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            ack(inner, &d).await;
+            return;
+        }
+    }
+    let Some(task) = inner.registry.get(&name).cloned() else {
+        tracing::error!(task_id = %id, task = %name, "received unregistered task; moving it to the dead-letter queue");
+        let err = TaskError::not_registered(&name);
+        let meta = extended(inner, &msg, &d, ResultMeta::failure(&id, &err), None);
+        store(inner, &meta).await;
+        inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+        dead_letter(inner, &d, &format!("unknown task {name:?}")).await;
+        return;
+    };
+    if msg.embed.callbacks.is_some()
+        || msg.embed.chain.as_ref().is_some_and(|c| !c.is_empty())
+        || msg.embed.chord.is_some()
+    {
+        tracing::warn!(task_id = %id, "message carries canvas callbacks/chain/chord; celeriac does not run them yet");
+    }
+
+    inner.held.lock().insert(d.tag.clone(), d.clone());
+    let options = *task.options();
+    let limit = inner.rate_limits.get(&name).copied().or(options.rate());
+    if let Some(limit) = limit
+        && !wait_for_rate(inner, &name, limit, &d).await
+    {
+        return;
+    }
+    let ctx = TaskContext::from_message(&msg, &inner.nodename);
+    let args = Args::new(msg.args.clone(), msg.kwargs.clone());
+    let (tx, rx) = oneshot::channel();
+    let spawned = inner.pool.spawn(move || {
+        let start = Instant::now();
+        let out = catch_unwind(AssertUnwindSafe(|| task.invoke(&ctx, args))).unwrap_or_else(|p| {
+            Err(TaskError::panicked(
+                Panicked::from_payload(p).into_message(),
+            ))
+        });
+        let _ = tx.send((out, start.elapsed()));
+    });
+    let outcome = match spawned {
+        Ok(()) => rx.await.ok(),
+        Err(_) => None,
+    };
+    slot.release();
+    let Some((out, runtime)) = outcome else {
+        // The pool is shutting down: give the message back.
+        inner.held.lock().remove(&d.tag);
+        if let Err(e) = inner.broker.requeue(&d, None).await {
+            tracing::error!(task_id = %id, error = %e, "could not requeue task");
+        }
+        return;
+    };
+    let meta = match out {
+        Ok(v) => {
+            inner.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(task_id = %id, task = %name, runtime = ?runtime, "task succeeded");
+            ResultMeta::success(&id, v)
+        }
+        Err(e) => {
+            let retries = msg.headers.retries;
+            match options.decide(&e, retries, random_unit()) {
+                RetryDecision::Retry { countdown } => {
+                    retry(inner, &msg, &d, &e, countdown, runtime).await;
+                    return;
+                }
+                RetryDecision::GiveUp if e.kind() == TaskErrorKind::Retry => {
+                    inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    let err = TaskError::typed(
+                        "MaxRetriesExceededError",
+                        "celery.exceptions",
+                        format!(
+                            "Can't retry {name}[{id}] args:{:?} kwargs:{:?}",
+                            msg.args, msg.kwargs
+                        ),
+                    );
+                    tracing::warn!(task_id = %id, task = %name, retries, "task gave up: max retries exceeded");
+                    ResultMeta::failure(&id, &err)
+                }
+                _ => {
+                    inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(task_id = %id, task = %name, error = %e, "task failed");
+                    ResultMeta::failure(&id, &e)
+                }
+            }
+        }
+    };
+    let meta = extended(inner, &msg, &d, meta, Some(runtime));
+    let stored = msg.headers.ignore_result == Some(true) || store(inner, &meta).await;
+    inner.held.lock().remove(&d.tag);
+    if stored {
+        ack(inner, &d).await;
+    } else if let Err(e) = inner.broker.requeue(&d, Some(unix_now() + 1.0)).await {
+        tracing::error!(task_id = %id, error = %e, "could not requeue task after a failed result store");
+    }
+}
+
+/// Waits until the rate limit lets task `name` start. A wait longer than a
+/// couple of seconds gives the message back to the broker (delayed) instead
+/// of holding a slot; returns whether the task may run now.
+async fn wait_for_rate(inner: &Arc<Inner>, name: &str, limit: RateLimit, d: &Delivery) -> bool {
+    let key = format!("celeriac.rate.{name}");
+    loop {
+        let wait = if limit.is_global() {
+            match inner.broker.rate_wait(&key, limit.interval()).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(task = %name, error = %e, "rate limit bucket unavailable; waiting");
+                    1.0
+                }
+            }
+        } else {
+            let mut local = inner.local_rate.lock();
+            match celeriac_core::rate::gcra(local.get(name).copied(), unix_now(), limit.interval())
+            {
+                Ok(tat) => {
+                    local.insert(name.to_string(), tat);
+                    0.0
+                }
+                Err(w) => w,
+            }
+        };
+        if wait <= 0.0 {
+            return true;
+        }
+        if wait > 2.0 {
+            inner.held.lock().remove(&d.tag);
+            if let Err(e) = inner.broker.requeue(d, Some(unix_now() + wait)).await {
+                tracing::error!(task = %name, error = %e, "could not requeue a rate-limited task");
+            }
+            return false;
+        }
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    }
+}
+
+/// How long an idempotency key is remembered (as long as results are).
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(86_400);
+
+/// A task whose idempotency key another task holds: it gets that task's
+/// result once there is one, without running.
+async fn duplicate_of(inner: &Arc<Inner>, msg: &Message, d: &Delivery, key: &str, holder: &str) {
+    let id = msg.id();
+    match inner.backend.get(holder).await {
+        Ok(Some(meta)) if meta.status.is_ready() => {
+            tracing::info!(task_id = %id, key, first = %holder, "duplicate of an idempotent task; reusing its result");
+            inner.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            let mut copy = meta;
+            copy.task_id = id.to_string();
+            if store(inner, &copy).await {
+                ack(inner, d).await;
+            }
+        }
+        Ok(_) => {
+            // The first task has not finished yet: look again shortly.
+            if let Err(e) = inner.broker.requeue(d, Some(unix_now() + 0.5)).await {
+                tracing::error!(task_id = %id, error = %e, "could not requeue task");
+            }
+        }
+        Err(e) => {
+            tracing::error!(task_id = %id, error = %e, "could not read the first task's result; retrying later");
+            if let Err(e) = inner.broker.requeue(d, Some(unix_now() + 1.0)).await {
+                tracing::error!(task_id = %id, error = %e, "could not requeue task");
+            }
+        }
+    }
+}
+
+/// A number in `[0, 1)` for retry jitter.
+fn random_unit() -> f64 {
+    let bits = (uuid::Uuid::new_v4().as_u128() >> 75) as u64; // 53 random bits
+    bits as f64 / (1u64 << 53) as f64
+}
+
+/// Celery's retry: store RETRY, publish the same task id again with
+/// `retries + 1`, an eta `countdown` seconds away (kept by the broker's
+/// delayed store) and `parent_id` set to itself, then ack this delivery.
+async fn retry(
+    inner: &Arc<Inner>,
+    msg: &Message,
+    d: &Delivery,
+    err: &TaskError,
+    countdown: f64,
+    runtime: Duration,
+) {
+    let id = msg.id().to_string();
+    let mut meta = ResultMeta::new(
+        &id,
+        State::Retry,
+        serde_json::to_value(err.to_exception_info()).unwrap_or(Value::Null),
+    );
+    meta.traceback = Some(
+        err.traceback()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{err}\n")),
+    );
+    let meta = extended(inner, msg, d, meta, Some(runtime));
+    let mut next = msg.clone();
+    next.headers.retries += 1;
+    next.headers.eta = Some(celeriac_core::time::iso_from_unix(unix_now() + countdown));
+    next.headers.parent_id = Some(id.clone());
+    next.properties.delivery_tag = uuid::Uuid::new_v4().to_string();
+    next.set_queue(&d.queue);
+    // RETRY first: stored after the next attempt, it could overwrite that
+    // attempt's final state.
+    store(inner, &meta).await;
+    inner.held.lock().remove(&d.tag);
+    let published = match Outgoing::from_message(&next) {
+        Ok(out) => inner.broker.publish(out).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match published {
+        Ok(()) => {
+            inner.counters.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(task_id = %id, task = %msg.task(), retries = next.headers.retries, countdown, "task retry");
+            ack(inner, d).await;
+        }
+        Err(e) => {
+            // Keep the original instead, delayed the same way: nothing lost.
+            tracing::error!(task_id = %id, error = %e, "could not publish the retry; requeueing the original");
+            if let Err(e) = inner.broker.requeue(d, Some(unix_now() + countdown)).await {
+                tracing::error!(task_id = %id, error = %e, "could not requeue task");
+            }
+        }
+    }
+}
+
+async fn ack(inner: &Inner, d: &Delivery) {
+    if let Err(e) = inner.broker.ack(d).await {
+        tracing::warn!(error = %e, "ack failed; the message may be delivered again");
+    }
+}
+
+fn extended(
+    inner: &Inner,
+    msg: &Message,
+    d: &Delivery,
+    mut meta: ResultMeta,
+    runtime: Option<Duration>,
+) -> ResultMeta {
+    meta.name = Some(msg.headers.task.clone());
+    if inner.result_extended {
+        meta.args = Some(Value::Array(msg.args.clone()));
+        meta.kwargs = Some(Value::Object(msg.kwargs.clone()));
+    }
+    meta.worker = Some(inner.nodename.clone());
+    meta.retries = Some(msg.headers.retries);
+    meta.queue = Some(d.queue.clone());
+    meta.parent_id = msg.headers.parent_id.clone();
+    meta.group_id = msg.headers.group.clone();
+    meta.runtime = runtime.map(|r| r.as_secs_f64());
+    meta
+}

@@ -1,0 +1,137 @@
+//! Tasks shipped in every celeriac binary, for demos, smoke tests and
+//! interop with Python Celery.
+//!
+//! Always registered: `celeriac.add`, `celeriac.fib`, `celeriac.sleep`,
+//! `celeriac.echo`. Registered only with diagnostic tasks enabled
+//! (`celeriac worker --diagnostic-tasks`): `celeriac.fail`,
+//! `celeriac.panic`, `celeriac.crash` and `celeriac.alloc`.
+
+use std::time::Duration;
+
+use serde_json::{Number, Value};
+
+use crate::{TaskContext, TaskError, task};
+
+/// Adds two numbers. Integers stay integers (an overflow is an error);
+/// anything else is added as floats.
+///
+/// ```
+/// use serde_json::json;
+/// assert_eq!(celeriac::builtins::add(json!(2), json!(3)).unwrap(), json!(5));
+/// assert_eq!(celeriac::builtins::add(json!(0.5), json!(2)).unwrap(), json!(2.5));
+/// assert!(celeriac::builtins::add(json!("a"), json!(2)).is_err());
+/// ```
+#[task(name = "celeriac.add")]
+pub fn add(x: Value, y: Value) -> Result<Value, TaskError> {
+    match (&x, &y) {
+        (Value::Number(a), Value::Number(b)) => {
+            if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64()) {
+                return a.checked_add(b).map(Value::from).ok_or_else(|| {
+                    TaskError::typed("OverflowError", "builtins", "integer overflow")
+                });
+            }
+            let sum = a.as_f64().unwrap_or(f64::NAN) + b.as_f64().unwrap_or(f64::NAN);
+            Number::from_f64(sum)
+                .map(Value::Number)
+                .ok_or_else(|| TaskError::typed("ValueError", "builtins", "result is not finite"))
+        }
+        _ => Err(TaskError::invalid_arguments(format!(
+            "unsupported operand type(s) for +: {x} and {y}"
+        ))),
+    }
+}
+
+/// The n-th Fibonacci number, computed by naive recursion: the classic
+/// CPU-bound job.
+///
+/// ```
+/// assert_eq!(celeriac::builtins::fib(10), 55);
+/// ```
+#[task(name = "celeriac.fib")]
+pub fn fib(n: u64) -> u64 {
+    fn go(n: u64) -> u64 {
+        if n < 2 {
+            n
+        } else {
+            go(n - 1).wrapping_add(go(n - 2))
+        }
+    }
+    go(std::hint::black_box(n))
+}
+
+/// Sleeps for `seconds` and returns them.
+#[task(name = "celeriac.sleep")]
+pub fn sleep(seconds: f64) -> Result<f64, TaskError> {
+    if !(0.0..=86_400.0).contains(&seconds) {
+        return Err(TaskError::typed(
+            "ValueError",
+            "builtins",
+            format!("seconds must be between 0 and 86400, got {seconds}"),
+        ));
+    }
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    Ok(seconds)
+}
+
+/// Returns its argument unchanged.
+#[task(name = "celeriac.echo")]
+pub fn echo(value: Value) -> Value {
+    value
+}
+
+/// Fails with `message` (diagnostic).
+#[task(name = "celeriac.fail", diagnostic)]
+pub fn fail(message: String) -> Result<(), TaskError> {
+    Err(TaskError::new(message))
+}
+
+/// Panics with `message` (diagnostic).
+#[task(name = "celeriac.panic", diagnostic)]
+pub fn panic(message: String) {
+    std::panic::panic_any(message)
+}
+
+/// Aborts the process running it (diagnostic).
+#[task(name = "celeriac.crash", diagnostic)]
+pub fn crash() {
+    std::process::abort()
+}
+
+/// Holds `mb` MiB of memory, touched, for `seconds` (diagnostic).
+#[task(name = "celeriac.alloc", diagnostic)]
+pub fn alloc(mb: u64, seconds: f64) -> Result<u64, TaskError> {
+    if mb > 1 << 20 {
+        return Err(TaskError::typed(
+            "ValueError",
+            "builtins",
+            "mb is too large",
+        ));
+    }
+    let bytes = usize::try_from(mb << 20)
+        .map_err(|_| TaskError::typed("ValueError", "builtins", "mb is too large"))?;
+    let mut block = vec![0u8; bytes];
+    for i in (0..block.len()).step_by(4096) {
+        block[i] = 1;
+    }
+    std::thread::sleep(Duration::from_secs_f64(seconds.clamp(0.0, 3600.0)));
+    Ok(std::hint::black_box(&block).len() as u64 >> 20)
+}
+
+/// Fails its first `failures` attempts with a retry request, then returns
+/// how many retries it took (diagnostic). Retries back off from 0.1 s,
+/// doubling, capped at 1 s, without jitter; at most 10.
+#[task(
+    name = "celeriac.flaky",
+    diagnostic,
+    max_retries = 10,
+    retry_backoff = 0.1,
+    retry_backoff_max = 1,
+    retry_jitter = false
+)]
+pub fn flaky(ctx: &TaskContext, failures: u32) -> Result<u32, TaskError> {
+    if ctx.retries() < failures {
+        Err(ctx.retry_later())
+    } else {
+        Ok(ctx.retries())
+    }
+}

@@ -1,0 +1,109 @@
+//! # celeriac
+//!
+//! Parallel, concurrent and distributed task execution for Rust: a thread
+//! pool, a pp-style job server and a Celery-compatible task queue, on one
+//! task model and one execution path.
+//!
+//! ```
+//! use celeriac::{Server, task};
+//!
+//! #[task(name = "docs.square")]
+//! fn square(x: i64) -> i64 {
+//!     x * x
+//! }
+//!
+//! let server = Server::new().unwrap();
+//! let jobs: Vec<_> = (0..10).map(|i| server.submit(square::call(i))).collect();
+//! let total: i64 = jobs.iter().map(|j| j.wait().unwrap()).sum();
+//! assert_eq!(total, 285);
+//! ```
+//!
+//! - Tasks are plain functions marked [`#[task]`](task). Each has a stable
+//!   name on the wire and a typed call handle.
+//! - [`Server`] is the pp-style job server: `submit` returns a [`Job`].
+//! - [`Worker`] consumes a broker; `celeriac worker` is one.
+//! - Messages are Celery protocol v2 everywhere ([`Message`]); results are
+//!   stored as Celery stores them ([`ResultMeta`]).
+//! - Brokers: `memory://` (in process, the [`Server`] default) and
+//!   `sqlite:///path.db` (a durable file shared by processes on one machine,
+//!   the CLI default).
+
+extern crate self as celeriac;
+
+pub mod builtins;
+
+pub use celeriac_core::time;
+pub use celeriac_core::{
+    Args, BackendError, Broker, BrokerError, Call, CodecError, DeadLetter, Delivery, Message,
+    NodeInfo, Outgoing, RateLimit, Registry, RegistryError, ResultBackend, ResultMeta,
+    RetryDecision, Routes, State, Task, TaskContext, TaskDef, TaskError, TaskErrorKind,
+    TaskOptions,
+};
+pub use celeriac_embedded::{
+    MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker, default_db_path,
+};
+pub use celeriac_pool::ThreadPool;
+pub use celeriac_server::{
+    Job, JobError, NodeStats, Server, ServerBuilder, ServerError, Stats, Template,
+};
+pub use celeriac_worker::{
+    PoolKind, Worker, WorkerBuilder, WorkerStats, default_backend_url, open_backend, open_broker,
+};
+
+/// Turns a function into a task.
+///
+/// ```
+/// use celeriac::{task, Task, TaskContext};
+///
+/// /// Adds two numbers.
+/// #[task(name = "tasks.add")]
+/// pub fn add(x: i64, y: i64) -> i64 {
+///     x + y
+/// }
+///
+/// // The function is still a function.
+/// assert_eq!(add(2, 3), 5);
+/// // `add::call` builds a typed call: a Call<i64>.
+/// let call = add::call(2, 3);
+/// assert_eq!(call.name(), "tasks.add");
+/// // `add` (the task type) implements celeriac::Task.
+/// assert_eq!(<add as Task>::PARAMS, &["x", "y"]);
+///
+/// // Errors are returned as Result; any Display error type works.
+/// #[task(name = "tasks.parse")]
+/// fn parse(text: String) -> Result<i64, std::num::ParseIntError> {
+///     text.parse()
+/// }
+///
+/// // A first `&TaskContext` parameter gives access to the call's metadata.
+/// #[task(name = "tasks.whoami")]
+/// fn whoami(ctx: &TaskContext) -> String {
+///     ctx.id().to_string()
+/// }
+/// ```
+///
+/// - `name = "..."` sets the wire name; without it the name is the Rust
+///   module path with `.` separators, e.g. `my_crate.jobs.add`. Give
+///   explicit names to tasks other programs call.
+/// - `diagnostic` registers the task only in registries that ask for
+///   diagnostic tasks.
+/// - Parameters must be owned types that deserialize from JSON. Positional
+///   arguments map to them in order, keyword arguments by name; a
+///   `Option<T>` parameter may be omitted.
+/// - The return value must serialize to JSON; a `Result<T, E>` return with
+///   `E: Display` stores `E` as the failure.
+/// - The task registers itself at link time ([`Registry::linked`]); a
+///   duplicate name is refused at startup.
+///
+/// Async functions are refused for now:
+///
+/// ```compile_fail
+/// #[celeriac::task]
+/// async fn nope() {}
+/// ```
+pub use celeriac_macros::task;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use celeriac_core::__private::*;
+}

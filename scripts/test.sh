@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone. It checks the toolchain, starts a
+# private redis-server on a free loopback port (installing the Debian package
+# when it is missing and we are root), creates a Python venv with the pinned
+# Celery of tests/python/requirements.txt for the interop tests, then runs
+# formatting, clippy (-D warnings), the docs, every test and doctest, and the
+# examples. Everything it starts is stopped when it exits.
+#
+# Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$(pwd)"
+
+say() { printf '\n== %s ==\n' "$*"; }
+fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+run_dir="$(mktemp -d -t celeriac-test-XXXXXX)"
+cleanup() {
+  if [ -f "$run_dir/redis.pid" ]; then kill "$(cat "$run_dir/redis.pid")" 2>/dev/null || true; fi
+  rm -rf "$run_dir"
+}
+trap cleanup EXIT
+
+apt_install() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing $* (Debian packages)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    return 1
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+say "toolchain"
+command -v cargo >/dev/null || fail "cargo is not installed (https://rustup.rs)"
+cargo --version
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt 2>/dev/null || fail "rustfmt is missing: rustup component add rustfmt"
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy 2>/dev/null || fail "clippy is missing: rustup component add clippy"
+
+command -v python3 >/dev/null || apt_install python3 || fail "python3 is required for the interop tests"
+
+say "private redis-server"
+command -v redis-server >/dev/null || apt_install redis-server \
+  || fail "redis-server is not installed: install it (e.g. apt-get install redis-server) or run this script as root"
+redis-server --version
+port="$(free_port)"
+redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$run_dir" --daemonize yes --pidfile "$run_dir/redis.pid" --logfile "$run_dir/redis.log"
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'PING\r\n' >&3 && head -c 5 <&3 | grep -q PONG) 2>/dev/null; then
+    break
+  fi
+  sleep 0.1
+done
+export CELERIAC_TEST_REDIS_URL="redis://127.0.0.1:$port/0"
+echo "redis-server on 127.0.0.1:$port"
+
+say "python venv with celery"
+venv="$root/.venv"
+req="$root/tests/python/requirements.txt"
+stamp="$venv/.requirements"
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$stamp"; then
+  rm -rf "$venv"
+  python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; } \
+    || fail "cannot create a Python venv: install python3-venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+  cp "$req" "$stamp"
+fi
+"$venv/bin/python" -c 'import celery; print("celery", celery.__version__)'
+export CELERIAC_TEST_PYTHON="$venv/bin/python"
+export CELERIAC_REQUIRE_INTEROP=1
+
+# Keep test artifacts of this run private.
+export CELERIAC_HOME="$run_dir/home"
+unset CELERIAC_BROKER_URL CELERIAC_RESULT_BACKEND
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "cargo doc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+say "cargo test (unit, integration, doc)"
+cargo test --workspace --locked --no-fail-fast
+
+say "examples"
+for ex in thread_pool job_server worker_and_client celery_messages redis_server task_semantics; do
+  echo "-- example $ex"
+  CELERIAC_BROKER_URL="${CELERIAC_TEST_REDIS_URL%/0}/4" \
+    cargo run --quiet --locked -p celeriac-examples --example "$ex" >/dev/null
+done
+
+say "all checks passed"

@@ -1,0 +1,21 @@
+"""Sends celeriac.flaky(3) and prints, as JSON, the distinct states Python's
+AsyncResult reports while it runs, and the final result."""
+import json
+import sys
+import time
+
+from celery import Celery
+
+url = sys.argv[1]
+app = Celery("retries", broker=url, backend=url)
+result = app.send_task("celeriac.flaky", args=(3,))
+states = []
+deadline = time.time() + 60
+while time.time() < deadline:
+    state = result.state
+    if not states or states[-1] != state:
+        states.append(state)
+    if result.ready():
+        break
+    time.sleep(0.005)
+print(json.dumps({"states": states, "result": result.get(timeout=5), "retries": result.retries}))

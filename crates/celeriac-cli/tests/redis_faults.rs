@@ -526,13 +526,19 @@ fn on_redis_one_idempotency_key_runs_once() {
     assert_eq!(sc.count_done(&ids, Duration::from_secs(60)), 2);
     let first = sc.rt.block_on(sc.backend.get(&ids[0])).unwrap().unwrap();
     let second = sc.rt.block_on(sc.backend.get(&ids[1])).unwrap().unwrap();
-    assert_eq!(first.result, "first");
-    assert_eq!(
-        second.result, "first",
-        "the duplicate reuses the first result"
-    );
     let _ = child.kill();
     let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    // With two slots both messages are claimed at once, and either may take
+    // the key first: what must hold is one body run and one shared result.
+    assert!(
+        first.result == "first" || first.result == "second",
+        "{text}"
+    );
+    assert_eq!(
+        second.result, first.result,
+        "the duplicate reuses the result of the one that ran: {text}"
+    );
     let runs = std::fs::read_to_string(&log)
         .unwrap()
         .lines()

@@ -188,6 +188,8 @@ enum DlqCommand {
 /// Exit codes: 0 ok, 1 the task failed, 2 usage or setup error, 3 timed
 /// out, 4 result not ready.
 fn main() -> ExitCode {
+    // A process pool child re-executes this binary: serve tasks and exit.
+    celeriac::init();
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Demo(_) => "warn",

@@ -105,7 +105,7 @@ pub enum RegistryError {
 /// What kind of failure a [`TaskError`] is.
 ///
 /// New kinds may be added; match with a wildcard arm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum TaskErrorKind {
     /// The task returned an error.
@@ -116,8 +116,10 @@ pub enum TaskErrorKind {
     NotRegistered,
     /// The task panicked; the message carries the panic payload.
     Panicked,
-    /// The task exceeded its time limit.
+    /// The task exceeded its hard time limit.
     TimedOut,
+    /// The task observed its soft time limit and gave up.
+    SoftTimedOut,
     /// The process running the task died.
     WorkerLost,
     /// The task was revoked or had expired.
@@ -141,10 +143,15 @@ pub enum TaskErrorKind {
 /// assert_eq!(info.exc_type, "TaskError");
 /// assert_eq!(TaskError::from_exception_info(&info, None).message(), "boom");
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+///
+/// It serializes (with serde) to a private, lossless form that process
+/// pools use to carry it between processes; what a result store keeps is
+/// [`TaskError::to_exception_info`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct TaskError(Box<Repr>);
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Repr {
     kind: TaskErrorKind,
     exc_type: String,
@@ -258,6 +265,17 @@ impl TaskError {
         )
     }
 
+    /// The task gave up at its soft time limit (Celery's
+    /// `SoftTimeLimitExceeded`); see [`TaskContext::check`](crate::TaskContext::check).
+    pub fn soft_timed_out(message: impl Into<String>) -> Self {
+        Self::with(
+            TaskErrorKind::SoftTimedOut,
+            "SoftTimeLimitExceeded",
+            "billiard.exceptions",
+            message,
+        )
+    }
+
     /// The process executing the task died.
     pub fn worker_lost(message: impl Into<String>) -> Self {
         Self::with(
@@ -306,6 +324,7 @@ impl TaskError {
             ("Panic", Some("celeriac")) => TaskErrorKind::Panicked,
             ("TypeError", Some("builtins")) => TaskErrorKind::InvalidArguments,
             ("TimeLimitExceeded", _) => TaskErrorKind::TimedOut,
+            ("SoftTimeLimitExceeded", _) => TaskErrorKind::SoftTimedOut,
             ("WorkerLostError", _) => TaskErrorKind::WorkerLost,
             ("TaskRevokedError", _) => TaskErrorKind::Revoked,
             ("Retry", _) => TaskErrorKind::Retry,

@@ -33,7 +33,9 @@ pub use rate::RateLimit;
 pub use result::{ExceptionInfo, ResultMeta, State};
 pub use retry::{RetryDecision, TaskOptions};
 pub use routes::Routes;
-pub use task::{Args, Call, IntoArgs, RegisteredTask, Registry, Task, TaskContext, TaskDef};
+pub use task::{
+    Args, Call, CancelToken, IntoArgs, RegisteredTask, Registry, Task, TaskContext, TaskDef,
+};
 
 #[doc(hidden)]
 pub mod __private {

@@ -45,7 +45,7 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency_key";
 ///     .unwrap_err();
 /// assert_eq!(err.message(), "add() takes 2 positional arguments but 3 were given");
 /// ```
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Args {
     /// Positional arguments.
     pub args: Vec<Value>,
@@ -169,8 +169,42 @@ tuple_into_args!(A, B, C, D, E, F, G, H, I, J);
 tuple_into_args!(A, B, C, D, E, F, G, H, I, J, K);
 tuple_into_args!(A, B, C, D, E, F, G, H, I, J, K, L);
 
+/// A cooperative cancellation flag shared by a running task and the
+/// executor that runs it. The executor cancels it when the task's soft time
+/// limit passes; the task looks at it with [`TaskContext::is_cancelled`] or
+/// [`TaskContext::check`].
+///
+/// ```
+/// use celeriac_core::CancelToken;
+///
+/// let token = CancelToken::new();
+/// let seen_by_task = token.clone();
+/// assert!(!seen_by_task.is_cancelled());
+/// token.cancel();
+/// assert!(seen_by_task.is_cancelled());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels it; every clone sees it.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether it was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// What a running task knows about its own call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskContext {
     id: String,
     name: String,
@@ -179,6 +213,11 @@ pub struct TaskContext {
     root_id: Option<String>,
     parent_id: Option<String>,
     group: Option<String>,
+    /// Hard and soft time limits in seconds, as the `timelimit` header.
+    #[serde(default)]
+    timelimit: (Option<f64>, Option<f64>),
+    #[serde(skip)]
+    cancel: CancelToken,
 }
 
 impl TaskContext {
@@ -192,6 +231,8 @@ impl TaskContext {
             root_id: msg.headers.root_id.clone(),
             parent_id: msg.headers.parent_id.clone(),
             group: msg.headers.group.clone(),
+            timelimit: msg.headers.timelimit,
+            cancel: CancelToken::new(),
         }
     }
 
@@ -205,6 +246,8 @@ impl TaskContext {
             root_id: None,
             parent_id: None,
             group: None,
+            timelimit: (None, None),
+            cancel: CancelToken::new(),
         }
     }
 
@@ -237,6 +280,48 @@ impl TaskContext {
         self.group.as_deref()
     }
 
+    /// The call's hard time limit (the first element of Celery's
+    /// `timelimit` header), if any.
+    pub fn time_limit(&self) -> Option<Duration> {
+        secs(self.timelimit.0)
+    }
+
+    /// The call's soft time limit (the second element of `timelimit`).
+    pub fn soft_time_limit(&self) -> Option<Duration> {
+        secs(self.timelimit.1)
+    }
+
+    /// Overrides the limits of this call; executors apply worker-wide
+    /// defaults this way when the message has none.
+    pub fn set_time_limits(&mut self, hard: Option<Duration>, soft: Option<Duration>) {
+        self.timelimit = (hard.map(|d| d.as_secs_f64()), soft.map(|d| d.as_secs_f64()));
+    }
+
+    /// The cancellation flag of this run; executors cancel it at the soft
+    /// time limit.
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.cancel
+    }
+
+    /// Whether the task should stop now: its soft time limit has passed.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// `Err(SoftTimeLimitExceeded)` once the soft time limit has passed, so
+    /// that a long task can write `ctx.check()?;` in its loop, as a Python
+    /// task sees `SoftTimeLimitExceeded` raised.
+    pub fn check(&self) -> Result<(), TaskError> {
+        if self.is_cancelled() {
+            Err(TaskError::soft_timed_out(format!(
+                "SoftTimeLimitExceeded({})",
+                self.timelimit.1.map(|s| s.to_string()).unwrap_or_default()
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
     /// A request to retry this task with the same id in `countdown`
     /// (Celery's `self.retry(countdown=...)`); return it as the task's
     /// error. [`TaskContext::retry_later`] uses the task's delay or backoff.
@@ -248,6 +333,11 @@ impl TaskContext {
     pub fn retry_later(&self) -> TaskError {
         TaskError::retry(None)
     }
+}
+
+fn secs(s: Option<f64>) -> Option<Duration> {
+    s.filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
 }
 
 /// The function that decodes arguments and runs a task.

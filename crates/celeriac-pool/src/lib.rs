@@ -1,7 +1,9 @@
 //! # celeriac-pool
 //!
-//! A resizable thread pool executor: the celeriac worker runs its tasks on
-//! it, and the job server resizes it at runtime.
+//! The executors the celeriac worker runs tasks on: a resizable thread pool
+//! ([`ThreadPool`]), and a pool of child processes
+//! ([`process::ProcessPool`]) for crash isolation, hard time limits and
+//! memory limits.
 //!
 //! - [`ThreadPool`]: a cheap, cloneable handle to a pool of worker threads
 //!   fed by one FIFO queue. [`ThreadPool::spawn`] queues a fire-and-forget
@@ -43,6 +45,7 @@
 
 mod error;
 mod pool;
+pub mod process;
 mod shared;
 mod spin;
 mod task;

@@ -62,7 +62,7 @@ fn panics_are_reported_and_the_pool_keeps_working() {
         .map(|i| pool.execute(move || i + 1).unwrap())
         .collect();
     let sum: i32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    assert_eq!(sum, (1..=100).sum());
+    assert_eq!(sum, (1..=100).sum::<i32>());
     assert_eq!(pool.threads(), 2);
     assert_eq!(pool.live_threads(), 2);
     pool.shutdown();
@@ -182,7 +182,7 @@ fn handles_can_be_joined_on_other_threads() {
         .map(|h| thread::spawn(move || h.join().unwrap()))
         .collect();
     let sum: i32 = joiners.into_iter().map(|j| j.join().unwrap()).sum();
-    assert_eq!(sum, (0..50).sum());
+    assert_eq!(sum, (0..50).sum::<i32>());
 }
 
 #[test]

@@ -228,6 +228,6 @@ fn concurrent_resizes_converge() {
     let results: Vec<_> = (0..100).map(|i| pool.execute(move || i).unwrap()).collect();
     assert_eq!(
         results.into_iter().map(|h| h.join().unwrap()).sum::<i32>(),
-        (0..100).sum()
+        (0..100).sum::<i32>()
     );
 }

@@ -114,7 +114,7 @@ fn handles_resolve_after_the_pool_is_dropped() {
     let handles: Vec<_> = (0..200).map(|i| pool.execute(move || i).unwrap()).collect();
     drop(pool);
     let sum: i32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    assert_eq!(sum, (0..200).sum());
+    assert_eq!(sum, (0..200).sum::<i32>());
 }
 
 #[test]

@@ -32,6 +32,7 @@ extern crate self as celeriac;
 
 pub mod builtins;
 
+pub use celeriac_core::CancelToken;
 pub use celeriac_core::time;
 pub use celeriac_core::{
     Args, BackendError, Broker, BrokerError, Call, CodecError, DeadLetter, Delivery, Message,
@@ -43,6 +44,10 @@ pub use celeriac_embedded::{
     MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker, default_db_path,
 };
 pub use celeriac_pool::ThreadPool;
+pub use celeriac_pool::process::{
+    Outcome, PoolClosed, ProcessJob, ProcessPool, ProcessPoolBuilder, ProcessPoolError,
+    ProcessPoolStats,
+};
 pub use celeriac_server::{
     Job, JobError, NodeStats, Server, ServerBuilder, ServerError, Stats, Template,
 };
@@ -102,6 +107,34 @@ pub use celeriac_worker::{
 /// async fn nope() {}
 /// ```
 pub use celeriac_macros::task;
+
+/// Call this first thing in `main` of any program that runs tasks in a
+/// process pool (`celeriac worker -P processes`, [`ProcessPool`], a
+/// [`Server`] with processes).
+///
+/// The process pool starts its children by re-executing the current
+/// binary, never by `fork`. In a child, `init` serves tasks from the
+/// linked registry (every `#[task]`, diagnostic ones included) and exits
+/// when the pool retires the child, so it never returns there; in any
+/// other process it returns at once. Everything `main` does before `init`
+/// also runs in each child.
+///
+/// ```no_run
+/// fn main() {
+///     celeriac::init();
+///     // ... build a Worker, a Server or a ProcessPool ...
+/// }
+/// ```
+#[allow(clippy::needless_doctest_main)] // `main` is the point of the example
+pub fn init() {
+    init_with(|| Registry::linked(true).expect("duplicate task names"));
+}
+
+/// [`init`] with an explicit registry for the children, for tasks
+/// registered with [`Registry::register_fn`] rather than `#[task]`.
+pub fn init_with(registry: impl FnOnce() -> Registry) {
+    celeriac_pool::process::init_child(registry);
+}
 
 #[doc(hidden)]
 pub mod __private {

@@ -1,0 +1,183 @@
+//! Child mode: what a re-executed binary does once `init()` sees that it is
+//! a pool child.
+
+use std::io::{self, BufReader, BufWriter, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use celeriac_core::{CancelToken, Registry, TaskError};
+use parking_lot::{Condvar, Mutex};
+
+use super::frame::{self, DoneFrame, RunFrame, ToChild, ToParent};
+use super::{ENV_CHILD, ENV_PARENT, ENV_RSS};
+use crate::Panicked;
+
+/// Whether this process was started as a pool child.
+pub(crate) fn requested() -> bool {
+    std::env::var_os(ENV_CHILD).is_some()
+}
+
+/// Serves tasks from the parent until told to exit or the parent goes
+/// away, then exits the process.
+pub(crate) fn serve(registry: Registry) -> ! {
+    // Die with the parent, even in the middle of a task.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    let parent: Option<u32> = std::env::var(ENV_PARENT).ok().and_then(|p| p.parse().ok());
+    if parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
+        // The parent died before the death signal was armed.
+        std::process::exit(70);
+    }
+    let code = match run(registry) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("celeriac pool child {}: {e}", std::process::id());
+            70
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run(registry: Registry) -> io::Result<()> {
+    // The parent hands us one end of a socket pair as standard input.
+    let stream = UnixStream::from(io::stdin().as_fd().try_clone_to_owned()?);
+    let reader = stream.try_clone()?;
+    let mut out = BufWriter::new(stream);
+    let report_rss = std::env::var_os(ENV_RSS).is_some();
+    frame::write(
+        &mut out,
+        &ToParent::Ready {
+            pid: std::process::id(),
+        },
+    )?;
+    out.flush()?;
+
+    // A reader thread drains the socket so that the parent's writes never
+    // block, and notices at once when the parent is gone.
+    let (tx, rx) = mpsc::channel::<ToChild>();
+    std::thread::Builder::new()
+        .name("celeriac-child-reader".into())
+        .spawn(move || {
+            let mut r = BufReader::new(reader);
+            loop {
+                match frame::read::<ToChild>(&mut r) {
+                    Ok(Some(f)) => {
+                        if tx.send(f).is_err() {
+                            return;
+                        }
+                    }
+                    // The parent closed its end: it is gone, stop now.
+                    Ok(None) => std::process::exit(0),
+                    Err(e) => {
+                        eprintln!("celeriac pool child {}: bad frame: {e}", std::process::id());
+                        std::process::exit(70);
+                    }
+                }
+            }
+        })?;
+
+    let timer = SoftTimer::start()?;
+    while let Ok(f) = rx.recv() {
+        let RunFrame {
+            seq,
+            name,
+            ctx,
+            args,
+        } = match f {
+            ToChild::Run(r) => *r,
+            ToChild::Exit => break,
+        };
+        let start = Instant::now();
+        let result = match registry.get(&name) {
+            None => Err(TaskError::not_registered(&name)),
+            Some(task) => {
+                let armed = ctx
+                    .soft_time_limit()
+                    .map(|soft| timer.arm(start + soft, ctx.cancel_token().clone()));
+                let out = catch_unwind(AssertUnwindSafe(|| task.invoke(&ctx, args)))
+                    .unwrap_or_else(|p| {
+                        Err(TaskError::panicked(
+                            Panicked::from_payload(p).into_message(),
+                        ))
+                    });
+                if armed.is_some() {
+                    timer.disarm();
+                }
+                out
+            }
+        };
+        let runtime_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let done = DoneFrame {
+            seq,
+            result,
+            runtime_ns,
+            peak_rss: report_rss.then(peak_rss).flatten(),
+        };
+        frame::write(&mut out, &ToParent::Done(done))?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// The peak resident set size of this process (`VmHWM`), in bytes.
+pub(crate) fn peak_rss() -> Option<u64> {
+    status_kb("VmHWM:").map(|kb| kb * 1024)
+}
+
+fn status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// When to cancel which token, and the condvar that wakes the timer.
+type TimerSlot = Arc<(Mutex<Option<(Instant, CancelToken)>>, Condvar)>;
+
+/// One thread that cancels the running task's token at its soft limit.
+struct SoftTimer {
+    slot: TimerSlot,
+}
+
+impl SoftTimer {
+    fn start() -> io::Result<Self> {
+        let slot: TimerSlot = Arc::default();
+        let s = Arc::clone(&slot);
+        std::thread::Builder::new()
+            .name("celeriac-soft-limit".into())
+            .spawn(move || {
+                let (lock, cond) = &*s;
+                let mut g = lock.lock();
+                loop {
+                    match g.as_ref() {
+                        None => cond.wait(&mut g),
+                        Some((at, token)) => {
+                            let now = Instant::now();
+                            if now >= *at {
+                                token.cancel();
+                                *g = None;
+                            } else {
+                                let wait = (*at - now).min(Duration::from_secs(3600));
+                                let _ = cond.wait_for(&mut g, wait);
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(SoftTimer { slot })
+    }
+
+    fn arm(&self, at: Instant, token: CancelToken) {
+        *self.slot.0.lock() = Some((at, token));
+        self.slot.1.notify_one();
+    }
+
+    fn disarm(&self) {
+        *self.slot.0.lock() = None;
+    }
+}

@@ -1,0 +1,137 @@
+//! The frames parent and child exchange: a 4-byte little-endian length,
+//! then that many bytes of JSON.
+//!
+//! JSON because task arguments and results are `serde_json::Value`s
+//! already (Celery's own encoding), which compact binary formats such as
+//! postcard cannot carry (they are not self-describing).
+
+use std::io::{self, Read, Write};
+
+use celeriac_core::{Args, TaskContext, TaskError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Larger frames are refused: a corrupt length must not allocate gigabytes.
+pub(crate) const MAX_FRAME: usize = 512 << 20;
+
+/// Parent → child.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToChild {
+    /// Run one task.
+    Run(Box<RunFrame>),
+    /// Finish and exit (recycling, shrinking, shutdown).
+    Exit,
+}
+
+/// One task for a child.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RunFrame {
+    pub(crate) seq: u64,
+    pub(crate) name: String,
+    pub(crate) ctx: TaskContext,
+    pub(crate) args: Args,
+}
+
+/// Child → parent.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToParent {
+    /// The child is up and serving.
+    Ready { pid: u32 },
+    /// A task finished.
+    Done(DoneFrame),
+}
+
+/// A finished task.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DoneFrame {
+    pub(crate) seq: u64,
+    pub(crate) result: Result<Value, TaskError>,
+    pub(crate) runtime_ns: u64,
+    /// Peak resident set size of the child so far, in bytes, when the pool
+    /// has a memory limit (reading it costs a file read per task).
+    pub(crate) peak_rss: Option<u64>,
+}
+
+/// Writes one frame.
+pub(crate) fn write<T: Serialize>(w: &mut impl Write, frame: &T) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut buf, frame).map_err(io::Error::other)?;
+    let len = u32::try_from(buf.len() - 4)
+        .ok()
+        .filter(|&n| (n as usize) <= MAX_FRAME)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    w.write_all(&buf)
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub(crate) fn read<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds {MAX_FRAME}"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_end_cleanly() {
+        let mut buf = Vec::new();
+        write(
+            &mut buf,
+            &ToParent::Done(DoneFrame {
+                seq: 7,
+                result: Err(TaskError::worker_lost("gone").retryable()),
+                runtime_ns: 5,
+                peak_rss: Some(1),
+            }),
+        )
+        .unwrap();
+        write(&mut buf, &ToChild::Exit).unwrap();
+        let mut r = &buf[..];
+        match read::<ToParent>(&mut r).unwrap().unwrap() {
+            ToParent::Done(d) => {
+                assert_eq!(d.seq, 7);
+                let e = d.result.unwrap_err();
+                assert_eq!(e.kind(), celeriac_core::TaskErrorKind::WorkerLost);
+                assert!(e.is_retryable());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read::<ToChild>(&mut r).unwrap(),
+            Some(ToChild::Exit)
+        ));
+        assert!(read::<ToChild>(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_torn_or_huge_frame_is_an_error() {
+        let mut r = &[1u8, 0][..];
+        assert!(read::<ToChild>(&mut r).is_err());
+        let mut r = &u32::MAX.to_le_bytes()[..];
+        assert!(read::<ToChild>(&mut r).is_err());
+    }
+}

@@ -1,0 +1,422 @@
+//! The process pool, end to end: children are re-executions of this test
+//! binary, which is why it has its own `main` (`harness = false`) that
+//! calls `celeriac::init()` first, as every program using the pool must.
+
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use celeriac::{
+    Args, Outcome, ProcessJob, ProcessPool, TaskContext, TaskError, TaskErrorKind, task,
+};
+use serde_json::{Value, json};
+
+/// Loops until its soft time limit cancels it, then returns early.
+#[task(name = "test.cooperative")]
+fn cooperative(ctx: &TaskContext) -> Result<String, TaskError> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if ctx.is_cancelled() {
+            return Ok(format!(
+                "stopped early after {:.1}s",
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok("ran to the end".into())
+}
+
+/// Like `cooperative`, but uses `check()?`, so it ends as a failure.
+#[task(name = "test.checking")]
+fn checking(ctx: &TaskContext) -> Result<(), TaskError> {
+    loop {
+        ctx.check()?;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The pid of the child running it.
+#[task(name = "test.pid")]
+fn pid() -> u32 {
+    std::process::id()
+}
+
+fn main() {
+    celeriac::init();
+    if std::env::var_os("POOL_TEST_ROLE").is_some() {
+        parent_role();
+    }
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let tests: &[(&str, fn())] = &[
+        (
+            "a_crash_fails_one_task_and_the_pool_heals",
+            a_crash_fails_one_task_and_the_pool_heals,
+        ),
+        (
+            "kill_9_mid_task_fails_it_and_the_pool_heals",
+            kill_9_mid_task_fails_it_and_the_pool_heals,
+        ),
+        (
+            "hard_limit_kills_and_reports_in_time",
+            hard_limit_kills_and_reports_in_time,
+        ),
+        (
+            "soft_limit_is_observed_by_the_task",
+            soft_limit_is_observed_by_the_task,
+        ),
+        (
+            "memory_limit_recycles_after_the_task",
+            memory_limit_recycles_after_the_task,
+        ),
+        ("max_tasks_per_child_recycles", max_tasks_per_child_recycles),
+        (
+            "resize_2_4_1_under_load_loses_nothing",
+            resize_2_4_1_under_load_loses_nothing,
+        ),
+        (
+            "panics_and_unknown_tasks_are_typed_failures",
+            panics_and_unknown_tasks_are_typed_failures,
+        ),
+        (
+            "a_program_without_init_fails_jobs_instead_of_hanging",
+            a_program_without_init_fails_jobs_instead_of_hanging,
+        ),
+        (
+            "children_die_with_their_parent",
+            children_die_with_their_parent,
+        ),
+    ];
+    let mut failed = 0;
+    let mut ran = 0;
+    for (name, test) in tests {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        ran += 1;
+        let start = Instant::now();
+        let ok = std::panic::catch_unwind(test).is_ok();
+        println!(
+            "test {name} ... {} ({:.2}s)",
+            if ok { "ok" } else { "FAILED" },
+            start.elapsed().as_secs_f64()
+        );
+        if !ok {
+            failed += 1;
+        }
+    }
+    println!("\ntest result: {} passed; {failed} failed", ran - failed);
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
+
+fn pool(n: usize) -> ProcessPool {
+    ProcessPool::builder().processes(n).build().unwrap()
+}
+
+fn job(name: &str, args: Vec<Value>) -> ProcessJob {
+    ProcessJob::call(name, args)
+}
+
+fn limited(name: &str, args: Vec<Value>, hard: Option<f64>, soft: Option<f64>) -> ProcessJob {
+    let mut ctx = TaskContext::detached(name);
+    ctx.set_time_limits(
+        hard.map(Duration::from_secs_f64),
+        soft.map(Duration::from_secs_f64),
+    );
+    ProcessJob::new(name, ctx, Args::new(args, Default::default()))
+}
+
+/// Runs `n` additions concurrently and checks every result.
+fn hundred_succeed(pool: &ProcessPool, n: i64) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..n {
+        let tx = tx.clone();
+        pool.submit(job("celeriac.add", vec![json!(i), json!(1)]), move |o| {
+            let _ = tx.send((i, o));
+        })
+        .unwrap();
+    }
+    drop(tx);
+    let mut seen = 0;
+    while let Ok((i, o)) = rx.recv_timeout(Duration::from_secs(30)) {
+        assert_eq!(o.result.as_ref().ok(), Some(&json!(i + 1)), "{o:?}");
+        seen += 1;
+    }
+    assert_eq!(seen, n, "every task must come back: {:?}", pool.stats());
+}
+
+fn kind(o: &Outcome) -> TaskErrorKind {
+    o.result.as_ref().unwrap_err().kind()
+}
+
+fn a_crash_fails_one_task_and_the_pool_heals() {
+    let pool = pool(2);
+    let before = pool.run(job("test.pid", vec![]));
+    assert!(before.result.is_ok(), "{before:?}");
+    let out = pool.run(job("celeriac.crash", vec![]));
+    let err = out.result.as_ref().unwrap_err();
+    assert_eq!(err.kind(), TaskErrorKind::WorkerLost, "{err}");
+    assert_eq!(err.to_exception_info().exc_type, "WorkerLostError");
+    assert!(err.message().contains("signal 6 (SIGABRT)"), "{err}");
+    hundred_succeed(&pool, 100);
+    // The replacement came within 100 ms (well, it serves right away).
+    let t = Instant::now();
+    while pool.stats().live < 2 {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let s = pool.stats();
+    assert_eq!(s.lost, 1, "{s:?}");
+    assert_eq!(s.spawned, 3, "{s:?}");
+}
+
+fn kill_9_mid_task_fails_it_and_the_pool_heals() {
+    let pool = pool(2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    pool.submit(job("celeriac.sleep", vec![json!(30)]), move |o| {
+        let _ = tx.send(o);
+    })
+    .unwrap();
+    // Find the busy child: wait until a task runs, then kill every child
+    // that is not answering quickly... simpler: kill the one that ran it.
+    let t = Instant::now();
+    while pool.stats().running == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // Only one child is busy; the idle one answers `test.pid`.
+    let idle = pool.run(job("test.pid", vec![])).result.unwrap();
+    let busy: Vec<u32> = pool
+        .pids()
+        .into_iter()
+        .filter(|p| json!(p) != idle)
+        .collect();
+    assert_eq!(busy.len(), 1, "{busy:?}");
+    let killed = Command::new("kill")
+        .args(["-9", &busy[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = rx.recv_timeout(Duration::from_secs(10)).expect("no hang");
+    assert_eq!(kind(&out), TaskErrorKind::WorkerLost);
+    assert!(
+        out.result
+            .unwrap_err()
+            .message()
+            .contains("signal 9 (SIGKILL)"),
+        "Celery's wording"
+    );
+    assert_eq!(out.pid, Some(busy[0]));
+    hundred_succeed(&pool, 100);
+}
+
+fn hard_limit_kills_and_reports_in_time() {
+    let pool = pool(1);
+    let start = Instant::now();
+    let out = pool.run(limited("celeriac.sleep", vec![json!(30)], Some(1.0), None));
+    let took = start.elapsed();
+    let err = out.result.unwrap_err();
+    assert_eq!(err.kind(), TaskErrorKind::TimedOut, "{err}");
+    assert_eq!(err.to_exception_info().exc_type, "TimeLimitExceeded");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "reported within limit + 1 s: {took:?}"
+    );
+    assert_eq!(pool.stats().timed_out, 1);
+    // The pool keeps serving.
+    assert_eq!(
+        pool.run(job("celeriac.add", vec![json!(1), json!(2)]))
+            .result
+            .unwrap(),
+        json!(3)
+    );
+}
+
+fn soft_limit_is_observed_by_the_task() {
+    let pool = pool(1);
+    let start = Instant::now();
+    let out = pool.run(limited("test.cooperative", vec![], Some(10.0), Some(0.3)));
+    let took = start.elapsed();
+    let text = out.result.unwrap();
+    assert!(
+        text.as_str().unwrap().starts_with("stopped early"),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // `check()?` turns it into SoftTimeLimitExceeded, as Celery raises it.
+    let out = pool.run(limited("test.checking", vec![], None, Some(0.2)));
+    let err = out.result.unwrap_err();
+    assert_eq!(err.kind(), TaskErrorKind::SoftTimedOut);
+    assert_eq!(err.to_exception_info().exc_type, "SoftTimeLimitExceeded");
+    // The child was not killed for it.
+    assert_eq!(pool.stats().spawned, 1);
+}
+
+fn memory_limit_recycles_after_the_task() {
+    let pool = ProcessPool::builder()
+        .processes(1)
+        .max_memory_per_child(48 << 20)
+        .build()
+        .unwrap();
+    let first = pool.run(job("test.pid", vec![])).result.unwrap();
+    // A small task leaves it alone.
+    assert_eq!(pool.run(job("test.pid", vec![])).result.unwrap(), first);
+    let big = pool.run(job("celeriac.alloc", vec![json!(96), json!(0)]));
+    assert_eq!(big.result.unwrap(), json!(96), "the task itself succeeds");
+    assert_eq!(big.pid.map(|p| json!(p)), Some(first.clone()));
+    let after = pool.run(job("test.pid", vec![])).result.unwrap();
+    assert_ne!(after, first, "the child was recycled after the task");
+    assert_eq!(pool.stats().recycled, 1);
+}
+
+fn max_tasks_per_child_recycles() {
+    let pool = ProcessPool::builder()
+        .processes(1)
+        .max_tasks_per_child(3)
+        .build()
+        .unwrap();
+    let pids: Vec<Value> = (0..9)
+        .map(|_| pool.run(job("test.pid", vec![])).result.unwrap())
+        .collect();
+    for chunk in pids.chunks(3) {
+        assert!(chunk.iter().all(|p| *p == chunk[0]), "{pids:?}");
+    }
+    let distinct: HashSet<String> = pids.iter().map(Value::to_string).collect();
+    assert_eq!(distinct.len(), 3, "{pids:?}");
+    assert_eq!(pool.stats().recycled, 3);
+}
+
+fn resize_2_4_1_under_load_loses_nothing() {
+    let pool = pool(2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = 300;
+    for i in 0..n {
+        let tx = tx.clone();
+        pool.submit(job("celeriac.sleep", vec![json!(0.005)]), move |o| {
+            let _ = tx.send((i, o));
+        })
+        .unwrap();
+    }
+    drop(tx);
+    std::thread::sleep(Duration::from_millis(100));
+    pool.set_processes(4).unwrap();
+    let t = Instant::now();
+    while pool.stats().live < 4 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    pool.set_processes(1).unwrap();
+    let mut seen = HashSet::new();
+    while let Ok((i, o)) = rx.recv_timeout(Duration::from_secs(30)) {
+        assert!(o.result.is_ok(), "{:?}", o.result);
+        seen.insert(i);
+    }
+    assert_eq!(seen.len(), n, "no task lost");
+    let t = Instant::now();
+    while pool.pids().len() != 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", pool.pids());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = pool.stats();
+    assert_eq!(s.lost, 0);
+    assert_eq!(s.spawned, 4);
+}
+
+fn panics_and_unknown_tasks_are_typed_failures() {
+    let pool = pool(1);
+    let first = pool.run(job("test.pid", vec![])).result.unwrap();
+    let out = pool.run(job("celeriac.panic", vec![json!("boom")]));
+    assert_eq!(kind(&out), TaskErrorKind::Panicked);
+    let out = pool.run(job("no.such.task", vec![]));
+    assert_eq!(kind(&out), TaskErrorKind::NotRegistered);
+    let out = pool.run(job("celeriac.add", vec![json!(1)]));
+    assert_eq!(kind(&out), TaskErrorKind::InvalidArguments);
+    // None of that cost the child.
+    assert_eq!(pool.run(job("test.pid", vec![])).result.unwrap(), first);
+}
+
+fn a_program_without_init_fails_jobs_instead_of_hanging() {
+    // `true` exits at once without ever serving: like a binary whose main
+    // does not call celeriac::init().
+    let pool = ProcessPool::builder()
+        .processes(1)
+        .program("true")
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    pool.submit(job("celeriac.add", vec![json!(1), json!(2)]), move |o| {
+        let _ = tx.send(o);
+    })
+    .unwrap();
+    let out = rx.recv_timeout(Duration::from_secs(20)).expect("no hang");
+    let err = out.result.unwrap_err();
+    assert_eq!(err.kind(), TaskErrorKind::WorkerLost);
+    assert!(err.message().contains("celeriac::init()"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(20));
+    // Later jobs fail at once too.
+    let out = pool.run(job("celeriac.add", vec![json!(1), json!(2)]));
+    assert_eq!(kind(&out), TaskErrorKind::WorkerLost);
+}
+
+/// Run as a separate process: builds a pool, prints its children's pids and
+/// waits to be killed.
+fn parent_role() -> ! {
+    let pool = pool(2);
+    for _ in 0..4 {
+        pool.run(job("test.pid", vec![]));
+    }
+    let t = Instant::now();
+    while pool.stats().live < 2 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pids: Vec<String> = pool.pids().iter().map(u32::to_string).collect();
+    println!("{}", pids.join(" "));
+    std::thread::sleep(Duration::from_secs(600));
+    std::process::exit(0)
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // A zombie (state Z) is dead; only its entry remains.
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        }
+        Err(_) => false,
+    }
+}
+
+fn children_die_with_their_parent() {
+    let mut parent = Command::new(std::env::current_exe().unwrap())
+        .env("POOL_TEST_ROLE", "parent")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{line:?}");
+    assert!(pids.iter().all(|&p| alive(p)));
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let t = Instant::now();
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "children outlived their parent: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -96,12 +96,31 @@ enum Command {
 
 #[derive(Debug, ClapArgs)]
 struct WorkerArgs {
-    /// Concurrency (threads). Default: the number of CPUs.
+    /// Concurrency (threads, child processes, or async tasks at once).
+    /// Default: the number of CPUs (100 for -P async).
     #[arg(short = 'c', long)]
     concurrency: Option<usize>,
-    /// Pool kind. Only `threads` is available in this version.
+    /// Pool kind: threads, processes (alias prefork) or async. `async fn`
+    /// tasks always run on the async executor.
     #[arg(short = 'P', long, default_value = "threads")]
     pool: String,
+    /// Scale concurrency with the queue depth: MAX,MIN (as Celery).
+    #[arg(long, value_name = "MAX,MIN")]
+    autoscale: Option<String>,
+    /// Process pool: retire a child after this many tasks.
+    #[arg(long)]
+    max_tasks_per_child: Option<u64>,
+    /// Process pool: retire a child whose peak resident memory exceeds this
+    /// many KiB after a task (Celery's unit).
+    #[arg(long, value_name = "KIB")]
+    max_memory_per_child: Option<u64>,
+    /// Default hard time limit in seconds (the message's `timelimit` wins):
+    /// the child is killed and the task fails with TimeLimitExceeded.
+    #[arg(long)]
+    time_limit: Option<f64>,
+    /// Default soft time limit in seconds: the task's context is cancelled.
+    #[arg(long)]
+    soft_time_limit: Option<f64>,
     /// Queues to consume, comma-separated, in priority order.
     #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery")]
     queues: Vec<String>,
@@ -252,8 +271,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
-    // Validates -P; threads are the only kind in this version.
-    let _pool: celeriac::PoolKind = args.pool.parse()?;
+    let pool: celeriac::PoolKind = args.pool.parse()?;
     let registry = Registry::linked(args.diagnostic_tasks).context("building the task registry")?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -261,9 +279,28 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         let mut b = Worker::builder(broker, backend, Arc::new(registry))
             .queues(args.queues.clone())
             .max_body(args.max_body)
-            .max_deliveries(args.max_deliveries);
+            .max_deliveries(args.max_deliveries)
+            .pool_kind(pool);
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);
+        }
+        if let Some(spec) = &args.autoscale {
+            let (max, min) = spec.split_once(',').unwrap_or((spec.as_str(), "1"));
+            let max: usize = max.trim().parse().context("--autoscale takes MAX,MIN")?;
+            let min: usize = min.trim().parse().context("--autoscale takes MAX,MIN")?;
+            b = b.autoscale(min, max);
+        }
+        if let Some(n) = args.max_tasks_per_child {
+            b = b.max_tasks_per_child(n);
+        }
+        if let Some(kib) = args.max_memory_per_child {
+            b = b.max_memory_per_child(kib * 1024);
+        }
+        if let Some(s) = args.time_limit {
+            b = b.time_limit(seconds(s, "--time-limit")?);
+        }
+        if let Some(s) = args.soft_time_limit {
+            b = b.soft_time_limit(seconds(s, "--soft-time-limit")?);
         }
         for spec in &args.rate_limit {
             let (name, rate) = spec
@@ -290,6 +327,14 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn seconds(s: f64, flag: &str) -> Result<Duration> {
+    if s.is_finite() && s > 0.0 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        anyhow::bail!("{flag} takes a positive number of seconds, got {s}")
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -31,10 +31,11 @@ pub use error::{BackendError, BrokerError, CodecError, RegistryError, TaskError,
 pub use message::{DeliveryInfo, Embed, Headers, Message, Properties};
 pub use rate::RateLimit;
 pub use result::{ExceptionInfo, ResultMeta, State};
-pub use retry::{RetryDecision, TaskOptions};
+pub use retry::{RetryDecision, TaskOptions, TaskPool};
 pub use routes::Routes;
 pub use task::{
-    Args, Call, CancelToken, IntoArgs, RegisteredTask, Registry, Task, TaskContext, TaskDef,
+    Args, AsyncRunFn, Call, CancelToken, IntoArgs, RegisteredTask, Registry, Task, TaskContext,
+    TaskDef, TaskFuture,
 };
 
 #[doc(hidden)]

@@ -34,6 +34,37 @@ pub struct TaskOptions {
     retry_jitter: bool,
     autoretry_for: &'static [&'static str],
     rate_limit: Option<RateLimit>,
+    pool: Option<TaskPool>,
+    reject_on_worker_lost: bool,
+}
+
+/// Which pool runs a task, when the task chooses (`#[task(pool = "...")]`).
+///
+/// Without a choice, `async fn` tasks run on the async executor and other
+/// tasks on the worker's pool (`-P`, threads by default). A blocking task
+/// never runs on the async executor: on a `-P async` worker it goes to
+/// threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TaskPool {
+    /// The thread pool (shared memory, cheapest hand-off).
+    Threads,
+    /// The process pool (crash isolation, hard time and memory limits).
+    Processes,
+    /// The async executor (only for `async fn` tasks).
+    Async,
+}
+
+impl TaskPool {
+    /// Parses `threads`, `processes` (or `prefork`) and `async`.
+    pub const fn parse(s: &str) -> Option<TaskPool> {
+        match s.as_bytes() {
+            b"threads" => Some(TaskPool::Threads),
+            b"processes" | b"prefork" => Some(TaskPool::Processes),
+            b"async" => Some(TaskPool::Async),
+            _ => None,
+        }
+    }
 }
 
 /// What to do with a failed attempt.
@@ -61,6 +92,8 @@ impl TaskOptions {
         retry_jitter: true,
         autoretry_for: &[],
         rate_limit: None,
+        pool: None,
+        reject_on_worker_lost: false,
     };
 
     /// The defaults.
@@ -110,6 +143,32 @@ impl TaskOptions {
     pub const fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
         self
+    }
+
+    /// Runs the task on this pool rather than the worker's default.
+    pub const fn pool(mut self, pool: TaskPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Celery's `reject_on_worker_lost`: when the process running the task
+    /// dies, put the message back to run again instead of storing FAILURE
+    /// `WorkerLostError` (default off, as Celery). A message that keeps
+    /// killing its process becomes a poison message after the worker's
+    /// `max_deliveries`.
+    pub const fn reject_on_worker_lost(mut self, on: bool) -> Self {
+        self.reject_on_worker_lost = on;
+        self
+    }
+
+    /// Whether the task asked for `reject_on_worker_lost`.
+    pub fn rejects_on_worker_lost(&self) -> bool {
+        self.reject_on_worker_lost
+    }
+
+    /// The pool the task asked for, if any.
+    pub fn pool_choice(&self) -> Option<TaskPool> {
+        self.pool
     }
 
     /// The rate limit, if any.

@@ -343,6 +343,13 @@ fn secs(s: Option<f64>) -> Option<Duration> {
 /// The function that decodes arguments and runs a task.
 pub type RunFn = fn(&TaskContext, Args) -> Result<Value, TaskError>;
 
+/// A running async task.
+pub type TaskFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, TaskError>> + Send + 'static>>;
+
+/// The function that decodes arguments and starts an async task.
+pub type AsyncRunFn = fn(TaskContext, Args) -> TaskFuture;
+
 /// A task, as `#[celeriac::task]` implements it for the type it generates
 /// with the function's name.
 ///
@@ -359,8 +366,16 @@ pub trait Task: 'static {
     const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
     /// The task's wire name, e.g. `tasks.add`.
     fn name() -> &'static str;
-    /// Binds `args` and runs the task.
+    /// Whether the task is an `async fn` (it runs on the async executor).
+    const IS_ASYNC: bool = false;
+    /// Binds `args` and runs the task. An async task refuses to run this
+    /// way; see [`Task::run_async`].
     fn run(ctx: &TaskContext, args: Args) -> Result<Value, TaskError>;
+    /// Binds `args` and starts the task as a future. The default runs
+    /// [`Task::run`] when first polled; async tasks override it.
+    fn run_async(ctx: TaskContext, args: Args) -> TaskFuture {
+        Box::pin(async move { Self::run(&ctx, args) })
+    }
     /// A typed call of this task with `args`.
     fn call(args: Self::Args) -> Call<Self::Output> {
         Call::new(Self::name()).with_args(args)
@@ -373,8 +388,10 @@ pub trait Task: 'static {
 pub struct TaskDef {
     /// The task's wire name.
     pub name: fn() -> &'static str,
-    /// Runs the task.
+    /// Runs the task (for an async task: refuses, see `run_async`).
     pub run: RunFn,
+    /// Starts an async task; `None` for a blocking one.
+    pub run_async: Option<AsyncRunFn>,
     /// Diagnostic tasks are registered only on request (e.g. a worker's
     /// `--diagnostic-tasks`).
     pub diagnostic: bool,
@@ -385,12 +402,19 @@ pub struct TaskDef {
 inventory::collect!(TaskDef);
 
 type DynRun = dyn Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync;
+type DynAsyncRun = dyn Fn(TaskContext, Args) -> TaskFuture + Send + Sync;
+
+#[derive(Clone)]
+enum Runner {
+    Blocking(Arc<DynRun>),
+    Async(Arc<DynAsyncRun>),
+}
 
 /// A task known to a [`Registry`].
 #[derive(Clone)]
 pub struct RegisteredTask {
     name: String,
-    run: Arc<DynRun>,
+    run: Runner,
     options: TaskOptions,
 }
 
@@ -405,10 +429,36 @@ impl RegisteredTask {
         &self.options
     }
 
-    /// Runs the task with `args`. Panics are not caught here; executors catch
-    /// them.
+    /// Whether it is an async task, run on the async executor.
+    pub fn is_async(&self) -> bool {
+        matches!(self.run, Runner::Async(_))
+    }
+
+    /// Runs a blocking task with `args`. Panics are not caught here;
+    /// executors catch them. An async task is refused with a typed error:
+    /// it must run on an async executor ([`RegisteredTask::invoke_async`]).
     pub fn invoke(&self, ctx: &TaskContext, args: Args) -> Result<Value, TaskError> {
-        (self.run)(ctx, args)
+        match &self.run {
+            Runner::Blocking(run) => run(ctx, args),
+            Runner::Async(_) => Err(TaskError::typed(
+                "NotImplementedError",
+                "builtins",
+                format!("{} is an async task: it runs on the async pool", self.name),
+            )),
+        }
+    }
+
+    /// Starts the task as a future: an async task's own future, or, for a
+    /// blocking task, a future that runs it when first polled (executors
+    /// should not do that on an async executor's threads).
+    pub fn invoke_async(&self, ctx: TaskContext, args: Args) -> TaskFuture {
+        match &self.run {
+            Runner::Async(run) => run(ctx, args),
+            Runner::Blocking(run) => {
+                let run = Arc::clone(run);
+                Box::pin(async move { run(&ctx, args) })
+            }
+        }
     }
 }
 
@@ -469,14 +519,22 @@ impl Registry {
 
     /// Registers a link-time definition.
     pub fn register_def(&mut self, def: &TaskDef) -> Result<&mut Self, RegistryError> {
-        let run = def.run;
-        self.insert((def.name)(), Arc::new(run), def.options)
+        let runner = match def.run_async {
+            Some(run) => Runner::Async(Arc::new(run)),
+            None => Runner::Blocking(Arc::new(def.run)),
+        };
+        self.insert((def.name)(), runner, def.options)
     }
 
     /// Registers task type `T` (the escape hatch when link-time registration
     /// is not wanted, e.g. a task defined in a test).
     pub fn register<T: Task>(&mut self) -> Result<&mut Self, RegistryError> {
-        self.insert(T::name(), Arc::new(T::run), T::OPTIONS)
+        let runner = if T::IS_ASYNC {
+            Runner::Async(Arc::new(T::run_async))
+        } else {
+            Runner::Blocking(Arc::new(T::run))
+        };
+        self.insert(T::name(), runner, T::OPTIONS)
     }
 
     /// Registers a closure under `name`.
@@ -484,7 +542,37 @@ impl Registry {
     where
         F: Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync + 'static,
     {
-        self.insert(name, Arc::new(f), TaskOptions::DEFAULT)
+        self.insert(name, Runner::Blocking(Arc::new(f)), TaskOptions::DEFAULT)
+    }
+
+    /// Registers an async closure under `name`: it runs on the async
+    /// executor, with `options`.
+    ///
+    /// ```
+    /// use celeriac_core::{Args, Registry, TaskContext, TaskOptions};
+    /// use serde_json::json;
+    ///
+    /// let mut reg = Registry::new();
+    /// reg.register_async_fn("tasks.later", TaskOptions::DEFAULT, |_ctx, args: Args| async move {
+    ///     Ok(json!(args.args.len()))
+    /// }).unwrap();
+    /// let task = reg.get("tasks.later").unwrap();
+    /// assert!(task.is_async());
+    /// let fut = task.invoke_async(TaskContext::detached("tasks.later"), Args::default());
+    /// assert_eq!(futures::executor::block_on(fut).unwrap(), json!(0));
+    /// ```
+    pub fn register_async_fn<F, Fut>(
+        &mut self,
+        name: &str,
+        options: TaskOptions,
+        f: F,
+    ) -> Result<&mut Self, RegistryError>
+    where
+        F: Fn(TaskContext, Args) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Value, TaskError>> + Send + 'static,
+    {
+        let run = move |ctx: TaskContext, args: Args| -> TaskFuture { Box::pin(f(ctx, args)) };
+        self.insert(name, Runner::Async(Arc::new(run)), options)
     }
 
     /// Registers a closure under `name` with a retry policy.
@@ -497,13 +585,13 @@ impl Registry {
     where
         F: Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync + 'static,
     {
-        self.insert(name, Arc::new(f), options)
+        self.insert(name, Runner::Blocking(Arc::new(f)), options)
     }
 
     fn insert(
         &mut self,
         name: &str,
-        run: Arc<DynRun>,
+        run: Runner,
         options: TaskOptions,
     ) -> Result<&mut Self, RegistryError> {
         if name.is_empty() || name.chars().any(char::is_whitespace) {

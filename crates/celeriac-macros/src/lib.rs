@@ -26,6 +26,8 @@ struct Options {
     diagnostic: bool,
     /// `.method(value)` calls on `TaskOptions::new()`.
     policy: Vec<TokenStream2>,
+    /// The `pool = "..."` choice, to check it against the function.
+    pool: Option<(String, proc_macro2::Span)>,
 }
 
 fn number(expr: &Expr, what: &str) -> syn::Result<f64> {
@@ -60,6 +62,7 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
         name: None,
         diagnostic: false,
         policy: Vec::new(),
+        pool: None,
     };
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
     for meta in metas {
@@ -128,6 +131,10 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
                 let v = number(&nv.value, "retry_backoff_max")?;
                 opts.policy.push(quote!(.retry_backoff_max(#v)));
             }
+            Meta::NameValue(nv) if nv.path.is_ident("reject_on_worker_lost") => {
+                let v = boolean(&nv.value, "reject_on_worker_lost")?;
+                opts.policy.push(quote!(.reject_on_worker_lost(#v)));
+            }
             Meta::NameValue(nv) if nv.path.is_ident("retry_jitter") => {
                 let v = boolean(&nv.value, "retry_jitter")?;
                 opts.policy.push(quote!(.retry_jitter(#v)));
@@ -173,6 +180,31 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
                 opts.policy
                     .push(quote!(.rate_limit(::celeriac::RateLimit::#make(#per_second))));
             }
+            Meta::NameValue(nv) if nv.path.is_ident("pool") => {
+                let Expr::Lit(ExprLit {
+                    lit: Lit::Str(lit), ..
+                }) = &nv.value
+                else {
+                    return Err(syn::Error::new_spanned(
+                        &nv.value,
+                        "pool takes \"threads\", \"processes\" or \"async\"",
+                    ));
+                };
+                let variant = match lit.value().as_str() {
+                    "threads" => quote!(Threads),
+                    "processes" | "prefork" => quote!(Processes),
+                    "async" => quote!(Async),
+                    _ => {
+                        return Err(syn::Error::new_spanned(
+                            lit,
+                            "pool takes \"threads\", \"processes\" or \"async\"",
+                        ));
+                    }
+                };
+                opts.pool = Some((variant.to_string(), lit.span()));
+                opts.policy
+                    .push(quote!(.pool(::celeriac::TaskPool::#variant)));
+            }
             Meta::List(list) if list.path.is_ident("autoretry_for") => {
                 let names =
                     list.parse_args_with(Punctuated::<syn::LitStr, Token![,]>::parse_terminated)?;
@@ -182,8 +214,8 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
             other => {
                 return Err(syn::Error::new_spanned(
                     other,
-                    "unknown task option; expected name, diagnostic, max_retries, default_retry_delay, \
-                     retry_backoff, retry_backoff_max, retry_jitter or autoretry_for(\"ExcType\", ...)",
+                    "unknown task option; expected name, diagnostic, pool, max_retries, default_retry_delay, \
+                     retry_backoff, retry_backoff_max, retry_jitter, rate_limit, reject_on_worker_lost or autoretry_for(\"ExcType\", ...)",
                 ));
             }
         }
@@ -225,11 +257,21 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
     let opts = parse_options(attr)?;
     let func: ItemFn = syn::parse2(item)?;
     let sig = &func.sig;
-    if let Some(a) = &sig.asyncness {
-        return Err(syn::Error::new_spanned(
-            a,
-            "async tasks are not supported yet: celeriac runs #[task] functions on its thread pool",
-        ));
+    let is_async = sig.asyncness.is_some();
+    match (&opts.pool, is_async) {
+        (Some((p, span)), true) if p != "Async" => {
+            return Err(syn::Error::new(
+                *span,
+                "an async fn task runs on the async pool; pool = \"threads\" or \"processes\" needs a blocking fn",
+            ));
+        }
+        (Some((p, span)), false) if p == "Async" => {
+            return Err(syn::Error::new(
+                *span,
+                "pool = \"async\" needs an async fn: a blocking task never runs on the async executor",
+            ));
+        }
+        _ => {}
     }
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(
@@ -326,6 +368,53 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
     let call_doc = format!("A typed call of the `{fn_name}` task with these arguments.");
     let args_tuple = quote! { (#(#arg_types,)*) };
 
+    let run_body = if is_async {
+        quote! {
+            let _ = (__ctx, __args);
+            ::core::result::Result::Err(::celeriac::TaskError::typed(
+                "NotImplementedError",
+                "builtins",
+                ::std::format!("{} is an async task: it runs on the async pool", <Self as ::celeriac::Task>::name()),
+            ))
+        }
+    } else {
+        quote! {
+            let _ = __ctx;
+            #[allow(unused_mut)]
+            let mut __bound = __args.bind(<Self as ::celeriac::Task>::name(), Self::PARAMS)?;
+            #(#bindings)*
+            let __out = #fn_name(#(#call_args),*);
+            #convert
+        }
+    };
+    let async_items = if is_async {
+        quote! {
+            const IS_ASYNC: bool = true;
+
+            fn run_async(
+                __owned_ctx: ::celeriac::TaskContext,
+                __args: ::celeriac::Args,
+            ) -> ::celeriac::TaskFuture {
+                ::std::boxed::Box::pin(async move {
+                    let __ctx = &__owned_ctx;
+                    let _ = __ctx;
+                    #[allow(unused_mut)]
+                    let mut __bound = __args.bind(<Self as ::celeriac::Task>::name(), Self::PARAMS)?;
+                    #(#bindings)*
+                    let __out = #fn_name(#(#call_args),*).await;
+                    #convert
+                })
+            }
+        }
+    } else {
+        quote! {}
+    };
+    let run_async_def = if is_async {
+        quote!(::core::option::Option::Some(<#fn_name as ::celeriac::Task>::run_async))
+    } else {
+        quote!(::core::option::Option::None)
+    };
+
     // A braced struct lives in the type namespace only, so it can share the
     // function's name: `add(2, 3)` calls the function, `add::call(2, 3)`
     // builds a call, and `add` is the task type. Nothing refers to a parent
@@ -352,13 +441,10 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
                 __ctx: &::celeriac::TaskContext,
                 __args: ::celeriac::Args,
             ) -> ::core::result::Result<::celeriac::__private::serde_json::Value, ::celeriac::TaskError> {
-                let _ = __ctx;
-                #[allow(unused_mut)]
-                let mut __bound = __args.bind(<Self as ::celeriac::Task>::name(), Self::PARAMS)?;
-                #(#bindings)*
-                let __out = #fn_name(#(#call_args),*);
-                #convert
+                #run_body
             }
+
+            #async_items
         }
 
         impl #fn_name {
@@ -373,6 +459,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
             ::celeriac::TaskDef {
                 name: <#fn_name as ::celeriac::Task>::name,
                 run: <#fn_name as ::celeriac::Task>::run,
+                run_async: #run_async_def,
                 diagnostic: #diagnostic,
                 options: <#fn_name as ::celeriac::Task>::OPTIONS,
             }

@@ -268,6 +268,11 @@ impl ServerBuilder {
     }
 
     /// The pool that runs the local worker's jobs (default: threads).
+    /// With [`PoolKind::Processes`] each job runs in a child process (crash
+    /// isolation, hard time limits); the program must then call
+    /// `celeriac::init()` first thing in `main`, and the children know only
+    /// `#[task]` functions (the linked registry), not closures registered
+    /// at runtime.
     pub fn pool(mut self, pool: PoolKind) -> Self {
         self.pool = pool;
         self
@@ -340,9 +345,6 @@ impl ServerBuilder {
             .build()
             .map_err(|e| ServerError::Runtime(e.to_string()))?;
 
-        if self.pool != PoolKind::Threads {
-            return Err(WorkerError::UnsupportedPool(format!("{:?}", self.pool)).into());
-        }
         let worker = if workers > 0 {
             let registry = match self.registry {
                 Some(r) => r,
@@ -364,6 +366,7 @@ impl ServerBuilder {
             Some(
                 Worker::builder(broker.clone(), backend.clone(), Arc::new(registry))
                     .concurrency(workers)
+                    .pool_kind(self.pool)
                     .queues(queues)
                     .nodename(nodename)
                     .build()?,
@@ -612,6 +615,16 @@ impl Server {
             .ok_or(ServerError::NoLocalWorker)?;
         w.set_concurrency(n)?;
         Ok(())
+    }
+
+    /// Pids of the local worker's child processes, with
+    /// [`PoolKind::Processes`] (empty otherwise).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.handle
+            .worker
+            .as_ref()
+            .map(Worker::child_pids)
+            .unwrap_or_default()
     }
 
     /// Nodes serving this server's broker and their worker counts:

@@ -5,7 +5,8 @@
 //! and users' own worker binaries.
 //!
 //! A [`Worker`] claims task messages from a [`Broker`](celeriac_core::Broker), decodes them (Celery
-//! protocol v2, or v1 converted), runs them on a thread pool and stores the
+//! protocol v2, or v1 converted), runs them on a thread pool, a process
+//! pool or the async executor ([`PoolKind`]) and stores the
 //! result in a [`ResultBackend`](celeriac_core::ResultBackend) before it acknowledges the message:
 //!
 //! - it claims only as many messages as it has free execution slots, so a
@@ -28,14 +29,20 @@ mod worker;
 pub use connect::{default_backend_url, open_backend, open_broker};
 pub use worker::{Worker, WorkerBuilder, WorkerStats};
 
-/// Which pool executes tasks.
+/// Which pool executes tasks (`celeriac worker -P ...`).
+///
+/// Whatever the kind, an `async fn` task runs on the async executor, and a
+/// task's own `#[task(pool = "...")]` choice wins for blocking tasks; this
+/// is the pool for the rest.
 ///
 /// # Examples
 ///
 /// ```
 /// use celeriac_worker::PoolKind;
 /// assert_eq!("threads".parse::<PoolKind>().unwrap(), PoolKind::Threads);
-/// assert!("processes".parse::<PoolKind>().is_err());
+/// assert_eq!("prefork".parse::<PoolKind>().unwrap(), PoolKind::Processes);
+/// assert_eq!("async".parse::<PoolKind>().unwrap(), PoolKind::Async);
+/// assert!("gevent".parse::<PoolKind>().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -43,6 +50,13 @@ pub enum PoolKind {
     /// A thread pool (shared memory; the default).
     #[default]
     Threads,
+    /// A pool of child processes: crash isolation, hard time limits,
+    /// memory limits and recycling. The program must call
+    /// `celeriac::init()` first thing in `main`.
+    Processes,
+    /// The async executor, for `async fn` tasks at high concurrency;
+    /// blocking tasks still run on threads.
+    Async,
 }
 
 impl std::str::FromStr for PoolKind {
@@ -50,6 +64,8 @@ impl std::str::FromStr for PoolKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "threads" => Ok(PoolKind::Threads),
+            "processes" | "prefork" => Ok(PoolKind::Processes),
+            "async" => Ok(PoolKind::Async),
             other => Err(WorkerError::UnsupportedPool(other.to_string())),
         }
     }
@@ -68,7 +84,18 @@ pub enum WorkerError {
     /// Concurrency must be at least 1.
     #[error("concurrency must be at least 1")]
     ZeroConcurrency,
-    /// The pool kind is not available in this version.
-    #[error("pool {0:?} is not available in this version; use threads")]
+    /// The pool kind is unknown.
+    #[error("unknown pool {0:?}: use threads, processes or async")]
     UnsupportedPool(String),
+    /// The process pool could not be built.
+    #[error("process pool: {0}")]
+    Processes(#[from] celeriac_pool::process::ProcessPoolError),
+    /// Autoscale bounds are not `1 <= min <= max`.
+    #[error("autoscale needs 1 <= min <= max (got min {min}, max {max})")]
+    Autoscale {
+        /// The minimum asked for.
+        min: usize,
+        /// The maximum asked for.
+        max: usize,
+    },
 }

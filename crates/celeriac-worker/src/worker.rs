@@ -6,18 +6,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use celeriac_core::TaskPool;
 use celeriac_core::message::DEFAULT_MAX_BODY;
 use celeriac_core::time::unix_now;
 use celeriac_core::{
     Args, Broker, Delivery, Message, NodeInfo, Outgoing, RateLimit, Registry, ResultBackend,
     ResultMeta, RetryDecision, State, TaskContext, TaskError, TaskErrorKind,
 };
+use celeriac_pool::process::{ProcessJob, ProcessPool};
 use celeriac_pool::{Panicked, ThreadPool};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{Notify, oneshot};
 
-use crate::WorkerError;
+use crate::{PoolKind, WorkerError};
 
 /// How long one claim waits for work before the loop claims again; it
 /// also bounds how long a shutdown waits for the claim in flight.
@@ -73,9 +75,82 @@ pub struct WorkerBuilder {
     result_extended: bool,
     max_deliveries: u32,
     rate_limits: HashMap<String, RateLimit>,
+    kind: PoolKind,
+    procs: ProcessOptions,
+    time_limit: Option<Duration>,
+    soft_time_limit: Option<Duration>,
+    autoscale: Option<(usize, usize)>,
+    autoscale_keepalive: Duration,
+}
+
+/// Settings of the worker's process pool.
+#[derive(Debug, Clone, Default)]
+struct ProcessOptions {
+    max_tasks_per_child: Option<u64>,
+    max_memory_per_child: Option<u64>,
+    program: Option<std::path::PathBuf>,
 }
 
 impl WorkerBuilder {
+    /// Which pool runs blocking tasks (default threads); see [`PoolKind`].
+    pub fn pool_kind(mut self, kind: PoolKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Process pool: retire a child after this many tasks.
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.procs.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// Process pool: retire a child after a task that leaves its peak
+    /// resident set above this many bytes.
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.procs.max_memory_per_child = Some(bytes);
+        self
+    }
+
+    /// Process pool: the program children run (default: this one). It must
+    /// call `celeriac::init()` first thing in `main`.
+    pub fn process_program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.procs.program = Some(path.into());
+        self
+    }
+
+    /// Default hard time limit of every task (Celery's `task_time_limit`);
+    /// a message's own `timelimit` wins. Enforced by killing the child on
+    /// the process pool and by cancelling the future on the async pool; a
+    /// thread cannot be killed, so the thread pool only applies soft limits.
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
+    /// Default soft time limit of every task (Celery's
+    /// `task_soft_time_limit`): the task's `TaskContext::is_cancelled`
+    /// turns true, on every pool.
+    pub fn soft_time_limit(mut self, limit: Duration) -> Self {
+        self.soft_time_limit = Some(limit);
+        self
+    }
+
+    /// Scales concurrency between `min` and `max` with the queue depth
+    /// (Celery's `--autoscale=max,min`): up at once when messages wait,
+    /// down after [`autoscale_keepalive`](Self::autoscale_keepalive) of
+    /// lower demand.
+    pub fn autoscale(mut self, min: usize, max: usize) -> Self {
+        self.autoscale = Some((min, max));
+        self
+    }
+
+    /// How long demand must stay lower before autoscale shrinks the worker
+    /// (default 30 s, as Celery).
+    pub fn autoscale_keepalive(mut self, keepalive: Duration) -> Self {
+        self.autoscale_keepalive = keepalive;
+        self
+    }
+
     /// Execution slots (threads). Defaults to the number of CPUs.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = Some(n);
@@ -155,25 +230,41 @@ impl WorkerBuilder {
         if self.queues.is_empty() {
             return Err(WorkerError::NoQueues);
         }
+        if let Some((min, max)) = self.autoscale
+            && (min == 0 || min > max)
+        {
+            return Err(WorkerError::Autoscale { min, max });
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let concurrency = match (self.concurrency, self.autoscale) {
+            (Some(0), _) => return Err(WorkerError::ZeroConcurrency),
+            (_, Some((min, _))) => min,
+            (Some(n), None) => n,
+            (None, None) if self.kind == PoolKind::Async => 100,
+            (None, None) => cpus,
+        };
+        // Blocking tasks of an async worker share a CPU-sized thread pool.
+        let threads = if self.kind == PoolKind::Async {
+            concurrency.min(cpus)
+        } else {
+            concurrency
+        };
         let pool = match self.pool {
             Some(p) => {
-                if let Some(n) = self.concurrency {
-                    p.set_threads(n).map_err(|_| WorkerError::ZeroConcurrency)?;
-                }
+                p.set_threads(threads)
+                    .map_err(|_| WorkerError::ZeroConcurrency)?;
                 p
             }
-            None => {
-                let mut b = ThreadPool::builder().thread_name("celeriac-task");
-                if let Some(n) = self.concurrency {
-                    if n == 0 {
-                        return Err(WorkerError::ZeroConcurrency);
-                    }
-                    b = b.threads(n);
-                }
-                b.build().map_err(|e| WorkerError::Pool(e.to_string()))?
-            }
+            None => ThreadPool::builder()
+                .thread_name("celeriac-task")
+                .threads(threads)
+                .build()
+                .map_err(|e| WorkerError::Pool(e.to_string()))?,
         };
-        let concurrency = pool.threads();
+        let procs = Mutex::new(None);
+        if self.kind == PoolKind::Processes {
+            *procs.lock() = Some(build_processes(&self.procs, concurrency)?);
+        }
         let nodename = self
             .nodename
             .unwrap_or_else(|| format!("celeriac@{}", celeriac_core::message::hostname()));
@@ -192,6 +283,13 @@ impl WorkerBuilder {
                 rate_limits: self.rate_limits,
                 local_rate: Mutex::new(HashMap::new()),
                 pool,
+                kind: self.kind,
+                procs,
+                proc_opts: self.procs,
+                time_limit: self.time_limit,
+                soft_time_limit: self.soft_time_limit,
+                autoscale: self.autoscale,
+                autoscale_keepalive: self.autoscale_keepalive,
                 target: AtomicUsize::new(concurrency),
                 inflight: AtomicUsize::new(0),
                 settling: AtomicUsize::new(0),
@@ -219,6 +317,15 @@ struct Inner {
     rate_limits: HashMap<String, RateLimit>,
     local_rate: Mutex<HashMap<String, f64>>,
     pool: ThreadPool,
+    kind: PoolKind,
+    /// The process pool: built up front for `-P processes`, or at the
+    /// first task that asks for processes.
+    procs: Mutex<Option<ProcessPool>>,
+    proc_opts: ProcessOptions,
+    time_limit: Option<Duration>,
+    soft_time_limit: Option<Duration>,
+    autoscale: Option<(usize, usize)>,
+    autoscale_keepalive: Duration,
     target: AtomicUsize,
     /// Execution slots in use (claimed and not yet executed).
     inflight: AtomicUsize,
@@ -291,6 +398,12 @@ impl Worker {
             result_extended: false,
             max_deliveries: 5,
             rate_limits: HashMap::new(),
+            kind: PoolKind::Threads,
+            procs: ProcessOptions::default(),
+            time_limit: None,
+            soft_time_limit: None,
+            autoscale: None,
+            autoscale_keepalive: Duration::from_secs(30),
         }
     }
 
@@ -315,13 +428,40 @@ impl Worker {
         if n == 0 {
             return Err(WorkerError::ZeroConcurrency);
         }
-        self.inner
+        let inner = &self.inner;
+        let threads = if inner.kind == PoolKind::Async {
+            n.min(std::thread::available_parallelism().map_or(1, |c| c.get()))
+        } else {
+            n
+        };
+        inner
             .pool
-            .set_threads(n)
+            .set_threads(threads)
             .map_err(|e| WorkerError::Pool(e.to_string()))?;
-        self.inner.target.store(n, Ordering::SeqCst);
+        if let Some(p) = inner.procs.lock().as_ref() {
+            p.set_processes(n)?;
+        }
+        let old = inner.target.swap(n, Ordering::SeqCst);
+        if old != n {
+            tracing::info!(node = %inner.nodename, from = old, to = n, "concurrency changed");
+        }
         self.inner.slot_freed.notify_waiters();
         Ok(())
+    }
+
+    /// The pool kind running blocking tasks.
+    pub fn pool_kind(&self) -> PoolKind {
+        self.inner.kind
+    }
+
+    /// Pids of the process pool's children (empty without one).
+    pub fn child_pids(&self) -> Vec<u32> {
+        self.inner
+            .procs
+            .lock()
+            .as_ref()
+            .map(ProcessPool::pids)
+            .unwrap_or_default()
     }
 
     /// What the worker has done so far.
@@ -360,6 +500,9 @@ impl Worker {
             broker = %inner.broker.url(), "worker ready");
         let heartbeat = tokio::spawn(heartbeat_loop(self.inner.clone()));
         let renewer = tokio::spawn(renew_loop(self.inner.clone()));
+        let scaler = inner
+            .autoscale
+            .map(|(min, max)| tokio::spawn(autoscale_loop(self.clone(), min, max)));
         let mut backoff = Duration::from_millis(100);
         while !self.is_stopping() {
             // Claim only for free slots.
@@ -433,10 +576,72 @@ impl Worker {
         }
         heartbeat.abort();
         renewer.abort();
+        if let Some(s) = scaler {
+            s.abort();
+        }
+        let procs = inner.procs.lock().clone();
+        if let Some(p) = procs {
+            let _ = tokio::task::spawn_blocking(move || p.shutdown(Duration::from_secs(10))).await;
+        }
         if let Err(e) = inner.broker.node_gone(&inner.nodename).await {
             tracing::warn!(error = %e, "could not remove node record");
         }
         tracing::info!(node = %inner.nodename, "worker stopped");
+    }
+}
+
+fn build_processes(opts: &ProcessOptions, n: usize) -> Result<ProcessPool, WorkerError> {
+    let mut b = ProcessPool::builder().processes(n);
+    if let Some(m) = opts.max_tasks_per_child {
+        b = b.max_tasks_per_child(m);
+    }
+    if let Some(m) = opts.max_memory_per_child {
+        b = b.max_memory_per_child(m);
+    }
+    if let Some(p) = &opts.program {
+        b = b.program(p);
+    }
+    Ok(b.build()?)
+}
+
+/// Follows queue depth: grows at once to what is running plus waiting
+/// (within `max`), shrinks after `keepalive` of lower demand (within
+/// `min`).
+async fn autoscale_loop(worker: Worker, min: usize, max: usize) {
+    let inner = &worker.inner;
+    let mut low_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut waiting = 0usize;
+        for q in &inner.queues {
+            match inner.broker.queue_len(q).await {
+                Ok(n) => waiting += n,
+                Err(e) => {
+                    tracing::debug!(queue = %q, error = %e, "autoscale: queue length unknown")
+                }
+            }
+        }
+        let busy = inner.inflight.load(Ordering::SeqCst);
+        let want = (busy + waiting).clamp(min, max);
+        let current = worker.concurrency();
+        if want > current {
+            low_since = None;
+            tracing::info!(from = current, to = want, waiting, "autoscale: growing");
+            if let Err(e) = worker.set_concurrency(want) {
+                tracing::warn!(error = %e, "autoscale: could not grow");
+            }
+        } else if want < current {
+            let since = *low_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= inner.autoscale_keepalive {
+                tracing::info!(from = current, to = want, "autoscale: shrinking");
+                if let Err(e) = worker.set_concurrency(want) {
+                    tracing::warn!(error = %e, "autoscale: could not shrink");
+                }
+                low_since = None;
+            }
+        } else {
+            low_since = None;
+        }
     }
 }
 
@@ -624,22 +829,12 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
     {
         return;
     }
-    let ctx = TaskContext::from_message(&msg, &inner.nodename);
+    let mut ctx = TaskContext::from_message(&msg, &inner.nodename);
+    let hard = ctx.time_limit().or(inner.time_limit);
+    let soft = ctx.soft_time_limit().or(inner.soft_time_limit);
+    ctx.set_time_limits(hard, soft);
     let args = Args::new(msg.args.clone(), msg.kwargs.clone());
-    let (tx, rx) = oneshot::channel();
-    let spawned = inner.pool.spawn(move || {
-        let start = Instant::now();
-        let out = catch_unwind(AssertUnwindSafe(|| task.invoke(&ctx, args))).unwrap_or_else(|p| {
-            Err(TaskError::panicked(
-                Panicked::from_payload(p).into_message(),
-            ))
-        });
-        let _ = tx.send((out, start.elapsed()));
-    });
-    let outcome = match spawned {
-        Ok(()) => rx.await.ok(),
-        Err(_) => None,
-    };
+    let outcome = execute(inner, &task, ctx, args, hard, soft).await;
     slot.release();
     let Some((out, runtime)) = outcome else {
         // The pool is shutting down: give the message back.
@@ -649,6 +844,20 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
         }
         return;
     };
+    if let Err(e) = &out
+        && e.kind() == TaskErrorKind::WorkerLost
+        && options.rejects_on_worker_lost()
+    {
+        // Celery's reject_on_worker_lost: run it again rather than fail it
+        // (a message that keeps killing its worker ends as a poison
+        // message after max_deliveries).
+        tracing::warn!(task_id = %id, task = %name, error = %e, "worker lost; requeueing (reject_on_worker_lost)");
+        inner.held.lock().remove(&d.tag);
+        if let Err(e) = inner.broker.requeue(&d, None).await {
+            tracing::error!(task_id = %id, error = %e, "could not requeue task");
+        }
+        return;
+    }
     let meta = match out {
         Ok(v) => {
             inner.counters.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -691,6 +900,149 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
     } else if let Err(e) = inner.broker.requeue(&d, Some(unix_now() + 1.0)).await {
         tracing::error!(task_id = %id, error = %e, "could not requeue task after a failed result store");
     }
+}
+
+/// Where a task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exec {
+    Threads,
+    Processes,
+    Async,
+}
+
+fn choose(inner: &Inner, task: &celeriac_core::RegisteredTask) -> Exec {
+    if task.is_async() {
+        return Exec::Async;
+    }
+    match task.options().pool_choice() {
+        Some(TaskPool::Processes) => Exec::Processes,
+        Some(TaskPool::Threads) => Exec::Threads,
+        _ => match inner.kind {
+            PoolKind::Processes => Exec::Processes,
+            _ => Exec::Threads,
+        },
+    }
+}
+
+/// The process pool, built at first use when the worker's kind is not
+/// processes.
+fn process_pool(inner: &Inner) -> Result<ProcessPool, WorkerError> {
+    let mut procs = inner.procs.lock();
+    if let Some(p) = procs.as_ref() {
+        return Ok(p.clone());
+    }
+    let p = build_processes(&inner.proc_opts, inner.target.load(Ordering::SeqCst))?;
+    *procs = Some(p.clone());
+    Ok(p)
+}
+
+/// Cancels `token` when the soft limit passes, unless aborted first.
+fn soft_timer(
+    soft: Option<Duration>,
+    token: &celeriac_core::CancelToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    soft.map(|soft| {
+        let token = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(soft).await;
+            token.cancel();
+        })
+    })
+}
+
+/// Runs a task on the pool that suits it. `None` when the pool is shutting
+/// down (the message goes back to the broker).
+async fn execute(
+    inner: &Arc<Inner>,
+    task: &Arc<celeriac_core::RegisteredTask>,
+    ctx: TaskContext,
+    args: Args,
+    hard: Option<Duration>,
+    soft: Option<Duration>,
+) -> Option<(Result<Value, TaskError>, Duration)> {
+    match choose(inner, task) {
+        Exec::Async => {
+            let start = Instant::now();
+            let timer = soft_timer(soft, ctx.cancel_token());
+            let handle = tokio::spawn(task.invoke_async(ctx, args));
+            let abort = handle.abort_handle();
+            let joined = match hard {
+                Some(limit) => match tokio::time::timeout(limit, handle).await {
+                    Ok(j) => Some(j),
+                    Err(_) => {
+                        abort.abort();
+                        None
+                    }
+                },
+                None => Some(handle.await),
+            };
+            if let Some(t) = timer {
+                t.abort();
+            }
+            let out = match joined {
+                Some(Ok(out)) => out,
+                Some(Err(e)) if e.is_panic() => Err(TaskError::panicked(
+                    Panicked::from_payload(e.into_panic()).into_message(),
+                )),
+                Some(Err(_)) => Err(TaskError::revoked("cancelled")),
+                None => Err(TaskError::timed_out(format!(
+                    "TimeLimitExceeded({})",
+                    hard.unwrap_or_default().as_secs_f64()
+                ))),
+            };
+            Some((out, start.elapsed()))
+        }
+        Exec::Processes => {
+            let pool = match process_pool(inner) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "no process pool; running on threads");
+                    return run_on_threads(inner, task, ctx, args, hard, soft).await;
+                }
+            };
+            let (tx, rx) = oneshot::channel();
+            let job = ProcessJob::new(task.name(), ctx, args);
+            pool.submit(job, move |o| {
+                let _ = tx.send((o.result, o.runtime));
+            })
+            .ok()?;
+            rx.await.ok()
+        }
+        Exec::Threads => run_on_threads(inner, task, ctx, args, hard, soft).await,
+    }
+}
+
+async fn run_on_threads(
+    inner: &Arc<Inner>,
+    task: &Arc<celeriac_core::RegisteredTask>,
+    ctx: TaskContext,
+    args: Args,
+    hard: Option<Duration>,
+    soft: Option<Duration>,
+) -> Option<(Result<Value, TaskError>, Duration)> {
+    if hard.is_some() {
+        tracing::debug!(task = %task.name(), "a hard time limit is not enforced on the thread pool (a thread cannot be killed); use -P processes");
+    }
+    let timer = soft_timer(soft, ctx.cancel_token());
+    let (tx, rx) = oneshot::channel();
+    let task = Arc::clone(task);
+    let spawned = inner.pool.spawn(move || {
+        let start = Instant::now();
+        let out = catch_unwind(AssertUnwindSafe(|| task.invoke(&ctx, args))).unwrap_or_else(|p| {
+            Err(TaskError::panicked(
+                Panicked::from_payload(p).into_message(),
+            ))
+        });
+        let _ = tx.send((out, start.elapsed()));
+    });
+    let outcome = match spawned {
+        Ok(()) => rx.await.ok(),
+        Err(_) => None,
+    };
+    if let Some(t) = timer {
+        t.abort();
+    }
+    outcome
 }
 
 /// Waits until the rate limit lets task `name` start. A wait longer than a

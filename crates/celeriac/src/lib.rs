@@ -37,8 +37,8 @@ pub use celeriac_core::time;
 pub use celeriac_core::{
     Args, BackendError, Broker, BrokerError, Call, CodecError, DeadLetter, Delivery, Message,
     NodeInfo, Outgoing, RateLimit, Registry, RegistryError, ResultBackend, ResultMeta,
-    RetryDecision, Routes, State, Task, TaskContext, TaskDef, TaskError, TaskErrorKind,
-    TaskOptions,
+    RetryDecision, Routes, State, Task, TaskContext, TaskDef, TaskError, TaskErrorKind, TaskFuture,
+    TaskOptions, TaskPool,
 };
 pub use celeriac_embedded::{
     MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker, default_db_path,
@@ -100,11 +100,33 @@ pub use celeriac_worker::{
 /// - The task registers itself at link time ([`Registry::linked`]); a
 ///   duplicate name is refused at startup.
 ///
-/// Async functions are refused for now:
+/// - `pool = "threads" | "processes" | "async"` chooses the pool that runs
+///   the task (see [`TaskPool`]); without it, an `async fn` runs on the
+///   async executor and a blocking fn on the worker's pool (`-P`).
+///
+/// An `async fn` becomes an async task. It runs on the worker's tokio
+/// runtime under the concurrency limit, so thousands can wait on I/O at
+/// once; a blocking task never runs there.
+///
+/// ```
+/// use std::time::Duration;
+/// use celeriac::{task, Task, TaskContext};
+///
+/// #[task(name = "tasks.fetch")]
+/// async fn fetch(ctx: &TaskContext, url: String) -> Result<usize, String> {
+///     // e.g. an HTTP client call; here, a timer.
+///     tokio::time::sleep(Duration::from_millis(1)).await;
+///     Ok(url.len() + ctx.retries() as usize)
+/// }
+///
+/// assert!(<fetch as Task>::IS_ASYNC);
+/// ```
+///
+/// A task's pool must suit it:
 ///
 /// ```compile_fail
-/// #[celeriac::task]
-/// async fn nope() {}
+/// #[celeriac::task(pool = "async")]
+/// fn blocking() {}
 /// ```
 pub use celeriac_macros::task;
 

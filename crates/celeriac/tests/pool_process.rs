@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use celeriac::{
-    Args, Outcome, ProcessJob, ProcessPool, TaskContext, TaskError, TaskErrorKind, task,
+    Args, Call, Outcome, PoolKind, ProcessJob, ProcessPool, Server, TaskContext, TaskError,
+    TaskErrorKind, task,
 };
 use serde_json::{Value, json};
 
@@ -37,10 +38,34 @@ fn checking(ctx: &TaskContext) -> Result<(), TaskError> {
     }
 }
 
+/// Crashes its process the first time it sees `marker` missing (creating
+/// it), succeeds the next time: with reject_on_worker_lost it is run again.
+#[task(name = "test.crash_once", reject_on_worker_lost = true)]
+fn crash_once(marker: String) -> String {
+    if std::fs::metadata(&marker).is_err() {
+        std::fs::write(&marker, b"crashed").unwrap();
+        std::process::abort();
+    }
+    "second run".into()
+}
+
+/// Runs on the process pool whatever the worker's default pool is.
+#[task(name = "test.isolated", pool = "processes")]
+fn isolated() -> u32 {
+    std::process::id()
+}
+
 /// The pid of the child running it.
 #[task(name = "test.pid")]
 fn pid() -> u32 {
     std::process::id()
+}
+
+/// `(name, fn)` pairs for the little runner in `main`.
+macro_rules! tests {
+    ($($t:ident),* $(,)?) => {
+        &[$((stringify!($t), $t as fn())),*]
+    };
 }
 
 fn main() {
@@ -49,44 +74,22 @@ fn main() {
         parent_role();
     }
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let tests: &[(&str, fn())] = &[
-        (
-            "a_crash_fails_one_task_and_the_pool_heals",
-            a_crash_fails_one_task_and_the_pool_heals,
-        ),
-        (
-            "kill_9_mid_task_fails_it_and_the_pool_heals",
-            kill_9_mid_task_fails_it_and_the_pool_heals,
-        ),
-        (
-            "hard_limit_kills_and_reports_in_time",
-            hard_limit_kills_and_reports_in_time,
-        ),
-        (
-            "soft_limit_is_observed_by_the_task",
-            soft_limit_is_observed_by_the_task,
-        ),
-        (
-            "memory_limit_recycles_after_the_task",
-            memory_limit_recycles_after_the_task,
-        ),
-        ("max_tasks_per_child_recycles", max_tasks_per_child_recycles),
-        (
-            "resize_2_4_1_under_load_loses_nothing",
-            resize_2_4_1_under_load_loses_nothing,
-        ),
-        (
-            "panics_and_unknown_tasks_are_typed_failures",
-            panics_and_unknown_tasks_are_typed_failures,
-        ),
-        (
-            "a_program_without_init_fails_jobs_instead_of_hanging",
-            a_program_without_init_fails_jobs_instead_of_hanging,
-        ),
-        (
-            "children_die_with_their_parent",
-            children_die_with_their_parent,
-        ),
+    let tests: &[(&str, fn())] = tests![
+        a_crash_fails_one_task_and_the_pool_heals,
+        kill_9_mid_task_fails_it_and_the_pool_heals,
+        hard_limit_kills_and_reports_in_time,
+        soft_limit_is_observed_by_the_task,
+        memory_limit_recycles_after_the_task,
+        max_tasks_per_child_recycles,
+        resize_2_4_1_under_load_loses_nothing,
+        panics_and_unknown_tasks_are_typed_failures,
+        a_program_without_init_fails_jobs_instead_of_hanging,
+        children_die_with_their_parent,
+        server_with_processes_heals_after_crashes,
+        server_resize_2_4_1_under_load_loses_nothing,
+        server_hard_limit_from_the_timelimit_header,
+        reject_on_worker_lost_runs_the_task_again,
+        a_task_can_ask_for_the_process_pool,
     ];
     let mut failed = 0;
     let mut ran = 0;
@@ -419,4 +422,145 @@ fn children_die_with_their_parent() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn process_server(workers: usize) -> Server {
+    Server::builder()
+        .workers(workers)
+        .pool(PoolKind::Processes)
+        .diagnostic_tasks(true)
+        .build()
+        .unwrap()
+}
+
+fn server_with_processes_heals_after_crashes() {
+    let s = process_server(2);
+    let err = s
+        .submit(Call::<()>::new("celeriac.crash"))
+        .wait_timeout(WAIT)
+        .unwrap_err();
+    let te = err.task_error().expect("a task error");
+    assert_eq!(te.kind(), TaskErrorKind::WorkerLost, "{te}");
+    assert_eq!(te.exc_type(), "WorkerLostError");
+    let jobs: Vec<_> = (0..100i64)
+        .map(|i| s.submit(Call::<i64>::new("celeriac.add").arg(i).arg(1)))
+        .collect();
+    for (i, j) in jobs.iter().enumerate() {
+        assert_eq!(j.wait_timeout(WAIT).unwrap(), i as i64 + 1);
+    }
+    // A kill -9 of a busy child: the same.
+    let sleeper = s.submit(Call::<f64>::new("celeriac.sleep").arg(30.0));
+    // Let it start on a child before probing which child is idle.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let busy = loop {
+        let pids = s.worker_pids();
+        let idle: Vec<u32> = pids.clone();
+        // The sleeping child is the one not answering test.pid at once.
+        let answered = s
+            .submit(Call::<u32>::new("test.pid"))
+            .wait_timeout(WAIT)
+            .unwrap();
+        if let Some(p) = idle.into_iter().find(|p| *p != answered) {
+            break p;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10));
+    };
+    Command::new("kill")
+        .args(["-9", &busy.to_string()])
+        .status()
+        .unwrap();
+    let err = sleeper.wait_timeout(WAIT).unwrap_err();
+    assert_eq!(
+        err.task_error().map(|e| e.kind()),
+        Some(TaskErrorKind::WorkerLost),
+        "{err}"
+    );
+    let jobs: Vec<_> = (0..100i64)
+        .map(|i| s.submit(Call::<i64>::new("celeriac.add").arg(i).arg(2)))
+        .collect();
+    for (i, j) in jobs.iter().enumerate() {
+        assert_eq!(j.wait_timeout(WAIT).unwrap(), i as i64 + 2);
+    }
+}
+
+fn server_resize_2_4_1_under_load_loses_nothing() {
+    let s = process_server(2);
+    let jobs: Vec<_> = (0..300)
+        .map(|_| s.submit(Call::<f64>::new("celeriac.sleep").arg(0.005)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    s.set_workers(4).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.set_workers(1).unwrap();
+    for j in &jobs {
+        j.wait_timeout(WAIT).unwrap();
+    }
+    let t = Instant::now();
+    while s.worker_pids().len() != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            s.worker_pids()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn server_hard_limit_from_the_timelimit_header() {
+    let s = process_server(1);
+    let start = Instant::now();
+    let err = s
+        .submit(
+            Call::<f64>::new("celeriac.sleep")
+                .arg(30.0)
+                .time_limits(Some(1.0), None),
+        )
+        .wait_timeout(WAIT)
+        .unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(
+        err.task_error().map(|e| e.kind()),
+        Some(TaskErrorKind::TimedOut),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "within limit + 1 s: {took:?}"
+    );
+    // Soft limit through the header, on the same pool.
+    let text = s
+        .submit(Call::<String>::new("test.cooperative").time_limits(Some(10.0), Some(0.3)))
+        .wait_timeout(WAIT)
+        .unwrap();
+    assert!(text.starts_with("stopped early"), "{text}");
+}
+
+fn reject_on_worker_lost_runs_the_task_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("crashed").display().to_string();
+    let s = process_server(1);
+    let out = s
+        .submit(Call::<String>::new("test.crash_once").arg(&marker))
+        .wait_timeout(WAIT)
+        .unwrap();
+    assert_eq!(out, "second run");
+    assert!(std::path::Path::new(&marker).exists(), "it did crash once");
+}
+
+fn a_task_can_ask_for_the_process_pool() {
+    // A thread-pool server still runs test.isolated in a child process.
+    let s = Server::builder().workers(1).build().unwrap();
+    let pid = s
+        .submit(Call::<u32>::new("test.isolated"))
+        .wait_timeout(WAIT)
+        .unwrap();
+    assert_ne!(pid, std::process::id());
+    let here = s
+        .submit(Call::<u32>::new("test.pid"))
+        .wait_timeout(WAIT)
+        .unwrap();
+    assert_eq!(here, std::process::id(), "other tasks stay on threads");
 }

@@ -213,10 +213,10 @@ fn malformed_and_unknown_messages_are_dead_lettered_and_the_worker_keeps_serving
 #[test]
 fn unsupported_pool_and_bad_json_are_clear_errors() {
     let (dir, url) = setup();
-    let out = celeriac(dir.path(), &["worker", "-P", "processes", "--broker", &url]);
+    let out = celeriac(dir.path(), &["worker", "-P", "gevent", "--broker", &url]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("not available in this version"),
+        stderr(&out).contains("unknown pool \"gevent\""),
         "{}",
         stderr(&out)
     );

@@ -6,3 +6,5 @@
 //! - `celery_messages`: reading and writing Python Celery's wire format.
 //! - `redis_server`: the job server on Redis, shared with Python Celery.
 //! - `task_semantics`: retries, idempotency keys, revoke, expiry, rate limits.
+//! - `process_pool`: crash isolation, time limits, batching, a server on processes.
+//! - `async_tasks`: `#[task] async fn` on the async pool.

@@ -55,6 +55,15 @@ fn isolated() -> u32 {
     std::process::id()
 }
 
+/// Aborts its process when `n == bad`, else returns `n`.
+#[task(name = "test.crash_if")]
+fn crash_if(n: u64, bad: u64) -> u64 {
+    if n == bad {
+        std::process::abort();
+    }
+    n
+}
+
 /// The pid of the child running it.
 #[task(name = "test.pid")]
 fn pid() -> u32 {
@@ -90,6 +99,7 @@ fn main() {
         server_hard_limit_from_the_timelimit_header,
         reject_on_worker_lost_runs_the_task_again,
         a_task_can_ask_for_the_process_pool,
+        map_batches_in_order_and_a_crash_fails_only_its_chunk,
     ];
     let mut failed = 0;
     let mut ran = 0;
@@ -563,4 +573,30 @@ fn a_task_can_ask_for_the_process_pool() {
         .wait_timeout(WAIT)
         .unwrap();
     assert_eq!(here, std::process::id(), "other tasks stay on threads");
+}
+
+fn map_batches_in_order_and_a_crash_fails_only_its_chunk() {
+    let pool = pool(2);
+    let items: Vec<Args> = (0..10_000i64)
+        .map(|i| Args::new(vec![json!(i), json!(1)], Default::default()))
+        .collect();
+    let out = pool.map("celeriac.add", items, 0);
+    assert_eq!(out.len(), 10_000);
+    for (i, r) in out.iter().enumerate() {
+        assert_eq!(r.as_ref().unwrap(), &json!(i as i64 + 1));
+    }
+    // Chunks of 10: item 55 kills its child, so items 50..60 are lost with
+    // it and everything else comes back.
+    let items: Vec<Args> = (0..100u64)
+        .map(|i| Args::new(vec![json!(i), json!(55)], Default::default()))
+        .collect();
+    let out = pool.map("test.crash_if", items, 10);
+    for (i, r) in out.iter().enumerate() {
+        if (50..60).contains(&i) {
+            assert_eq!(r.as_ref().unwrap_err().kind(), TaskErrorKind::WorkerLost);
+        } else {
+            assert_eq!(r.as_ref().unwrap(), &json!(i));
+        }
+    }
+    assert_eq!(pool.stats().lost, 1);
 }

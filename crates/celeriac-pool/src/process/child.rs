@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use celeriac_core::{CancelToken, Registry, TaskError};
+use celeriac_core::{Args, CancelToken, Registry, TaskContext, TaskError};
 use parking_lot::{Condvar, Mutex};
+use serde_json::Value;
 
-use super::frame::{self, DoneFrame, RunFrame, ToChild, ToParent};
+use super::frame::{self, BatchFrame, DoneBatchFrame, DoneFrame, RunFrame, ToChild, ToParent};
 use super::{ENV_CHILD, ENV_PARENT, ENV_RSS};
 use crate::Panicked;
 
@@ -81,45 +82,79 @@ fn run(registry: Registry) -> io::Result<()> {
 
     let timer = SoftTimer::start()?;
     while let Ok(f) = rx.recv() {
-        let RunFrame {
-            seq,
-            name,
-            ctx,
-            args,
-        } = match f {
-            ToChild::Run(r) => *r,
-            ToChild::Exit => break,
-        };
-        let start = Instant::now();
-        let result = match registry.get(&name) {
-            None => Err(TaskError::not_registered(&name)),
-            Some(task) => {
-                let armed = ctx
-                    .soft_time_limit()
-                    .map(|soft| timer.arm(start + soft, ctx.cancel_token().clone()));
-                let out = catch_unwind(AssertUnwindSafe(|| task.invoke(&ctx, args)))
-                    .unwrap_or_else(|p| {
-                        Err(TaskError::panicked(
-                            Panicked::from_payload(p).into_message(),
-                        ))
-                    });
-                if armed.is_some() {
-                    timer.disarm();
-                }
-                out
+        match f {
+            ToChild::Run(r) => {
+                let RunFrame {
+                    seq,
+                    name,
+                    ctx,
+                    args,
+                } = *r;
+                let start = Instant::now();
+                let result = run_one(&registry, &timer, &name, &ctx, args, start);
+                let done = DoneFrame {
+                    seq,
+                    result,
+                    runtime_ns: nanos(start),
+                    peak_rss: report_rss.then(peak_rss).flatten(),
+                };
+                frame::write(&mut out, &ToParent::Done(done))?;
             }
-        };
-        let runtime_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let done = DoneFrame {
-            seq,
-            result,
-            runtime_ns,
-            peak_rss: report_rss.then(peak_rss).flatten(),
-        };
-        frame::write(&mut out, &ToParent::Done(done))?;
+            ToChild::RunBatch(b) => {
+                let BatchFrame {
+                    seq,
+                    name,
+                    ctx,
+                    items,
+                } = *b;
+                let start = Instant::now();
+                let results = items
+                    .into_iter()
+                    .map(|args| run_one(&registry, &timer, &name, &ctx, args, start))
+                    .collect();
+                let done = DoneBatchFrame {
+                    seq,
+                    results,
+                    runtime_ns: nanos(start),
+                    peak_rss: report_rss.then(peak_rss).flatten(),
+                };
+                frame::write(&mut out, &ToParent::DoneBatch(done))?;
+            }
+            ToChild::Exit => break,
+        }
         out.flush()?;
     }
     Ok(())
+}
+
+fn nanos(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Runs one call, catching panics; the soft limit counts from `start`.
+fn run_one(
+    registry: &Registry,
+    timer: &SoftTimer,
+    name: &str,
+    ctx: &TaskContext,
+    args: Args,
+    start: Instant,
+) -> Result<Value, TaskError> {
+    let Some(task) = registry.get(name) else {
+        return Err(TaskError::not_registered(name));
+    };
+    let armed = ctx
+        .soft_time_limit()
+        .map(|soft| timer.arm(start + soft, ctx.cancel_token().clone()));
+    let out = catch_unwind(AssertUnwindSafe(|| task.invoke(ctx, args))).unwrap_or_else(|p| {
+        Err(TaskError::panicked(
+            Panicked::from_payload(p).into_message(),
+        ))
+    });
+    if armed.is_some() {
+        timer.disarm();
+    }
+    out
 }
 
 /// The peak resident set size of this process (`VmHWM`), in bytes.

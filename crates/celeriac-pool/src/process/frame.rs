@@ -19,6 +19,8 @@ pub(crate) const MAX_FRAME: usize = 512 << 20;
 pub(crate) enum ToChild {
     /// Run one task.
     Run(Box<RunFrame>),
+    /// Run one task over many argument sets, one after another.
+    RunBatch(Box<BatchFrame>),
     /// Finish and exit (recycling, shrinking, shutdown).
     Exit,
 }
@@ -32,6 +34,15 @@ pub(crate) struct RunFrame {
     pub(crate) args: Args,
 }
 
+/// Many calls of one task in one frame (`ProcessPool::map`).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct BatchFrame {
+    pub(crate) seq: u64,
+    pub(crate) name: String,
+    pub(crate) ctx: TaskContext,
+    pub(crate) items: Vec<Args>,
+}
+
 /// Child → parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToParent {
@@ -39,6 +50,17 @@ pub(crate) enum ToParent {
     Ready { pid: u32 },
     /// A task finished.
     Done(DoneFrame),
+    /// A batch finished: one result per item, in order.
+    DoneBatch(DoneBatchFrame),
+}
+
+/// A finished batch.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DoneBatchFrame {
+    pub(crate) seq: u64,
+    pub(crate) results: Vec<Result<Value, TaskError>>,
+    pub(crate) runtime_ns: u64,
+    pub(crate) peak_rss: Option<u64>,
 }
 
 /// A finished task.

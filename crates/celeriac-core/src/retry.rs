@@ -36,6 +36,7 @@ pub struct TaskOptions {
     rate_limit: Option<RateLimit>,
     pool: Option<TaskPool>,
     reject_on_worker_lost: bool,
+    acks_late: bool,
 }
 
 /// Which pool runs a task, when the task chooses (`#[task(pool = "...")]`).
@@ -94,6 +95,7 @@ impl TaskOptions {
         rate_limit: None,
         pool: None,
         reject_on_worker_lost: false,
+        acks_late: true,
     };
 
     /// The defaults.
@@ -159,6 +161,22 @@ impl TaskOptions {
     pub const fn reject_on_worker_lost(mut self, on: bool) -> Self {
         self.reject_on_worker_lost = on;
         self
+    }
+
+    /// When the message is acknowledged. `true` (celeriac's default): after
+    /// the result is stored, so a crash or kill at any moment redelivers
+    /// the task (at least once; idempotency keys and the redelivery check
+    /// make the effect once). `false` (Celery's default): as the task
+    /// starts, so a task is never run twice but is lost if its worker dies
+    /// mid-run; for tasks that must not repeat and may be dropped.
+    pub const fn acks_late(mut self, on: bool) -> Self {
+        self.acks_late = on;
+        self
+    }
+
+    /// Whether the message is acknowledged after the task (the default).
+    pub fn is_acks_late(&self) -> bool {
+        self.acks_late
     }
 
     /// Whether the task asked for `reject_on_worker_lost`.

@@ -131,6 +131,10 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
                 let v = number(&nv.value, "retry_backoff_max")?;
                 opts.policy.push(quote!(.retry_backoff_max(#v)));
             }
+            Meta::NameValue(nv) if nv.path.is_ident("acks_late") => {
+                let v = boolean(&nv.value, "acks_late")?;
+                opts.policy.push(quote!(.acks_late(#v)));
+            }
             Meta::NameValue(nv) if nv.path.is_ident("reject_on_worker_lost") => {
                 let v = boolean(&nv.value, "reject_on_worker_lost")?;
                 opts.policy.push(quote!(.reject_on_worker_lost(#v)));
@@ -215,7 +219,7 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
                 return Err(syn::Error::new_spanned(
                     other,
                     "unknown task option; expected name, diagnostic, pool, max_retries, default_retry_delay, \
-                     retry_backoff, retry_backoff_max, retry_jitter, rate_limit, reject_on_worker_lost or autoretry_for(\"ExcType\", ...)",
+                     retry_backoff, retry_backoff_max, retry_jitter, rate_limit, acks_late, reject_on_worker_lost or autoretry_for(\"ExcType\", ...)",
                 ));
             }
         }

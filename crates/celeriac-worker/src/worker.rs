@@ -834,18 +834,34 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
     let soft = ctx.soft_time_limit().or(inner.soft_time_limit);
     ctx.set_time_limits(hard, soft);
     let args = Args::new(msg.args.clone(), msg.kwargs.clone());
+    // acks_late = false (Celery's default, not ours): ack as the task
+    // starts; a crash from here on loses it, as the task asked.
+    let early = !options.is_acks_late();
+    if early {
+        inner.held.lock().remove(&d.tag);
+        ack(inner, &d).await;
+    }
     let outcome = execute(inner, &task, ctx, args, hard, soft).await;
     slot.release();
     let Some((out, runtime)) = outcome else {
         // The pool is shutting down: give the message back.
         inner.held.lock().remove(&d.tag);
-        if let Err(e) = inner.broker.requeue(&d, None).await {
+        let back = if early {
+            match Outgoing::from_message(&msg) {
+                Ok(o) => inner.broker.publish(o).await,
+                Err(e) => Err(celeriac_core::BrokerError::Storage(e.to_string())),
+            }
+        } else {
+            inner.broker.requeue(&d, None).await
+        };
+        if let Err(e) = back {
             tracing::error!(task_id = %id, error = %e, "could not requeue task");
         }
         return;
     };
     if let Err(e) = &out
         && e.kind() == TaskErrorKind::WorkerLost
+        && !early
         && options.rejects_on_worker_lost()
     {
         // Celery's reject_on_worker_lost: run it again rather than fail it
@@ -868,7 +884,7 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
             let retries = msg.headers.retries;
             match options.decide(&e, retries, random_unit()) {
                 RetryDecision::Retry { countdown } => {
-                    retry(inner, &msg, &d, &e, countdown, runtime).await;
+                    retry(inner, &msg, &d, &e, countdown, runtime, early).await;
                     return;
                 }
                 RetryDecision::GiveUp if e.kind() == TaskErrorKind::Retry => {
@@ -895,7 +911,11 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
     let meta = extended(inner, &msg, &d, meta, Some(runtime));
     let stored = msg.headers.ignore_result == Some(true) || store(inner, &meta).await;
     inner.held.lock().remove(&d.tag);
-    if stored {
+    if early {
+        if !stored {
+            tracing::error!(task_id = %id, "the result was not stored and the message was acked early (acks_late = false)");
+        }
+    } else if stored {
         ack(inner, &d).await;
     } else if let Err(e) = inner.broker.requeue(&d, Some(unix_now() + 1.0)).await {
         tracing::error!(task_id = %id, error = %e, "could not requeue task after a failed result store");
@@ -1132,6 +1152,7 @@ async fn retry(
     err: &TaskError,
     countdown: f64,
     runtime: Duration,
+    acked: bool,
 ) {
     let id = msg.id().to_string();
     let mut meta = ResultMeta::new(
@@ -1163,7 +1184,12 @@ async fn retry(
         Ok(()) => {
             inner.counters.retried.fetch_add(1, Ordering::Relaxed);
             tracing::info!(task_id = %id, task = %msg.task(), retries = next.headers.retries, countdown, "task retry");
-            ack(inner, d).await;
+            if !acked {
+                ack(inner, d).await;
+            }
+        }
+        Err(e) if acked => {
+            tracing::error!(task_id = %id, error = %e, "could not publish the retry of a task acked early (acks_late = false); it is lost");
         }
         Err(e) => {
             // Keep the original instead, delayed the same way: nothing lost.

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use celeriac::{
-    Args, Call, Outcome, PoolKind, ProcessJob, ProcessPool, Server, TaskContext, TaskError,
-    TaskErrorKind, task,
+    Args, Broker, Call, Outcome, PoolKind, ProcessJob, ProcessPool, ResultBackend, Server,
+    TaskContext, TaskError, TaskErrorKind, task,
 };
 use serde_json::{Value, json};
 
@@ -64,6 +64,41 @@ fn crash_if(n: u64, bad: u64) -> u64 {
     n
 }
 
+/// Appends a line to `dir/name`; blocks on the first run, returns on later
+/// ones. Acked early: a worker killed while it runs loses it.
+#[task(name = "test.mark_early", acks_late = false)]
+fn mark_early(dir: String) -> String {
+    mark(&dir, "early")
+}
+
+/// The same, acked late (the default): redelivered after a worker dies.
+#[task(name = "test.mark_late")]
+fn mark_late(dir: String) -> String {
+    mark(&dir, "late")
+}
+
+fn mark(dir: &str, name: &str) -> String {
+    use std::io::Write;
+    let path = std::path::Path::new(dir).join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writeln!(f, "run").unwrap();
+    drop(f);
+    if runs(dir, name) == 1 {
+        std::thread::sleep(Duration::from_secs(120));
+    }
+    "ran again".into()
+}
+
+fn runs(dir: &str, name: &str) -> usize {
+    std::fs::read_to_string(std::path::Path::new(dir).join(name))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
 /// The pid of the child running it.
 #[task(name = "test.pid")]
 fn pid() -> u32 {
@@ -79,8 +114,10 @@ macro_rules! tests {
 
 fn main() {
     celeriac::init();
-    if std::env::var_os("POOL_TEST_ROLE").is_some() {
-        parent_role();
+    match std::env::var("POOL_TEST_ROLE").as_deref() {
+        Ok("parent") => parent_role(),
+        Ok("worker") => worker_role(),
+        _ => {}
     }
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let tests: &[(&str, fn())] = tests![
@@ -100,6 +137,7 @@ fn main() {
         reject_on_worker_lost_runs_the_task_again,
         a_task_can_ask_for_the_process_pool,
         map_batches_in_order_and_a_crash_fails_only_its_chunk,
+        acks_early_tasks_are_lost_with_their_worker_late_ones_are_not,
     ];
     let mut failed = 0;
     let mut ran = 0;
@@ -599,4 +637,93 @@ fn map_batches_in_order_and_a_crash_fails_only_its_chunk() {
         }
     }
     assert_eq!(pool.stats().lost, 1);
+}
+
+/// Run as a separate process: a thread-pool worker on `POOL_TEST_BROKER`.
+fn worker_role() -> ! {
+    let url = std::env::var("POOL_TEST_BROKER").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let registry = celeriac::Registry::linked(false).unwrap();
+        let worker = celeriac::Worker::builder(
+            celeriac::open_broker(&url).unwrap(),
+            celeriac::open_backend(&url).unwrap(),
+            std::sync::Arc::new(registry),
+        )
+        .concurrency(2)
+        .build()
+        .unwrap();
+        worker.run().await;
+    });
+    std::process::exit(0)
+}
+
+fn acks_early_tasks_are_lost_with_their_worker_late_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let url = format!("sqlite://{d}/broker.db?lease=1");
+    let start_worker = || {
+        Command::new(std::env::current_exe().unwrap())
+            .env("POOL_TEST_ROLE", "worker")
+            .env("POOL_TEST_BROKER", &url)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = celeriac::open_broker(&url).unwrap();
+    let backend = celeriac::open_backend(&url).unwrap();
+    let late = Call::<String>::new("test.mark_late")
+        .arg(&d)
+        .to_message()
+        .unwrap();
+    let early = Call::<String>::new("test.mark_early")
+        .arg(&d)
+        .to_message()
+        .unwrap();
+    rt.block_on(async {
+        for m in [&late, &early] {
+            broker
+                .publish(celeriac::Outgoing::from_message(m).unwrap())
+                .await
+                .unwrap();
+        }
+    });
+    let mut first = start_worker();
+    let t = Instant::now();
+    while runs(&d, "early") < 1 || runs(&d, "late") < 1 {
+        assert!(t.elapsed() < Duration::from_secs(20), "tasks did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut second = start_worker();
+    let t = Instant::now();
+    let done = loop {
+        let r = rt.block_on(backend.get(late.id())).unwrap();
+        if let Some(m) = r.filter(|m| m.status.is_ready()) {
+            break m;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the late task never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(done.result, json!("ran again"));
+    // Give the early one every chance to come back too: it must not.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(runs(&d, "late"), 2);
+    assert_eq!(
+        runs(&d, "early"),
+        1,
+        "an early-acked task is not redelivered"
+    );
+    assert!(
+        rt.block_on(backend.get(early.id()))
+            .unwrap()
+            .is_none_or(|m| !m.status.is_ready())
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
 }

@@ -80,6 +80,10 @@ enum Command {
         /// How long the revoke is remembered, in seconds.
         #[arg(long, default_value_t = 3.0 * 3600.0)]
         ttl: f64,
+        /// Also stop the tasks where they are running (Celery's
+        /// terminate=True): a process-pool worker kills the child.
+        #[arg(long)]
+        terminate: bool,
     },
     /// Inspect and requeue dead letters.
     Dlq {
@@ -248,13 +252,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Call(args) => call(&cli.conn, args),
         Command::Result(args) => result(&cli.conn, args),
         Command::Dlq { command } => dlq(&cli.conn, command),
-        Command::Revoke { ids, ttl } => {
+        Command::Revoke {
+            ids,
+            ttl,
+            terminate,
+        } => {
             if !(ttl > 0.0 && ttl.is_finite()) {
                 bail!("--ttl must be a positive number of seconds");
             }
             runtime()?.block_on(async {
                 let (broker, _) = cli.conn.open()?;
-                broker.revoke(&ids, Duration::from_secs_f64(ttl)).await?;
+                let ttl = Duration::from_secs_f64(ttl);
+                if terminate {
+                    broker.revoke_terminate(&ids, ttl).await?;
+                } else {
+                    broker.revoke(&ids, ttl).await?;
+                }
                 for id in &ids {
                     println!("revoked {id}");
                 }

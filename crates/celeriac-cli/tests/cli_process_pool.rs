@@ -227,3 +227,31 @@ fn max_memory_per_child_recycles_after_the_task() {
     }
     assert!(w.log().contains("max_memory_per_child"), "{}", w.log());
 }
+
+#[test]
+fn revoke_terminate_kills_the_running_task_on_the_file_broker() {
+    let s = Setup::new();
+    let w = s.worker(&["-c", "1"]);
+    wait_children(w.id(), 1, &w);
+    let ids = s.send(vec![Call::new("celeriac.sleep").arg(60.0)]);
+    std::thread::sleep(Duration::from_millis(700));
+    let start = Instant::now();
+    let out = Command::new(BIN)
+        .args(["revoke", &ids[0], "--terminate", "--broker", &s.url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = s.results(&ids, &w);
+    assert_eq!(r[0].status.to_string(), "REVOKED", "{:?}", r[0]);
+    assert_eq!(r[0].result["exc_type"], "TaskRevokedError");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    adds(&s, &w, 10);
+}

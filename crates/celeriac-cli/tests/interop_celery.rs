@@ -339,6 +339,21 @@ fn python_control_revoke_is_honoured() {
 }
 
 #[test]
+fn python_control_revoke_terminate_kills_the_running_task() {
+    let Some(env) = interop() else { return };
+    let url = format!("{}/11", env.redis_base);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["worker", "--broker", &url, "-c", "1", "-P", "processes"])
+        .arg("--diagnostic-tasks");
+    let _worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "celeriac-interop-terminate");
+    let v = python_json(&env, &[&script("revoke_terminate.py")], &[&url]);
+    assert_eq!(v["terminated"]["state"], "REVOKED", "{v}");
+    assert_eq!(v["terminated"]["error"], "TaskRevokedError", "{v}");
+    assert!(v["seconds"].as_f64().unwrap() < 10.0, "{v}");
+    assert_eq!(v["after"], 5, "the worker serves on: {v}");
+}
+
+#[test]
 fn a_python_countdown_runs_once_after_its_eta() {
     let Some(env) = interop() else { return };
     let url = format!("{}/9", env.redis_base);

@@ -184,6 +184,27 @@ pub trait Broker: Send + Sync + fmt::Debug {
     /// later, records them as REVOKED instead of running them.
     async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError>;
 
+    /// Revokes task ids like [`revoke`](Self::revoke), and also asks the
+    /// workers running them to terminate them (Celery's
+    /// `revoke(terminate=True)`): a process-pool worker kills the child, an
+    /// async one cancels the future, and a thread-pool one cancels the
+    /// task's context (a thread cannot be killed). The default, for brokers
+    /// without it, only revokes.
+    async fn revoke_terminate(
+        &self,
+        task_ids: &[String],
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.revoke(task_ids, ttl).await
+    }
+
+    /// Which of `task_ids` were revoked with terminate (and have not
+    /// expired). Workers ask for the tasks they are running.
+    async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        let _ = task_ids;
+        Ok(Vec::new())
+    }
+
     /// Takes a start from the rate-limit bucket `key` (one task per
     /// `interval` seconds, shared by everyone using this broker). Returns
     /// 0 if the task may start now, or how many seconds to wait.

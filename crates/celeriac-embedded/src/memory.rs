@@ -44,6 +44,7 @@ struct BrokerState {
     dead: BTreeMap<u64, DeadLetter>,
     nodes: HashMap<String, NodeInfo>,
     revoked: HashMap<String, Instant>,
+    terminate: HashMap<String, Instant>,
     rate: HashMap<String, f64>,
     seq: u64,
     closed: bool,
@@ -441,6 +442,31 @@ impl Broker for MemoryBroker {
             st.revoked.insert(id.clone(), now + ttl);
         }
         Ok(())
+    }
+
+    async fn revoke_terminate(
+        &self,
+        task_ids: &[String],
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.revoke(task_ids, ttl).await?;
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        st.terminate.retain(|_, until| *until > now);
+        for id in task_ids {
+            st.terminate.insert(id.clone(), now + ttl);
+        }
+        Ok(())
+    }
+
+    async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        let st = self.state.lock();
+        let now = Instant::now();
+        Ok(task_ids
+            .iter()
+            .filter(|id| st.terminate.get(*id).is_some_and(|until| *until > now))
+            .cloned()
+            .collect())
     }
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {

@@ -63,6 +63,10 @@ CREATE TABLE IF NOT EXISTS revoked (
     task_id TEXT PRIMARY KEY,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS terminations (
+    task_id TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
     concurrency INTEGER NOT NULL,
@@ -211,6 +215,50 @@ pub struct SqliteBroker {
 }
 
 impl SqliteBroker {
+    /// Records revokes (and, with `terminate`, termination requests).
+    async fn record_revokes(
+        &self,
+        task_ids: &[String],
+        ttl: Duration,
+        terminate: bool,
+    ) -> Result<(), BrokerError> {
+        let ids = task_ids.to_vec();
+        let until = unix_now() + ttl.as_secs_f64();
+        blocking(
+            &self.db,
+            move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "DELETE FROM revoked WHERE expires_at <= ?1",
+                    params![unix_now()],
+                )?;
+                tx.execute(
+                    "DELETE FROM terminations WHERE expires_at <= ?1",
+                    params![unix_now()],
+                )?;
+                {
+                    let mut ins = tx.prepare_cached(
+                        "INSERT INTO revoked (task_id, expires_at) VALUES (?1, ?2)
+                         ON CONFLICT(task_id) DO UPDATE SET expires_at = excluded.expires_at",
+                    )?;
+                    let mut term = tx.prepare_cached(
+                        "INSERT INTO terminations (task_id, expires_at) VALUES (?1, ?2)
+                         ON CONFLICT(task_id) DO UPDATE SET expires_at = excluded.expires_at",
+                    )?;
+                    for id in &ids {
+                        ins.execute(params![id, until])?;
+                        if terminate {
+                            term.execute(params![id, until])?;
+                        }
+                    }
+                }
+                tx.commit()
+            },
+            storage,
+        )
+        .await
+    }
+
     /// Opens (creating if needed) the file named by a `sqlite://` URL.
     pub fn open(url: &str) -> Result<Arc<Self>, BrokerError> {
         let opts = parse_sqlite_url(url)?;
@@ -603,26 +651,36 @@ impl Broker for SqliteBroker {
     }
 
     async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        self.record_revokes(task_ids, ttl, false).await
+    }
+
+    async fn revoke_terminate(
+        &self,
+        task_ids: &[String],
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.record_revokes(task_ids, ttl, true).await
+    }
+
+    async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let ids = task_ids.to_vec();
-        let until = unix_now() + ttl.as_secs_f64();
         blocking(
             &self.db,
             move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                tx.execute(
-                    "DELETE FROM revoked WHERE expires_at <= ?1",
-                    params![unix_now()],
+                let mut q = conn.prepare_cached(
+                    "SELECT 1 FROM terminations WHERE task_id = ?1 AND expires_at > ?2",
                 )?;
-                {
-                    let mut ins = tx.prepare_cached(
-                        "INSERT INTO revoked (task_id, expires_at) VALUES (?1, ?2)
-                         ON CONFLICT(task_id) DO UPDATE SET expires_at = excluded.expires_at",
-                    )?;
-                    for id in &ids {
-                        ins.execute(params![id, until])?;
+                let now = unix_now();
+                let mut out = Vec::new();
+                for id in ids {
+                    if q.exists(params![id, now])? {
+                        out.push(id);
                     }
                 }
-                tx.commit()
+                Ok(out)
             },
             storage,
         )

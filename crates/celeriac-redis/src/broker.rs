@@ -240,6 +240,7 @@ async fn revoke_keys(
     prefix: &str,
     task_ids: &[String],
     ttl: Duration,
+    terminate: bool,
 ) -> Result<(), BrokerError> {
     if task_ids.is_empty() {
         return Ok(());
@@ -252,6 +253,14 @@ async fn revoke_keys(
             ttl.as_secs().max(1),
         )
         .ignore();
+        if terminate {
+            pipe.set_ex(
+                format!("{prefix}celeriac.terminate.{id}"),
+                1,
+                ttl.as_secs().max(1),
+            )
+            .ignore();
+        }
     }
     pipe.query_async::<()>(conn).await.map_err(conn_err)
 }
@@ -302,13 +311,8 @@ async fn pidbox(
                             .collect(),
                         _ => Vec::new(),
                     };
-                    if args["terminate"] == serde_json::Value::Bool(true) {
-                        tracing::warn!(
-                            ?ids,
-                            "revoke(terminate=True): running tasks are not terminated by the thread pool; queued ones are revoked"
-                        );
-                    }
-                    match revoke_keys(&mut conn, &prefix, &ids, REVOKE_TTL).await {
+                    let terminate = args["terminate"] == serde_json::Value::Bool(true);
+                    match revoke_keys(&mut conn, &prefix, &ids, REVOKE_TTL, terminate).await {
                         Ok(()) => tracing::info!(?ids, "revoked by remote control"),
                         Err(e) => tracing::error!(error = %e, ?ids, "could not record a revoke"),
                     }
@@ -846,7 +850,51 @@ impl Broker for RedisBroker {
     }
 
     async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
-        revoke_keys(&mut self.conn().await?, &self.opts.prefix, task_ids, ttl).await
+        revoke_keys(
+            &mut self.conn().await?,
+            &self.opts.prefix,
+            task_ids,
+            ttl,
+            false,
+        )
+        .await
+    }
+
+    async fn revoke_terminate(
+        &self,
+        task_ids: &[String],
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        revoke_keys(
+            &mut self.conn().await?,
+            &self.opts.prefix,
+            task_ids,
+            ttl,
+            true,
+        )
+        .await
+    }
+
+    async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = task_ids
+            .iter()
+            .map(|id| format!("{}celeriac.terminate.{id}", self.opts.prefix))
+            .collect();
+        let mut conn = self.conn().await?;
+        let found: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(conn_err)?;
+        Ok(task_ids
+            .iter()
+            .zip(found)
+            .filter(|(_, v)| v.is_some())
+            .map(|(id, _)| id.clone())
+            .collect())
     }
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {

@@ -700,6 +700,21 @@ impl Server {
         Ok(())
     }
 
+    /// Revokes task ids like [`Server::revoke`], and stops them where
+    /// they already run (Celery's `terminate=True`): a process-pool worker
+    /// kills the child, an async one cancels the future, a thread-pool one
+    /// cancels the task's context. The job ends as `TaskRevokedError`.
+    pub fn revoke_terminate(&self, task_ids: &[&str]) -> Result<(), ServerError> {
+        let broker = self.handle.shared.broker.clone();
+        let ids: Vec<String> = task_ids.iter().map(|s| s.to_string()).collect();
+        self.handle.block(async move {
+            broker
+                .revoke_terminate(&ids, celeriac_core::broker::REVOKE_TTL)
+                .await
+        })?;
+        Ok(())
+    }
+
     /// The broker URL.
     pub fn broker_url(&self) -> String {
         self.handle.shared.broker.url()

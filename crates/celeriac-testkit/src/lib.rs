@@ -440,6 +440,31 @@ pub async fn revoked_ids_are_flagged_at_claim_until_they_expire(make: fn(Duratio
     assert!(!got[0].revoked, "the revoke of {idc} expired");
 }
 
+/// Contract: `terminations_are_recorded_with_their_revoke`.
+pub async fn terminations_are_recorded_with_their_revoke(make: fn(Duration) -> Fixture) {
+    let f = make(LONG);
+    let (a, ida) = out("celery", 0, None);
+    let plain = format!("plain-{}", unix_now());
+    f.other
+        .revoke_terminate(std::slice::from_ref(&ida), Duration::from_secs(60))
+        .await
+        .unwrap();
+    f.other
+        .revoke(std::slice::from_ref(&plain), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let asked = vec![ida.clone(), plain.clone(), "never-revoked".to_string()];
+    assert_eq!(
+        f.broker.terminations(&asked).await.unwrap(),
+        vec![ida.clone()]
+    );
+    // A terminate is also a revoke: a queued copy is flagged at claim.
+    f.broker.publish(a).await.unwrap();
+    let got = f.broker.claim("w", &q(&["celery"]), 1, LONG).await.unwrap();
+    assert!(got[0].revoked);
+    f.broker.ack(&got[0]).await.unwrap();
+}
+
 /// Contract: `idempotency_keys_are_claimed_once_until_they_expire`.
 pub async fn idempotency_keys_are_claimed_once_until_they_expire(make: fn(Duration) -> Fixture) {
     let f = make(LONG);
@@ -519,6 +544,7 @@ macro_rules! broker_contract {
                 results_store_get_watch_forget,
                 success_is_never_overwritten,
                 revoked_ids_are_flagged_at_claim_until_they_expire,
+                terminations_are_recorded_with_their_revoke,
                 idempotency_keys_are_claimed_once_until_they_expire,
                 rate_limit_buckets_are_shared,
             );

@@ -290,6 +290,7 @@ impl WorkerBuilder {
                 soft_time_limit: self.soft_time_limit,
                 autoscale: self.autoscale,
                 autoscale_keepalive: self.autoscale_keepalive,
+                running: Mutex::new(HashMap::new()),
                 target: AtomicUsize::new(concurrency),
                 inflight: AtomicUsize::new(0),
                 settling: AtomicUsize::new(0),
@@ -326,6 +327,8 @@ struct Inner {
     soft_time_limit: Option<Duration>,
     autoscale: Option<(usize, usize)>,
     autoscale_keepalive: Duration,
+    /// Tasks running now, by task id, and how to stop each.
+    running: Mutex<HashMap<String, Stopper>>,
     target: AtomicUsize,
     /// Execution slots in use (claimed and not yet executed).
     inflight: AtomicUsize,
@@ -500,6 +503,7 @@ impl Worker {
             broker = %inner.broker.url(), "worker ready");
         let heartbeat = tokio::spawn(heartbeat_loop(self.inner.clone()));
         let renewer = tokio::spawn(renew_loop(self.inner.clone()));
+        let terminator = tokio::spawn(terminate_loop(self.inner.clone()));
         let scaler = inner
             .autoscale
             .map(|(min, max)| tokio::spawn(autoscale_loop(self.clone(), min, max)));
@@ -576,6 +580,7 @@ impl Worker {
         }
         heartbeat.abort();
         renewer.abort();
+        terminator.abort();
         if let Some(s) = scaler {
             s.abort();
         }
@@ -922,6 +927,78 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
     }
 }
 
+/// How to stop a running task for `revoke(terminate=True)`.
+#[derive(Debug, Clone)]
+enum Stopper {
+    /// A thread cannot be killed: cancel its context.
+    Thread(celeriac_core::CancelToken),
+    /// Kill its child process.
+    Process,
+    /// Abort its future.
+    Future(tokio::task::AbortHandle),
+}
+
+/// Removes a task from the running set when its run ends.
+struct RunningGuard<'a> {
+    inner: &'a Inner,
+    id: String,
+}
+
+impl<'a> RunningGuard<'a> {
+    fn new(inner: &'a Inner, id: &str, stop: Stopper) -> Self {
+        inner.running.lock().insert(id.to_string(), stop);
+        RunningGuard {
+            inner,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.running.lock().remove(&self.id);
+    }
+}
+
+/// Every second, asks the broker which running tasks were revoked with
+/// terminate, and stops them.
+async fn terminate_loop(inner: Arc<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ids: Vec<String> = inner.running.lock().keys().cloned().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let doomed = match inner.broker.terminations(&ids).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not check for terminations");
+                continue;
+            }
+        };
+        for id in doomed {
+            let stop = inner.running.lock().get(&id).cloned();
+            match stop {
+                Some(Stopper::Process) => {
+                    let pool = inner.procs.lock().clone();
+                    if pool.is_some_and(|p| p.terminate(&id)) {
+                        tracing::warn!(task_id = %id, "revoked with terminate: killing its child process");
+                    }
+                }
+                Some(Stopper::Future(h)) => {
+                    tracing::warn!(task_id = %id, "revoked with terminate: cancelling it");
+                    h.abort();
+                }
+                Some(Stopper::Thread(token)) if !token.is_cancelled() => {
+                    tracing::warn!(task_id = %id, "revoked with terminate: a thread cannot be killed; cancelling its context");
+                    token.cancel();
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Where a task runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exec {
@@ -984,8 +1061,10 @@ async fn execute(
         Exec::Async => {
             let start = Instant::now();
             let timer = soft_timer(soft, ctx.cancel_token());
+            let id = ctx.id().to_string();
             let handle = tokio::spawn(task.invoke_async(ctx, args));
             let abort = handle.abort_handle();
+            let _running = RunningGuard::new(inner, &id, Stopper::Future(abort.clone()));
             let joined = match hard {
                 Some(limit) => match tokio::time::timeout(limit, handle).await {
                     Ok(j) => Some(j),
@@ -1004,7 +1083,7 @@ async fn execute(
                 Some(Err(e)) if e.is_panic() => Err(TaskError::panicked(
                     Panicked::from_payload(e.into_panic()).into_message(),
                 )),
-                Some(Err(_)) => Err(TaskError::revoked("cancelled")),
+                Some(Err(_)) => Err(TaskError::revoked("terminated")),
                 None => Err(TaskError::timed_out(format!(
                     "TimeLimitExceeded({})",
                     hard.unwrap_or_default().as_secs_f64()
@@ -1021,6 +1100,7 @@ async fn execute(
                 }
             };
             let (tx, rx) = oneshot::channel();
+            let _running = RunningGuard::new(inner, ctx.id(), Stopper::Process);
             let job = ProcessJob::new(task.name(), ctx, args);
             pool.submit(job, move |o| {
                 let _ = tx.send((o.result, o.runtime));
@@ -1044,6 +1124,7 @@ async fn run_on_threads(
         tracing::debug!(task = %task.name(), "a hard time limit is not enforced on the thread pool (a thread cannot be killed); use -P processes");
     }
     let timer = soft_timer(soft, ctx.cancel_token());
+    let _running = RunningGuard::new(inner, ctx.id(), Stopper::Thread(ctx.cancel_token().clone()));
     let (tx, rx) = oneshot::channel();
     let task = Arc::clone(task);
     let spawned = inner.pool.spawn(move || {

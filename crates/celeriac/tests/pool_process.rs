@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use celeriac::{
-    Args, Broker, Call, Outcome, PoolKind, ProcessJob, ProcessPool, ResultBackend, Server,
-    TaskContext, TaskError, TaskErrorKind, task,
+    Args, Call, Outcome, PoolKind, ProcessJob, ProcessPool, Server, TaskContext, TaskError,
+    TaskErrorKind, task,
 };
 use serde_json::{Value, json};
 
@@ -138,6 +138,7 @@ fn main() {
         a_task_can_ask_for_the_process_pool,
         map_batches_in_order_and_a_crash_fails_only_its_chunk,
         acks_early_tasks_are_lost_with_their_worker_late_ones_are_not,
+        revoke_terminate_kills_the_running_task,
     ];
     let mut failed = 0;
     let mut ran = 0;
@@ -726,4 +727,73 @@ fn acks_early_tasks_are_lost_with_their_worker_late_ones_are_not() {
     );
     second.kill().unwrap();
     second.wait().unwrap();
+}
+
+fn revoke_terminate_kills_the_running_task() {
+    let s = process_server(1);
+    let job = s.submit(Call::<f64>::new("celeriac.sleep").arg(60.0));
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    s.revoke_terminate(&[job.id()]).unwrap();
+    let err = job.wait_timeout(WAIT).unwrap_err();
+    assert_eq!(
+        err.task_error().map(|e| e.kind()),
+        Some(TaskErrorKind::Revoked),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // The pool serves on.
+    assert_eq!(
+        s.submit(Call::<i64>::new("celeriac.add").arg(2).arg(2))
+            .wait_timeout(WAIT)
+            .unwrap(),
+        4
+    );
+    // On the pool itself, a queued job is terminated before it starts.
+    let pool = pool(1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for n in [30.0, 30.0] {
+        let tx = tx.clone();
+        let j = job_with_id("celeriac.sleep", n);
+        let id = j.0.clone();
+        pool.submit(j.1, move |o| {
+            let _ = tx.send((id, o));
+        })
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pool.terminate("queued-1"), "the queued job");
+    assert!(pool.terminate("queued-0"), "the running job");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (id, o) = rx.recv_timeout(Duration::from_secs(10)).expect("no hang");
+        assert_eq!(kind(&o), TaskErrorKind::Revoked, "{id}");
+        seen.push(id);
+    }
+    seen.sort();
+    assert_eq!(seen, ["queued-0", "queued-1"]);
+    assert_eq!(pool.stats().terminated, 1);
+}
+
+/// A sleep job whose task id is `queued-N`, N counting up.
+fn job_with_id(name: &str, seconds: f64) -> (String, ProcessJob) {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let id = format!(
+        "queued-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let msg = Call::<f64>::new(name.to_string())
+        .arg(seconds)
+        .task_id(&id)
+        .to_message()
+        .unwrap();
+    let ctx = TaskContext::from_message(&msg, "test");
+    (
+        id,
+        ProcessJob::new(name, ctx, Args::new(msg.args.clone(), msg.kwargs.clone())),
+    )
 }

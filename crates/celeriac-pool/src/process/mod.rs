@@ -160,6 +160,8 @@ pub struct ProcessPoolStats {
     pub timed_out: u64,
     /// Children retired by `max_tasks_per_child` or `max_memory_per_child`.
     pub recycled: u64,
+    /// Children killed because their task was revoked with terminate.
+    pub terminated: u64,
     /// Tasks that returned (successfully or not) from a child.
     pub completed: u64,
     /// Children alive and serving now (not retiring).
@@ -477,6 +479,39 @@ impl ProcessPool {
         parts.into_iter().flatten().flatten().collect()
     }
 
+    /// Terminates the job whose task id is `task_id` (Celery's
+    /// `revoke(terminate=True)`): a queued one fails at once, a running one
+    /// has its child killed; either ends as `TaskRevokedError`
+    /// ("terminated"). Returns whether such a job was found.
+    pub fn terminate(&self, task_id: &str) -> bool {
+        let shared = &self.handle.shared;
+        let mut st = shared.state.lock();
+        if let Some(pos) = st.queue.iter().position(|p| p.job.ctx.id() == task_id) {
+            let p = st.queue.remove(pos).expect("position is valid");
+            drop(st);
+            (p.done)(Outcome::failed(
+                TaskError::revoked("terminated"),
+                Duration::ZERO,
+                None,
+            ));
+            return true;
+        }
+        for c in st.children.values_mut() {
+            if c.dead || c.killed_for.is_some() {
+                continue;
+            }
+            if c.inflight
+                .front()
+                .is_some_and(|r| r.job.ctx.id() == task_id)
+            {
+                kill(c.pid);
+                c.killed_for = Some(Kill::Revoked);
+                return true;
+            }
+        }
+        false
+    }
+
     /// The number of children the pool keeps.
     pub fn processes(&self) -> usize {
         self.handle.shared.state.lock().target
@@ -605,6 +640,15 @@ struct Running {
     started: Option<Instant>,
 }
 
+/// Why the pool killed a child.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// Its task passed this hard time limit.
+    TimeLimit(Duration),
+    /// Its task was revoked with terminate.
+    Revoked,
+}
+
 struct ChildState {
     pid: u32,
     writer: UnixStream,
@@ -614,8 +658,8 @@ struct ChildState {
     spawned_at: Instant,
     tasks: u64,
     inflight: VecDeque<Running>,
-    /// Set when the supervisor killed it for a hard time limit.
-    killed_for: Option<Duration>,
+    /// Set when the pool killed it on purpose.
+    killed_for: Option<Kill>,
 }
 
 struct State {
@@ -979,10 +1023,10 @@ fn on_exit(shared: &Arc<Shared>, id: u64, mut child: Child) {
             });
         }
         if head.is_some() {
-            if c.killed_for.is_some() {
-                st.stats.timed_out += 1;
-            } else {
-                st.stats.lost += 1;
+            match c.killed_for {
+                Some(Kill::TimeLimit(_)) => st.stats.timed_out += 1,
+                Some(Kill::Revoked) => st.stats.terminated += 1,
+                None => st.stats.lost += 1,
             }
         }
         if !c.ready {
@@ -999,7 +1043,12 @@ fn on_exit(shared: &Arc<Shared>, id: u64, mut child: Child) {
     if let Some(run) = head {
         let runtime = run.started.map(|s| s.elapsed()).unwrap_or_default();
         let err = match c.killed_for {
-            Some(limit) => {
+            Some(Kill::Revoked) => {
+                tracing::warn!(pid, task = %run.job.name, task_id = %run.job.ctx.id(),
+                    "task revoked with terminate; child killed");
+                TaskError::revoked("terminated")
+            }
+            Some(Kill::TimeLimit(limit)) => {
                 tracing::warn!(pid, task = %run.job.name, task_id = %run.job.ctx.id(),
                     "hard time limit ({:?}) exceeded; child killed", limit);
                 TaskError::timed_out(format!("TimeLimitExceeded({})", limit.as_secs_f64()))
@@ -1112,7 +1161,7 @@ fn supervise(shared: &Arc<Shared>) {
             let deadline = started + limit;
             if now >= deadline {
                 kill(c.pid);
-                c.killed_for = Some(limit);
+                c.killed_for = Some(Kill::TimeLimit(limit));
                 killed += 1;
             } else {
                 next = next.min(deadline);

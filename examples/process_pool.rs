@@ -80,5 +80,11 @@ fn main() -> anyhow::Result<()> {
         .submit(Call::<u64>::new("examples.count_until_told").time_limits(Some(5.0), Some(0.2)))
         .wait();
     println!("soft limit 0.2 s -> {}", told.unwrap_err());
+
+    // revoke(terminate=True): the child running the job is killed.
+    let endless = server.submit(Call::<f64>::new("celeriac.sleep").arg(3600.0));
+    std::thread::sleep(Duration::from_millis(300));
+    server.revoke_terminate(&[endless.id()])?;
+    println!("terminated -> {}", endless.wait().unwrap_err());
     Ok(())
 }

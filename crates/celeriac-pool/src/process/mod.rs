@@ -164,7 +164,7 @@ pub struct ProcessPoolStats {
     pub terminated: u64,
     /// Tasks that returned (successfully or not) from a child.
     pub completed: u64,
-    /// Children alive and serving now (not retiring).
+    /// Children up and serving now (started, ready, not retiring).
     pub live: usize,
     /// Jobs waiting for a child.
     pub queued: usize,
@@ -573,7 +573,11 @@ impl ProcessPool {
     pub fn stats(&self) -> ProcessPoolStats {
         let st = self.handle.shared.state.lock();
         let mut s = st.stats.clone();
-        s.live = serving(&st);
+        s.live = st
+            .children
+            .values()
+            .filter(|c| c.ready && !c.retiring && !c.dead)
+            .count();
         s.queued = st.queue.len();
         s.running = st.children.values().map(|c| c.inflight.len()).sum();
         s

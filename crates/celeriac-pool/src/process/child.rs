@@ -6,7 +6,6 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use celeriac_core::{Args, CancelToken, Registry, TaskContext, TaskError};
@@ -56,40 +55,27 @@ fn run(registry: Registry) -> io::Result<()> {
     )?;
     out.flush()?;
 
-    // A reader thread drains the socket so that the parent's writes never
-    // block, and notices at once when the parent is gone.
-    let (tx, rx) = mpsc::channel::<ToChild>();
-    std::thread::Builder::new()
-        .name("celeriac-child-reader".into())
-        .spawn(move || {
-            let mut r = BufReader::new(reader);
-            loop {
-                match frame::read::<ToChild>(&mut r) {
-                    Ok(Some(f)) => {
-                        if tx.send(f).is_err() {
-                            return;
-                        }
-                    }
-                    // The parent closed its end: it is gone, stop now.
-                    Ok(None) => std::process::exit(0),
-                    Err(e) => {
-                        eprintln!("celeriac pool child {}: bad frame: {e}", std::process::id());
-                        std::process::exit(70);
-                    }
-                }
-            }
-        })?;
-
+    // Frames are read on this thread, between tasks: no hand-off between
+    // threads on the hot path. The parent never has more than one large
+    // frame in flight to a child (see `pump`), so its writes cannot stall
+    // on a busy child. A parent that dies mid-task takes the child with it
+    // through the death signal; one that dies while the child waits here
+    // ends the read.
+    let mut input = BufReader::with_capacity(64 * 1024, reader);
     let timer = SoftTimer::start()?;
-    while let Ok(f) = rx.recv() {
+    loop {
+        let (seq, f) = match frame::read_seq::<ToChild>(&mut input) {
+            Ok(Some(f)) => f,
+            // The parent closed its end: it is gone, or done with us.
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("celeriac pool child {}: bad frame: {e}", std::process::id());
+                std::process::exit(70);
+            }
+        };
         match f {
             ToChild::Run(r) => {
-                let RunFrame {
-                    seq,
-                    name,
-                    ctx,
-                    args,
-                } = *r;
+                let RunFrame { name, ctx, args } = *r;
                 let start = Instant::now();
                 let result = run_one(&registry, &timer, &name, &ctx, args, start);
                 let done = DoneFrame {
@@ -101,12 +87,7 @@ fn run(registry: Registry) -> io::Result<()> {
                 frame::write(&mut out, &ToParent::Done(done))?;
             }
             ToChild::RunBatch(b) => {
-                let BatchFrame {
-                    seq,
-                    name,
-                    ctx,
-                    items,
-                } = *b;
+                let BatchFrame { name, ctx, items } = *b;
                 let start = Instant::now();
                 let results = items
                     .into_iter()

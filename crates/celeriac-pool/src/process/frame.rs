@@ -1,5 +1,7 @@
 //! The frames parent and child exchange: a 4-byte little-endian length,
-//! then that many bytes of JSON.
+//! then that many bytes of JSON. Parent-to-child frames put an 8-byte
+//! little-endian sequence number before the JSON, so that a job's JSON can
+//! be encoded once, when it is submitted, outside the pool's lock.
 //!
 //! JSON because task arguments and results are `serde_json::Value`s
 //! already (Celery's own encoding), which compact binary formats such as
@@ -28,7 +30,6 @@ pub(crate) enum ToChild {
 /// One task for a child.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct RunFrame {
-    pub(crate) seq: u64,
     pub(crate) name: String,
     pub(crate) ctx: TaskContext,
     pub(crate) args: Args,
@@ -37,7 +38,6 @@ pub(crate) struct RunFrame {
 /// Many calls of one task in one frame (`ProcessPool::map`).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct BatchFrame {
-    pub(crate) seq: u64,
     pub(crate) name: String,
     pub(crate) ctx: TaskContext,
     pub(crate) items: Vec<Args>,
@@ -87,8 +87,49 @@ pub(crate) fn write<T: Serialize>(w: &mut impl Write, frame: &T) -> io::Result<(
     w.write_all(&buf)
 }
 
+/// Writes one parent-to-child frame: `seq`, then the JSON `body`.
+pub(crate) fn write_seq(w: &mut impl Write, seq: u64, body: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(body.len() + 8)
+        .ok()
+        .filter(|&n| (n as usize) <= MAX_FRAME)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
+    let mut buf = Vec::with_capacity(body.len() + 12);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(body);
+    w.write_all(&buf)
+}
+
+/// Reads one parent-to-child frame: its sequence number and body.
+pub(crate) fn read_seq<T: for<'de> Deserialize<'de>>(
+    r: &mut impl Read,
+) -> io::Result<Option<(u64, T)>> {
+    let Some(raw) = read_raw(r)? else {
+        return Ok(None);
+    };
+    if raw.len() < 8 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too short",
+        ));
+    }
+    let seq = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
+    serde_json::from_slice(&raw[8..])
+        .map(|v| Some((seq, v)))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Reads one frame; `Ok(None)` at a clean end of stream.
 pub(crate) fn read<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<Option<T>> {
+    let Some(body) = read_raw(r)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn read_raw(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -109,9 +150,7 @@ pub(crate) fn read<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Resul
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(Some(body))
 }
 
 #[cfg(test)]
@@ -131,7 +170,7 @@ mod tests {
             }),
         )
         .unwrap();
-        write(&mut buf, &ToChild::Exit).unwrap();
+        write_seq(&mut buf, 9, &serde_json::to_vec(&ToChild::Exit).unwrap()).unwrap();
         let mut r = &buf[..];
         match read::<ToParent>(&mut r).unwrap().unwrap() {
             ToParent::Done(d) => {
@@ -143,10 +182,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            read::<ToChild>(&mut r).unwrap(),
-            Some(ToChild::Exit)
+            read_seq::<ToChild>(&mut r).unwrap(),
+            Some((9, ToChild::Exit))
         ));
-        assert!(read::<ToChild>(&mut r).unwrap().is_none());
+        assert!(read_seq::<ToChild>(&mut r).unwrap().is_none());
     }
 
     #[test]
@@ -155,5 +194,8 @@ mod tests {
         assert!(read::<ToChild>(&mut r).is_err());
         let mut r = &u32::MAX.to_le_bytes()[..];
         assert!(read::<ToChild>(&mut r).is_err());
+        // A parent frame shorter than its sequence number.
+        let mut r = &[2u8, 0, 0, 0, 1, 2][..];
+        assert!(read_seq::<ToChild>(&mut r).is_err());
     }
 }

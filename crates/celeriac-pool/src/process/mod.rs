@@ -33,7 +33,7 @@ mod frame;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -364,6 +364,17 @@ impl ProcessPool {
         job: ProcessJob,
         done: impl FnOnce(Outcome) + Send + 'static,
     ) -> Result<(), PoolClosed> {
+        let body = match encode(&job) {
+            Ok(b) => b,
+            Err(e) => {
+                done(Outcome::failed(
+                    TaskError::new(format!("could not encode the job: {e}")),
+                    Duration::ZERO,
+                    None,
+                ));
+                return Ok(());
+            }
+        };
         let shared = &self.handle.shared;
         let mut st = shared.state.lock();
         if st.closed {
@@ -380,6 +391,7 @@ impl ProcessPool {
         }
         st.queue.push_back(Pending {
             job,
+            body,
             done: Box::new(done),
         });
         pump(shared, &mut st);
@@ -632,12 +644,15 @@ type DoneFn = Box<dyn FnOnce(Outcome) + Send>;
 
 struct Pending {
     job: ProcessJob,
+    /// The job's frame body, encoded at submission.
+    body: Vec<u8>,
     done: DoneFn,
 }
 
 struct Running {
     seq: u64,
     job: ProcessJob,
+    body: Vec<u8>,
     done: DoneFn,
     /// When it started running: when it was sent to an idle child, or when
     /// the task before it on the same child finished.
@@ -711,7 +726,6 @@ enum ToChildRef<'a> {
 
 #[derive(Serialize)]
 struct BatchRef<'a> {
-    seq: u64,
     name: &'a str,
     ctx: &'a TaskContext,
     items: &'a [Args],
@@ -719,16 +733,37 @@ struct BatchRef<'a> {
 
 #[derive(Serialize)]
 struct RunRef<'a> {
-    seq: u64,
     name: &'a str,
     ctx: &'a TaskContext,
     args: &'a Args,
 }
 
+/// Frames up to this size may queue behind a running task in a child's
+/// socket buffer (prefetch); a larger one goes only to an idle child, which
+/// is reading, so that the write (made under the pool's lock) never waits
+/// on a busy child.
+const PREFETCH_FRAME_MAX: usize = 32 * 1024;
+
+/// The JSON body of a job's frame.
+fn encode(job: &ProcessJob) -> io::Result<Vec<u8>> {
+    let frame = match &job.batch {
+        Some(items) => ToChildRef::RunBatch(BatchRef {
+            name: &job.name,
+            ctx: &job.ctx,
+            items,
+        }),
+        None => ToChildRef::Run(RunRef {
+            name: &job.name,
+            ctx: &job.ctx,
+            args: &job.args,
+        }),
+    };
+    serde_json::to_vec(&frame).map_err(io::Error::other)
+}
+
 fn send(c: &mut ChildState, f: &ToChildRef<'_>) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(256);
-    frame::write(&mut buf, f)?;
-    c.writer.write_all(&buf)
+    let body = serde_json::to_vec(f).map_err(io::Error::other)?;
+    frame::write_seq(&mut c.writer, 0, &body)
 }
 
 /// Marks a child as retiring; it is told to exit once it has no task.
@@ -756,45 +791,60 @@ fn pump(shared: &Shared, st: &mut State) {
             break;
         };
         let seq = st.next_seq;
+        let big = st.queue.front().expect("queue is not empty").body.len() > PREFETCH_FRAME_MAX;
+        let c = st.children.get_mut(&id).expect("child exists");
+        if !c.inflight.is_empty() && big {
+            // Too big to queue behind a running task: wait for an idle child.
+            let idle = st
+                .children
+                .iter()
+                .find(|(_, c)| c.ready && !c.retiring && !c.dead && c.inflight.is_empty())
+                .map(|(id, _)| *id);
+            match idle {
+                Some(other) => {
+                    let c = st.children.get_mut(&other).expect("child exists");
+                    st.next_seq += 1;
+                    let p = st.queue.pop_front().expect("queue is not empty");
+                    timed |= start_on(c, seq, p, &mut st.queue);
+                    continue;
+                }
+                None => break,
+            }
+        }
         st.next_seq += 1;
         let p = st.queue.pop_front().expect("queue is not empty");
         let c = st.children.get_mut(&id).expect("child exists");
-        let frame = match &p.job.batch {
-            Some(items) => ToChildRef::RunBatch(BatchRef {
-                seq,
-                name: &p.job.name,
-                ctx: &p.job.ctx,
-                items,
-            }),
-            None => ToChildRef::Run(RunRef {
-                seq,
-                name: &p.job.name,
-                ctx: &p.job.ctx,
-                args: &p.job.args,
-            }),
-        };
-        let sent = send(c, &frame);
-        match sent {
-            Ok(()) => {
-                timed |= p.job.ctx.time_limit().is_some();
-                let started = c.inflight.is_empty().then(Instant::now);
-                c.inflight.push_back(Running {
-                    seq,
-                    job: p.job,
-                    done: p.done,
-                    started,
-                });
-            }
-            Err(e) => {
-                // The child is going away; its reader thread handles that.
-                tracing::debug!(pid = c.pid, error = %e, "could not write to pool child");
-                c.dead = true;
-                st.queue.push_front(p);
-            }
-        }
+        timed |= start_on(c, seq, p, &mut st.queue);
     }
     if timed {
         shared.cond.notify_all();
+    }
+}
+
+/// Writes an encoded job to a child and records it as in flight; on a
+/// write error the child is marked dead and the job goes back to the front
+/// of the queue. Returns whether the job has a hard time limit.
+fn start_on(c: &mut ChildState, seq: u64, p: Pending, queue: &mut VecDeque<Pending>) -> bool {
+    match frame::write_seq(&mut c.writer, seq, &p.body) {
+        Ok(()) => {
+            let timed = p.job.ctx.time_limit().is_some();
+            let started = c.inflight.is_empty().then(Instant::now);
+            c.inflight.push_back(Running {
+                seq,
+                job: p.job,
+                body: p.body,
+                done: p.done,
+                started,
+            });
+            timed
+        }
+        Err(e) => {
+            // The child is going away; its reader thread handles that.
+            tracing::debug!(pid = c.pid, error = %e, "could not write to pool child");
+            c.dead = true;
+            queue.push_front(p);
+            false
+        }
     }
 }
 
@@ -1023,6 +1073,7 @@ fn on_exit(shared: &Arc<Shared>, id: u64, mut child: Child) {
         for r in inflight.into_iter().rev() {
             st.queue.push_front(Pending {
                 job: r.job,
+                body: r.body,
                 done: r.done,
             });
         }

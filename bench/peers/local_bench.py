@@ -39,6 +39,18 @@ def noop(x=None):
     return x
 
 
+def default_sigterm():
+    """Pool initializer: restore the default SIGTERM action in a worker.
+
+    Forked workers inherit main()'s Python-level SIGTERM handler. A Python
+    handler only runs between bytecodes, so a SIGTERM from Pool.terminate()
+    that lands just before the worker blocks on the inqueue semaphore is
+    lost, the worker never exits and pool.join() waits forever (seen in a
+    full run). With the default action the kernel ends the worker at once.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def log(msg):
     print(f"[local_bench] {msg}", file=sys.stderr, flush=True)
 
@@ -81,14 +93,14 @@ class Systems:
 
     @staticmethod
     def mp_pool(workers):
-        pool = multiprocessing.Pool(workers)
+        pool = multiprocessing.Pool(workers, initializer=default_sigterm)
         pool.map(noop, range(4 * workers), chunksize=1)
         pool.map(fib, [10] * (4 * workers), chunksize=1)
         return pool
 
     @staticmethod
     def ppe(workers):
-        ex = ProcessPoolExecutor(workers)
+        ex = ProcessPoolExecutor(workers, initializer=default_sigterm)
         list(ex.map(noop, range(4 * workers)))
         list(ex.map(fib, [10] * (4 * workers)))
         return ex

@@ -138,10 +138,7 @@ pub(crate) fn emit(m: Measurement) {
         m.unit,
         m.shown_params()
     ));
-    RECORDED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(m);
+    RECORDED.lock().unwrap_or_else(|e| e.into_inner()).push(m);
 }
 
 /// A progress line on stderr.

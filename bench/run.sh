@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# The whole benchmark suite (issue 6) in one command: celeriac beside its
+# Python peers, against ONE private redis-server.
+#
+#   bench/run.sh [--quick]
+#
+# 1. builds target/release/celeriac and target/release/celeriac-bench
+#    (cargo build --release -p celeriac-cli -p celeriac-bench);
+# 2. creates/updates the peers' venv (bench/peers/setup.sh);
+# 3. starts one redis-server on a free loopback port (no persistence; the
+#    system Redis on 6379 is never used);
+# 4. W5 bench/peers/redis_ceiling.sh; celeriac W1+W2 (celeriac-bench,
+#    worker -P threads and -P processes); Celery W1+W2 (prefork, threads);
+#    celeriac W3+W4; Python W3+W4 (bench/peers/local_bench.py). Redis is
+#    flushed between steps;
+# 5. all JSON lines go to bench/out/results.jsonl, and the Markdown table
+#    (celeriac beside the peers, with ratios) to bench/out/table.md and
+#    stdout.
+# --quick uses small N (about 2-3 minutes); the full run takes about 6-8.
+# Every process started here is stopped on exit, error or Ctrl-C. The exit
+# status is non-zero if any step failed (the other steps still run).
+# Environment: BENCH_OUT (default bench/out), CARGO (default cargo).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+peers="$here/peers"
+quick=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+outdir="${BENCH_OUT:-$here/out}"
+mkdir -p "$outdir"
+results="$outdir/results.jsonl"
+table="$outdir/table.md"
+logfile="$outdir/run.log"
+: >"$results"
+: >"$logfile"
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/celeriac-bench.XXXXXX")"
+child=""
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then
+        kill -TERM "$child" 2>/dev/null || true
+        # Up to 30 s for the step to stop its worker and pools, then force.
+        for _ in $(seq 300); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$child" 2>/dev/null || true
+        wait "$child" 2>/dev/null || true
+    fi
+    # A worker left behind by a killed step leads its own process group
+    # (celeriac-bench and celery_bench.py both start it so): kill the group.
+    for f in "$tmp/worker.pid" "$tmp/celery-worker.pid"; do
+        if [ -f "$f" ]; then
+            kill -KILL -- "-$(cat "$f")" 2>/dev/null || true
+        fi
+    done
+    if [ -f "$tmp/redis.pid" ]; then
+        rpid="$(cat "$tmp/redis.pid")"
+        kill -TERM "$rpid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$rpid" 2>/dev/null || true
+    fi
+    rm -rf "$tmp"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+say() { echo "== $*" | tee -a "$logfile" >&2; }
+
+start=$(date +%s)
+mode="$([ "$quick" = 1 ] && echo quick || echo full)"
+say "celeriac benchmark suite ($mode run), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# 1. Release binaries (only these two packages, not the whole workspace).
+say "building: ${CARGO:-cargo} build --release -p celeriac-cli -p celeriac-bench"
+(cd "$root" && "${CARGO:-cargo}" build --release -p celeriac-cli -p celeriac-bench) 2>>"$logfile" || {
+    tail -30 "$logfile" >&2
+    exit 1
+}
+target_dir="$(cd "$root" && "${CARGO:-cargo}" metadata --format-version 1 --no-deps 2>/dev/null |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null ||
+    echo "$root/target")"
+bench_bin="$target_dir/release/celeriac-bench"
+celeriac_bin="$target_dir/release/celeriac"
+
+# 2. The peers' venv.
+py="$("$peers/setup.sh")"
+say "python: $py ($("$py" -c 'import sys; print(sys.version.split()[0])'))"
+
+# 3. One private Redis on a free loopback port (retry if the port is taken).
+port=""
+for _ in 1 2 3 4 5; do
+    cand="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    if redis-server --port "$cand" --bind 127.0.0.1 --save "" --appendonly no \
+        --daemonize yes --pidfile "$tmp/redis.pid" --dir "$tmp" \
+        --logfile "$tmp/redis.log" >/dev/null 2>&1; then
+        for _ in $(seq 50); do
+            # Ours only if the server answering is the one whose pid we hold
+            # (a daemonizing redis-server exits 0 even when the port is taken).
+            if [ -s "$tmp/redis.pid" ] && redis-cli -p "$cand" info server 2>/dev/null |
+                grep -q "^process_id:$(cat "$tmp/redis.pid")"; then
+                port="$cand"
+                break
+            fi
+            sleep 0.1
+        done
+        [ -n "$port" ] && break
+        [ -f "$tmp/redis.pid" ] && kill "$(cat "$tmp/redis.pid")" 2>/dev/null || true
+    fi
+done
+if [ -z "$port" ]; then
+    echo "could not start redis-server" >&2
+    cat "$tmp/redis.log" >&2 2>/dev/null || true
+    exit 1
+fi
+url="redis://127.0.0.1:$port/0"
+say "private redis-server $(redis-server --version | awk '{print $3}') pid $(cat "$tmp/redis.pid") on $url"
+
+if [ "$quick" = 1 ]; then
+    redis_n=50000
+    celery_args=(--n 1000 --latency-n 500 --warmup 10)
+    local_args=(--quick)
+    bench_args=(--quick)
+    step_limit=240
+else
+    redis_n=200000
+    celery_args=(--n 5000 --latency-n 2000)
+    local_args=()
+    bench_args=()
+    step_limit=420
+fi
+
+failed=()
+# run_step NAME CMD...: stdout (JSON lines) appended to $results, stderr
+# shown and logged. A step that overruns $step_limit seconds gets SIGTERM
+# (then SIGKILL 30 s later) and counts as failed, so a hung peer cannot
+# stall the suite.
+run_step() {
+    local name="$1"; shift
+    say "$name: $*"
+    local t0=$SECONDS rc=0
+    timeout --kill-after=30 "$step_limit" "$@" >>"$results" 2> >(tee -a "$logfile" >&2) &
+    child=$!
+    wait "$child" || rc=$?
+    child=""
+    [ "$rc" = 124 ] && say "$name: TIMED OUT after ${step_limit}s"
+    say "$name: exit $rc after $((SECONDS - t0))s"
+    [ "$rc" = 0 ] || failed+=("$name")
+}
+flush() { redis-cli -p "$port" flushall >/dev/null; }
+
+# 4. The workloads.
+run_step W5-redis "$peers/redis_ceiling.sh" 127.0.0.1 "$port" "$redis_n"
+flush
+run_step W1W2-celeriac "$bench_bin" run "${bench_args[@]}" --only W1,W2 --redis "$url" \
+    --celeriac-bin "$celeriac_bin" --worker-pidfile "$tmp/worker.pid"
+for pool in prefork threads; do
+    flush
+    run_step "W1W2-celery-$pool" "$py" "$peers/celery_bench.py" --redis "$url" --pool "$pool" \
+        --concurrency 2 "${celery_args[@]}" --worker-pidfile "$tmp/celery-worker.pid"
+done
+flush
+run_step W3W4-celeriac "$bench_bin" run "${bench_args[@]}" --only W3,W4
+run_step W3W4-python "$py" "$peers/local_bench.py" "${local_args[@]}"
+
+# 5. The combined table.
+elapsed=$(( $(date +%s) - start ))
+{
+    echo "# celeriac benchmarks ($mode run)"
+    echo
+    echo "- **Date:** $(date -u '+%Y-%m-%d %H:%M UTC'); whole suite ${elapsed}s"
+    echo "- **Machine:** $(nproc) CPUs, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)," \
+         "load at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- **Toolchain:** $(rustc --version 2>/dev/null || echo rustc ?), release profile;" \
+         "$("$py" --version 2>&1); redis-server $(redis-server --version | awk '{print $3}' | sed 's/^v=//')"
+    echo "- **Raw data:** \`$(realpath --relative-to="$root" "$results" 2>/dev/null || echo "$results")\`" \
+         "(one JSON line per measurement)"
+    if [ "${#failed[@]}" -gt 0 ]; then
+        echo "- **FAILED steps:** ${failed[*]} (their rows are missing)"
+    fi
+    echo
+    "$bench_bin" report "$results"
+} >"$table"
+echo >&2
+cat "$table"
+say "table: $table; JSON lines: $results; log: $logfile; ${elapsed}s"
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "FAILED steps: ${failed[*]}" >&2
+    exit 1
+fi

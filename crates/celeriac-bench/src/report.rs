@@ -1,0 +1,459 @@
+//! `celeriac-bench report`: merges JSON lines (celeriac's, the Python
+//! peers', `redis_ceiling.sh`'s) into one Markdown table per workload, with
+//! celeriac beside the peers and the ratios that mean something.
+//!
+//! When a figure appears more than once (files concatenated from several
+//! runs), the last line wins. A missing figure is shown as `–`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::emit::fmt_value;
+
+/// Parsed JSON lines.
+#[derive(Debug, Default)]
+struct Rows(Vec<Value>);
+
+/// A filter on one row: workload, system, metric, then `key = value` pairs.
+type Extra<'a> = &'a [(&'a str, Value)];
+
+impl Rows {
+    fn load(files: &[impl AsRef<Path>]) -> Result<Self> {
+        let mut rows = Vec::new();
+        for f in files {
+            let f = f.as_ref();
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            rows.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| l.starts_with('{'))
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok()),
+            );
+        }
+        Ok(Rows(rows))
+    }
+
+    /// The last row matching the filter.
+    fn find(&self, workload: &str, system: &str, metric: &str, extra: Extra<'_>) -> Option<&Value> {
+        self.0.iter().rev().find(|r| {
+            r["workload"] == workload
+                && r["system"] == system
+                && r["metric"] == metric
+                && extra.iter().all(|(k, v)| &r[*k] == v)
+        })
+    }
+
+    /// The value of the last matching row.
+    fn value(&self, workload: &str, system: &str, metric: &str, extra: Extra<'_>) -> Option<f64> {
+        self.find(workload, system, metric, extra)?["value"].as_f64()
+    }
+
+    /// Systems with lines for `workload`, in first-seen order, celeriac's
+    /// first.
+    fn systems(&self, workload: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in &self.0 {
+            if r["workload"] == workload
+                && let Some(s) = r["system"].as_str()
+                && !out.iter().any(|o| o == s)
+            {
+                out.push(s.to_string());
+            }
+        }
+        out.sort_by_key(|s| !s.starts_with("celeriac") && !s.starts_with("rust"));
+        out
+    }
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), fmt_value)
+}
+
+fn ratio(num: Option<f64>, den: Option<f64>) -> String {
+    match (num, den) {
+        (Some(a), Some(b)) if b > 0.0 && a.is_finite() => {
+            let r = a / b;
+            if r >= 10.0 {
+                format!("{r:.0}×")
+            } else {
+                format!("{r:.2}×")
+            }
+        }
+        _ => "–".into(),
+    }
+}
+
+fn percent(num: Option<f64>, den: Option<f64>) -> String {
+    match (num, den) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.1}%", 100.0 * a / b),
+        _ => "–".into(),
+    }
+}
+
+fn int(r: Option<&Value>, key: &str) -> String {
+    r.and_then(|r| r[key].as_u64())
+        .map_or_else(|| "–".into(), |v| v.to_string())
+}
+
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(
+        out,
+        "|{}",
+        header
+            .iter()
+            .enumerate()
+            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
+            .collect::<String>()
+    );
+    for r in rows {
+        let _ = writeln!(out, "| {} |", r.join(" | "));
+    }
+    out.push('\n');
+}
+
+fn w1(rows: &Rows, out: &mut String) {
+    let systems = rows.systems("W1");
+    if systems.is_empty() {
+        return;
+    }
+    let lpush = |p: u64| {
+        rows.value(
+            "W5",
+            "redis",
+            "ops_per_s",
+            &[("command", "LPUSH".into()), ("pipeline", p.into())],
+        )
+    };
+    let (p1, p32) = (lpush(1), lpush(32));
+    let celery = rows.value("W1", "celery-prefork", "throughput", &[]);
+    let _ = writeln!(
+        out,
+        "## W1: broker throughput through Redis\n\n\
+         No-op `celeriac.add` tasks with results stored, through one private \
+         Redis, to a worker process of concurrency 2. End-to-end is first send \
+         to last result present. RSS is the worker's process tree (parent and \
+         children): idle after warm-up, peak sampled during W1 (celeriac also \
+         reports the summed VmHWM in its JSON line).\n"
+    );
+    let body: Vec<Vec<String>> = systems
+        .iter()
+        .map(|s| {
+            let tp = rows.find("W1", s, "throughput", &[]);
+            let e2e = rows.value("W1", s, "throughput", &[]);
+            vec![
+                format!("`{s}`"),
+                int(tp, "n"),
+                cell(rows.value("W1", s, "enqueue_rate", &[])),
+                cell(e2e),
+                ratio(e2e, celery),
+                percent(e2e, p1),
+                percent(e2e, p32),
+                cell(rows.value("W1", s, "rss_idle", &[])),
+                cell(rows.value("W1", s, "rss_peak", &[])),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "system",
+            "n",
+            "enqueue tasks/s",
+            "end-to-end tasks/s",
+            "÷ celery-prefork",
+            "% of LPUSH -P 1",
+            "% of LPUSH -P 32",
+            "idle RSS MiB",
+            "peak RSS MiB",
+        ],
+        &body,
+    );
+}
+
+fn w2(rows: &Rows, out: &mut String) {
+    let systems = rows.systems("W2");
+    if systems.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## W2: round-trip latency\n\n\
+         Sequential send → result of one `celeriac.add` at a time, same worker \
+         as W1. The last column is Celery prefork's p50 divided by this \
+         system's (higher is faster).\n"
+    );
+    let celery = rows.value("W2", "celery-prefork", "latency_p50", &[]);
+    let body: Vec<Vec<String>> = systems
+        .iter()
+        .map(|s| {
+            let p50 = rows.value("W2", s, "latency_p50", &[]);
+            vec![
+                format!("`{s}`"),
+                int(rows.find("W2", s, "latency_p50", &[]), "n"),
+                cell(p50),
+                cell(rows.value("W2", s, "latency_p90", &[])),
+                cell(rows.value("W2", s, "latency_p99", &[])),
+                ratio(celery, p50),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "system",
+            "n",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "celery-prefork p50 ÷ p50",
+        ],
+        &body,
+    );
+}
+
+fn w3(rows: &Rows, out: &mut String) {
+    let systems = rows.systems("W3");
+    if systems.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## W3: CPU-bound speedup\n\n\
+         Naive `fib(k)` × n tasks with 1 and 2 workers, median of runs. \
+         Speedup is t(1 worker) ÷ t(2 workers); the target is ≥ 1.8 on 2 \
+         cores. The serial rows run in the calling thread. The last \
+         column is the ratio of the fastest runs (from the samples), which a \
+         busy neighbour skews less; celeriac alternates its 1- and 2-worker \
+         runs, the peers run them one after the other. `fib(27)` takes \
+         about 0.5 ms in Rust, so celeriac also runs a heavier `fib(32)`.\n"
+    );
+    // One row per system and fib argument, in first-seen order of the args.
+    let mut fibs: Vec<u64> = Vec::new();
+    for r in rows.0.iter().filter(|r| r["workload"] == "W3") {
+        if let Some(f) = r["fib"].as_u64()
+            && !fibs.contains(&f)
+        {
+            fibs.push(f);
+        }
+    }
+    let mut body = Vec::new();
+    for f in &fibs {
+        for s in &systems {
+            let fib = [("fib", Value::from(*f))];
+            let Some(first) = rows.find("W3", s, "seconds", &fib) else {
+                continue;
+            };
+            let w = |n: u64| {
+                rows.value(
+                    "W3",
+                    s,
+                    "seconds",
+                    &[("fib", Value::from(*f)), ("workers", n.into())],
+                )
+            };
+            // The fastest of the runs' samples.
+            let best = |n: u64| {
+                rows.find(
+                    "W3",
+                    s,
+                    "seconds",
+                    &[("fib", Value::from(*f)), ("workers", n.into())],
+                )?["samples"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .reduce(f64::min)
+            };
+            body.push(vec![
+                format!("`{s}`"),
+                format!("fib({f}) × {}", int(Some(first), "n")),
+                cell(w(1).map(|t| t * 1e3)),
+                cell(w(2).map(|t| t * 1e3)),
+                cell(rows.value("W3", s, "speedup", &fib)),
+                cell(best(1).zip(best(2)).map(|(a, b)| a / b)),
+            ]);
+        }
+    }
+    table(
+        out,
+        &[
+            "system",
+            "work",
+            "1 worker ms",
+            "2 workers ms",
+            "speedup (medians)",
+            "best-of-runs speedup",
+        ],
+        &body,
+    );
+}
+
+/// W4 comparisons: (celeriac system, mode) against (peer system, mode).
+const W4_PAIRS: &[(&str, &str, &str, &str)] = &[
+    (
+        "celeriac-threads",
+        "sequential",
+        "ThreadPoolExecutor",
+        "sequential",
+    ),
+    (
+        "celeriac-threads",
+        "pipelined",
+        "ThreadPoolExecutor",
+        "pipelined",
+    ),
+    (
+        "celeriac-processes",
+        "sequential",
+        "ProcessPoolExecutor",
+        "sequential",
+    ),
+    ("celeriac-processes", "sequential", "ppft", "sequential"),
+    (
+        "celeriac-processes",
+        "pipelined",
+        "multiprocessing.Pool",
+        "map_chunksize_1",
+    ),
+    (
+        "celeriac-processes",
+        "pipelined",
+        "ProcessPoolExecutor",
+        "pipelined",
+    ),
+    ("celeriac-processes", "pipelined", "ppft", "pipelined"),
+    (
+        "celeriac-processes",
+        "pipelined_prefetch8",
+        "multiprocessing.Pool",
+        "map_chunksize_1",
+    ),
+    (
+        "celeriac-processes",
+        "map_chunk_1",
+        "multiprocessing.Pool",
+        "map_chunksize_1",
+    ),
+    (
+        "celeriac-processes",
+        "map_default_chunk",
+        "multiprocessing.Pool",
+        "map_default_chunksize",
+    ),
+    ("celeriac-server", "sequential", "ppft", "sequential"),
+    ("celeriac-server", "pipelined", "ppft", "pipelined"),
+];
+
+fn w4(rows: &Rows, out: &mut String) {
+    let systems = rows.systems("W4");
+    if systems.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## W4: local per-task overhead\n\n\
+         Wall time ÷ n for no-op tasks on 2 workers (µs/task, median of runs). \
+         `celeriac-threads` runs raw closures on `ThreadPool`; \
+         `celeriac-server` is the pp-style `Server` (whole task path through \
+         the in-process broker, `celeriac.echo`); `celeriac-processes` is \
+         `ProcessPool` running `celeriac.echo` in child processes.\n"
+    );
+    let mode = |r: &Value| r["mode"].as_str().unwrap_or("").to_string();
+    let us = |s: &str, m: &str| rows.value("W4", s, "per_task_overhead", &[("mode", m.into())]);
+    let mut body = Vec::new();
+    for (c_sys, c_mode, p_sys, p_mode) in W4_PAIRS {
+        let (c, p) = (us(c_sys, c_mode), us(p_sys, p_mode));
+        if c.is_none() && p.is_none() {
+            continue;
+        }
+        body.push(vec![
+            format!("`{c_sys}` {c_mode}"),
+            cell(c),
+            format!("`{p_sys}` {p_mode}"),
+            cell(p),
+            ratio(p, c),
+        ]);
+    }
+    table(
+        out,
+        &["celeriac", "µs/task", "peer", "µs/task", "peer ÷ celeriac"],
+        &body,
+    );
+    let mut all = Vec::new();
+    for s in &systems {
+        let mut seen: Vec<String> = Vec::new();
+        for r in rows
+            .0
+            .iter()
+            .filter(|r| r["workload"] == "W4" && r["system"] == s.as_str())
+        {
+            let m = mode(r);
+            if seen.contains(&m) {
+                continue;
+            }
+            seen.push(m.clone());
+            let last = rows.find("W4", s, "per_task_overhead", &[("mode", m.as_str().into())]);
+            all.push(vec![
+                format!("`{s}`"),
+                m.clone(),
+                cell(last.and_then(|r| r["value"].as_f64())),
+                int(last, "n"),
+            ]);
+        }
+    }
+    let _ = writeln!(out, "All W4 figures:\n");
+    table(out, &["system", "mode", "µs/task", "n"], &all);
+}
+
+fn w5(rows: &Rows, out: &mut String) {
+    if rows.systems("W5").is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## W5: Redis ceiling\n\n\
+         `redis-benchmark` against the same private server (50 clients).\n"
+    );
+    let body: Vec<Vec<String>> = ["LPUSH", "RPOP", "SET", "GET"]
+        .iter()
+        .map(|cmd| {
+            let at = |p: u64| {
+                rows.value(
+                    "W5",
+                    "redis",
+                    "ops_per_s",
+                    &[("command", (*cmd).into()), ("pipeline", p.into())],
+                )
+            };
+            vec![cmd.to_string(), cell(at(1)), cell(at(32))]
+        })
+        .collect();
+    table(out, &["command", "-P 1 ops/s", "-P 32 ops/s"], &body);
+}
+
+/// Renders the Markdown report of `rows`.
+fn render(rows: &Rows) -> String {
+    let mut out = String::new();
+    w1(rows, &mut out);
+    w2(rows, &mut out);
+    w3(rows, &mut out);
+    w4(rows, &mut out);
+    w5(rows, &mut out);
+    out
+}
+
+/// `celeriac-bench report`: prints the table, and writes it to `markdown`.
+pub(crate) fn run(files: &[impl AsRef<Path>], markdown: Option<&Path>) -> Result<()> {
+    let rows = Rows::load(files)?;
+    let text = render(&rows);
+    print!("{text}");
+    if let Some(p) = markdown {
+        std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use celeriac_core::{Broker, Call, Outgoing, ResultBackend, ResultMeta};
+use celeriac_core::{Call, ResultBackend, ResultMeta};
 use celeriac_embedded::{SqliteBackend, SqliteBroker};
 use celeriac_testkit::process::LoggedChild;
 use serde_json::{Value, json};
@@ -46,17 +46,8 @@ impl Setup {
     }
 
     fn send(&self, calls: Vec<Call<Value>>) -> Vec<String> {
-        self.rt.block_on(async {
-            let mut ids = Vec::new();
-            let mut out = Vec::new();
-            for c in calls {
-                let msg = c.to_message().unwrap();
-                ids.push(msg.id().to_string());
-                out.push(Outgoing::from_message(&msg).unwrap());
-            }
-            self.broker.publish_batch(out).await.unwrap();
-            ids
-        })
+        self.rt
+            .block_on(celeriac_testkit::send_calls(self.broker.as_ref(), calls))
     }
 
     fn results(&self, ids: &[String], w: &LoggedChild) -> Vec<ResultMeta> {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use celeriac::{Broker, Call, Outgoing, ResultBackend};
+use celeriac::{Broker, Call, ResultBackend};
 use celeriac_redis::{RedisBackend, RedisBroker};
 use celeriac_testkit::process::LoggedChild;
 use celeriac_testkit::redis_server::RedisServer;
@@ -25,21 +25,7 @@ fn start_worker(url: &str, dir: &Path, name: &str) -> LoggedChild {
 }
 
 async fn send(broker: &Arc<RedisBroker>, calls: Vec<Call<serde_json::Value>>) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut batch = Vec::new();
-    for c in calls {
-        let m = c.to_message().unwrap();
-        ids.push(m.id().to_string());
-        batch.push(Outgoing::from_message(&m).unwrap());
-        if batch.len() == 500 {
-            broker
-                .publish_batch(std::mem::take(&mut batch))
-                .await
-                .unwrap();
-        }
-    }
-    broker.publish_batch(batch).await.unwrap();
-    ids
+    celeriac_testkit::send_calls(broker.as_ref(), calls).await
 }
 
 /// Waits until every id has a SUCCESS result; returns how many have one.

@@ -9,6 +9,28 @@
 pub mod process;
 pub mod redis_server;
 
+/// Publishes `calls` in batches of 500; returns their task ids in order.
+pub async fn send_calls(
+    broker: &dyn celeriac_core::Broker,
+    calls: Vec<celeriac_core::Call<serde_json::Value>>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut batch = Vec::new();
+    for c in calls {
+        let m = c.to_message().expect("a call encodes");
+        ids.push(m.id().to_string());
+        batch.push(celeriac_core::Outgoing::from_message(&m).expect("a message encodes"));
+        if batch.len() == 500 {
+            broker
+                .publish_batch(std::mem::take(&mut batch))
+                .await
+                .expect("publish");
+        }
+    }
+    broker.publish_batch(batch).await.expect("publish");
+    ids
+}
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use celeriac::{
-    Broker, Call, MemoryBackend, MemoryBroker, Outgoing, PoolKind, Registry, ResultBackend,
-    ResultMeta, State, TaskContext, TaskErrorKind, Worker, WorkerBuilder, task,
+    Call, MemoryBackend, MemoryBroker, PoolKind, Registry, ResultBackend, ResultMeta, State,
+    TaskContext, TaskErrorKind, Worker, WorkerBuilder, task,
 };
 use serde_json::json;
 
@@ -66,17 +66,8 @@ impl Setup {
     }
 
     fn send(&self, calls: Vec<Call<serde_json::Value>>) -> Vec<String> {
-        self.rt.block_on(async {
-            let mut ids = Vec::new();
-            let mut out = Vec::new();
-            for c in calls {
-                let msg = c.to_message().unwrap();
-                ids.push(msg.id().to_string());
-                out.push(Outgoing::from_message(&msg).unwrap());
-            }
-            self.broker.publish_batch(out).await.unwrap();
-            ids
-        })
+        self.rt
+            .block_on(celeriac_testkit::send_calls(self.broker.as_ref(), calls))
     }
 
     fn start(&self, worker: &Worker) -> tokio::task::JoinHandle<()> {

@@ -29,32 +29,9 @@ mkdir -p "$(dirname "$out")"
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/celeriac-peers.XXXXXX")"
 child=""
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then
-        kill -TERM "$child" 2>/dev/null || true
-        # Give the bench up to 30 s to stop its worker/pools, then force it.
-        for _ in $(seq 300); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$child" 2>/dev/null || true
-        wait "$child" 2>/dev/null || true
-    fi
-    # A worker left behind by a killed celery_bench.py: it leads its own
-    # process group, so kill that group by id.
-    if [ -f "$tmp/worker.pid" ]; then
-        wpid="$(cat "$tmp/worker.pid")"
-        kill -KILL -- "-$wpid" 2>/dev/null || true
-    fi
-    if [ -f "$tmp/redis.pid" ]; then
-        rpid="$(cat "$tmp/redis.pid")"
-        kill -TERM "$rpid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$rpid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-    exit "$rc"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. "$here/../lib.sh"
+trap bench_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -63,26 +40,7 @@ py="$("$here/setup.sh")"
 echo "== python: $py" >&2
 
 # Private Redis on a free loopback port (retry if the port gets taken).
-port=""
-for _ in 1 2 3 4 5; do
-    cand="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-    if redis-server --port "$cand" --bind 127.0.0.1 --save "" --appendonly no \
-        --daemonize yes --pidfile "$tmp/redis.pid" --dir "$tmp" \
-        --logfile "$tmp/redis.log" >/dev/null 2>&1; then
-        for _ in $(seq 50); do
-            redis-cli -p "$cand" ping >/dev/null 2>&1 && { port="$cand"; break; }
-            sleep 0.1
-        done
-        [ -n "$port" ] && break
-        [ -f "$tmp/redis.pid" ] && kill "$(cat "$tmp/redis.pid")" 2>/dev/null || true
-    fi
-done
-if [ -z "$port" ]; then
-    echo "could not start redis-server" >&2
-    cat "$tmp/redis.log" >&2 2>/dev/null || true
-    exit 1
-fi
-url="redis://127.0.0.1:$port/0"
+start_private_redis
 echo "== private redis-server pid $(cat "$tmp/redis.pid") on $url" >&2
 
 if [ "$quick" = 1 ]; then

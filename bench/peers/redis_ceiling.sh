@@ -34,3 +34,20 @@ for row in csv.DictReader(sys.stdin):
     print(json.dumps(line, separators=(",", ":")), flush=True)
 ' "$depth" "$clients" "$n" "$version"
 done
+# The round-trip floor: one client, one PING at a time. Every send -> result
+# round trip of W2 needs several such round trips (publish, the worker's
+# claim, the result store), so W2 is reported against it.
+echo "[redis_ceiling] redis-benchmark -n 20000 -c 1 -t ping (one client: the round-trip floor)" >&2
+redis-benchmark -h "$host" -p "$port" -q -n 20000 -c 1 -t ping --csv |
+    python3 -c '
+import csv, json, sys
+version = sys.argv[1]
+for row in csv.DictReader(sys.stdin):
+    if row["test"] != "PING_MBULK" or not row.get("p50_latency_ms"):
+        continue
+    p50 = float(row["p50_latency_ms"])
+    print(f"[redis_ceiling]   PING -c 1 p50 round trip {p50:.3f} ms", file=sys.stderr)
+    print(json.dumps({"workload": "W5", "system": "redis", "metric": "ping_rtt_p50",
+                      "value": p50, "unit": "ms", "clients": 1, "n": 20000,
+                      "redis": version}, separators=(",", ":")), flush=True)
+' "$version"

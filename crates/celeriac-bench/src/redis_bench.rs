@@ -417,7 +417,9 @@ async fn measure(
             "W1 -P {pool}: {} runs of {} tasks, publish_batch({CHUNK}) + watch_many({CHUNK})",
             cfg.repeat, cfg.n
         ));
-        let sampler = RssSampler::start(worker.pid(), Duration::from_millis(50));
+        // A sample walks /proc; sampled more often, it competes with the run
+        // for CPU (VmHWM in the JSON line gives the exact peak).
+        let sampler = RssSampler::start(worker.pid(), Duration::from_millis(250));
         let mut enq = Vec::new();
         let mut e2e = Vec::new();
         for run in 0..cfg.repeat {

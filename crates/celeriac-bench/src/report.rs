@@ -184,10 +184,13 @@ fn w2(rows: &Rows, out: &mut String) {
         out,
         "## W2: round-trip latency\n\n\
          Sequential send → result of one `celeriac.add` at a time, same worker \
-         as W1. The last column is Celery prefork's p50 divided by this \
-         system's (higher is faster).\n"
+         as W1. `celery-prefork p50 ÷ p50` is Celery prefork's p50 divided \
+         by this system's (higher is faster); `p50 ÷ RTT` is the p50 in \
+         units of one Redis round trip (a single client's `PING`, W5), the \
+         machine's floor: a task's round trip needs several.\n"
     );
     let celery = rows.value("W2", "celery-prefork", "latency_p50", &[]);
+    let rtt = rows.value("W5", "redis", "ping_rtt_p50", &[]);
     let body: Vec<Vec<String>> = systems
         .iter()
         .map(|s| {
@@ -199,6 +202,7 @@ fn w2(rows: &Rows, out: &mut String) {
                 cell(rows.value("W2", s, "latency_p90", &[])),
                 cell(rows.value("W2", s, "latency_p99", &[])),
                 ratio(celery, p50),
+                ratio(p50, rtt),
             ]
         })
         .collect();
@@ -211,6 +215,7 @@ fn w2(rows: &Rows, out: &mut String) {
             "p90 ms",
             "p99 ms",
             "celery-prefork p50 ÷ p50",
+            "p50 ÷ RTT",
         ],
         &body,
     );
@@ -419,6 +424,13 @@ fn w5(rows: &Rows, out: &mut String) {
         "## W5: Redis ceiling\n\n\
          `redis-benchmark` against the same private server (50 clients).\n"
     );
+    if let Some(rtt) = rows.value("W5", "redis", "ping_rtt_p50", &[]) {
+        let _ = writeln!(
+            out,
+            "One client, one `PING` at a time: p50 round trip {} ms.\n",
+            cell(Some(rtt))
+        );
+    }
     let body: Vec<Vec<String>> = ["LPUSH", "RPOP", "SET", "GET"]
         .iter()
         .map(|cmd| {

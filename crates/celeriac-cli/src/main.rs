@@ -111,6 +111,10 @@ struct WorkerArgs {
     /// Scale concurrency with the queue depth: MAX,MIN (as Celery).
     #[arg(long, value_name = "MAX,MIN")]
     autoscale: Option<String>,
+    /// Messages reserved per slot (Celery's worker_prefetch_multiplier);
+    /// 1 for long tasks, so that waiting messages go to idle workers.
+    #[arg(long, default_value_t = celeriac::DEFAULT_PREFETCH_MULTIPLIER)]
+    prefetch_multiplier: usize,
     /// Process pool: retire a child after this many tasks.
     #[arg(long)]
     max_tasks_per_child: Option<u64>,
@@ -245,6 +249,24 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The worker's runtime. Blocking tasks run on the pools' own threads, so
+/// the runtime only moves messages: on one thread its wake-ups stay on
+/// that thread, which measured 10-15% more tasks/s and a quarter less
+/// round-trip latency than two (BENCHMARKS.md, W1). `-P async` runs tasks
+/// on the runtime itself and gets one thread per CPU.
+fn worker_runtime(pool: celeriac::PoolKind) -> Result<tokio::runtime::Runtime> {
+    if pool == celeriac::PoolKind::Async {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime");
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
@@ -286,13 +308,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
     let pool: celeriac::PoolKind = args.pool.parse()?;
     let registry = Registry::linked(args.diagnostic_tasks).context("building the task registry")?;
-    let rt = runtime()?;
+    let rt = worker_runtime(pool)?;
     rt.block_on(async {
         let (broker, backend) = conn.open()?;
         let mut b = Worker::builder(broker, backend, Arc::new(registry))
             .queues(args.queues.clone())
             .max_body(args.max_body)
             .max_deliveries(args.max_deliveries)
+            .prefetch_multiplier(args.prefetch_multiplier)
             .pool_kind(pool);
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);

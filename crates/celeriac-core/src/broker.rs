@@ -155,6 +155,23 @@ pub trait Broker: Send + Sync + fmt::Debug {
     /// Acknowledges a delivery: the message is done and removed.
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError>;
 
+    /// Acknowledges several deliveries, in one round trip or transaction
+    /// where the broker allows. Returns, in order, whether each delivery
+    /// was still held (`false` is [`BrokerError::NotHeld`] for that one: its
+    /// lease lapsed and it was given to someone else). An `Err` means the
+    /// broker could not be asked; some of the acks may have been applied.
+    async fn ack_many(&self, deliveries: &[Delivery]) -> Result<Vec<bool>, BrokerError> {
+        let mut held = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            match self.ack(d).await {
+                Ok(()) => held.push(true),
+                Err(BrokerError::NotHeld(_)) => held.push(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(held)
+    }
+
     /// Extends the leases of deliveries still being worked on.
     async fn renew(&self, deliveries: &[Delivery]) -> Result<(), BrokerError>;
 
@@ -201,6 +218,15 @@ pub trait Broker: Send + Sync + fmt::Debug {
     /// Which of `task_ids` were revoked with terminate (and have not
     /// expired). Workers ask for the tasks they are running.
     async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        let _ = task_ids;
+        Ok(Vec::new())
+    }
+
+    /// Which of `task_ids` are revoked now (and have not expired). Workers
+    /// ask for the messages they hold but have not started, since a revoke
+    /// can arrive after the claim that checked it. The default, for
+    /// brokers that cannot tell, is none.
+    async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
         let _ = task_ids;
         Ok(Vec::new())
     }
@@ -257,6 +283,16 @@ pub trait ResultBackend: Send + Sync + fmt::Debug {
     /// Stores a result document. A stored SUCCESS is never overwritten
     /// (as in Celery 5.x).
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError>;
+
+    /// Stores several result documents, in one round trip where the
+    /// backend allows. On `Err`, some of them may have been stored (storing
+    /// again is harmless: a stored SUCCESS is never overwritten).
+    async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {
+        for m in metas {
+            self.store(m).await?;
+        }
+        Ok(())
+    }
 
     /// Reads a result document; `None` means PENDING (never stored).
     async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError>;

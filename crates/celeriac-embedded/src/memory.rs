@@ -460,13 +460,11 @@ impl Broker for MemoryBroker {
     }
 
     async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
-        let st = self.state.lock();
-        let now = Instant::now();
-        Ok(task_ids
-            .iter()
-            .filter(|id| st.terminate.get(*id).is_some_and(|until| *until > now))
-            .cloned()
-            .collect())
+        Ok(live_ids(&self.state.lock().terminate, task_ids))
+    }
+
+    async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        Ok(live_ids(&self.state.lock().revoked, task_ids))
     }
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {
@@ -649,4 +647,14 @@ impl ResultBackend for MemoryBackend {
             }
         }
     }
+}
+
+/// The ids of `task_ids` recorded in `set` and not yet expired.
+fn live_ids(set: &HashMap<String, Instant>, task_ids: &[String]) -> Vec<String> {
+    let now = Instant::now();
+    task_ids
+        .iter()
+        .filter(|id| set.get(*id).is_some_and(|until| *until > now))
+        .cloned()
+        .collect()
 }

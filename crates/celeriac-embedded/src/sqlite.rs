@@ -215,6 +215,37 @@ pub struct SqliteBroker {
 }
 
 impl SqliteBroker {
+    /// The ids of `task_ids` recorded in `table` (`revoked` or
+    /// `terminations`) and not yet expired.
+    async fn live_ids(
+        &self,
+        table: &'static str,
+        task_ids: &[String],
+    ) -> Result<Vec<String>, BrokerError> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = task_ids.to_vec();
+        blocking(
+            &self.db,
+            move |conn| {
+                let mut q = conn.prepare_cached(&format!(
+                    "SELECT 1 FROM {table} WHERE task_id = ?1 AND expires_at > ?2"
+                ))?;
+                let now = unix_now();
+                let mut out = Vec::new();
+                for id in ids {
+                    if q.exists(params![id, now])? {
+                        out.push(id);
+                    }
+                }
+                Ok(out)
+            },
+            storage,
+        )
+        .await
+    }
+
     /// Records revokes (and, with `terminate`, termination requests).
     async fn record_revokes(
         &self,
@@ -469,6 +500,34 @@ impl Broker for SqliteBroker {
         .await
     }
 
+    async fn ack_many(&self, deliveries: &[Delivery]) -> Result<Vec<bool>, BrokerError> {
+        self.check_open()?;
+        let tags: Vec<Option<(i64, String)>> =
+            deliveries.iter().map(|d| split_tag(&d.tag).ok()).collect();
+        blocking(
+            &self.db,
+            move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut held = Vec::with_capacity(tags.len());
+                {
+                    let mut del = tx.prepare_cached(
+                        "DELETE FROM messages WHERE id = ?1 AND claim_token = ?2",
+                    )?;
+                    for tag in &tags {
+                        held.push(match tag {
+                            Some((id, token)) => del.execute(params![id, token])? == 1,
+                            None => false,
+                        });
+                    }
+                }
+                tx.commit()?;
+                Ok(held)
+            },
+            storage,
+        )
+        .await
+    }
+
     async fn renew(&self, deliveries: &[Delivery]) -> Result<(), BrokerError> {
         self.check_open()?;
         let tags: Vec<(i64, String)> = deliveries
@@ -663,28 +722,11 @@ impl Broker for SqliteBroker {
     }
 
     async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
-        if task_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids = task_ids.to_vec();
-        blocking(
-            &self.db,
-            move |conn| {
-                let mut q = conn.prepare_cached(
-                    "SELECT 1 FROM terminations WHERE task_id = ?1 AND expires_at > ?2",
-                )?;
-                let now = unix_now();
-                let mut out = Vec::new();
-                for id in ids {
-                    if q.exists(params![id, now])? {
-                        out.push(id);
-                    }
-                }
-                Ok(out)
-            },
-            storage,
-        )
-        .await
+        self.live_ids("terminations", task_ids).await
+    }
+
+    async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        self.live_ids("revoked", task_ids).await
     }
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {
@@ -872,29 +914,42 @@ impl ResultBackend for SqliteBackend {
     }
 
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
-        let json =
-            serde_json::to_string(meta).map_err(|e| BackendError::Malformed(e.to_string()))?;
-        let task_id = meta.task_id.clone();
-        let status = meta.status.to_string();
+        self.store_many(std::slice::from_ref(meta)).await
+    }
+
+    async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {
+        let mut rows = Vec::with_capacity(metas.len());
+        for meta in metas {
+            let json =
+                serde_json::to_string(meta).map_err(|e| BackendError::Malformed(e.to_string()))?;
+            rows.push((meta.task_id.clone(), meta.status.to_string(), json));
+        }
         let expires = unix_now() + self.ttl.as_secs_f64();
         blocking(
             &self.shared.db,
             move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM results", [], |r| r.get(0))?;
-                tx.execute(
-                    "INSERT INTO results (task_id, status, meta, expires_at, seq) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(task_id) DO UPDATE SET status = excluded.status, meta = excluded.meta,
-                       expires_at = excluded.expires_at, seq = excluded.seq
-                     WHERE results.status <> 'SUCCESS' OR results.expires_at < ?6",
-                    params![task_id, status, json, expires, seq, unix_now()],
-                )?;
+                let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM results", [], |r| r.get(0))?;
+                {
+                    let mut put = tx.prepare_cached(
+                        "INSERT INTO results (task_id, status, meta, expires_at, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT(task_id) DO UPDATE SET status = excluded.status, meta = excluded.meta,
+                           expires_at = excluded.expires_at, seq = excluded.seq
+                         WHERE results.status <> 'SUCCESS' OR results.expires_at < ?6",
+                    )?;
+                    for (task_id, status, json) in &rows {
+                        put.execute(params![task_id, status, json, expires, seq, unix_now()])?;
+                        seq += 1;
+                    }
+                }
                 tx.commit()
             },
             backend_storage,
         )
         .await?;
-        self.shared.waiters.notify(meta);
+        for meta in metas {
+            self.shared.waiters.notify(meta);
+        }
         Ok(())
     }
 

@@ -17,9 +17,18 @@ use crate::url::{RedisOptions, parse_redis_url};
 const PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
 const SEP: &str = "\x06\x16";
 
+/// The most messages one claim or ack script handles (Lua's `unpack` has a
+/// stack limit of a few thousand values).
+const MAX_BATCH: usize = 1000;
+
 /// Pops from the lists in order and records every message in kombu's
 /// `unacked`/`unacked_index` and celeriac's claim table, atomically. Due
 /// delayed messages are moved onto their lists first.
+///
+/// The bookkeeping is written with one multi-field command per structure
+/// for the whole batch (`RPOP key count`, `HSET` with many fields, ...):
+/// inside a script each `redis.call` costs several microseconds, so the
+/// per-message cost is what matters (see BENCHMARKS.md, W1).
 ///
 /// KEYS: unacked, unacked_index, claims, deliveries, delayed, list...
 /// ARGV: now, max, token, key prefix, queue-name-for-each-list...
@@ -39,19 +48,41 @@ for _, d in ipairs(due) do
     redis.call('RPUSH', item.k, item.m)
   end
 end
-local out = {}
-local n = 0
-for i = 6, #KEYS do
-  local queue = ARGV[i - 1]
-  while n < max do
-    local m = redis.call('RPOP', KEYS[i])
+-- Up to n messages from the tail of a list (oldest first).
+local function pop(key, n)
+  local ok, got = pcall(redis.call, 'RPOP', key, n)
+  if ok then return got or {} end
+  -- Redis before 6.2: no count.
+  local out = {}
+  for _ = 1, n do
+    local m = redis.call('RPOP', key)
     if not m then break end
-    n = n + 1
+    table.insert(out, m)
+  end
+  return out
+end
+-- The value of the string field `name` of the envelope, found without
+-- decoding it (a plain search is far cheaper than cjson or a pattern):
+-- nil unless `"name"` occurs exactly once in the envelope, as a key
+-- (followed by a colon) whose value is a string without escapes. The
+-- caller then decodes the envelope in full.
+local function field(m, name)
+  local key = '"' .. name .. '"'
+  local s, e = string.find(m, key, 1, true)
+  if not s or string.find(m, key, e + 1, true) then return nil end
+  return string.match(m, '^%s*:%s*"([^"\]*)"', e + 1)
+end
+-- tag, task id (or false) and kombu's unacked entry of a message.
+local function describe(m, queue, j)
+  local tag, id, ex, rk = field(m, 'delivery_tag'), field(m, 'id'), field(m, 'exchange'), field(m, 'routing_key')
+  local entry
+  if tag and id and ex and rk then
+    entry = '[' .. m .. ',"' .. ex .. '","' .. rk .. '"]'
+  else
+    tag, id, ex, rk = nil, false, '', queue
     local ok, env = pcall(cjson.decode, m)
-    local tag, ex, rk, entry = nil, '', queue, nil
-    local revoked = 0
     if ok and type(env) == 'table' and type(env.headers) == 'table' and type(env.headers.id) == 'string' then
-      revoked = redis.call('EXISTS', prefix .. 'celeriac.revoked.' .. env.headers.id)
+      id = env.headers.id
     end
     if ok and type(env) == 'table' and type(env.properties) == 'table' then
       tag = env.properties.delivery_tag
@@ -64,32 +95,89 @@ for i = 6, #KEYS do
     else
       entry = cjson.encode({m, ex, rk})
     end
-    if type(tag) ~= 'string' or tag == '' then
-      tag = 'celeriac-malformed-' .. token .. '-' .. n
-    end
-    redis.call('HSET', unacked, tag, entry)
-    redis.call('ZADD', index, now, tag)
-    redis.call('HSET', claims, tag, token)
-    local count = redis.call('HINCRBY', deliveries, tag, 1)
-    table.insert(out, queue)
-    table.insert(out, m)
-    table.insert(out, tag)
-    table.insert(out, count)
-    table.insert(out, revoked)
   end
+  if type(tag) ~= 'string' or tag == '' then
+    tag = 'celeriac-malformed-' .. token .. '-' .. j
+  end
+  return tag, id, entry
+end
+local queues, msgs = {}, {}
+for i = 6, #KEYS do
+  if #msgs >= max then break end
+  for _, m in ipairs(pop(KEYS[i], max - #msgs)) do
+    table.insert(queues, ARGV[i - 1])
+    table.insert(msgs, m)
+  end
+end
+if #msgs == 0 then return {} end
+local tags, entries, claimed, leases, revkeys, revidx = {}, {}, {}, {}, {}, {}
+for j, m in ipairs(msgs) do
+  local tag, id, entry = describe(m, queues[j], j)
+  tags[j] = tag
+  table.insert(entries, tag)
+  table.insert(entries, entry)
+  table.insert(leases, now)
+  table.insert(leases, tag)
+  table.insert(claimed, tag)
+  table.insert(claimed, token)
+  if id then
+    table.insert(revkeys, prefix .. 'celeriac.revoked.' .. id)
+    table.insert(revidx, j)
+  end
+end
+redis.call('HSET', unacked, unpack(entries))
+redis.call('ZADD', index, unpack(leases))
+redis.call('HSET', claims, unpack(claimed))
+local counts = redis.call('HMGET', deliveries, unpack(tags))
+local newcounts = {}
+for j, tag in ipairs(tags) do
+  counts[j] = (tonumber(counts[j]) or 0) + 1
+  table.insert(newcounts, tag)
+  table.insert(newcounts, counts[j])
+end
+redis.call('HSET', deliveries, unpack(newcounts))
+local revoked = {}
+if #revkeys > 0 then
+  for k, v in ipairs(redis.call('MGET', unpack(revkeys))) do
+    if v then revoked[revidx[k]] = 1 end
+  end
+end
+local out = {}
+for j, m in ipairs(msgs) do
+  table.insert(out, queues[j])
+  table.insert(out, m)
+  table.insert(out, tags[j])
+  table.insert(out, counts[j])
+  table.insert(out, revoked[j] or 0)
 end
 return out
 "#;
 
-/// Removes a claimed message if the claim token still matches.
-/// KEYS: unacked, unacked_index, claims, deliveries. ARGV: tag, token.
+/// Removes each claimed message whose claim token still matches.
+/// KEYS: unacked, unacked_index, claims, deliveries.
+/// ARGV: tag1, token1, tag2, token2, ...
+/// Returns 1 for each message removed and 0 for one no longer held, in
+/// order.
 const ACK: &str = r#"
-if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-return 1
+local tags = {}
+for i = 1, #ARGV, 2 do table.insert(tags, ARGV[i]) end
+local holders = redis.call('HMGET', KEYS[3], unpack(tags))
+local mine, out = {}, {}
+for j, tag in ipairs(tags) do
+  if holders[j] == ARGV[2 * j] then
+    table.insert(mine, tag)
+    out[j] = 1
+  else
+    out[j] = 0
+  end
+end
+if #mine > 0 then
+  redis.call('HDEL', KEYS[1], unpack(mine))
+  redis.call('ZREM', KEYS[2], unpack(mine))
+  redis.call('HDEL', KEYS[3], unpack(mine))
+  redis.call('HDEL', KEYS[4], unpack(mine))
+end
+return out
 "#;
 
 /// Moves the lease of each (tag, token) pair still held to now.
@@ -497,6 +585,30 @@ impl RedisBroker {
         }
     }
 
+    /// Which of `task_ids` have a live key `<prefix><kind><id>` (revokes
+    /// and terminations are keys with a TTL).
+    async fn live_ids(&self, kind: &str, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = task_ids
+            .iter()
+            .map(|id| format!("{}{kind}{id}", self.opts.prefix))
+            .collect();
+        let mut conn = self.conn().await?;
+        let found: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(conn_err)?;
+        Ok(task_ids
+            .iter()
+            .zip(found)
+            .filter(|(_, v)| v.is_some())
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
+
     /// Restores messages whose lease lapsed, at most every few seconds.
     async fn maybe_restore(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
         let every = (self.opts.visibility_timeout / 4)
@@ -595,7 +707,7 @@ impl Broker for RedisBroker {
                 inv.key(k);
             }
             inv.arg(unix_now())
-                .arg(max.max(1))
+                .arg(max.clamp(1, MAX_BATCH))
                 .arg(&token)
                 .arg(&self.opts.prefix);
             for s in PRIORITY_STEPS {
@@ -643,25 +755,40 @@ impl Broker for RedisBroker {
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
-        let (tag, token) = split_tag(&delivery.tag)?;
-        let mut conn = self.conn().await?;
-        let [unacked, index, claims, deliveries, _] = self.bookkeeping();
-        let done: i64 = self
-            .scripts
-            .ack
-            .key(unacked)
-            .key(index)
-            .key(claims)
-            .key(deliveries)
-            .arg(tag)
-            .arg(token)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(conn_err)?;
-        if done == 0 {
-            return Err(BrokerError::NotHeld(delivery.tag.clone()));
+        match self.ack_many(std::slice::from_ref(delivery)).await?[..] {
+            [true] => Ok(()),
+            _ => Err(BrokerError::NotHeld(delivery.tag.clone())),
         }
-        Ok(())
+    }
+
+    async fn ack_many(&self, deliveries: &[Delivery]) -> Result<Vec<bool>, BrokerError> {
+        let mut held = Vec::with_capacity(deliveries.len());
+        if deliveries.is_empty() {
+            return Ok(held);
+        }
+        let mut conn = self.conn().await?;
+        let [unacked, index, claims, deliveries_key, _] = self.bookkeeping();
+        for chunk in deliveries.chunks(MAX_BATCH) {
+            // A tag without a token was never ours: it is not held.
+            let tags: Vec<Option<(&str, &str)>> =
+                chunk.iter().map(|d| split_tag(&d.tag).ok()).collect();
+            let mut inv = self.scripts.ack.prepare_invoke();
+            inv.key(&unacked)
+                .key(&index)
+                .key(&claims)
+                .key(&deliveries_key);
+            for (tag, token) in tags.iter().flatten() {
+                inv.arg(*tag).arg(*token);
+            }
+            let done: Vec<i64> = if tags.iter().any(Option::is_some) {
+                inv.invoke_async(&mut conn).await.map_err(conn_err)?
+            } else {
+                Vec::new()
+            };
+            let mut done = done.into_iter();
+            held.extend(tags.iter().map(|t| t.is_some() && done.next() == Some(1)));
+        }
+        Ok(held)
     }
 
     async fn renew(&self, deliveries: &[Delivery]) -> Result<(), BrokerError> {
@@ -876,25 +1003,11 @@ impl Broker for RedisBroker {
     }
 
     async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
-        if task_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = task_ids
-            .iter()
-            .map(|id| format!("{}celeriac.terminate.{id}", self.opts.prefix))
-            .collect();
-        let mut conn = self.conn().await?;
-        let found: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .map_err(conn_err)?;
-        Ok(task_ids
-            .iter()
-            .zip(found)
-            .filter(|(_, v)| v.is_some())
-            .map(|(id, _)| id.clone())
-            .collect())
+        self.live_ids("celeriac.terminate.", task_ids).await
+    }
+
+    async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        self.live_ids("celeriac.revoked.", task_ids).await
     }
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {

@@ -31,3 +31,47 @@ fn redis(lease: Duration) -> Fixture {
 }
 
 celeriac_testkit::broker_contract!(redis_broker, super::redis);
+
+/// The claim script reads a message's task id and delivery tag without
+/// decoding it when each key occurs once; a message where `"id"` also
+/// occurs in a nested header takes the full decode, and its revoke is
+/// still honoured and its ack still finds it.
+#[tokio::test]
+async fn ambiguous_envelopes_are_decoded_in_full() {
+    use celeriac_core::Broker;
+    let f = redis(Duration::from_secs(5));
+    let (mut o, id) = celeriac_testkit::out("celery", 0, None);
+    let mut env: serde_json::Value = serde_json::from_slice(&o.payload).unwrap();
+    env["headers"]["meta"] = serde_json::json!({"id": "not-the-task-id", "exchange": 1});
+    o.payload = serde_json::to_vec(&env).unwrap();
+    let (plain, plain_id) = celeriac_testkit::out("celery", 0, None);
+    f.broker
+        .revoke(&[id.clone(), plain_id.clone()], Duration::from_secs(60))
+        .await
+        .unwrap();
+    f.broker.publish_batch(vec![o, plain]).await.unwrap();
+    let got = f
+        .broker
+        .claim(
+            "w",
+            &celeriac_testkit::q(&["celery"]),
+            2,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    let tag = env["properties"]["delivery_tag"].as_str().unwrap();
+    for d in &got {
+        let task = celeriac_testkit::id_of(d);
+        assert!(d.revoked, "{task} is revoked");
+        if task == id {
+            assert!(
+                d.tag.starts_with(&format!("{tag}#")),
+                "its own tag: {}",
+                d.tag
+            );
+        }
+    }
+    assert_eq!(f.broker.ack_many(&got).await.unwrap(), vec![true, true]);
+}

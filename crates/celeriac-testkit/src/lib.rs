@@ -487,6 +487,90 @@ pub async fn terminations_are_recorded_with_their_revoke(make: fn(Duration) -> F
     f.broker.ack(&got[0]).await.unwrap();
 }
 
+/// Contract: `batch_acks_report_each_delivery`.
+pub async fn batch_acks_report_each_delivery(make: fn(Duration) -> Fixture) {
+    let f = make(LONG);
+    let (a, _) = out("celery", 0, None);
+    let (b, _) = out("celery", 0, None);
+    let (c, _) = out("celery", 0, None);
+    f.broker.publish_batch(vec![a, b, c]).await.unwrap();
+    let got = f.broker.claim("w", &q(&["celery"]), 3, LONG).await.unwrap();
+    assert_eq!(got.len(), 3);
+    // One acked on its own first: no longer held when the batch comes.
+    f.other.ack(&got[1]).await.unwrap();
+    let mut forged = got[0].clone();
+    forged.tag.push_str("-not-a-claim");
+    let batch = vec![got[0].clone(), got[1].clone(), got[2].clone(), forged];
+    assert_eq!(
+        f.other.ack_many(&batch).await.unwrap(),
+        vec![true, false, true, false],
+        "each delivery's own answer, in order"
+    );
+    assert_eq!(f.broker.queue_len("celery").await.unwrap(), 0);
+    assert!(
+        f.broker
+            .claim("w", &q(&["celery"]), 3, SHORT)
+            .await
+            .unwrap()
+            .is_empty(),
+        "acked messages are gone"
+    );
+    assert_eq!(f.broker.ack_many(&[]).await.unwrap(), Vec::<bool>::new());
+}
+
+/// Contract: `batch_stores_keep_success_and_wake_watchers`.
+pub async fn batch_stores_keep_success_and_wake_watchers(make: fn(Duration) -> Fixture) {
+    let f = make(LONG);
+    let tag = unix_now().to_string();
+    let (a, b, c) = (format!("a-{tag}"), format!("b-{tag}"), format!("c-{tag}"));
+    let watch_a = f.other_backend.watch(&a).await.unwrap();
+    f.backend
+        .store(&ResultMeta::success(&c, json!("first")))
+        .await
+        .unwrap();
+    f.backend
+        .store_many(&[
+            ResultMeta::success(&a, json!(1)),
+            // A late duplicate in the same batch: SUCCESS stays.
+            ResultMeta::failure(&a, &TaskError::new("late duplicate")),
+            ResultMeta::failure(&b, &TaskError::new("first try")),
+            // FAILURE can be replaced, within a batch too.
+            ResultMeta::success(&b, json!(2)),
+            // A SUCCESS stored before the batch stays.
+            ResultMeta::success(&c, json!("second")),
+        ])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(LONG, watch_a).await.unwrap().unwrap();
+    assert_eq!((got.status, got.result), (State::Success, json!(1)));
+    for (id, want) in [(&a, json!(1)), (&b, json!(2)), (&c, json!("first"))] {
+        let meta = f.other_backend.get(id).await.unwrap().unwrap();
+        assert_eq!((meta.status, meta.result), (State::Success, want), "{id}");
+    }
+    f.backend.store_many(&[]).await.unwrap();
+}
+
+/// Contract: `revokes_are_listed_for_messages_already_claimed`.
+pub async fn revokes_are_listed_for_messages_already_claimed(make: fn(Duration) -> Fixture) {
+    let f = make(LONG);
+    let (a, ida) = out("celery", 0, None);
+    let (b, idb) = out("celery", 0, None);
+    f.broker.publish_batch(vec![a, b]).await.unwrap();
+    let got = f.broker.claim("w", &q(&["celery"]), 2, LONG).await.unwrap();
+    assert!(got.iter().all(|d| !d.revoked));
+    // The revoke comes after the claim (a message reserved ahead of a slot).
+    f.other
+        .revoke(std::slice::from_ref(&ida), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let asked = vec![ida.clone(), idb.clone()];
+    assert_eq!(f.broker.revoked(&asked).await.unwrap(), vec![ida.clone()]);
+    assert!(f.broker.revoked(&[]).await.unwrap().is_empty());
+    for d in &got {
+        f.broker.ack(d).await.unwrap();
+    }
+}
+
 /// Contract: `idempotency_keys_are_claimed_once_until_they_expire`.
 pub async fn idempotency_keys_are_claimed_once_until_they_expire(make: fn(Duration) -> Fixture) {
     let f = make(LONG);
@@ -567,6 +651,9 @@ macro_rules! broker_contract {
                 success_is_never_overwritten,
                 revoked_ids_are_flagged_at_claim_until_they_expire,
                 terminations_are_recorded_with_their_revoke,
+                batch_acks_report_each_delivery,
+                batch_stores_keep_success_and_wake_watchers,
+                revokes_are_listed_for_messages_already_claimed,
                 idempotency_keys_are_claimed_once_until_they_expire,
                 rate_limit_buckets_are_shared,
             );

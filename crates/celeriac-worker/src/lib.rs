@@ -27,7 +27,7 @@ mod connect;
 mod worker;
 
 pub use connect::{default_backend_url, open_backend, open_broker};
-pub use worker::{Worker, WorkerBuilder, WorkerStats};
+pub use worker::{DEFAULT_PREFETCH_MULTIPLIER, Worker, WorkerBuilder, WorkerStats};
 
 /// Which pool executes tasks (`celeriac worker -P ...`).
 ///

@@ -17,13 +17,21 @@ use celeriac_pool::process::{ProcessJob, ProcessPool};
 use celeriac_pool::{Panicked, ThreadPool};
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::{PoolKind, WorkerError};
 
 /// How long one claim waits for work before the loop claims again; it
 /// also bounds how long a shutdown waits for the claim in flight.
 const CLAIM_WAIT: Duration = Duration::from_millis(250);
+
+/// Celery's default `worker_prefetch_multiplier`: a worker reserves up to
+/// this many messages per execution slot.
+pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 4;
+
+/// The most finished tasks whose results are stored and acks sent in one
+/// round trip each.
+const SETTLE_BATCH: usize = 512;
 
 /// Counters of what a worker has done.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,6 +89,7 @@ pub struct WorkerBuilder {
     soft_time_limit: Option<Duration>,
     autoscale: Option<(usize, usize)>,
     autoscale_keepalive: Duration,
+    prefetch_multiplier: usize,
 }
 
 /// Settings of the worker's process pool.
@@ -148,6 +157,18 @@ impl WorkerBuilder {
     /// (default 30 s, as Celery).
     pub fn autoscale_keepalive(mut self, keepalive: Duration) -> Self {
         self.autoscale_keepalive = keepalive;
+        self
+    }
+
+    /// How many messages the worker reserves per execution slot (Celery's
+    /// `worker_prefetch_multiplier`, default
+    /// [`DEFAULT_PREFETCH_MULTIPLIER`]). Reserved messages are claimed with
+    /// a lease that is renewed until they run, so none is lost, and revokes
+    /// that arrive while they wait are honoured; but a message reserved
+    /// here waits for this worker's slots even when another worker is idle.
+    /// Use 1 for long tasks; 0 counts as 1.
+    pub fn prefetch_multiplier(mut self, n: usize) -> Self {
+        self.prefetch_multiplier = n.max(1);
         self
     }
 
@@ -265,6 +286,7 @@ impl WorkerBuilder {
         if self.kind == PoolKind::Processes {
             *procs.lock() = Some(build_processes(&self.procs, concurrency)?);
         }
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let nodename = self
             .nodename
             .unwrap_or_else(|| format!("celeriac@{}", celeriac_core::message::hostname()));
@@ -292,8 +314,14 @@ impl WorkerBuilder {
                 autoscale_keepalive: self.autoscale_keepalive,
                 running: Mutex::new(HashMap::new()),
                 target: AtomicUsize::new(concurrency),
-                inflight: AtomicUsize::new(0),
+                prefetch: self.prefetch_multiplier,
+                reserved: AtomicUsize::new(0),
+                executing: AtomicUsize::new(0),
+                line: Mutex::new(Line::default()),
                 settling: AtomicUsize::new(0),
+                waiting: Mutex::new(HashMap::new()),
+                settle_tx,
+                settle_rx: Mutex::new(Some(settle_rx)),
                 slot_freed: Notify::new(),
                 held: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
@@ -330,10 +358,22 @@ struct Inner {
     /// Tasks running now, by task id, and how to stop each.
     running: Mutex<HashMap<String, Stopper>>,
     target: AtomicUsize,
-    /// Execution slots in use (claimed and not yet executed).
-    inflight: AtomicUsize,
+    /// Messages reserved per execution slot.
+    prefetch: usize,
+    /// Messages claimed and not yet run (waiting for a slot or running).
+    reserved: AtomicUsize,
+    /// Execution slots in use.
+    executing: AtomicUsize,
+    /// Reserved messages, in the order they start.
+    line: Mutex<Line>,
     /// Messages held and not yet settled (acked, requeued or dead-lettered).
     settling: AtomicUsize,
+    /// Task ids of reserved messages waiting for a slot, and whether a
+    /// revoke arrived for them since they were claimed.
+    waiting: Mutex<HashMap<String, bool>>,
+    /// Finished tasks whose result is stored and message acked in batches.
+    settle_tx: mpsc::UnboundedSender<Settle>,
+    settle_rx: Mutex<Option<mpsc::UnboundedReceiver<Settle>>>,
     slot_freed: Notify,
     held: Mutex<HashMap<String, Delivery>>,
     counters: Counters,
@@ -407,6 +447,7 @@ impl Worker {
             soft_time_limit: None,
             autoscale: None,
             autoscale_keepalive: Duration::from_secs(30),
+            prefetch_multiplier: DEFAULT_PREFETCH_MULTIPLIER,
         }
     }
 
@@ -478,7 +519,7 @@ impl Worker {
             retried: c.retried.load(Ordering::Relaxed),
             revoked: c.revoked.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
-            active: self.inner.inflight.load(Ordering::SeqCst),
+            active: self.inner.executing.load(Ordering::SeqCst),
         }
     }
 
@@ -504,23 +545,28 @@ impl Worker {
         let heartbeat = tokio::spawn(heartbeat_loop(self.inner.clone()));
         let renewer = tokio::spawn(renew_loop(self.inner.clone()));
         let terminator = tokio::spawn(terminate_loop(self.inner.clone()));
+        let settler = inner
+            .settle_rx
+            .lock()
+            .take()
+            .map(|rx| tokio::spawn(settle_loop(self.inner.clone(), rx)));
         let scaler = inner
             .autoscale
             .map(|(min, max)| tokio::spawn(autoscale_loop(self.clone(), min, max)));
         let mut backoff = Duration::from_millis(100);
         while !self.is_stopping() {
-            // Claim only for free slots.
+            // Reserve up to `prefetch` messages per slot.
             let free = loop {
                 let freed = inner.slot_freed.notified();
                 tokio::pin!(freed);
                 freed.as_mut().enable();
-                let target = inner.target.load(Ordering::SeqCst);
-                let busy = inner.inflight.load(Ordering::SeqCst);
+                let limit = inner.target.load(Ordering::SeqCst) * inner.prefetch;
+                let busy = inner.reserved.load(Ordering::SeqCst);
                 if self.is_stopping() {
                     break 0;
                 }
-                if busy < target {
-                    break target - busy;
+                if busy < limit {
+                    break limit - busy;
                 }
                 freed.await;
             };
@@ -548,13 +594,21 @@ impl Worker {
                 Ok(deliveries) => {
                     backoff = Duration::from_millis(100);
                     for d in deliveries {
-                        inner.inflight.fetch_add(1, Ordering::SeqCst);
+                        inner.reserved.fetch_add(1, Ordering::SeqCst);
                         inner.settling.fetch_add(1, Ordering::SeqCst);
+                        // Held (its lease renewed) from the claim until it
+                        // is settled, waiting for a slot included.
+                        inner.held.lock().insert(d.tag.clone(), d.clone());
+                        // Its place in line, taken here so that messages
+                        // start in the order they were claimed.
+                        let ticket = inner.line.lock().join();
                         let inner = self.inner.clone();
                         tokio::spawn(async move {
-                            let mut slot = Slot(Some(&inner));
+                            let tag = d.tag.clone();
+                            let mut slot = Slot::new(&inner, ticket);
                             handle(&inner, d, &mut slot).await;
                             drop(slot);
+                            inner.held.lock().remove(&tag);
                             inner.settling.fetch_sub(1, Ordering::SeqCst);
                             inner.slot_freed.notify_waiters();
                         });
@@ -581,6 +635,9 @@ impl Worker {
         heartbeat.abort();
         renewer.abort();
         terminator.abort();
+        if let Some(s) = settler {
+            s.abort();
+        }
         if let Some(s) = scaler {
             s.abort();
         }
@@ -626,7 +683,7 @@ async fn autoscale_loop(worker: Worker, min: usize, max: usize) {
                 }
             }
         }
-        let busy = inner.inflight.load(Ordering::SeqCst);
+        let busy = inner.reserved.load(Ordering::SeqCst);
         let want = (busy + waiting).clamp(min, max);
         let current = worker.concurrency();
         if want > current {
@@ -700,14 +757,113 @@ async fn store(inner: &Inner, meta: &ResultMeta) -> bool {
     }
 }
 
-/// An execution slot, released once the task has run (or was not run), so
-/// that the next claim overlaps with storing this task's result.
-struct Slot<'a>(Option<&'a Inner>);
+/// The line of reserved messages waiting to start: they start in the order
+/// they joined it (the order of their claim), as slots free up.
+#[derive(Debug, Default)]
+struct Line {
+    waiting: std::collections::VecDeque<u64>,
+    next: u64,
+}
 
-impl Slot<'_> {
+impl Line {
+    fn join(&mut self) -> u64 {
+        let ticket = self.next;
+        self.next += 1;
+        self.waiting.push_back(ticket);
+        ticket
+    }
+
+    fn leave(&mut self, ticket: u64) {
+        if let Some(at) = self.waiting.iter().position(|t| *t == ticket) {
+            self.waiting.remove(at);
+        }
+    }
+}
+
+/// A reserved message's claim on the worker: its reservation, its place in
+/// line, and once [`Slot::start`] returns, an execution slot. All are
+/// released once the task has run (or will not run), so that the next
+/// claim overlaps with storing this task's result.
+struct Slot<'a> {
+    inner: &'a Inner,
+    reserved: bool,
+    ticket: Option<u64>,
+    executing: bool,
+}
+
+impl<'a> Slot<'a> {
+    fn new(inner: &'a Inner, ticket: u64) -> Self {
+        Slot {
+            inner,
+            reserved: true,
+            ticket: Some(ticket),
+            executing: false,
+        }
+    }
+
+    /// Leaves the line for a wait of its own (a rate limit), so that the
+    /// messages behind it can start.
+    fn step_aside(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            self.inner.line.lock().leave(t);
+            self.inner.slot_freed.notify_waiters();
+        }
+    }
+
+    /// Joins the line again, at its end.
+    fn rejoin(&mut self) {
+        if self.ticket.is_none() && !self.executing {
+            self.ticket = Some(self.inner.line.lock().join());
+        }
+    }
+
+    /// Waits until this message is first in line and a slot is free.
+    /// Returns `false` if the worker is shutting down instead (the message
+    /// is to be given back).
+    async fn start(&mut self) -> bool {
+        let inner = self.inner;
+        self.rejoin();
+        loop {
+            let freed = inner.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if inner.stopping.load(Ordering::SeqCst) {
+                self.step_aside();
+                return false;
+            }
+            {
+                let mut line = inner.line.lock();
+                let first = line.waiting.front() == self.ticket.as_ref();
+                let target = inner.target.load(Ordering::SeqCst);
+                if first && inner.executing.load(Ordering::SeqCst) < target {
+                    line.waiting.pop_front();
+                    self.ticket = None;
+                    inner.executing.fetch_add(1, Ordering::SeqCst);
+                    self.executing = true;
+                }
+            }
+            if self.executing {
+                // The next in line may start too, if slots are left.
+                inner.slot_freed.notify_waiters();
+                return true;
+            }
+            freed.await;
+        }
+    }
+
     fn release(&mut self) {
-        if let Some(inner) = self.0.take() {
-            inner.inflight.fetch_sub(1, Ordering::SeqCst);
+        let inner = self.inner;
+        self.step_aside();
+        let mut freed = false;
+        if std::mem::take(&mut self.executing) {
+            inner.executing.fetch_sub(1, Ordering::SeqCst);
+            freed = true;
+        }
+        if std::mem::take(&mut self.reserved) {
+            inner.reserved.fetch_sub(1, Ordering::SeqCst);
+            freed = true;
+        }
+        if freed {
             inner.slot_freed.notify_waiters();
         }
     }
@@ -716,6 +872,92 @@ impl Slot<'_> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// A finished task for the settler: its result to store (none with
+/// `ignore_result`), then its message to ack.
+#[derive(Debug)]
+struct Settle {
+    meta: Option<ResultMeta>,
+    delivery: Delivery,
+    done: oneshot::Sender<()>,
+}
+
+/// Stores the result of a finished task and acks its message, batched with
+/// the other tasks finishing at the same time; returns once both are done
+/// (or the message was given back because the result could not be stored).
+async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
+    let (done, rx) = oneshot::channel();
+    match inner.settle_tx.send(Settle {
+        meta,
+        delivery,
+        done,
+    }) {
+        Ok(()) => {
+            let _ = rx.await;
+        }
+        // No settler (the worker is not running): settle it here.
+        Err(mpsc::error::SendError(one)) => settle_batch(inner, vec![one]).await,
+    }
+}
+
+/// Settles finished tasks a batch at a time: whatever finished while the
+/// previous batch was being written goes in the next one, so a lone task
+/// waits for nobody and a busy worker makes two round trips per batch
+/// instead of two per task.
+async fn settle_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Settle>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        settle_batch(&inner, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn settle_batch(inner: &Inner, batch: Vec<Settle>) {
+    let metas: Vec<ResultMeta> = batch.iter().filter_map(|s| s.meta.clone()).collect();
+    // Whether each task's result is stored (or needs no storing).
+    let stored: Vec<bool> = match inner.backend.store_many(&metas).await {
+        Ok(()) => vec![true; batch.len()],
+        Err(e) => {
+            tracing::warn!(error = %e, count = metas.len(), "could not store a batch of results; storing them one by one");
+            let mut stored = Vec::with_capacity(batch.len());
+            for s in &batch {
+                stored.push(match &s.meta {
+                    Some(meta) => store(inner, meta).await,
+                    None => true,
+                });
+            }
+            stored
+        }
+    };
+    let mut acks = Vec::with_capacity(batch.len());
+    let mut back = Vec::new();
+    for (s, stored) in batch.iter().zip(&stored) {
+        if *stored {
+            acks.push(s.delivery.clone());
+        } else {
+            back.push(&s.delivery);
+        }
+    }
+    match inner.broker.ack_many(&acks).await {
+        Ok(held) => {
+            for (d, held) in acks.iter().zip(held) {
+                if !held {
+                    tracing::warn!(tag = %d.tag, "ack refused: the message's lease had lapsed; it may be delivered again (its stored result makes a redelivery skip it)");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, count = acks.len(), "ack failed; the messages may be delivered again (their stored results make a redelivery skip them)");
+        }
+    }
+    for d in back {
+        if let Err(e) = inner.broker.requeue(d, Some(unix_now() + 1.0)).await {
+            tracing::error!(error = %e, "could not requeue task after a failed result store; it returns when its lease lapses");
+        }
+    }
+    for s in batch {
+        let _ = s.done.send(());
     }
 }
 
@@ -745,31 +987,13 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
     if d.revoked {
         tracing::info!(task_id = %id, task = %name, "task revoked; marking REVOKED");
         inner.counters.revoked.fetch_add(1, Ordering::Relaxed);
-        let meta = extended(
-            inner,
-            &msg,
-            &d,
-            ResultMeta::failure(&id, &TaskError::revoked("revoked")),
-            None,
-        );
-        if store(inner, &meta).await {
-            ack(inner, &d).await;
-        }
+        settle_revoked(inner, &msg, d, "revoked").await;
         return;
     }
     if let Some(exp) = msg.expires_unix().filter(|&e| e < now) {
         tracing::info!(task_id = %id, task = %name, expired_at = exp, "task expired; marking REVOKED");
         inner.counters.expired.fetch_add(1, Ordering::Relaxed);
-        let meta = extended(
-            inner,
-            &msg,
-            &d,
-            ResultMeta::failure(&id, &TaskError::revoked("expired")),
-            None,
-        );
-        if store(inner, &meta).await {
-            ack(inner, &d).await;
-        }
+        settle_revoked(inner, &msg, d, "expired").await;
         return;
     }
     if let Some(eta) = msg.eta_unix().filter(|&e| e > now + 0.005) {
@@ -826,12 +1050,37 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
         tracing::warn!(task_id = %id, "message carries canvas callbacks/chain/chord; celeriac does not run them yet");
     }
 
-    inner.held.lock().insert(d.tag.clone(), d.clone());
     let options = *task.options();
     let limit = inner.rate_limits.get(&name).copied().or(options.rate());
     if let Some(limit) = limit
-        && !wait_for_rate(inner, &name, limit, &d).await
+        && !wait_for_rate(inner, &name, limit, &d, slot).await
     {
+        return;
+    }
+    // Wait for an execution slot: the message may have been reserved ahead
+    // of one (prefetch). A revoke that arrives meanwhile is honoured, and a
+    // worker shutting down gives waiting messages back.
+    inner.waiting.lock().insert(id.clone(), false);
+    let started = slot.start().await;
+    let revoked_meanwhile = inner.waiting.lock().remove(&id).unwrap_or(false);
+    if !started {
+        if let Err(e) = inner.broker.requeue(&d, None).await {
+            tracing::error!(task_id = %id, error = %e, "could not give a reserved message back at shutdown; it returns when its lease lapses");
+        }
+        return;
+    }
+    if revoked_meanwhile {
+        tracing::info!(task_id = %id, task = %name, "task revoked while reserved; marking REVOKED");
+        inner.counters.revoked.fetch_add(1, Ordering::Relaxed);
+        slot.release();
+        settle_revoked(inner, &msg, d, "revoked").await;
+        return;
+    }
+    if let Some(exp) = msg.expires_unix().filter(|&e| e < unix_now()) {
+        tracing::info!(task_id = %id, task = %name, expired_at = exp, "task expired while reserved; marking REVOKED");
+        inner.counters.expired.fetch_add(1, Ordering::Relaxed);
+        slot.release();
+        settle_revoked(inner, &msg, d, "expired").await;
         return;
     }
     let mut ctx = TaskContext::from_message(&msg, &inner.nodename);
@@ -914,17 +1163,30 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
         }
     };
     let meta = extended(inner, &msg, &d, meta, Some(runtime));
-    let stored = msg.headers.ignore_result == Some(true) || store(inner, &meta).await;
-    inner.held.lock().remove(&d.tag);
+    let meta = (msg.headers.ignore_result != Some(true)).then_some(meta);
     if early {
-        if !stored {
+        inner.held.lock().remove(&d.tag);
+        if let Some(meta) = meta
+            && !store(inner, &meta).await
+        {
             tracing::error!(task_id = %id, "the result was not stored and the message was acked early (acks_late = false)");
         }
-    } else if stored {
-        ack(inner, &d).await;
-    } else if let Err(e) = inner.broker.requeue(&d, Some(unix_now() + 1.0)).await {
-        tracing::error!(task_id = %id, error = %e, "could not requeue task after a failed result store");
+    } else {
+        settle(inner, meta, d).await;
     }
+}
+
+/// Records REVOKED (`why`: revoked or expired) for a task that will not
+/// run, and acks its message.
+async fn settle_revoked(inner: &Inner, msg: &Message, d: Delivery, why: &str) {
+    let meta = extended(
+        inner,
+        msg,
+        &d,
+        ResultMeta::failure(msg.id(), &TaskError::revoked(why)),
+        None,
+    );
+    settle(inner, Some(meta), d).await;
 }
 
 /// How to stop a running task for `revoke(terminate=True)`.
@@ -960,11 +1222,29 @@ impl Drop for RunningGuard<'_> {
     }
 }
 
-/// Every second, asks the broker which running tasks were revoked with
-/// terminate, and stops them.
+/// Every second, asks the broker which reserved messages were revoked
+/// since their claim (they are marked, and recorded as REVOKED instead of
+/// running), and which running tasks were revoked with terminate (they
+/// are stopped).
 async fn terminate_loop(inner: Arc<Inner>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let waiting: Vec<String> = inner.waiting.lock().keys().cloned().collect();
+        if !waiting.is_empty() {
+            match inner.broker.revoked(&waiting).await {
+                Ok(revoked) => {
+                    let mut waiting = inner.waiting.lock();
+                    for id in revoked {
+                        if let Some(flag) = waiting.get_mut(&id) {
+                            *flag = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not check reserved messages for revokes")
+                }
+            }
+        }
         let ids: Vec<String> = inner.running.lock().keys().cloned().collect();
         if ids.is_empty() {
             continue;
@@ -1149,7 +1429,13 @@ async fn run_on_threads(
 /// Waits until the rate limit lets task `name` start. A wait longer than a
 /// couple of seconds gives the message back to the broker (delayed) instead
 /// of holding a slot; returns whether the task may run now.
-async fn wait_for_rate(inner: &Arc<Inner>, name: &str, limit: RateLimit, d: &Delivery) -> bool {
+async fn wait_for_rate(
+    inner: &Arc<Inner>,
+    name: &str,
+    limit: RateLimit,
+    d: &Delivery,
+    slot: &mut Slot<'_>,
+) -> bool {
     let key = format!("celeriac.rate.{name}");
     loop {
         let wait = if limit.is_global() {
@@ -1181,6 +1467,8 @@ async fn wait_for_rate(inner: &Arc<Inner>, name: &str, limit: RateLimit, d: &Del
             }
             return false;
         }
+        // Out of line while it waits: the messages behind it start.
+        slot.step_aside();
         tokio::time::sleep(Duration::from_secs_f64(wait)).await;
     }
 }

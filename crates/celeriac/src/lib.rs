@@ -52,7 +52,8 @@ pub use celeriac_server::{
     Job, JobError, NodeStats, Server, ServerBuilder, ServerError, Stats, Template,
 };
 pub use celeriac_worker::{
-    PoolKind, Worker, WorkerBuilder, WorkerStats, default_backend_url, open_backend, open_broker,
+    DEFAULT_PREFETCH_MULTIPLIER, PoolKind, Worker, WorkerBuilder, WorkerStats, default_backend_url,
+    open_backend, open_broker,
 };
 
 /// Turns a function into a task.

@@ -25,6 +25,8 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(Registry::linked(false)?),
     )
     .concurrency(2)
+    // Reserve up to 4 messages per slot (Celery's default); 1 for long tasks.
+    .prefetch_multiplier(4)
     .nodename("example@localhost")
     .build()?;
     let running = tokio::spawn({

@@ -38,7 +38,6 @@ celeriac_testkit::broker_contract!(redis_broker, super::redis);
 /// still honoured and its ack still finds it.
 #[tokio::test]
 async fn ambiguous_envelopes_are_decoded_in_full() {
-    use celeriac_core::Broker;
     let f = redis(Duration::from_secs(5));
     let (mut o, id) = celeriac_testkit::out("celery", 0, None);
     let mut env: serde_json::Value = serde_json::from_slice(&o.payload).unwrap();

@@ -29,6 +29,12 @@ const CLAIM_WAIT: Duration = Duration::from_millis(250);
 /// this many messages per execution slot.
 pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 4;
 
+/// How long a reserved message may expect to wait for a slot: the worker
+/// reserves ahead only as many messages per slot as it expects to start
+/// within this time (from the tasks' average runtime), so that a message
+/// never waits behind long tasks while another worker could run it.
+const PREFETCH_WAIT: Duration = Duration::from_millis(50);
+
 /// The most finished tasks whose results are stored and acks sent in one
 /// round trip each.
 const SETTLE_BATCH: usize = 512;
@@ -160,13 +166,16 @@ impl WorkerBuilder {
         self
     }
 
-    /// How many messages the worker reserves per execution slot (Celery's
+    /// The most messages the worker reserves per execution slot (Celery's
     /// `worker_prefetch_multiplier`, default
-    /// [`DEFAULT_PREFETCH_MULTIPLIER`]). Reserved messages are claimed with
-    /// a lease that is renewed until they run, so none is lost, and revokes
-    /// that arrive while they wait are honoured; but a message reserved
-    /// here waits for this worker's slots even when another worker is idle.
-    /// Use 1 for long tasks; 0 counts as 1.
+    /// [`DEFAULT_PREFETCH_MULTIPLIER`]). Unlike Celery, the worker reserves
+    /// ahead only while the tasks are short: only as many messages per
+    /// slot as it expects to start within 50 ms, from the average runtime
+    /// of recent tasks, so a message never waits behind long tasks while
+    /// another worker is idle. Reserved messages are claimed with a lease
+    /// that is renewed until they are settled, start in claim order, and
+    /// honour revokes and expiry that arrive while they wait. 1 claims only
+    /// for free slots; 0 counts as 1.
     pub fn prefetch_multiplier(mut self, n: usize) -> Self {
         self.prefetch_multiplier = n.max(1);
         self
@@ -315,6 +324,7 @@ impl WorkerBuilder {
                 running: Mutex::new(HashMap::new()),
                 target: AtomicUsize::new(concurrency),
                 prefetch: self.prefetch_multiplier,
+                avg_runtime_us: AtomicU64::new(u64::MAX),
                 reserved: AtomicUsize::new(0),
                 executing: AtomicUsize::new(0),
                 line: Mutex::new(Line::default()),
@@ -358,8 +368,11 @@ struct Inner {
     /// Tasks running now, by task id, and how to stop each.
     running: Mutex<HashMap<String, Stopper>>,
     target: AtomicUsize,
-    /// Messages reserved per execution slot.
+    /// The most messages reserved per execution slot.
     prefetch: usize,
+    /// Average runtime of the recent tasks in microseconds (an EWMA;
+    /// `u64::MAX` before the first task finishes).
+    avg_runtime_us: AtomicU64,
     /// Messages claimed and not yet run (waiting for a slot or running).
     reserved: AtomicUsize,
     /// Execution slots in use.
@@ -378,6 +391,33 @@ struct Inner {
     held: Mutex<HashMap<String, Delivery>>,
     counters: Counters,
     stopping: AtomicBool,
+}
+
+impl Inner {
+    /// How many messages to reserve per slot: as many as are expected to
+    /// start within [`PREFETCH_WAIT`], between 1 and `prefetch`. Until a
+    /// task has finished, nothing is known: 1.
+    fn reserve_per_slot(&self) -> usize {
+        let avg = self.avg_runtime_us.load(Ordering::Relaxed);
+        if avg == u64::MAX {
+            return 1;
+        }
+        let fit = PREFETCH_WAIT.as_micros() as u64 / avg.max(1);
+        (fit as usize).clamp(1, self.prefetch)
+    }
+
+    fn record_runtime(&self, runtime: Duration) {
+        let us = runtime.as_micros().min(u64::MAX as u128 - 1) as u64;
+        let _ = self
+            .avg_runtime_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == u64::MAX {
+                    us
+                } else {
+                    (avg.saturating_mul(7) / 8).saturating_add(us / 8)
+                })
+            });
+    }
 }
 
 /// A worker: consumes task messages and runs them. Cheap to clone; clones
@@ -524,7 +564,8 @@ impl Worker {
     }
 
     /// Asks the worker to stop (warm): it stops claiming, finishes the
-    /// tasks it holds, stores their results and acks them, then
+    /// tasks it is running, stores their results and acks them, puts the
+    /// messages it reserved but had not started back on their queue, then
     /// [`Worker::run`] returns.
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
@@ -560,7 +601,7 @@ impl Worker {
                 let freed = inner.slot_freed.notified();
                 tokio::pin!(freed);
                 freed.as_mut().enable();
-                let limit = inner.target.load(Ordering::SeqCst) * inner.prefetch;
+                let limit = inner.target.load(Ordering::SeqCst) * inner.reserve_per_slot();
                 let busy = inner.reserved.load(Ordering::SeqCst);
                 if self.is_stopping() {
                     break 0;
@@ -968,6 +1009,7 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
             d.deliveries - 1
         );
         tracing::error!(queue = %d.queue, deliveries = d.deliveries, "{reason}; moving it to the dead-letter queue");
+        slot.release();
         dead_letter(inner, &d, &reason).await;
         return;
     }
@@ -976,6 +1018,7 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
         Err(e) => {
             tracing::error!(queue = %d.queue, error = %e, bytes = d.payload.len(),
                 "malformed message; moving it to the dead-letter queue");
+            slot.release();
             dead_letter(inner, &d, &e.to_string()).await;
             return;
         }
@@ -987,18 +1030,21 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
     if d.revoked {
         tracing::info!(task_id = %id, task = %name, "task revoked; marking REVOKED");
         inner.counters.revoked.fetch_add(1, Ordering::Relaxed);
+        slot.release();
         settle_revoked(inner, &msg, d, "revoked").await;
         return;
     }
     if let Some(exp) = msg.expires_unix().filter(|&e| e < now) {
         tracing::info!(task_id = %id, task = %name, expired_at = exp, "task expired; marking REVOKED");
         inner.counters.expired.fetch_add(1, Ordering::Relaxed);
+        slot.release();
         settle_revoked(inner, &msg, d, "expired").await;
         return;
     }
     if let Some(eta) = msg.eta_unix().filter(|&e| e > now + 0.005) {
         // A delayed message the broker did not hold back (e.g. from a
         // foreign producer): put it in the broker's delayed store.
+        slot.release();
         if let Err(e) = inner.broker.requeue(&d, Some(eta)).await {
             tracing::error!(task_id = %id, error = %e, "could not defer eta task");
         }
@@ -1040,6 +1086,7 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
         let meta = extended(inner, &msg, &d, ResultMeta::failure(&id, &err), None);
         store(inner, &meta).await;
         inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+        slot.release();
         dead_letter(inner, &d, &format!("unknown task {name:?}")).await;
         return;
     };
@@ -1097,6 +1144,9 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
     }
     let outcome = execute(inner, &task, ctx, args, hard, soft).await;
     slot.release();
+    if let Some((_, runtime)) = &outcome {
+        inner.record_runtime(*runtime);
+    }
     let Some((out, runtime)) = outcome else {
         // The pool is shutting down: give the message back.
         inner.held.lock().remove(&d.tag);

@@ -1,7 +1,8 @@
 //! Prefetch: a worker reserves up to `prefetch_multiplier` messages per
-//! slot. Reserved messages are held with a renewed lease, wait for a slot,
-//! honour revokes and expiry that arrive while they wait, and are given back
-//! (not run) by a warm shutdown.
+//! slot while its tasks are short, and only for free slots once they are
+//! long. Reserved messages are held with a renewed lease, start in claim
+//! order, honour revokes and expiry that arrive while they wait, and are
+//! given back (not run) by a warm shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -36,6 +37,11 @@ fn registry(probe: &Arc<Probe>) -> Arc<Registry> {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(serde_json::json!("unblocked"))
+    })
+    .unwrap();
+    r.register_fn("t.slow", |_, _| {
+        std::thread::sleep(Duration::from_millis(120));
+        Ok(serde_json::json!("slow"))
     })
     .unwrap();
     let p = probe.clone();
@@ -107,6 +113,15 @@ impl Setup {
         }
     }
 
+    /// Runs two short tasks, so that the worker knows its tasks are short
+    /// and reserves ahead (two more runs of `t.count`).
+    async fn warm_up(&self) {
+        let a = self.send("t.count", None).await;
+        let b = self.send("t.count", None).await;
+        assert_eq!(self.result(&a).await.status, State::Success);
+        assert_eq!(self.result(&b).await.status, State::Success);
+    }
+
     /// Waits until `n` messages are left on the queue.
     async fn until_queued(&self, n: usize) {
         let start = Instant::now();
@@ -125,14 +140,26 @@ impl Setup {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slot_reserves_up_to_the_multiplier_and_no_more() {
-    for (prefetch, left_waiting) in [(1, 4), (3, 2)] {
+async fn a_slot_reserves_up_to_the_multiplier_while_tasks_are_short() {
+    // (multiplier, warm-up task, messages left on the queue while t.block
+    // runs): short tasks fill the multiplier; after long ones (120 ms, more
+    // than the 50 ms a reserved message may expect to wait) the worker
+    // claims only for its free slot.
+    for (prefetch, warm, left_waiting) in [(1, "t.count", 4), (3, "t.count", 2), (4, "t.slow", 4)] {
         let s = setup(Duration::from_secs(30));
         let w = s.worker(prefetch);
         let running = tokio::spawn({
             let w = w.clone();
             async move { w.run().await }
         });
+        let mut warmup = Vec::new();
+        for _ in 0..2 {
+            warmup.push(s.send(warm, None).await);
+        }
+        for id in &warmup {
+            assert_eq!(s.result(id).await.status, State::Success);
+        }
+        let before = s.probe.counted.load(Ordering::SeqCst);
         let block = s.send("t.block", None).await;
         let mut counts = Vec::new();
         for _ in 0..4 {
@@ -145,11 +172,11 @@ async fn a_slot_reserves_up_to_the_multiplier_and_no_more() {
         assert_eq!(
             s.queued().await,
             left_waiting,
-            "prefetch {prefetch}: one slot reserves {prefetch} message(s), the running one included"
+            "prefetch {prefetch} after {warm}: messages reserved, the running one included"
         );
         assert_eq!(
             s.probe.counted.load(Ordering::SeqCst),
-            0,
+            before,
             "one slot: nothing else runs"
         );
         s.probe.release.store(true, Ordering::SeqCst);
@@ -157,7 +184,11 @@ async fn a_slot_reserves_up_to_the_multiplier_and_no_more() {
         for id in &counts {
             assert_eq!(s.result(id).await.status, State::Success);
         }
-        assert_eq!(s.probe.counted.load(Ordering::SeqCst), 4, "each ran once");
+        assert_eq!(
+            s.probe.counted.load(Ordering::SeqCst),
+            before + 4,
+            "each ran once"
+        );
         w.shutdown();
         running.await.unwrap();
     }
@@ -172,6 +203,7 @@ async fn reserved_messages_keep_their_lease_while_they_wait() {
         let w = w.clone();
         async move { w.run().await }
     });
+    s.warm_up().await;
     let block = s.send("t.block", None).await;
     let mut counts = Vec::new();
     for _ in 0..3 {
@@ -198,7 +230,7 @@ async fn reserved_messages_keep_their_lease_while_they_wait() {
     for id in &counts {
         assert_eq!(s.result(id).await.status, State::Success);
     }
-    assert_eq!(s.probe.counted.load(Ordering::SeqCst), 3);
+    assert_eq!(s.probe.counted.load(Ordering::SeqCst), 2 + 3);
     w.shutdown();
     running.await.unwrap();
 }
@@ -211,6 +243,7 @@ async fn a_revoke_or_expiry_reaches_a_reserved_message() {
         let w = w.clone();
         async move { w.run().await }
     });
+    s.warm_up().await;
     let block = s.send("t.block", None).await;
     let revoked = s.send("t.count", None).await;
     let expiring = s.send("t.count", Some(Duration::from_millis(500))).await;
@@ -239,7 +272,7 @@ async fn a_revoke_or_expiry_reaches_a_reserved_message() {
     assert_eq!(s.result(&fresh).await.status, State::Success);
     assert_eq!(
         s.probe.counted.load(Ordering::SeqCst),
-        1,
+        2 + 1,
         "only the fresh one ran"
     );
     w.shutdown();
@@ -254,6 +287,7 @@ async fn a_warm_shutdown_finishes_running_tasks_and_gives_reserved_ones_back() {
         let w = w.clone();
         async move { w.run().await }
     });
+    s.warm_up().await;
     let block = s.send("t.block", None).await;
     let mut counts = Vec::new();
     for _ in 0..3 {
@@ -275,7 +309,7 @@ async fn a_warm_shutdown_finishes_running_tasks_and_gives_reserved_ones_back() {
     );
     assert_eq!(
         s.probe.counted.load(Ordering::SeqCst),
-        0,
+        2,
         "reserved ones did not start"
     );
     assert_eq!(s.queued().await, 3, "they are back on the queue, at once");
@@ -288,7 +322,7 @@ async fn a_warm_shutdown_finishes_running_tasks_and_gives_reserved_ones_back() {
     for id in &counts {
         assert_eq!(s.result(id).await.status, State::Success);
     }
-    assert_eq!(s.probe.counted.load(Ordering::SeqCst), 3);
+    assert_eq!(s.probe.counted.load(Ordering::SeqCst), 2 + 3);
     w.shutdown();
     running.await.unwrap();
 }

@@ -73,6 +73,10 @@ struct RunArgs {
     /// Worker pools for W1/W2, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "threads,processes")]
     pools: Vec<String>,
+    /// An extra argument for the W1/W2 `celeriac worker` (repeatable), e.g.
+    /// `--worker-arg=--prefetch-multiplier=1`.
+    #[arg(long, allow_hyphen_values = true)]
+    worker_arg: Vec<String>,
     /// W1/W2 worker concurrency (-c).
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
@@ -213,6 +217,7 @@ fn run(args: RunArgs) -> Result<()> {
                     w1,
                     w2,
                     worker_pidfile: args.worker_pidfile.clone(),
+                    worker_args: args.worker_arg.clone(),
                 };
                 if let Err(e) = redis_bench::run(&cfg) {
                     emit::log(&format!("FAILED: {e:#}"));

@@ -57,6 +57,8 @@ pub(crate) struct RedisConfig {
     pub(crate) w2: bool,
     /// Where to write the worker's pid (for cleanup by a wrapper script).
     pub(crate) worker_pidfile: Option<PathBuf>,
+    /// Extra `celeriac worker` arguments (e.g. `--prefetch-multiplier=1`).
+    pub(crate) worker_args: Vec<String>,
 }
 
 /// Sends `signal` (a name such as `TERM`) to a pid, or to a process group
@@ -88,6 +90,7 @@ impl WorkerProc {
         cmd.args(["--broker", &cfg.url, "--loglevel", "warn", "worker"])
             .args(["-c", &cfg.concurrency.to_string(), "-P", pool, "-Q", queue])
             .args(["-n", &format!("{queue}@bench")])
+            .args(&cfg.worker_args)
             .stdin(Stdio::null())
             .stdout(logfile.try_clone()?)
             .stderr(logfile)
@@ -95,10 +98,11 @@ impl WorkerProc {
             // directly, and cleanup kills the whole group.
             .process_group(0);
         log(&format!(
-            "starting {} --broker {} worker -c {} -P {pool} -Q {queue}",
+            "starting {} --broker {} worker -c {} -P {pool} -Q {queue} {}",
             cfg.celeriac_bin.display(),
             cfg.url,
-            cfg.concurrency
+            cfg.concurrency,
+            cfg.worker_args.join(" ")
         ));
         let child = cmd
             .spawn()

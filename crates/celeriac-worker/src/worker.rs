@@ -17,7 +17,7 @@ use celeriac_pool::process::{ProcessJob, ProcessPool};
 use celeriac_pool::{Panicked, ThreadPool};
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use crate::{PoolKind, WorkerError};
 
@@ -295,7 +295,6 @@ impl WorkerBuilder {
         if self.kind == PoolKind::Processes {
             *procs.lock() = Some(build_processes(&self.procs, concurrency)?);
         }
-        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let nodename = self
             .nodename
             .unwrap_or_else(|| format!("celeriac@{}", celeriac_core::message::hostname()));
@@ -330,8 +329,8 @@ impl WorkerBuilder {
                 line: Mutex::new(Line::default()),
                 settling: AtomicUsize::new(0),
                 waiting: Mutex::new(HashMap::new()),
-                settle_tx,
-                settle_rx: Mutex::new(Some(settle_rx)),
+                to_settle: Mutex::new(Vec::new()),
+                settling_now: AtomicBool::new(false),
                 slot_freed: Notify::new(),
                 held: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
@@ -385,8 +384,9 @@ struct Inner {
     /// revoke arrived for them since they were claimed.
     waiting: Mutex<HashMap<String, bool>>,
     /// Finished tasks whose result is stored and message acked in batches.
-    settle_tx: mpsc::UnboundedSender<Settle>,
-    settle_rx: Mutex<Option<mpsc::UnboundedReceiver<Settle>>>,
+    to_settle: Mutex<Vec<Settle>>,
+    /// Whether a task is settling a batch (see [`settle`]).
+    settling_now: AtomicBool,
     slot_freed: Notify,
     held: Mutex<HashMap<String, Delivery>>,
     counters: Counters,
@@ -586,11 +586,6 @@ impl Worker {
         let heartbeat = tokio::spawn(heartbeat_loop(self.inner.clone()));
         let renewer = tokio::spawn(renew_loop(self.inner.clone()));
         let terminator = tokio::spawn(terminate_loop(self.inner.clone()));
-        let settler = inner
-            .settle_rx
-            .lock()
-            .take()
-            .map(|rx| tokio::spawn(settle_loop(self.inner.clone(), rx)));
         let scaler = inner
             .autoscale
             .map(|(min, max)| tokio::spawn(autoscale_loop(self.clone(), min, max)));
@@ -676,9 +671,6 @@ impl Worker {
         heartbeat.abort();
         renewer.abort();
         terminator.abort();
-        if let Some(s) = settler {
-            s.abort();
-        }
         if let Some(s) = scaler {
             s.abort();
         }
@@ -916,7 +908,7 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// A finished task for the settler: its result to store (none with
+/// A finished task to settle: its result to store (none with
 /// `ignore_result`), then its message to ack.
 #[derive(Debug)]
 struct Settle {
@@ -928,29 +920,58 @@ struct Settle {
 /// Stores the result of a finished task and acks its message, batched with
 /// the other tasks finishing at the same time; returns once both are done
 /// (or the message was given back because the result could not be stored).
+///
+/// Whoever finds no batch being written writes one itself: its own task and
+/// every one queued meanwhile, and again until none is left. So a lone task
+/// is settled by its own handler without a hand-off to another task, and a
+/// busy worker makes two round trips per batch instead of two per task.
 async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
-    let (done, rx) = oneshot::channel();
-    match inner.settle_tx.send(Settle {
+    let (done, mut rx) = oneshot::channel();
+    inner.to_settle.lock().push(Settle {
         meta,
         delivery,
         done,
-    }) {
-        Ok(()) => {
-            let _ = rx.await;
+    });
+    loop {
+        if inner.settling_now.swap(true, Ordering::AcqRel) {
+            // Another handler is writing batches; ours is queued, and it
+            // checks the queue once more after clearing the flag.
+            let _ = (&mut rx).await;
+            return;
         }
-        // No settler (the worker is not running): settle it here.
-        Err(mpsc::error::SendError(one)) => settle_batch(inner, vec![one]).await,
+        {
+            // Cleared however this ends, a panicking backend included (the
+            // unsettled messages then come back when their leases lapse).
+            let _combining = ClearOnDrop(&inner.settling_now);
+            loop {
+                let batch: Vec<Settle> = {
+                    let mut queue = inner.to_settle.lock();
+                    let n = queue.len().min(SETTLE_BATCH);
+                    queue.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                settle_batch(inner, batch).await;
+            }
+        }
+        // A task queued after the last drain and before the flag cleared
+        // saw the flag set and is waiting: take it over.
+        if inner.to_settle.lock().is_empty() {
+            // Ours was in a batch written above (or by the handler that
+            // held the flag before us).
+            let _ = rx.await;
+            return;
+        }
     }
 }
 
-/// Settles finished tasks a batch at a time: whatever finished while the
-/// previous batch was being written goes in the next one, so a lone task
-/// waits for nobody and a busy worker makes two round trips per batch
-/// instead of two per task.
-async fn settle_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Settle>) {
-    let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
-        settle_batch(&inner, std::mem::take(&mut batch)).await;
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

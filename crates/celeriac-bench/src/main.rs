@@ -46,7 +46,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the workloads; JSON lines on stdout, progress on stderr.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Merge JSON lines into a Markdown table (stdout, or --markdown FILE).
     Report {
         /// JSON-lines files (ours, the peers', redis_ceiling.sh's).
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     celeriac::init();
     let cli = Cli::parse();
     let res = match cli.command {
-        Cmd::Run(args) => run(args),
+        Cmd::Run(args) => run(*args),
         Cmd::Report { files, markdown } => report::run(&files, markdown.as_deref()),
     };
     match res {

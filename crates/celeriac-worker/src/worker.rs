@@ -530,6 +530,7 @@ impl Worker {
             tracing::info!(node = %inner.nodename, from = old, to = n, "concurrency changed");
         }
         self.inner.slot_freed.notify_waiters();
+        self.inner.line.lock().wake_front();
         Ok(())
     }
 
@@ -570,6 +571,7 @@ impl Worker {
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.slot_freed.notify_waiters();
+        self.inner.line.lock().wake_all();
     }
 
     /// Whether shutdown was requested.
@@ -637,11 +639,12 @@ impl Worker {
                         inner.held.lock().insert(d.tag.clone(), d.clone());
                         // Its place in line, taken here so that messages
                         // start in the order they were claimed.
-                        let ticket = inner.line.lock().join();
+                        let wake = Arc::new(Notify::new());
+                        let ticket = inner.line.lock().join(&wake);
                         let inner = self.inner.clone();
                         tokio::spawn(async move {
                             let tag = d.tag.clone();
-                            let mut slot = Slot::new(&inner, ticket);
+                            let mut slot = Slot::new(&inner, ticket, wake);
                             handle(&inner, d, &mut slot).await;
                             drop(slot);
                             inner.held.lock().remove(&tag);
@@ -791,24 +794,48 @@ async fn store(inner: &Inner, meta: &ResultMeta) -> bool {
 }
 
 /// The line of reserved messages waiting to start: they start in the order
-/// they joined it (the order of their claim), as slots free up.
+/// they joined it (the order of their claim), as slots free up. Only the
+/// first in line is woken when a slot frees, not every waiting message.
 #[derive(Debug, Default)]
 struct Line {
-    waiting: std::collections::VecDeque<u64>,
+    waiting: std::collections::VecDeque<(u64, Arc<Notify>)>,
     next: u64,
 }
 
 impl Line {
-    fn join(&mut self) -> u64 {
+    fn join(&mut self, wake: &Arc<Notify>) -> u64 {
         let ticket = self.next;
         self.next += 1;
-        self.waiting.push_back(ticket);
+        self.waiting.push_back((ticket, wake.clone()));
+        if self.waiting.len() == 1 {
+            wake.notify_one();
+        }
         ticket
     }
 
     fn leave(&mut self, ticket: u64) {
-        if let Some(at) = self.waiting.iter().position(|t| *t == ticket) {
+        if let Some(at) = self.waiting.iter().position(|(t, _)| *t == ticket) {
             self.waiting.remove(at);
+            if at == 0 {
+                self.wake_front();
+            }
+        }
+    }
+
+    fn is_first(&self, ticket: u64) -> bool {
+        self.waiting.front().is_some_and(|(t, _)| *t == ticket)
+    }
+
+    /// Wakes the first in line (a permit is kept if it is not waiting yet).
+    fn wake_front(&self) {
+        if let Some((_, wake)) = self.waiting.front() {
+            wake.notify_one();
+        }
+    }
+
+    fn wake_all(&self) {
+        for (_, wake) in &self.waiting {
+            wake.notify_one();
         }
     }
 }
@@ -821,15 +848,18 @@ struct Slot<'a> {
     inner: &'a Inner,
     reserved: bool,
     ticket: Option<u64>,
+    wake: Arc<Notify>,
     executing: bool,
 }
 
 impl<'a> Slot<'a> {
-    fn new(inner: &'a Inner, ticket: u64) -> Self {
+    /// The slot of a message that joined the line with `ticket`.
+    fn new(inner: &'a Inner, ticket: u64, wake: Arc<Notify>) -> Self {
         Slot {
             inner,
             reserved: true,
             ticket: Some(ticket),
+            wake,
             executing: false,
         }
     }
@@ -839,14 +869,13 @@ impl<'a> Slot<'a> {
     fn step_aside(&mut self) {
         if let Some(t) = self.ticket.take() {
             self.inner.line.lock().leave(t);
-            self.inner.slot_freed.notify_waiters();
         }
     }
 
     /// Joins the line again, at its end.
     fn rejoin(&mut self) {
         if self.ticket.is_none() && !self.executing {
-            self.ticket = Some(self.inner.line.lock().join());
+            self.ticket = Some(self.inner.line.lock().join(&self.wake));
         }
     }
 
@@ -857,46 +886,41 @@ impl<'a> Slot<'a> {
         let inner = self.inner;
         self.rejoin();
         loop {
-            let freed = inner.slot_freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
             if inner.stopping.load(Ordering::SeqCst) {
                 self.step_aside();
                 return false;
             }
             {
                 let mut line = inner.line.lock();
-                let first = line.waiting.front() == self.ticket.as_ref();
-                let target = inner.target.load(Ordering::SeqCst);
-                if first && inner.executing.load(Ordering::SeqCst) < target {
+                let first = self.ticket.is_some_and(|t| line.is_first(t));
+                if first
+                    && inner.executing.load(Ordering::SeqCst) < inner.target.load(Ordering::SeqCst)
+                {
                     line.waiting.pop_front();
                     self.ticket = None;
                     inner.executing.fetch_add(1, Ordering::SeqCst);
                     self.executing = true;
+                    // The next in line may start too, if slots are left.
+                    line.wake_front();
+                    return true;
                 }
             }
-            if self.executing {
-                // The next in line may start too, if slots are left.
-                inner.slot_freed.notify_waiters();
-                return true;
-            }
-            freed.await;
+            // Woken when it becomes first, when a slot frees while it is
+            // first, or at shutdown; a permit left by an earlier wake makes
+            // this return at once, so no wake is lost.
+            self.wake.notified().await;
         }
     }
 
     fn release(&mut self) {
         let inner = self.inner;
         self.step_aside();
-        let mut freed = false;
         if std::mem::take(&mut self.executing) {
             inner.executing.fetch_sub(1, Ordering::SeqCst);
-            freed = true;
+            inner.line.lock().wake_front();
         }
         if std::mem::take(&mut self.reserved) {
             inner.reserved.fetch_sub(1, Ordering::SeqCst);
-            freed = true;
-        }
-        if freed {
             inner.slot_freed.notify_waiters();
         }
     }

@@ -16,7 +16,7 @@
 # 5. all JSON lines go to bench/out/results.jsonl, and the Markdown table
 #    (celeriac beside the peers, with ratios) to bench/out/table.md and
 #    stdout.
-# --quick uses small N (about 2-3 minutes); the full run takes about 6-8.
+# --quick uses small N (about a minute); the full run takes about 4-5 minutes.
 # Every process started here is stopped on exit, error or Ctrl-C. The exit
 # status is non-zero if any step failed (the other steps still run).
 # Environment: BENCH_OUT (default bench/out), CARGO (default cargo).

@@ -9,9 +9,12 @@
 //! pool or the async executor ([`PoolKind`]) and stores the
 //! result in a [`ResultBackend`](celeriac_core::ResultBackend) before it acknowledges the message:
 //!
-//! - it claims only as many messages as it has free execution slots, so a
-//!   long task never holds messages an idle worker could run;
-//! - it renews the lease of every message it is running;
+//! - it reserves messages ahead of its execution slots (up to
+//!   [`WorkerBuilder::prefetch_multiplier`] per slot) only while its tasks
+//!   are short, so a long task never holds messages an idle worker could
+//!   run; reserved messages start in the order they were claimed;
+//! - it renews the lease of every message it holds, running or reserved;
+//! - it stores results and acknowledges messages in batches;
 //! - a message that cannot be decoded, names an unknown task, or is too
 //!   large is logged with a clear error and moved to the dead-letter store
 //!   with the reason, and the worker keeps serving; an unknown task also

@@ -13,6 +13,10 @@ use celeriac::{
     State, TaskError, Worker,
 };
 
+/// Short tasks run before a test's own, so that the worker has measured
+/// them (each is one more run of `t.count`).
+const WARM: usize = 8;
+
 /// What the tasks of a test share with it.
 #[derive(Default)]
 struct Probe {
@@ -113,13 +117,45 @@ impl Setup {
         }
     }
 
-    /// Runs two short tasks, so that the worker knows its tasks are short
-    /// and reserves ahead (two more runs of `t.count`).
+    /// Starts a worker of one slot reserving up to `prefetch` per slot.
+    fn start(&self, prefetch: usize) -> (Worker, tokio::task::JoinHandle<()>) {
+        let w = self.worker(prefetch);
+        let running = tokio::spawn({
+            let w = w.clone();
+            async move { w.run().await }
+        });
+        (w, running)
+    }
+
+    /// After a warm-up, occupies the only slot with `t.block` and waits
+    /// until `n` more `t.count` messages are all reserved behind it.
+    /// Returns the ids of `t.block` and of the `t.count` messages.
+    async fn block_with_reserved(&self, n: usize) -> (String, Vec<String>) {
+        self.warm_up().await;
+        let block = self.send("t.block", None).await;
+        let mut counts = Vec::new();
+        for _ in 0..n {
+            counts.push(self.send("t.count", None).await);
+        }
+        self.until("t.block runs", || {
+            self.probe.blocking.load(Ordering::SeqCst)
+        })
+        .await;
+        self.until_queued(0).await;
+        (block, counts)
+    }
+
+    /// Runs [`WARM`] short tasks, so that the worker knows its tasks are
+    /// short and reserves ahead (one slow run on a busy machine is averaged
+    /// away by the others).
     async fn warm_up(&self) {
-        let a = self.send("t.count", None).await;
-        let b = self.send("t.count", None).await;
-        assert_eq!(self.result(&a).await.status, State::Success);
-        assert_eq!(self.result(&b).await.status, State::Success);
+        let mut ids = Vec::new();
+        for _ in 0..WARM {
+            ids.push(self.send("t.count", None).await);
+        }
+        for id in &ids {
+            assert_eq!(self.result(id).await.status, State::Success);
+        }
     }
 
     /// Waits until `n` messages are left on the queue.
@@ -147,13 +183,9 @@ async fn a_slot_reserves_up_to_the_multiplier_while_tasks_are_short() {
     // claims only for its free slot.
     for (prefetch, warm, left_waiting) in [(1, "t.count", 4), (3, "t.count", 2), (4, "t.slow", 4)] {
         let s = setup(Duration::from_secs(30));
-        let w = s.worker(prefetch);
-        let running = tokio::spawn({
-            let w = w.clone();
-            async move { w.run().await }
-        });
+        let (w, running) = s.start(prefetch);
         let mut warmup = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..WARM {
             warmup.push(s.send(warm, None).await);
         }
         for id in &warmup {
@@ -198,20 +230,8 @@ async fn a_slot_reserves_up_to_the_multiplier_while_tasks_are_short() {
 async fn reserved_messages_keep_their_lease_while_they_wait() {
     // A lease far shorter than the wait: only renewal keeps them held.
     let s = setup(Duration::from_millis(300));
-    let w = s.worker(4);
-    let running = tokio::spawn({
-        let w = w.clone();
-        async move { w.run().await }
-    });
-    s.warm_up().await;
-    let block = s.send("t.block", None).await;
-    let mut counts = Vec::new();
-    for _ in 0..3 {
-        counts.push(s.send("t.count", None).await);
-    }
-    s.until("t.block runs", || s.probe.blocking.load(Ordering::SeqCst))
-        .await;
-    s.until_queued(0).await;
+    let (w, running) = s.start(4);
+    let (block, counts) = s.block_with_reserved(3).await;
     // Four leases later, another consumer still finds nothing to take.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let stolen = s
@@ -230,7 +250,7 @@ async fn reserved_messages_keep_their_lease_while_they_wait() {
     for id in &counts {
         assert_eq!(s.result(id).await.status, State::Success);
     }
-    assert_eq!(s.probe.counted.load(Ordering::SeqCst), 2 + 3);
+    assert_eq!(s.probe.counted.load(Ordering::SeqCst), WARM + 3);
     w.shutdown();
     running.await.unwrap();
 }
@@ -238,11 +258,7 @@ async fn reserved_messages_keep_their_lease_while_they_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_or_expiry_reaches_a_reserved_message() {
     let s = setup(Duration::from_secs(30));
-    let w = s.worker(4);
-    let running = tokio::spawn({
-        let w = w.clone();
-        async move { w.run().await }
-    });
+    let (w, running) = s.start(4);
     s.warm_up().await;
     let block = s.send("t.block", None).await;
     let revoked = s.send("t.count", None).await;
@@ -272,7 +288,7 @@ async fn a_revoke_or_expiry_reaches_a_reserved_message() {
     assert_eq!(s.result(&fresh).await.status, State::Success);
     assert_eq!(
         s.probe.counted.load(Ordering::SeqCst),
-        2 + 1,
+        WARM + 1,
         "only the fresh one ran"
     );
     w.shutdown();
@@ -282,20 +298,8 @@ async fn a_revoke_or_expiry_reaches_a_reserved_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_shutdown_finishes_running_tasks_and_gives_reserved_ones_back() {
     let s = setup(Duration::from_secs(30));
-    let w = s.worker(4);
-    let running = tokio::spawn({
-        let w = w.clone();
-        async move { w.run().await }
-    });
-    s.warm_up().await;
-    let block = s.send("t.block", None).await;
-    let mut counts = Vec::new();
-    for _ in 0..3 {
-        counts.push(s.send("t.count", None).await);
-    }
-    s.until("t.block runs", || s.probe.blocking.load(Ordering::SeqCst))
-        .await;
-    s.until_queued(0).await;
+    let (w, running) = s.start(4);
+    let (block, counts) = s.block_with_reserved(3).await;
     w.shutdown();
     s.probe.release.store(true, Ordering::SeqCst);
     tokio::time::timeout(Duration::from_secs(20), running)
@@ -309,20 +313,16 @@ async fn a_warm_shutdown_finishes_running_tasks_and_gives_reserved_ones_back() {
     );
     assert_eq!(
         s.probe.counted.load(Ordering::SeqCst),
-        2,
+        WARM,
         "reserved ones did not start"
     );
     assert_eq!(s.queued().await, 3, "they are back on the queue, at once");
     // A new worker runs them.
-    let w = s.worker(4);
-    let running = tokio::spawn({
-        let w = w.clone();
-        async move { w.run().await }
-    });
+    let (w, running) = s.start(4);
     for id in &counts {
         assert_eq!(s.result(id).await.status, State::Success);
     }
-    assert_eq!(s.probe.counted.load(Ordering::SeqCst), 2 + 3);
+    assert_eq!(s.probe.counted.load(Ordering::SeqCst), WARM + 3);
     w.shutdown();
     running.await.unwrap();
 }

@@ -172,6 +172,15 @@ pub trait Broker: Send + Sync + fmt::Debug {
         Ok(held)
     }
 
+    /// Whether workers should store results and ack messages in batches
+    /// ([`ack_many`](Self::ack_many) with
+    /// [`ResultBackend::store_many`]): true for brokers where a batch saves
+    /// round trips or transactions. The in-process default is false: each
+    /// task is settled on its own, without waiting for the others.
+    fn batch_settles(&self) -> bool {
+        false
+    }
+
     /// Extends the leases of deliveries still being worked on.
     async fn renew(&self, deliveries: &[Delivery]) -> Result<(), BrokerError>;
 

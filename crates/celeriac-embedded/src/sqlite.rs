@@ -420,6 +420,10 @@ impl Broker for SqliteBroker {
         self.lease
     }
 
+    fn batch_settles(&self) -> bool {
+        true
+    }
+
     async fn publish(&self, msg: Outgoing) -> Result<(), BrokerError> {
         self.publish_batch(vec![msg]).await
     }

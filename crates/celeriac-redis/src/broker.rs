@@ -656,6 +656,10 @@ impl Broker for RedisBroker {
         self.opts.visibility_timeout
     }
 
+    fn batch_settles(&self) -> bool {
+        true
+    }
+
     async fn publish(&self, msg: Outgoing) -> Result<(), BrokerError> {
         self.publish_batch(vec![msg]).await
     }

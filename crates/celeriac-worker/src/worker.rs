@@ -893,15 +893,17 @@ impl<'a> Slot<'a> {
             {
                 let mut line = inner.line.lock();
                 let first = self.ticket.is_some_and(|t| line.is_first(t));
-                if first
-                    && inner.executing.load(Ordering::SeqCst) < inner.target.load(Ordering::SeqCst)
-                {
+                let target = inner.target.load(Ordering::SeqCst);
+                if first && inner.executing.load(Ordering::SeqCst) < target {
                     line.waiting.pop_front();
                     self.ticket = None;
-                    inner.executing.fetch_add(1, Ordering::SeqCst);
+                    let running = inner.executing.fetch_add(1, Ordering::SeqCst) + 1;
                     self.executing = true;
-                    // The next in line may start too, if slots are left.
-                    line.wake_front();
+                    // The next in line may start too, if a slot is left (a
+                    // wake without one would only put it back to sleep).
+                    if running < target {
+                        line.wake_front();
+                    }
                     return true;
                 }
             }
@@ -951,6 +953,20 @@ struct Settle {
 /// busy worker makes two round trips per batch instead of two per task.
 async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
     let (done, mut rx) = oneshot::channel();
+    if !inner.broker.batch_settles() {
+        // In-process: a batch saves no round trip, and waiting for another
+        // handler's batch would add a wake-up.
+        settle_batch(
+            inner,
+            vec![Settle {
+                meta,
+                delivery,
+                done,
+            }],
+        )
+        .await;
+        return;
+    }
     inner.to_settle.lock().push(Settle {
         meta,
         delivery,

@@ -345,12 +345,16 @@ fn kill_9_of_a_worker_loses_no_task() {
 #[test]
 fn a_task_that_kills_its_worker_every_time_ends_in_the_dead_letter_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/broker.db?lease=0.5", dir.path().display());
+    // A lease long enough that a worker starved by a busy machine cannot
+    // lose its own claim before the task kills it (a second claim by the
+    // same worker would count as a delivery that crashed nothing).
+    let url = format!("sqlite://{}/broker.db?lease=2", dir.path().display());
     let out = celeriac(dir.path(), &["call", "celeriac.crash", "--broker", &url]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Each worker runs the task and dies with it (abort takes the process),
     // until the delivery limit sets the message aside.
     let mut crashes = 0;
+    let mut last_log = String::new();
     for _ in 0..3 {
         let mut w = WorkerProcess::start(dir.path(), Some(&url), &["--max-deliveries", "2"]);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -367,12 +371,13 @@ fn a_task_that_kills_its_worker_every_time_ends_in_the_dead_letter_queue() {
             Some(s) => {
                 assert!(!s.success(), "the crash task aborts its worker");
                 crashes += 1;
+                last_log = w.log();
             }
             None => {
-                let log = w.log();
+                last_log = w.log();
                 assert!(
-                    log.contains("delivered 2 times without being acknowledged"),
-                    "{log}"
+                    last_log.contains("delivered 2 times without being acknowledged"),
+                    "{last_log}"
                 );
                 break;
             }
@@ -380,7 +385,8 @@ fn a_task_that_kills_its_worker_every_time_ends_in_the_dead_letter_queue() {
     }
     assert_eq!(
         crashes, 2,
-        "two deliveries crashed a worker, the third was set aside"
+        "two deliveries crashed a worker, the third was set aside; the last worker's log:\n{}",
+        last_log
     );
     let list = celeriac(dir.path(), &["dlq", "list", "--broker", &url]);
     let text = stdout(&list);

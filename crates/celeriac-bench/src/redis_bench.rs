@@ -440,37 +440,23 @@ async fn measure(
         let (peak, peak_procs) = sampler.stop();
         let (hwm, _) = tree_sum(worker.pid(), "VmHWM");
         let n = cfg.n as f64;
-        let rates = |secs: &[f64]| secs.iter().map(|s| n / s).collect::<Vec<_>>();
-        let (enq_rates, e2e_rates) = (rates(&enq), rates(&e2e));
+        // A rate's line from the runs' durations: the median rate, the
+        // median seconds and every run's rate.
+        let rate = |metric: &'static str, secs: &[f64]| {
+            let rates: Vec<f64> = secs.iter().map(|s| n / s).collect();
+            Measurement::new("W1", system, metric, round(median(&rates), 1), "tasks/s")
+                .param("n", cfg.n as u64)
+                .param("seconds", round(median(secs), 4))
+                .param("runs", cfg.repeat as u64)
+                .param("samples", samples(&rates, 1))
+        };
         emit(common(
-            Measurement::new(
-                "W1",
-                system,
-                "enqueue_rate",
-                round(median(&enq_rates), 1),
-                "tasks/s",
-            )
-            .param("n", cfg.n as u64)
-            .param("seconds", round(median(&enq), 4))
-            .param("runs", cfg.repeat as u64)
-            .param("samples", samples(&enq_rates, 1))
-            .param("batch", CHUNK as u64),
+            rate("enqueue_rate", &enq).param("batch", CHUNK as u64),
             pool,
             c,
         ));
         emit(common(
-            Measurement::new(
-                "W1",
-                system,
-                "throughput",
-                round(median(&e2e_rates), 1),
-                "tasks/s",
-            )
-            .param("n", cfg.n as u64)
-            .param("seconds", round(median(&e2e), 4))
-            .param("runs", cfg.repeat as u64)
-            .param("samples", samples(&e2e_rates, 1))
-            .param("collect", "watch_many"),
+            rate("throughput", &e2e).param("collect", "watch_many"),
             pool,
             c,
         ));

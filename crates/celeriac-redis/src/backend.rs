@@ -12,6 +12,7 @@ use redis::aio::{ConnectionManager, PubSubSink};
 use redis::{AsyncCommands, Script};
 use tokio::sync::OnceCell;
 
+use crate::conn::MAX_BATCH;
 use crate::url::{RedisOptions, parse_redis_url};
 
 /// Writes each result unless a SUCCESS is already stored under its key, and
@@ -46,9 +47,6 @@ for i, key in ipairs(KEYS) do
 end
 return n
 "#;
-
-/// The most results one store script writes.
-const MAX_BATCH: usize = 1000;
 
 const META_PREFIX: &str = "celery-task-meta-";
 

@@ -11,15 +11,12 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::sync::OnceCell;
 
+use crate::conn::MAX_BATCH;
 use crate::url::{RedisOptions, parse_redis_url};
 
 /// kombu's priority steps and separator.
 const PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
 const SEP: &str = "\x06\x16";
-
-/// The most messages one claim or ack script handles (Lua's `unpack` has a
-/// stack limit of a few thousand values).
-const MAX_BATCH: usize = 1000;
 
 /// Pops from the lists in order and records every message in kombu's
 /// `unacked`/`unacked_index` and celeriac's claim table, atomically. Due

@@ -20,6 +20,10 @@ pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
+/// The most messages or results one script handles (Lua's `unpack` has a
+/// stack limit of a few thousand values).
+pub(crate) const MAX_BATCH: usize = 1000;
+
 /// How long one blocking wait lasts before it is re-issued. Messages on the
 /// lists the wait does not watch (other queues, priority sub-lists) are
 /// picked up by the claim that follows each wait, so this also bounds their

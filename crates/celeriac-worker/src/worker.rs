@@ -940,7 +940,8 @@ impl Drop for Slot<'_> {
 struct Settle {
     meta: Option<ResultMeta>,
     delivery: Delivery,
-    done: oneshot::Sender<()>,
+    /// Told when it is settled (none when its own handler settles it).
+    done: Option<oneshot::Sender<()>>,
 }
 
 /// Stores the result of a finished task and acks its message, batched with
@@ -952,25 +953,22 @@ struct Settle {
 /// is settled by its own handler without a hand-off to another task, and a
 /// busy worker makes two round trips per batch instead of two per task.
 async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
-    let (done, mut rx) = oneshot::channel();
     if !inner.broker.batch_settles() {
         // In-process: a batch saves no round trip, and waiting for another
         // handler's batch would add a wake-up.
-        settle_batch(
-            inner,
-            vec![Settle {
-                meta,
-                delivery,
-                done,
-            }],
-        )
-        .await;
+        let one = Settle {
+            meta,
+            delivery,
+            done: None,
+        };
+        settle_batch(inner, vec![one]).await;
         return;
     }
+    let (done, mut rx) = oneshot::channel();
     inner.to_settle.lock().push(Settle {
         meta,
         delivery,
-        done,
+        done: Some(done),
     });
     loop {
         if inner.settling_now.swap(true, Ordering::AcqRel) {
@@ -1016,30 +1014,37 @@ impl Drop for ClearOnDrop<'_> {
 }
 
 async fn settle_batch(inner: &Inner, batch: Vec<Settle>) {
-    let metas: Vec<ResultMeta> = batch.iter().filter_map(|s| s.meta.clone()).collect();
-    // Whether each task's result is stored (or needs no storing).
+    // Taken apart without copies: the results to store, and for each task
+    // whether it had one, its delivery and whom to tell.
+    let mut metas = Vec::with_capacity(batch.len());
+    let mut tasks = Vec::with_capacity(batch.len());
+    for s in batch {
+        tasks.push((s.meta.is_some(), s.delivery, s.done));
+        metas.extend(s.meta);
+    }
+    // Whether each result is stored.
     let stored: Vec<bool> = match inner.backend.store_many(&metas).await {
-        Ok(()) => vec![true; batch.len()],
+        Ok(()) => vec![true; metas.len()],
         Err(e) => {
             tracing::warn!(error = %e, count = metas.len(), "could not store a batch of results; storing them one by one");
-            let mut stored = Vec::with_capacity(batch.len());
-            for s in &batch {
-                stored.push(match &s.meta {
-                    Some(meta) => store(inner, meta).await,
-                    None => true,
-                });
+            let mut stored = Vec::with_capacity(metas.len());
+            for meta in &metas {
+                stored.push(store(inner, meta).await);
             }
             stored
         }
     };
-    let mut acks = Vec::with_capacity(batch.len());
+    let mut stored = stored.into_iter();
+    let mut acks = Vec::with_capacity(tasks.len());
     let mut back = Vec::new();
-    for (s, stored) in batch.iter().zip(&stored) {
-        if *stored {
-            acks.push(s.delivery.clone());
+    let mut dones = Vec::with_capacity(tasks.len());
+    for (has_meta, delivery, done) in tasks {
+        if !has_meta || stored.next().unwrap_or(false) {
+            acks.push(delivery);
         } else {
-            back.push(&s.delivery);
+            back.push(delivery);
         }
+        dones.extend(done);
     }
     match inner.broker.ack_many(&acks).await {
         Ok(held) => {
@@ -1053,13 +1058,13 @@ async fn settle_batch(inner: &Inner, batch: Vec<Settle>) {
             tracing::warn!(error = %e, count = acks.len(), "ack failed; the messages may be delivered again (their stored results make a redelivery skip them)");
         }
     }
-    for d in back {
+    for d in &back {
         if let Err(e) = inner.broker.requeue(d, Some(unix_now() + 1.0)).await {
             tracing::error!(error = %e, "could not requeue task after a failed result store; it returns when its lease lapses");
         }
     }
-    for s in batch {
-        let _ = s.done.send(());
+    for done in dones {
+        let _ = done.send(());
     }
 }
 

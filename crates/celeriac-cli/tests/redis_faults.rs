@@ -430,7 +430,10 @@ fn on_redis_a_revoke_before_any_worker_starts_is_honoured() {
 
 #[test]
 fn on_redis_a_poison_message_ends_in_the_dead_letter_queue() {
-    let Some(sc) = Scenario::start("?visibility_timeout=0.5") else {
+    // A lease long enough that a worker starved by a busy machine cannot
+    // lose its own claim before the task kills it (a second claim by the
+    // same worker would count as a delivery that crashed nothing).
+    let Some(sc) = Scenario::start("?visibility_timeout=2") else {
         return;
     };
     let ids = sc.send(vec![Call::new("celeriac.crash")]);
@@ -472,7 +475,13 @@ fn on_redis_a_poison_message_ends_in_the_dead_letter_queue() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    assert_eq!(crashes, 2);
+    let logs: Vec<String> = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(sc.logs.path().join(format!("poison-{i}.log")))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(crashes, 2, "the workers' logs:\n{}", logs.join("\n----\n"));
     let list = run(&["dlq", "list", "--broker", &sc.url]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(

@@ -10,16 +10,21 @@
 //! - [`task`]: the task model: [`Task`], typed [`Call`] handles, argument
 //!   binding ([`Args`]), the [`Registry`] and link-time registration.
 //! - [`broker`]: the [`Broker`] and [`ResultBackend`] extension traits.
+//! - [`execute`]: the [`Executor`] extension trait, which runs tasks on a
+//!   pool of threads, processes or async tasks ([`PoolKind`]).
+//! - [`options`]: a task's [`TaskOptions`]: retries, rate limit, acks,
+//!   and its pool.
 //! - [`error`]: typed errors for each of the above.
 //!
 //! Users normally depend on the `celeriac` facade crate instead.
 
 pub mod broker;
 pub mod error;
+pub mod execute;
 pub mod message;
+pub mod options;
 pub mod rate;
 pub mod result;
-pub mod retry;
 pub mod routes;
 pub mod task;
 pub mod time;
@@ -28,10 +33,11 @@ pub use broker::{
     Broker, DeadLetter, Delivery, NodeInfo, Outgoing, ResultBackend, ResultWatch, Waiters,
 };
 pub use error::{BackendError, BrokerError, CodecError, RegistryError, TaskError, TaskErrorKind};
+pub use execute::{Enforces, Executor, Ran, ResizeError};
 pub use message::{DeliveryInfo, Embed, Headers, Message, Properties};
+pub use options::{PoolKind, RetryDecision, TaskOptions, UnknownPool};
 pub use rate::RateLimit;
 pub use result::{ExceptionInfo, ResultMeta, State};
-pub use retry::{RetryDecision, TaskOptions, TaskPool};
 pub use routes::Routes;
 pub use task::{
     Args, AsyncRunFn, Call, CancelToken, IntoArgs, RegisteredTask, Registry, Task, TaskContext,

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{RegistryError, TaskError};
 use crate::message::Message;
-use crate::retry::TaskOptions;
+use crate::options::TaskOptions;
 
 /// The header that carries an idempotency key.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency_key";

@@ -207,7 +207,7 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
                 };
                 opts.pool = Some((variant.to_string(), lit.span()));
                 opts.policy
-                    .push(quote!(.pool(::celeriac::TaskPool::#variant)));
+                    .push(quote!(.pool(::celeriac::PoolKind::#variant)));
             }
             Meta::List(list) if list.path.is_ident("autoretry_for") => {
                 let names =

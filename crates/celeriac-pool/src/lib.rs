@@ -1,9 +1,11 @@
 //! # celeriac-pool
 //!
 //! The executors the celeriac worker runs tasks on: a resizable thread pool
-//! ([`ThreadPool`]), and a pool of child processes
-//! ([`process::ProcessPool`]) for crash isolation, hard time limits and
-//! memory limits.
+//! ([`ThreadPool`]), a pool of child processes ([`process::ProcessPool`])
+//! for crash isolation, hard time limits and memory limits, and the
+//! [`Executor`](celeriac_core::Executor)s over them ([`executor`]):
+//! [`ThreadExecutor`], [`ProcessExecutor`] and [`AsyncExecutor`] for
+//! `async fn` tasks.
 //!
 //! - [`ThreadPool`]: a cheap, cloneable handle to a pool of worker threads
 //!   fed by one FIFO queue. [`ThreadPool::spawn`] queues a fire-and-forget
@@ -44,12 +46,14 @@
 //! ```
 
 mod error;
+pub mod executor;
+mod job;
 mod pool;
 pub mod process;
 mod shared;
 mod spin;
-mod task;
 
 pub use error::{BuildError, Panicked, ResizeError, ShutdownError};
+pub use executor::{AsyncExecutor, ProcessExecutor, ThreadExecutor};
+pub use job::TaskHandle;
 pub use pool::{ThreadPool, ThreadPoolBuilder};
-pub use task::TaskHandle;

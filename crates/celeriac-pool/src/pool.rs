@@ -10,8 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{BuildError, ResizeError, ShutdownError};
+use crate::job::{Job, SpawnedJob, TaskCell, TaskHandle};
 use crate::shared::Shared;
-use crate::task::{Job, SpawnedJob, TaskCell, TaskHandle};
 
 /// Default prefix of worker thread names.
 const DEFAULT_THREAD_NAME: &str = "celeriac-pool";

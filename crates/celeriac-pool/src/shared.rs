@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::ResizeError;
+use crate::job::Job;
 use crate::spin::spin_until;
-use crate::task::Job;
 
 /// How long an idle worker spins for new work before sleeping.
 const SPIN_BUDGET: Duration = Duration::from_micros(50);

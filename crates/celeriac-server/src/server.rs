@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use celeriac_connect::{open_backend, open_broker};
 use celeriac_core::{
     BackendError, Broker, BrokerError, Call, Message, Outgoing, Registry, RegistryError,
     ResultBackend, ResultWatch, Routes, Task,
 };
-use celeriac_worker::{PoolKind, Worker, WorkerError, open_backend, open_broker};
+use celeriac_worker::{PoolKind, Worker, WorkerError};
 use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
 use tokio::runtime::Runtime;
@@ -331,7 +332,7 @@ impl ServerBuilder {
         let broker_url = self.broker.unwrap_or_else(|| "memory://".to_string());
         let backend_url = self
             .backend
-            .unwrap_or_else(|| celeriac_worker::default_backend_url(&broker_url));
+            .unwrap_or_else(|| celeriac_connect::default_backend_url(&broker_url));
         let broker = open_broker(&broker_url)?;
         let backend = open_backend(&backend_url)?;
         let queue = self.queue.unwrap_or_else(|| "celery".to_string());

@@ -1,11 +1,13 @@
-//! The contract every celeriac broker and result backend keeps, as async
-//! test functions. Each broker crate runs all of them against its own
-//! fixtures with [`broker_contract!`]:
+//! The contracts every celeriac broker, result backend and executor keep,
+//! as async test functions. Each executor runs
+//! [`executor::run_contract`]; each broker crate runs the broker contract
+//! against its own fixtures with [`broker_contract!`]:
 //!
 //! ```ignore
 //! celeriac_testkit::broker_contract!(memory_broker, make_memory_fixture);
 //! ```
 
+pub mod executor;
 pub mod process;
 pub mod redis_server;
 

@@ -24,55 +24,46 @@
 //! - a message that expired becomes REVOKED; one whose `eta` is in the
 //!   future goes back to the broker's delayed store, never held in memory.
 //!
-//! [`open_broker`] and [`open_backend`] turn URLs into brokers and backends.
+//! The worker knows brokers and backends only by their traits: turning a
+//! URL into one is `celeriac-connect`'s job.
+//!
+//! # The lifecycle, and the file for each step
+//!
+//! ```text
+//!  worker.rs   claim loop ── claims up to `room` messages ──┐
+//!  line.rs     reserve: a slot and a place in line          │  one handler
+//!  settle.rs   hold: in the ledger, lease renewed           │  per message
+//!  admit.rs    gates: poison, malformed, revoked, expired,  ▼
+//!              eta, idempotency, redelivered, unregistered ── Skip(Disposition) ─┐
+//!              rate limit                                                        │
+//!  line.rs     wait for an execution slot (in claim order)                       │
+//!  admit.rs    gates again: revoked or expired meanwhile ──── Skip(Disposition) ─┤
+//!  execute.rs  run on the task's executor (celeriac-pool)                        │
+//!  decide.rs   pure: run + TaskOptions → Decision → Disposition                  │
+//!  settle.rs   the only place that acks, requeues, dead-letters, stores, ◄───────┘
+//!              or publishes a retry (batched where the broker gains)
+//!
+//!  observe.rs  counters and observers, told at each transition
+//!  control.rs  revokes of reserved messages, terminate of running tasks
+//!  chores.rs   heartbeat, lease renewal, autoscale
+//!  config.rs   WorkerBuilder and the immutable Config
+//! ```
 
-mod connect;
+mod admit;
+mod chores;
+mod config;
+mod control;
+mod decide;
+mod execute;
+mod line;
+mod observe;
+mod settle;
 mod worker;
 
-pub use connect::{default_backend_url, open_backend, open_broker};
-pub use worker::{DEFAULT_PREFETCH_MULTIPLIER, Worker, WorkerBuilder, WorkerStats};
-
-/// Which pool executes tasks (`celeriac worker -P ...`).
-///
-/// Whatever the kind, an `async fn` task runs on the async executor, and a
-/// task's own `#[task(pool = "...")]` choice wins for blocking tasks; this
-/// is the pool for the rest.
-///
-/// # Examples
-///
-/// ```
-/// use celeriac_worker::PoolKind;
-/// assert_eq!("threads".parse::<PoolKind>().unwrap(), PoolKind::Threads);
-/// assert_eq!("prefork".parse::<PoolKind>().unwrap(), PoolKind::Processes);
-/// assert_eq!("async".parse::<PoolKind>().unwrap(), PoolKind::Async);
-/// assert!("gevent".parse::<PoolKind>().is_err());
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum PoolKind {
-    /// A thread pool (shared memory; the default).
-    #[default]
-    Threads,
-    /// A pool of child processes: crash isolation, hard time limits,
-    /// memory limits and recycling. The program must call
-    /// `celeriac::init()` first thing in `main`.
-    Processes,
-    /// The async executor, for `async fn` tasks at high concurrency;
-    /// blocking tasks still run on threads.
-    Async,
-}
-
-impl std::str::FromStr for PoolKind {
-    type Err = WorkerError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "threads" => Ok(PoolKind::Threads),
-            "processes" | "prefork" => Ok(PoolKind::Processes),
-            "async" => Ok(PoolKind::Async),
-            other => Err(WorkerError::UnsupportedPool(other.to_string())),
-        }
-    }
-}
+pub use celeriac_core::PoolKind;
+pub use config::{DEFAULT_PREFETCH_MULTIPLIER, WorkerBuilder};
+pub use observe::{Observer, RevokedBy, TaskEvent, WorkerStats};
+pub use worker::Worker;
 
 /// Errors starting a worker.
 #[derive(Debug, thiserror::Error)]
@@ -101,4 +92,10 @@ pub enum WorkerError {
         /// The maximum asked for.
         max: usize,
     },
+}
+
+impl From<celeriac_core::UnknownPool> for WorkerError {
+    fn from(e: celeriac_core::UnknownPool) -> Self {
+        WorkerError::UnsupportedPool(e.0)
+    }
 }

@@ -32,14 +32,16 @@ extern crate self as celeriac;
 
 pub mod builtins;
 
+pub use celeriac_connect::{default_backend_url, open_backend, open_broker};
 pub use celeriac_core::CancelToken;
 pub use celeriac_core::time;
 pub use celeriac_core::{
     Args, BackendError, Broker, BrokerError, Call, CodecError, DeadLetter, Delivery, Message,
     NodeInfo, Outgoing, RateLimit, Registry, RegistryError, ResultBackend, ResultMeta,
     RetryDecision, Routes, State, Task, TaskContext, TaskDef, TaskError, TaskErrorKind, TaskFuture,
-    TaskOptions, TaskPool,
+    TaskOptions,
 };
+pub use celeriac_core::{Enforces, Executor, PoolKind, Ran};
 pub use celeriac_embedded::{
     MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker, default_db_path,
 };
@@ -48,12 +50,12 @@ pub use celeriac_pool::process::{
     Outcome, PoolClosed, ProcessJob, ProcessPool, ProcessPoolBuilder, ProcessPoolError,
     ProcessPoolStats,
 };
+pub use celeriac_pool::{AsyncExecutor, ProcessExecutor, ThreadExecutor};
 pub use celeriac_server::{
     Job, JobError, NodeStats, Server, ServerBuilder, ServerError, Stats, Template,
 };
 pub use celeriac_worker::{
-    DEFAULT_PREFETCH_MULTIPLIER, PoolKind, Worker, WorkerBuilder, WorkerStats, default_backend_url,
-    open_backend, open_broker,
+    DEFAULT_PREFETCH_MULTIPLIER, Observer, RevokedBy, TaskEvent, Worker, WorkerBuilder, WorkerStats,
 };
 
 /// Turns a function into a task.
@@ -102,7 +104,7 @@ pub use celeriac_worker::{
 ///   duplicate name is refused at startup.
 ///
 /// - `pool = "threads" | "processes" | "async"` chooses the pool that runs
-///   the task (see [`TaskPool`]); without it, an `async fn` runs on the
+///   the task (see [`PoolKind`]); without it, an `async fn` runs on the
 ///   async executor and a blocking fn on the worker's pool (`-P`).
 ///
 /// An `async fn` becomes an async task. It runs on the worker's tokio

@@ -1,4 +1,15 @@
-//! Broker and result backend URLs.
+//! # celeriac-connect
+//!
+//! Turns URLs into brokers and result backends: the one place that knows
+//! every broker crate, so that the worker, the job server and the client
+//! depend only on the traits of `celeriac-core`, and a new broker is added
+//! here without touching them.
+//!
+//! | scheme | broker and backend | crate |
+//! |---|---|---|
+//! | `memory://[NAME]` | in this process | `celeriac-embedded` |
+//! | `sqlite://PATH` | a file shared by processes on one machine | `celeriac-embedded` |
+//! | `redis://`, `rediss://`, `redis+unix://` | Redis | `celeriac-redis` |
 
 use std::sync::Arc;
 
@@ -12,9 +23,9 @@ use celeriac_redis::{RedisBackend, RedisBroker};
 /// # Examples
 ///
 /// ```
-/// let broker = celeriac_worker::open_broker("memory://").unwrap();
+/// let broker = celeriac_connect::open_broker("memory://").unwrap();
 /// assert_eq!(broker.url(), "memory://");
-/// assert!(celeriac_worker::open_broker("carrier-pigeon://").is_err());
+/// assert!(celeriac_connect::open_broker("carrier-pigeon://").is_err());
 /// ```
 pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
     let scheme = url.split("://").next().unwrap_or_default();

@@ -1,6 +1,8 @@
-//! Retry policy: Celery's `max_retries`, `default_retry_delay`,
-//! `retry_backoff`, `retry_backoff_max`, `retry_jitter` and
-//! `autoretry_for`, plus the task's `rate_limit`.
+//! A task's options ([`TaskOptions`]): its retry policy (Celery's
+//! `max_retries`, `default_retry_delay`, `retry_backoff`,
+//! `retry_backoff_max`, `retry_jitter` and `autoretry_for`), its
+//! `rate_limit`, its acknowledgement policy and the pool it runs on
+//! ([`PoolKind`], the one pool enum of the workspace).
 
 use crate::error::{TaskError, TaskErrorKind};
 use crate::rate::RateLimit;
@@ -34,37 +36,79 @@ pub struct TaskOptions {
     retry_jitter: bool,
     autoretry_for: &'static [&'static str],
     rate_limit: Option<RateLimit>,
-    pool: Option<TaskPool>,
+    pool: Option<PoolKind>,
     reject_on_worker_lost: bool,
     acks_late: bool,
 }
 
-/// Which pool runs a task, when the task chooses (`#[task(pool = "...")]`).
+/// Which pool runs tasks: the worker's pool (`celeriac worker -P ...`), or
+/// a task's own choice (`#[task(pool = "...")]`), which wins for that task.
 ///
 /// Without a choice, `async fn` tasks run on the async executor and other
-/// tasks on the worker's pool (`-P`, threads by default). A blocking task
-/// never runs on the async executor: on a `-P async` worker it goes to
-/// threads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// tasks on the worker's pool (threads by default). A blocking task never
+/// runs on the async executor: on a `-P async` worker it goes to threads.
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::PoolKind;
+/// assert_eq!("threads".parse::<PoolKind>().unwrap(), PoolKind::Threads);
+/// assert_eq!("prefork".parse::<PoolKind>().unwrap(), PoolKind::Processes);
+/// assert_eq!("async".parse::<PoolKind>().unwrap(), PoolKind::Async);
+/// assert!("gevent".parse::<PoolKind>().is_err());
+/// assert_eq!(PoolKind::default(), PoolKind::Threads);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
-pub enum TaskPool {
-    /// The thread pool (shared memory, cheapest hand-off).
+pub enum PoolKind {
+    /// A thread pool (shared memory, cheapest hand-off; the default).
+    #[default]
     Threads,
-    /// The process pool (crash isolation, hard time and memory limits).
+    /// A pool of child processes: crash isolation, hard time limits,
+    /// memory limits and recycling. The program must call
+    /// `celeriac::init()` first thing in `main`.
     Processes,
-    /// The async executor (only for `async fn` tasks).
+    /// The async executor, for `async fn` tasks at high concurrency;
+    /// blocking tasks still run on threads.
     Async,
 }
 
-impl TaskPool {
+/// The name of a pool that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown pool {0:?}: use threads, processes or async")]
+pub struct UnknownPool(pub String);
+
+impl PoolKind {
     /// Parses `threads`, `processes` (or `prefork`) and `async`.
-    pub const fn parse(s: &str) -> Option<TaskPool> {
+    pub const fn parse(s: &str) -> Option<PoolKind> {
         match s.as_bytes() {
-            b"threads" => Some(TaskPool::Threads),
-            b"processes" | b"prefork" => Some(TaskPool::Processes),
-            b"async" => Some(TaskPool::Async),
+            b"threads" => Some(PoolKind::Threads),
+            b"processes" | b"prefork" => Some(PoolKind::Processes),
+            b"async" => Some(PoolKind::Async),
             _ => None,
         }
+    }
+
+    /// The pool's name as `-P` takes it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PoolKind::Threads => "threads",
+            PoolKind::Processes => "processes",
+            PoolKind::Async => "async",
+        }
+    }
+}
+
+impl std::str::FromStr for PoolKind {
+    type Err = UnknownPool;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PoolKind::parse(s).ok_or_else(|| UnknownPool(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for PoolKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -148,7 +192,7 @@ impl TaskOptions {
     }
 
     /// Runs the task on this pool rather than the worker's default.
-    pub const fn pool(mut self, pool: TaskPool) -> Self {
+    pub const fn pool(mut self, pool: PoolKind) -> Self {
         self.pool = Some(pool);
         self
     }
@@ -185,7 +229,7 @@ impl TaskOptions {
     }
 
     /// The pool the task asked for, if any.
-    pub fn pool_choice(&self) -> Option<TaskPool> {
+    pub fn pool_choice(&self) -> Option<PoolKind> {
         self.pool
     }
 

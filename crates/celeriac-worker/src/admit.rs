@@ -1,0 +1,297 @@
+//! Admit: the gates a claimed message passes before it runs. Each gate
+//! either lets it through or says what becomes of it instead
+//! ([`Admission::Skip`] with a [`Disposition`]):
+//!
+//! 1. poison: delivered more than `max_deliveries` times → dead letter;
+//! 2. malformed or too large → dead letter;
+//! 3. revoked (checked by the broker at claim time) → REVOKED;
+//! 4. expired → REVOKED;
+//! 5. an `eta` in the future → back to the broker's delayed store;
+//! 6. an idempotency key another task holds → that task's result;
+//! 7. redelivered but already finished → acknowledged, not run again;
+//! 8. no task of that name → FAILURE `NotRegistered` and dead letter;
+//!
+//! then, once the message has its place: the rate limit ([`rate`]), and
+//! after the wait for a slot, a revoke or expiry that came meanwhile
+//! ([`after_wait`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_core::time::unix_now;
+use celeriac_core::{Delivery, Message, RateLimit, RegisteredTask, ResultMeta, TaskError};
+use parking_lot::Mutex;
+
+use crate::decide::{Disposition, result_meta};
+use crate::line::Slot;
+use crate::observe::{RevokedBy, TaskEvent};
+use crate::worker::Inner;
+
+/// How long an idempotency key is remembered (as long as results are).
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(86_400);
+
+/// A rate-limit wait longer than this gives the message back to the
+/// broker (delayed) instead of holding a slot.
+const MAX_RATE_WAIT: f64 = 2.0;
+
+/// What the gates say of a message.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// It may run.
+    Run(Admitted),
+    /// It will not run; `msg` is the message if it could be decoded.
+    Skip {
+        /// The decoded message.
+        msg: Option<Message>,
+        /// What becomes of it (boxed: skips are the rare path).
+        disposition: Box<Disposition>,
+    },
+}
+
+/// A message the gates let through, with its task.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub(crate) msg: Message,
+    pub(crate) task: Arc<RegisteredTask>,
+}
+
+fn skip(msg: Option<Message>, disposition: Disposition) -> Admission {
+    Admission::Skip {
+        msg,
+        disposition: Box::new(disposition),
+    }
+}
+
+/// Runs the gates up to the task's lookup (1 to 8 above).
+pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
+    let cfg = &inner.config;
+    if cfg.max_deliveries > 0 && d.deliveries > cfg.max_deliveries {
+        let reason = format!(
+            "poison message: delivered {} times without being acknowledged (its worker crashed or was killed each time)",
+            d.deliveries - 1
+        );
+        tracing::error!(queue = %d.queue, deliveries = d.deliveries, "{reason}; moving it to the dead-letter queue");
+        return skip(
+            None,
+            Disposition::DeadLetter {
+                reason,
+                result: None,
+            },
+        );
+    }
+    let msg = match Message::decode_with_limit(&d.payload, cfg.max_body) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(queue = %d.queue, error = %e, bytes = d.payload.len(),
+                "malformed message; moving it to the dead-letter queue");
+            return skip(
+                None,
+                Disposition::DeadLetter {
+                    reason: e.to_string(),
+                    result: None,
+                },
+            );
+        }
+    };
+    let ev = TaskEvent {
+        message: &msg,
+        delivery: d,
+        hostname: &cfg.nodename,
+    };
+    inner.notify.received(&ev);
+    let id = msg.id();
+    let name = msg.task();
+    let now = unix_now();
+
+    if d.revoked {
+        tracing::info!(task_id = %id, task = %name, "task revoked; marking REVOKED");
+        let disposition = revoked(inner, &ev, RevokedBy::Revoke);
+        return skip(Some(msg), disposition);
+    }
+    if let Some(exp) = msg.expires_unix().filter(|&e| e < now) {
+        tracing::info!(task_id = %id, task = %name, expired_at = exp, "task expired; marking REVOKED");
+        let disposition = revoked(inner, &ev, RevokedBy::Expiry);
+        return skip(Some(msg), disposition);
+    }
+    if let Some(eta) = msg.eta_unix().filter(|&e| e > now + 0.005) {
+        // A delayed message the broker did not hold back (e.g. from a
+        // foreign producer): put it in the broker's delayed store.
+        return skip(
+            Some(msg),
+            Disposition::Requeue {
+                not_before: Some(eta),
+                why: "deferring an eta task",
+            },
+        );
+    }
+    if let Some(key) = msg.idempotency_key() {
+        match inner.backend.claim_key(key, id, IDEMPOTENCY_TTL).await {
+            Ok(None) => {}
+            Ok(Some(holder)) if holder == id => {}
+            Ok(Some(holder)) => {
+                let disposition = duplicate_of(inner, &msg, key, &holder).await;
+                return skip(Some(msg), disposition);
+            }
+            Err(e) => {
+                tracing::error!(task_id = %id, error = %e, "could not claim the idempotency key; retrying later");
+                return skip(
+                    Some(msg),
+                    requeue_in(now, 1.0, "idempotency key unavailable"),
+                );
+            }
+        }
+    }
+    if d.redelivered {
+        // A worker that died after storing the result but before the ack
+        // leaves a finished task to be delivered again: skip it.
+        if let Ok(Some(meta)) = inner.backend.get(id).await
+            && meta.status.is_ready()
+        {
+            tracing::info!(task_id = %id, task = %name, status = %meta.status,
+                "redelivered task already finished; skipping it");
+            inner.notify.duplicate();
+            return skip(Some(msg), Disposition::Done { result: None });
+        }
+    }
+    let Some(task) = inner.registry.get(name).cloned() else {
+        tracing::error!(task_id = %id, task = %name, "received unregistered task; moving it to the dead-letter queue");
+        let err = TaskError::not_registered(name);
+        let meta = result_meta(
+            cfg.meta_facts(),
+            &msg,
+            &d.queue,
+            ResultMeta::failure(id, &err),
+            None,
+        );
+        inner.notify.failed(&ev, &err, None);
+        let reason = format!("unknown task {name:?}");
+        return skip(
+            Some(msg),
+            Disposition::DeadLetter {
+                reason,
+                result: Some(meta),
+            },
+        );
+    };
+    if msg.embed.callbacks.is_some()
+        || msg.embed.chain.as_ref().is_some_and(|c| !c.is_empty())
+        || msg.embed.chord.is_some()
+    {
+        tracing::warn!(task_id = %id, "message carries canvas callbacks/chain/chord; celeriac does not run them yet");
+    }
+    Admission::Run(Admitted { msg, task })
+}
+
+/// REVOKED (`by` a revoke or expiry) for a task that will not run.
+fn revoked(inner: &Inner, ev: &TaskEvent<'_>, by: RevokedBy) -> Disposition {
+    inner.notify.revoked(ev, by);
+    let why = match by {
+        RevokedBy::Revoke => "revoked",
+        RevokedBy::Expiry => "expired",
+    };
+    let msg = ev.message;
+    let meta = result_meta(
+        inner.config.meta_facts(),
+        msg,
+        &ev.delivery.queue,
+        ResultMeta::failure(msg.id(), &TaskError::revoked(why)),
+        None,
+    );
+    Disposition::Done { result: Some(meta) }
+}
+
+fn requeue_in(now: f64, secs: f64, why: &'static str) -> Disposition {
+    Disposition::Requeue {
+        not_before: Some(now + secs),
+        why,
+    }
+}
+
+/// A task whose idempotency key another task holds: it gets that task's
+/// result once there is one, without running.
+async fn duplicate_of(inner: &Inner, msg: &Message, key: &str, holder: &str) -> Disposition {
+    let id = msg.id();
+    match inner.backend.get(holder).await {
+        Ok(Some(meta)) if meta.status.is_ready() => {
+            tracing::info!(task_id = %id, key, first = %holder, "duplicate of an idempotent task; reusing its result");
+            inner.notify.duplicate();
+            let mut copy = meta;
+            copy.task_id = id.to_string();
+            Disposition::Done { result: Some(copy) }
+        }
+        // The first task has not finished yet: look again shortly.
+        Ok(_) => requeue_in(unix_now(), 0.5, "waiting for the first idempotent task"),
+        Err(e) => {
+            tracing::error!(task_id = %id, error = %e, "could not read the first task's result; retrying later");
+            requeue_in(unix_now(), 1.0, "waiting for the first idempotent task")
+        }
+    }
+}
+
+/// Per-worker (not global) rate-limit buckets: each task name's
+/// theoretical arrival time (GCRA).
+#[derive(Debug, Default)]
+pub(crate) struct LocalRates(Mutex<HashMap<String, f64>>);
+
+/// Waits until the rate limit lets task `name` start. A wait longer than a
+/// couple of seconds gives the message back to the broker (delayed) instead
+/// of holding a slot: then the disposition is returned.
+pub(crate) async fn rate(
+    inner: &Inner,
+    name: &str,
+    limit: RateLimit,
+    slot: &mut Slot<'_>,
+) -> Option<Disposition> {
+    let key = format!("celeriac.rate.{name}");
+    loop {
+        let wait = if limit.is_global() {
+            match inner.broker.rate_wait(&key, limit.interval()).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(task = %name, error = %e, "rate limit bucket unavailable; waiting");
+                    1.0
+                }
+            }
+        } else {
+            let mut local = inner.rates.0.lock();
+            match celeriac_core::rate::gcra(local.get(name).copied(), unix_now(), limit.interval())
+            {
+                Ok(tat) => {
+                    local.insert(name.to_string(), tat);
+                    0.0
+                }
+                Err(w) => w,
+            }
+        };
+        if wait <= 0.0 {
+            return None;
+        }
+        if wait > MAX_RATE_WAIT {
+            return Some(requeue_in(unix_now(), wait, "rate limited"));
+        }
+        // Out of line while it waits: the messages behind it start.
+        slot.step_aside();
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    }
+}
+
+/// The gates again after the wait for a slot: a revoke that arrived while
+/// the message was reserved (`revoked_meanwhile`), or an expiry that
+/// passed.
+pub(crate) fn after_wait(
+    inner: &Inner,
+    ev: &TaskEvent<'_>,
+    revoked_meanwhile: bool,
+) -> Option<Disposition> {
+    let msg = ev.message;
+    if revoked_meanwhile {
+        tracing::info!(task_id = %msg.id(), task = %msg.task(), "task revoked while reserved; marking REVOKED");
+        return Some(revoked(inner, ev, RevokedBy::Revoke));
+    }
+    if let Some(exp) = msg.expires_unix().filter(|&e| e < unix_now()) {
+        tracing::info!(task_id = %msg.id(), task = %msg.task(), expired_at = exp, "task expired while reserved; marking REVOKED");
+        return Some(revoked(inner, ev, RevokedBy::Expiry));
+    }
+    None
+}

@@ -1,0 +1,344 @@
+//! The worker's configuration: [`WorkerBuilder`], and the immutable
+//! [`Config`] a built worker reads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_core::message::DEFAULT_MAX_BODY;
+use celeriac_core::{Broker, PoolKind, RateLimit, Registry, ResultBackend};
+use celeriac_pool::ThreadPool;
+
+use crate::WorkerError;
+use crate::decide::MetaFacts;
+use crate::observe::Observer;
+use crate::worker::Worker;
+
+/// Celery's default `worker_prefetch_multiplier`: a worker reserves up to
+/// this many messages per execution slot.
+pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 4;
+
+/// Configures a [`Worker`].
+#[derive(Debug)]
+pub struct WorkerBuilder {
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    registry: Arc<Registry>,
+    concurrency: Option<usize>,
+    queues: Vec<String>,
+    nodename: Option<String>,
+    max_body: usize,
+    heartbeat: Duration,
+    renew_every: Duration,
+    pool: Option<ThreadPool>,
+    result_extended: bool,
+    max_deliveries: u32,
+    rate_limits: HashMap<String, RateLimit>,
+    kind: PoolKind,
+    procs: ProcessOptions,
+    time_limit: Option<Duration>,
+    soft_time_limit: Option<Duration>,
+    autoscale: Option<(usize, usize)>,
+    autoscale_keepalive: Duration,
+    prefetch_multiplier: usize,
+    observers: Vec<Arc<dyn Observer>>,
+}
+
+/// Settings of the worker's process pool.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProcessOptions {
+    pub(crate) max_tasks_per_child: Option<u64>,
+    pub(crate) max_memory_per_child: Option<u64>,
+    pub(crate) program: Option<std::path::PathBuf>,
+}
+
+/// What a built worker knows of its configuration; it never changes.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) queues: Vec<String>,
+    pub(crate) nodename: String,
+    pub(crate) max_body: usize,
+    pub(crate) heartbeat: Duration,
+    pub(crate) renew_every: Duration,
+    pub(crate) result_extended: bool,
+    pub(crate) max_deliveries: u32,
+    pub(crate) rate_limits: HashMap<String, RateLimit>,
+    pub(crate) time_limit: Option<Duration>,
+    pub(crate) soft_time_limit: Option<Duration>,
+    pub(crate) autoscale: Option<(usize, usize)>,
+    pub(crate) autoscale_keepalive: Duration,
+}
+
+impl Config {
+    /// What every stored result carries from the worker.
+    pub(crate) fn meta_facts(&self) -> MetaFacts<'_> {
+        MetaFacts {
+            nodename: &self.nodename,
+            extended: self.result_extended,
+        }
+    }
+}
+
+/// The parts a [`Worker`] is made of, checked and ready.
+#[derive(Debug)]
+pub(crate) struct Parts {
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) backend: Arc<dyn ResultBackend>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) config: Config,
+    pub(crate) kind: PoolKind,
+    pub(crate) threads: ThreadPool,
+    pub(crate) procs: ProcessOptions,
+    pub(crate) concurrency: usize,
+    pub(crate) prefetch: usize,
+    pub(crate) observers: Vec<Arc<dyn Observer>>,
+}
+
+impl WorkerBuilder {
+    pub(crate) fn new(
+        broker: Arc<dyn Broker>,
+        backend: Arc<dyn ResultBackend>,
+        registry: Arc<Registry>,
+    ) -> Self {
+        WorkerBuilder {
+            broker,
+            backend,
+            registry,
+            concurrency: None,
+            queues: vec![celeriac_core::message::DEFAULT_QUEUE.to_string()],
+            nodename: None,
+            max_body: DEFAULT_MAX_BODY,
+            heartbeat: Duration::from_secs(2),
+            renew_every: Duration::from_secs(10),
+            pool: None,
+            result_extended: false,
+            max_deliveries: 5,
+            rate_limits: HashMap::new(),
+            kind: PoolKind::Threads,
+            procs: ProcessOptions::default(),
+            time_limit: None,
+            soft_time_limit: None,
+            autoscale: None,
+            autoscale_keepalive: Duration::from_secs(30),
+            prefetch_multiplier: DEFAULT_PREFETCH_MULTIPLIER,
+            observers: Vec::new(),
+        }
+    }
+
+    /// Which pool runs blocking tasks (default threads); see [`PoolKind`].
+    pub fn pool_kind(mut self, kind: PoolKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Process pool: retire a child after this many tasks.
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.procs.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// Process pool: retire a child after a task that leaves its peak
+    /// resident set above this many bytes.
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.procs.max_memory_per_child = Some(bytes);
+        self
+    }
+
+    /// Process pool: the program children run (default: this one). It must
+    /// call `celeriac::init()` first thing in `main`.
+    pub fn process_program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.procs.program = Some(path.into());
+        self
+    }
+
+    /// Default hard time limit of every task (Celery's `task_time_limit`);
+    /// a message's own `timelimit` wins. Enforced by killing the child on
+    /// the process pool and by cancelling the future on the async pool; a
+    /// thread cannot be killed, so the thread pool only applies soft limits.
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
+    /// Default soft time limit of every task (Celery's
+    /// `task_soft_time_limit`): the task's `TaskContext::is_cancelled`
+    /// turns true, on every pool.
+    pub fn soft_time_limit(mut self, limit: Duration) -> Self {
+        self.soft_time_limit = Some(limit);
+        self
+    }
+
+    /// Scales concurrency between `min` and `max` with the queue depth
+    /// (Celery's `--autoscale=max,min`): up at once when messages wait,
+    /// down after [`autoscale_keepalive`](Self::autoscale_keepalive) of
+    /// lower demand.
+    pub fn autoscale(mut self, min: usize, max: usize) -> Self {
+        self.autoscale = Some((min, max));
+        self
+    }
+
+    /// How long demand must stay lower before autoscale shrinks the worker
+    /// (default 30 s, as Celery).
+    pub fn autoscale_keepalive(mut self, keepalive: Duration) -> Self {
+        self.autoscale_keepalive = keepalive;
+        self
+    }
+
+    /// The most messages the worker reserves per execution slot (Celery's
+    /// `worker_prefetch_multiplier`, default
+    /// [`DEFAULT_PREFETCH_MULTIPLIER`]). Unlike Celery, the worker reserves
+    /// ahead only while the tasks are short: only as many messages per
+    /// slot as it expects to start within 50 ms, from the average runtime
+    /// of recent tasks, so a message never waits behind long tasks while
+    /// another worker is idle. Reserved messages are claimed with a lease
+    /// that is renewed until they are settled, start in claim order, and
+    /// honour revokes and expiry that arrive while they wait. 1 claims only
+    /// for free slots; 0 counts as 1.
+    pub fn prefetch_multiplier(mut self, n: usize) -> Self {
+        self.prefetch_multiplier = n.max(1);
+        self
+    }
+
+    /// Execution slots (threads). Defaults to the number of CPUs.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = Some(n);
+        self
+    }
+
+    /// Queues to consume, in priority order. Defaults to `celery`.
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The node name, e.g. `w1@host`. Defaults to `celeriac@<hostname>`.
+    pub fn nodename(mut self, name: impl Into<String>) -> Self {
+        self.nodename = Some(name.into());
+        self
+    }
+
+    /// Largest message body accepted; larger ones are dead-lettered.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// How often the worker announces itself (default 2 s, as Celery).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// How often leases of running tasks are renewed at most (default 10 s).
+    /// The worker renews at least three times per broker lease
+    /// (`Broker::lease`), whatever this says.
+    pub fn renew_every(mut self, every: Duration) -> Self {
+        self.renew_every = every;
+        self
+    }
+
+    /// Also store each task's args and kwargs with its result, like
+    /// Celery's `result_extended` (default off, as in Celery). The task name,
+    /// worker, queue, retries and runtime are always stored.
+    pub fn result_extended(mut self, on: bool) -> Self {
+        self.result_extended = on;
+        self
+    }
+
+    /// A message delivered more than this many times without being
+    /// acknowledged (its worker crashed or was killed every time) is a
+    /// poison message: it is moved to the dead-letter queue instead of
+    /// being run again. Default 5; 0 disables the limit.
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n;
+        self
+    }
+
+    /// Limits how often task `name` starts, overriding its own
+    /// `rate_limit` (like Celery's `rate_limit` control command). A global
+    /// limit is shared by every worker on the broker.
+    pub fn rate_limit(mut self, name: impl Into<String>, limit: RateLimit) -> Self {
+        self.rate_limits.insert(name.into(), limit);
+        self
+    }
+
+    /// Runs tasks on this pool instead of a new one.
+    pub fn pool(mut self, pool: ThreadPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Adds an [`Observer`] that hears of every task's transitions
+    /// (received, started, succeeded, failed, retried, revoked, rejected,
+    /// requeued).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    /// Builds the worker. It starts consuming when [`Worker::run`] is
+    /// awaited.
+    pub fn build(self) -> Result<Worker, WorkerError> {
+        if self.queues.is_empty() {
+            return Err(WorkerError::NoQueues);
+        }
+        if let Some((min, max)) = self.autoscale
+            && (min == 0 || min > max)
+        {
+            return Err(WorkerError::Autoscale { min, max });
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let concurrency = match (self.concurrency, self.autoscale) {
+            (Some(0), _) => return Err(WorkerError::ZeroConcurrency),
+            (_, Some((min, _))) => min,
+            (Some(n), None) => n,
+            (None, None) if self.kind == PoolKind::Async => 100,
+            (None, None) => cpus,
+        };
+        let threads = crate::execute::thread_count(self.kind, concurrency);
+        let threads = match self.pool {
+            Some(p) => {
+                p.set_threads(threads)
+                    .map_err(|_| WorkerError::ZeroConcurrency)?;
+                p
+            }
+            None => ThreadPool::builder()
+                .thread_name("celeriac-task")
+                .threads(threads)
+                .build()
+                .map_err(|e| WorkerError::Pool(e.to_string()))?,
+        };
+        let nodename = self
+            .nodename
+            .unwrap_or_else(|| format!("celeriac@{}", celeriac_core::message::hostname()));
+        Worker::from_parts(Parts {
+            broker: self.broker,
+            backend: self.backend,
+            registry: self.registry,
+            config: Config {
+                queues: self.queues,
+                nodename,
+                max_body: self.max_body,
+                heartbeat: self.heartbeat,
+                renew_every: self.renew_every,
+                result_extended: self.result_extended,
+                max_deliveries: self.max_deliveries,
+                rate_limits: self.rate_limits,
+                time_limit: self.time_limit,
+                soft_time_limit: self.soft_time_limit,
+                autoscale: self.autoscale,
+                autoscale_keepalive: self.autoscale_keepalive,
+            },
+            kind: self.kind,
+            threads,
+            procs: self.procs,
+            concurrency,
+            prefetch: self.prefetch_multiplier,
+            observers: self.observers,
+        })
+    }
+}

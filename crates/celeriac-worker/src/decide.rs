@@ -1,0 +1,409 @@
+//! Decide: from how a run ended and the task's options to what becomes of
+//! the message ([`Disposition`]) and what is reported ([`Decision`]).
+//!
+//! Everything here is pure: no IO, no clock, no logging. The caller passes
+//! the random number for retry jitter and the current time, so every rule
+//! can be tested on its own.
+
+use std::time::Duration;
+
+use celeriac_core::{
+    Message, Ran, ResultMeta, RetryDecision, State, TaskError, TaskErrorKind, TaskOptions,
+};
+use serde_json::Value;
+
+/// What becomes of a message; [`settle`](crate::settle) carries it out, and
+/// is the only module that does.
+///
+/// Canvas will add a case here (publish the next messages of a chain,
+/// group or chord, then settle as `Done`).
+#[derive(Debug)]
+pub(crate) enum Disposition {
+    /// The task is finished: store `result` (none with `ignore_result`, or
+    /// when a stored one is reused as is), then acknowledge the message.
+    Done {
+        /// The result to store.
+        result: Option<ResultMeta>,
+    },
+    /// Put the message back on its queue, claimable at once or from unix
+    /// time `not_before`.
+    Requeue {
+        /// When it may be claimed again.
+        not_before: Option<f64>,
+        /// Why, for the log line if the requeue fails.
+        why: &'static str,
+    },
+    /// Store `result` if any, then move the message to the dead-letter
+    /// store with `reason`.
+    DeadLetter {
+        /// Why it is set aside.
+        reason: String,
+        /// A result to store first (an unknown task's FAILURE).
+        result: Option<ResultMeta>,
+    },
+    /// Celery's retry: store RETRY, publish `next` (the same task id, one
+    /// more retry, an eta `countdown` seconds away), then acknowledge.
+    Retry {
+        /// The RETRY result.
+        result: ResultMeta,
+        /// The next attempt.
+        next: Box<Message>,
+        /// Seconds until it is due.
+        countdown: f64,
+        /// The error that asked for it.
+        error: TaskError,
+    },
+}
+
+/// What a finished run means, with the disposition of its message.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// It returned a value.
+    Succeeded {
+        /// SUCCESS, with the value.
+        result: ResultMeta,
+        /// How long it ran.
+        runtime: Duration,
+    },
+    /// It failed for good.
+    Failed {
+        /// FAILURE, with the error.
+        result: ResultMeta,
+        /// The error stored.
+        error: TaskError,
+        /// Whether it had asked for a retry past `max_retries`.
+        gave_up: bool,
+        /// How long it ran.
+        runtime: Duration,
+    },
+    /// It asked for a retry, or failed with an error retried
+    /// automatically; see [`Disposition::Retry`].
+    Retry(Disposition),
+    /// It did not finish, and its message goes back to the broker: the
+    /// executor was shut down, or its process was lost and the task asked
+    /// for `reject_on_worker_lost`.
+    GiveBack {
+        /// The process was lost (`reject_on_worker_lost`); `None` when the
+        /// executor was shut down.
+        lost: Option<TaskError>,
+    },
+}
+
+/// What [`after_run`] needs to know besides the run itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunFacts<'a> {
+    /// The message that ran.
+    pub(crate) msg: &'a Message,
+    /// The queue it came from.
+    pub(crate) queue: &'a str,
+    /// The task's options.
+    pub(crate) options: &'a TaskOptions,
+    /// Whether the message was acknowledged as the task started
+    /// (`acks_late = false`).
+    pub(crate) acked_early: bool,
+    /// The worker's node name and whether results carry args and kwargs.
+    pub(crate) meta: MetaFacts<'a>,
+}
+
+/// What is stored with every result besides the state.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetaFacts<'a> {
+    /// The worker's node name.
+    pub(crate) nodename: &'a str,
+    /// Celery's `result_extended`: store args and kwargs too.
+    pub(crate) extended: bool,
+}
+
+/// Decides what a run means. `random` is in `[0, 1)` for retry jitter and
+/// `now` is the unix time, for a retry's eta.
+pub(crate) fn after_run(f: RunFacts<'_>, ran: Option<Ran>, random: f64, now: f64) -> Decision {
+    let Some(ran) = ran else {
+        return Decision::GiveBack { lost: None };
+    };
+    let (out, runtime) = (ran.result, ran.runtime);
+    let msg = f.msg;
+    let id = msg.id();
+    match out {
+        Err(e)
+            if e.kind() == TaskErrorKind::WorkerLost
+                && !f.acked_early
+                && f.options.rejects_on_worker_lost() =>
+        {
+            // Celery's reject_on_worker_lost: run it again rather than fail
+            // it (a message that keeps killing its worker ends as a poison
+            // message after max_deliveries).
+            Decision::GiveBack { lost: Some(e) }
+        }
+        Ok(v) => Decision::Succeeded {
+            result: result_meta(
+                f.meta,
+                msg,
+                f.queue,
+                ResultMeta::success(id, v),
+                Some(runtime),
+            ),
+            runtime,
+        },
+        Err(e) => match f.options.decide(&e, msg.headers.retries, random) {
+            RetryDecision::Retry { countdown } => {
+                Decision::Retry(retry(f, e, countdown, runtime, now))
+            }
+            RetryDecision::GiveUp if e.kind() == TaskErrorKind::Retry => {
+                let err = TaskError::typed(
+                    "MaxRetriesExceededError",
+                    "celery.exceptions",
+                    format!(
+                        "Can't retry {}[{id}] args:{:?} kwargs:{:?}",
+                        msg.task(),
+                        msg.args,
+                        msg.kwargs
+                    ),
+                );
+                Decision::Failed {
+                    result: failure(f, &err, runtime),
+                    error: err,
+                    gave_up: true,
+                    runtime,
+                }
+            }
+            _ => Decision::Failed {
+                result: failure(f, &e, runtime),
+                error: e,
+                gave_up: false,
+                runtime,
+            },
+        },
+    }
+}
+
+impl Decision {
+    /// The disposition of the message; `ignore_result` drops a final
+    /// result instead of storing it.
+    pub(crate) fn into_disposition(self, ignore_result: bool) -> Disposition {
+        let keep = |result: ResultMeta| (!ignore_result).then_some(result);
+        match self {
+            Decision::Succeeded { result, .. } | Decision::Failed { result, .. } => {
+                Disposition::Done {
+                    result: keep(result),
+                }
+            }
+            Decision::Retry(d) => d,
+            Decision::GiveBack { lost } => Disposition::Requeue {
+                not_before: None,
+                why: if lost.is_some() {
+                    "reject_on_worker_lost"
+                } else {
+                    "the pool is shutting down"
+                },
+            },
+        }
+    }
+}
+
+fn failure(f: RunFacts<'_>, err: &TaskError, runtime: Duration) -> ResultMeta {
+    let meta = ResultMeta::failure(f.msg.id(), err);
+    result_meta(f.meta, f.msg, f.queue, meta, Some(runtime))
+}
+
+/// Celery's retry: RETRY with the error, and the same task id published
+/// again with `retries + 1`, an eta `countdown` seconds away and
+/// `parent_id` set to itself.
+fn retry(
+    f: RunFacts<'_>,
+    err: TaskError,
+    countdown: f64,
+    runtime: Duration,
+    now: f64,
+) -> Disposition {
+    let msg = f.msg;
+    let id = msg.id().to_string();
+    let mut meta = ResultMeta::new(
+        &id,
+        State::Retry,
+        serde_json::to_value(err.to_exception_info()).unwrap_or(Value::Null),
+    );
+    meta.traceback = Some(
+        err.traceback()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{err}\n")),
+    );
+    let result = result_meta(f.meta, msg, f.queue, meta, Some(runtime));
+    let mut next = msg.clone();
+    next.headers.retries += 1;
+    next.headers.eta = Some(celeriac_core::time::iso_from_unix(now + countdown));
+    next.headers.parent_id = Some(id);
+    next.properties.delivery_tag = uuid::Uuid::new_v4().to_string();
+    next.set_queue(f.queue);
+    Disposition::Retry {
+        result,
+        next: Box::new(next),
+        countdown,
+        error: err,
+    }
+}
+
+/// Fills what Celery stores beside the state: the task name, the worker,
+/// the queue, the retries, the runtime, the parent and group, and with
+/// `result_extended` the args and kwargs.
+pub(crate) fn result_meta(
+    facts: MetaFacts<'_>,
+    msg: &Message,
+    queue: &str,
+    mut meta: ResultMeta,
+    runtime: Option<Duration>,
+) -> ResultMeta {
+    meta.name = Some(msg.headers.task.clone());
+    if facts.extended {
+        meta.args = Some(Value::Array(msg.args.clone()));
+        meta.kwargs = Some(Value::Object(msg.kwargs.clone()));
+    }
+    meta.worker = Some(facts.nodename.to_string());
+    meta.retries = Some(msg.headers.retries);
+    meta.queue = Some(queue.to_string());
+    meta.parent_id = msg.headers.parent_id.clone();
+    meta.group_id = msg.headers.group.clone();
+    meta.runtime = runtime.map(|r| r.as_secs_f64());
+    meta
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use celeriac_core::Call;
+
+    const FACTS: MetaFacts<'static> = MetaFacts {
+        nodename: "w@test",
+        extended: false,
+    };
+
+    fn msg() -> Message {
+        Call::<i64>::new("t.add")
+            .arg(1)
+            .arg(2)
+            .to_message()
+            .unwrap()
+    }
+
+    fn decide(
+        msg: &Message,
+        opts: &TaskOptions,
+        early: bool,
+        out: Result<Value, TaskError>,
+    ) -> Decision {
+        let facts = RunFacts {
+            msg,
+            queue: "q",
+            options: opts,
+            acked_early: early,
+            meta: FACTS,
+        };
+        after_run(
+            facts,
+            Some(Ran::new(out, Duration::from_millis(3))),
+            0.5,
+            1000.0,
+        )
+    }
+
+    #[test]
+    fn a_value_is_a_success_with_the_run_recorded() {
+        let m = msg();
+        let d = decide(&m, &TaskOptions::new(), false, Ok(serde_json::json!(3)));
+        let Decision::Succeeded { result, .. } = &d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(result.status, State::Success);
+        assert_eq!(result.result, serde_json::json!(3));
+        assert_eq!(result.worker.as_deref(), Some("w@test"));
+        assert_eq!(result.queue.as_deref(), Some("q"));
+        assert_eq!(result.name.as_deref(), Some("t.add"));
+        assert!(result.args.is_none(), "args only with result_extended");
+        let Disposition::Done { result } = d.into_disposition(true) else {
+            panic!()
+        };
+        assert!(result.is_none(), "ignore_result stores nothing");
+    }
+
+    #[test]
+    fn an_error_is_a_failure_and_a_retry_request_a_retry_until_max_retries() {
+        let m = msg();
+        let opts = TaskOptions::new().max_retries(Some(2));
+        let d = decide(&m, &opts, false, Err(TaskError::new("boom")));
+        assert!(
+            matches!(d, Decision::Failed { gave_up: false, .. }),
+            "{d:?}"
+        );
+
+        let retry = TaskError::retry(Some(Duration::from_secs(5)));
+        let d = decide(&m, &opts, false, Err(retry.clone()));
+        let Decision::Retry(Disposition::Retry {
+            result,
+            next,
+            countdown,
+            ..
+        }) = d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!(countdown, 5.0);
+        assert_eq!(result.status, State::Retry);
+        assert_eq!(next.id(), m.id(), "a retry keeps the task id");
+        assert_eq!(next.headers.retries, 1);
+        assert_eq!(next.headers.parent_id.as_deref(), Some(m.id()));
+        assert_eq!(next.eta_unix(), Some(1005.0));
+        assert_ne!(next.properties.delivery_tag, m.properties.delivery_tag);
+
+        let mut last = m.clone();
+        last.headers.retries = 2;
+        let d = decide(&last, &opts, false, Err(retry));
+        let Decision::Failed {
+            error,
+            gave_up: true,
+            ..
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!(error.exc_type(), "MaxRetriesExceededError");
+    }
+
+    #[test]
+    fn a_lost_process_is_given_back_only_when_the_task_asks_and_was_not_acked_early() {
+        let m = msg();
+        let lost = || Err(TaskError::worker_lost("child died"));
+        let rejecting = TaskOptions::new().reject_on_worker_lost(true);
+        assert!(matches!(
+            decide(&m, &rejecting, false, lost()),
+            Decision::GiveBack { lost: Some(_) }
+        ));
+        assert!(matches!(
+            decide(&m, &rejecting, true, lost()),
+            Decision::Failed { .. }
+        ));
+        assert!(matches!(
+            decide(&m, &TaskOptions::new(), false, lost()),
+            Decision::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn no_run_gives_the_message_back() {
+        let m = msg();
+        let opts = TaskOptions::new();
+        let facts = RunFacts {
+            msg: &m,
+            queue: "q",
+            options: &opts,
+            acked_early: false,
+            meta: FACTS,
+        };
+        let d = after_run(facts, None, 0.0, 0.0);
+        assert!(matches!(
+            d.into_disposition(false),
+            Disposition::Requeue {
+                not_before: None,
+                ..
+            }
+        ));
+    }
+}

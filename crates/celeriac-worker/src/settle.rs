@@ -1,0 +1,365 @@
+//! Settle: carries out a [`Disposition`], and is the only module of the
+//! worker that changes a message's fate in the broker or stores a result
+//! (`ack`, `ack_many`, `requeue`, `dead_letter`, `store`, `store_many`, and
+//! publishing a retry).
+//!
+//! It also keeps the ledger of held messages ([`Ledger`]): every message
+//! from its claim until it is settled, whose leases the renewal chore
+//! extends. A message leaves the ledger *before* an operation that gives
+//! it up (a requeue, a dead-letter, a retry's publish, an early ack), so
+//! its lease is never renewed after it is back in the broker's hands, and
+//! *after* a store-and-ack, so its lease holds while its result is stored.
+//!
+//! Results are stored and messages acknowledged in batches where the
+//! broker says a batch saves round trips (`batch_settles`):
+//! the handler that finds no batch in flight writes one, its own task and
+//! every one queued meanwhile included.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use celeriac_core::time::unix_now;
+use celeriac_core::{BrokerError, Delivery, Message, Outgoing, ResultMeta};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::decide::Disposition;
+use crate::observe::TaskEvent;
+use crate::worker::Inner;
+
+/// The most finished tasks whose results are stored and acks sent in one
+/// round trip each.
+const SETTLE_BATCH: usize = 512;
+
+/// A message the worker holds, as its handler carries it to settlement.
+#[derive(Debug)]
+pub(crate) struct Held {
+    delivery: Delivery,
+    /// Acknowledged as the task started (`acks_late = false`): only its
+    /// result is left to store, and giving it back means publishing it
+    /// again.
+    acked: bool,
+}
+
+impl Held {
+    pub(crate) fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
+    pub(crate) fn is_acked(&self) -> bool {
+        self.acked
+    }
+}
+
+/// Messages held and not yet settled, by delivery tag.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    held: Mutex<HashMap<String, Delivery>>,
+    /// Handlers that have not finished (their message held, or being
+    /// settled); a warm shutdown waits for 0.
+    open: AtomicUsize,
+}
+
+impl Ledger {
+    /// Holds a message just claimed, until its handler [`close`]s it.
+    ///
+    /// [`close`]: Self::close
+    pub(crate) fn hold(&self, d: Delivery) -> Held {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        self.held.lock().insert(d.tag.clone(), d.clone());
+        Held {
+            delivery: d,
+            acked: false,
+        }
+    }
+
+    /// The handler of `tag` is done: whatever happened, it is no longer
+    /// held.
+    pub(crate) fn close(&self, tag: &str) {
+        self.held.lock().remove(tag);
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The messages whose leases are to be renewed now.
+    pub(crate) fn held(&self) -> Vec<Delivery> {
+        self.held.lock().values().cloned().collect()
+    }
+
+    /// Handlers not finished.
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    fn forget(&self, tag: &str) {
+        self.held.lock().remove(tag);
+    }
+}
+
+/// Finished tasks waiting to be settled in a batch.
+#[derive(Debug, Default)]
+pub(crate) struct Batches {
+    queue: Mutex<Vec<Finished>>,
+    /// Whether a handler is writing batches.
+    combining: AtomicBool,
+}
+
+/// A finished task to settle: its result to store (none with
+/// `ignore_result`), then its message to ack.
+#[derive(Debug)]
+struct Finished {
+    meta: Option<ResultMeta>,
+    delivery: Delivery,
+    /// Told when it is settled (none when its own handler settles it).
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// Carries out `disposition` for `held`; `msg` is the decoded message, if
+/// it could be decoded (for a retry's log line and an early-acked give-back).
+pub(crate) async fn apply(
+    inner: &Inner,
+    held: Held,
+    msg: Option<&Message>,
+    disposition: Disposition,
+) {
+    let d = held.delivery;
+    match disposition {
+        Disposition::Done { result } if held.acked => {
+            inner.ledger.forget(&d.tag);
+            if let Some(meta) = result
+                && !store(inner, &meta).await
+            {
+                tracing::error!(task_id = %meta.task_id, "the result was not stored and the message was acked early (acks_late = false)");
+            }
+        }
+        Disposition::Done { result } => settle(inner, result, d).await,
+        Disposition::Requeue { not_before, why } => {
+            inner.ledger.forget(&d.tag);
+            let back = match msg {
+                // Acked as it started: the broker no longer has it.
+                Some(m) if held.acked => match Outgoing::from_message(m) {
+                    Ok(o) => inner.broker.publish(o).await,
+                    Err(e) => Err(BrokerError::Storage(e.to_string())),
+                },
+                _ => inner.broker.requeue(&d, not_before).await,
+            };
+            match back {
+                Ok(()) => inner.notify.requeued(&d, not_before),
+                Err(e) => {
+                    let task_id = msg.map(Message::id).unwrap_or_default();
+                    tracing::error!(task_id, error = %e, why, "could not requeue task; it returns when its lease lapses");
+                }
+            }
+        }
+        Disposition::DeadLetter { reason, result } => {
+            if let Some(meta) = result {
+                store(inner, &meta).await;
+            }
+            inner.ledger.forget(&d.tag);
+            inner.notify.rejected(&d, msg, &reason);
+            if let Err(e) = inner.broker.dead_letter(&d, &reason).await {
+                // Not acked, so the lease lapses and the message comes back.
+                tracing::error!(error = %e, reason, "could not dead-letter message; it stays in the broker");
+            }
+        }
+        Disposition::Retry {
+            result,
+            next,
+            countdown,
+            error,
+        } => {
+            // RETRY first: stored after the next attempt, it could
+            // overwrite that attempt's final state.
+            store(inner, &result).await;
+            inner.ledger.forget(&d.tag);
+            let published = match Outgoing::from_message(&next) {
+                Ok(out) => inner.broker.publish(out).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let id = next.id();
+            match published {
+                Ok(()) => {
+                    if let Some(m) = msg {
+                        let ev = TaskEvent {
+                            message: m,
+                            delivery: &d,
+                            hostname: &inner.config.nodename,
+                        };
+                        inner.notify.retried(&ev, &error, countdown);
+                    }
+                    tracing::info!(task_id = %id, task = %next.task(), retries = next.headers.retries, countdown, "task retry");
+                    if !held.acked {
+                        ack(inner, &d).await;
+                    }
+                }
+                Err(e) if held.acked => {
+                    tracing::error!(task_id = %id, error = %e, "could not publish the retry of a task acked early (acks_late = false); it is lost");
+                }
+                Err(e) => {
+                    // Keep the original instead, delayed the same way:
+                    // nothing lost.
+                    tracing::error!(task_id = %id, error = %e, "could not publish the retry; requeueing the original");
+                    if let Err(e) = inner.broker.requeue(&d, Some(unix_now() + countdown)).await {
+                        tracing::error!(task_id = %id, error = %e, "could not requeue task");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Acknowledges a message as its task starts (`acks_late = false`): from
+/// here a crash loses it, as the task asked.
+pub(crate) async fn ack_early(inner: &Inner, held: &mut Held) {
+    inner.ledger.forget(&held.delivery.tag);
+    held.acked = true;
+    ack(inner, &held.delivery).await;
+}
+
+/// Gives a message back at shutdown before it was handled (claimed as the
+/// worker stopped).
+pub(crate) async fn give_back(inner: &Inner, d: &Delivery) {
+    if let Err(e) = inner.broker.requeue(d, None).await {
+        tracing::error!(error = %e, "could not give a message back at shutdown; it returns when its lease lapses");
+    }
+}
+
+async fn ack(inner: &Inner, d: &Delivery) {
+    if let Err(e) = inner.broker.ack(d).await {
+        tracing::warn!(error = %e, "ack failed; the message may be delivered again");
+    }
+}
+
+async fn store(inner: &Inner, meta: &ResultMeta) -> bool {
+    match inner.backend.store(meta).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(task_id = %meta.task_id, error = %e, "could not store result");
+            false
+        }
+    }
+}
+
+/// Stores the result of a finished task and acks its message, batched with
+/// the other tasks finishing at the same time; returns once both are done
+/// (or the message was given back because the result could not be stored).
+///
+/// Whoever finds no batch being written writes one itself: its own task and
+/// every one queued meanwhile, and again until none is left. So a lone task
+/// is settled by its own handler without a hand-off to another task, and a
+/// busy worker makes two round trips per batch instead of two per task.
+async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
+    if !inner.broker.batch_settles() {
+        // In-process: a batch saves no round trip, and waiting for another
+        // handler's batch would add a wake-up.
+        let one = Finished {
+            meta,
+            delivery,
+            done: None,
+        };
+        settle_batch(inner, vec![one]).await;
+        return;
+    }
+    let batches = &inner.batches;
+    let (done, mut rx) = oneshot::channel();
+    batches.queue.lock().push(Finished {
+        meta,
+        delivery,
+        done: Some(done),
+    });
+    loop {
+        if batches.combining.swap(true, Ordering::AcqRel) {
+            // Another handler is writing batches; ours is queued, and it
+            // checks the queue once more after clearing the flag.
+            let _ = (&mut rx).await;
+            return;
+        }
+        {
+            // Cleared however this ends, a panicking backend included (the
+            // unsettled messages then come back when their leases lapse).
+            let _combining = ClearOnDrop(&batches.combining);
+            loop {
+                let batch: Vec<Finished> = {
+                    let mut queue = batches.queue.lock();
+                    let n = queue.len().min(SETTLE_BATCH);
+                    queue.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                settle_batch(inner, batch).await;
+            }
+        }
+        // A task queued after the last drain and before the flag cleared
+        // saw the flag set and is waiting: take it over.
+        if batches.queue.lock().is_empty() {
+            // Ours was in a batch written above (or by the handler that
+            // held the flag before us).
+            let _ = rx.await;
+            return;
+        }
+    }
+}
+
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+async fn settle_batch(inner: &Inner, batch: Vec<Finished>) {
+    // Taken apart without copies: the results to store, and for each task
+    // whether it had one, its delivery and whom to tell.
+    let mut metas = Vec::with_capacity(batch.len());
+    let mut tasks = Vec::with_capacity(batch.len());
+    for s in batch {
+        tasks.push((s.meta.is_some(), s.delivery, s.done));
+        metas.extend(s.meta);
+    }
+    // Whether each result is stored.
+    let stored: Vec<bool> = match inner.backend.store_many(&metas).await {
+        Ok(()) => vec![true; metas.len()],
+        Err(e) => {
+            tracing::warn!(error = %e, count = metas.len(), "could not store a batch of results; storing them one by one");
+            let mut stored = Vec::with_capacity(metas.len());
+            for meta in &metas {
+                stored.push(store(inner, meta).await);
+            }
+            stored
+        }
+    };
+    let mut stored = stored.into_iter();
+    let mut acks = Vec::with_capacity(tasks.len());
+    let mut back = Vec::new();
+    let mut dones = Vec::with_capacity(tasks.len());
+    for (has_meta, delivery, done) in tasks {
+        if !has_meta || stored.next().unwrap_or(false) {
+            acks.push(delivery);
+        } else {
+            back.push(delivery);
+        }
+        dones.extend(done);
+    }
+    match inner.broker.ack_many(&acks).await {
+        Ok(held) => {
+            for (d, held) in acks.iter().zip(held) {
+                if !held {
+                    tracing::warn!(tag = %d.tag, "ack refused: the message's lease had lapsed; it may be delivered again (its stored result makes a redelivery skip it)");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, count = acks.len(), "ack failed; the messages may be delivered again (their stored results make a redelivery skip them)");
+        }
+    }
+    for d in &back {
+        if let Err(e) = inner.broker.requeue(d, Some(unix_now() + 1.0)).await {
+            tracing::error!(error = %e, "could not requeue task after a failed result store; it returns when its lease lapses");
+        }
+    }
+    for done in dones {
+        let _ = done.send(());
+    }
+}

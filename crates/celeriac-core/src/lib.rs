@@ -27,7 +27,9 @@ pub mod time;
 pub use broker::{
     Broker, DeadLetter, Delivery, NodeInfo, Outgoing, ResultBackend, ResultWatch, Waiters,
 };
-pub use error::{BackendError, BrokerError, CodecError, RegistryError, TaskError, TaskErrorKind};
+pub use error::{
+    BackendError, BoxError, BrokerError, CodecError, RegistryError, TaskError, TaskErrorKind,
+};
 pub use message::{DeliveryInfo, Embed, Headers, Message, Properties};
 pub use rate::RateLimit;
 pub use result::{ExceptionInfo, ResultMeta, State};

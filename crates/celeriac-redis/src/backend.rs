@@ -86,9 +86,9 @@ pub struct RedisBackend {
 
 fn err(e: redis::RedisError) -> BackendError {
     if crate::conn::is_connection_error(&e) {
-        BackendError::Connection(e.to_string())
+        BackendError::connection(e)
     } else {
-        BackendError::Storage(e.to_string())
+        BackendError::storage(e)
     }
 }
 
@@ -152,8 +152,8 @@ impl RedisBackend {
         let sink = self.shared.sink.lock().clone();
         match sink {
             Some(mut s) => s.subscribe(channel).await.map_err(err),
-            None => Err(BackendError::Connection(
-                "result subscriber is reconnecting".into(),
+            None => Err(BackendError::connection_msg(
+                "result subscriber is reconnecting",
             )),
         }
     }
@@ -340,8 +340,8 @@ impl ResultBackend for RedisBackend {
         match sink {
             Some(mut s) => s.subscribe(&keys).await.map_err(err)?,
             None => {
-                return Err(BackendError::Connection(
-                    "result subscriber is reconnecting".into(),
+                return Err(BackendError::connection_msg(
+                    "result subscriber is reconnecting",
                 ));
             }
         }

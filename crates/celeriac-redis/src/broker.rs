@@ -430,9 +430,9 @@ fn control_command(payload: &[u8]) -> Option<(String, serde_json::Value)> {
 
 fn conn_err(e: redis::RedisError) -> BrokerError {
     if crate::conn::is_connection_error(&e) {
-        BrokerError::Connection(e.to_string())
+        BrokerError::connection(e)
     } else {
-        BrokerError::Storage(e.to_string())
+        BrokerError::storage(e)
     }
 }
 
@@ -721,16 +721,16 @@ impl Broker for RedisBroker {
             if !raw.is_empty() {
                 let mut out = Vec::with_capacity(raw.len() / 5);
                 for chunk in raw.chunks(5) {
-                    let queue: String = redis::from_redis_value_ref(&chunk[0])
-                        .map_err(|e| BrokerError::Storage(e.to_string()))?;
-                    let payload: Vec<u8> = redis::from_redis_value_ref(&chunk[1])
-                        .map_err(|e| BrokerError::Storage(e.to_string()))?;
-                    let tag: String = redis::from_redis_value_ref(&chunk[2])
-                        .map_err(|e| BrokerError::Storage(e.to_string()))?;
-                    let count: u32 = redis::from_redis_value_ref(&chunk[3])
-                        .map_err(|e| BrokerError::Storage(e.to_string()))?;
-                    let revoked: i64 = redis::from_redis_value_ref(&chunk[4])
-                        .map_err(|e| BrokerError::Storage(e.to_string()))?;
+                    let queue: String =
+                        redis::from_redis_value_ref(&chunk[0]).map_err(BrokerError::storage)?;
+                    let payload: Vec<u8> =
+                        redis::from_redis_value_ref(&chunk[1]).map_err(BrokerError::storage)?;
+                    let tag: String =
+                        redis::from_redis_value_ref(&chunk[2]).map_err(BrokerError::storage)?;
+                    let count: u32 =
+                        redis::from_redis_value_ref(&chunk[3]).map_err(BrokerError::storage)?;
+                    let revoked: i64 =
+                        redis::from_redis_value_ref(&chunk[4]).map_err(BrokerError::storage)?;
                     let redelivered = count > 1 || payload_redelivered(&payload);
                     out.push(Delivery {
                         tag: format!("{tag}#{token}"),

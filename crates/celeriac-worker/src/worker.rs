@@ -1219,7 +1219,7 @@ async fn handle(inner: &Arc<Inner>, d: Delivery, slot: &mut Slot<'_>) {
         let back = if early {
             match Outgoing::from_message(&msg) {
                 Ok(o) => inner.broker.publish(o).await,
-                Err(e) => Err(celeriac_core::BrokerError::Storage(e.to_string())),
+                Err(e) => Err(celeriac_core::BrokerError::storage(e)),
             }
         } else {
             inner.broker.requeue(&d, None).await

@@ -9,7 +9,10 @@
 //!   result backends store it (`status`, `result`, `traceback`, ...).
 //! - [`task`]: the task model: [`Task`], typed [`Call`] handles, argument
 //!   binding ([`Args`]), the [`Registry`] and link-time registration.
-//! - [`broker`]: the [`Broker`] and [`ResultBackend`] extension traits.
+//! - [`broker`]: the broker capability traits ([`Transport`],
+//!   [`DeadLetters`], [`Revocations`], [`RateLimits`], [`Nodes`], all
+//!   together [`Broker`]) and the [`ResultBackend`] trait;
+//!   [`broker::prelude`] brings them into scope.
 //! - [`error`]: typed errors for each of the above.
 //!
 //! Users normally depend on the `celeriac` facade crate instead.
@@ -25,7 +28,8 @@ pub mod task;
 pub mod time;
 
 pub use broker::{
-    Broker, DeadLetter, Delivery, NodeInfo, Outgoing, ResultBackend, ResultWatch, Waiters,
+    Broker, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits,
+    ResultBackend, ResultWatch, Revocations, Transport, Waiters,
 };
 pub use error::{
     BackendError, BoxError, BrokerError, CodecError, RegistryError, TaskError, TaskErrorKind,

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use celeriac_core::time::unix_now;
 use celeriac_core::{
-    BackendError, BoxError, Broker, BrokerError, DeadLetter, Delivery, NodeInfo, Outgoing,
-    ResultBackend, ResultMeta, ResultWatch, Waiters,
+    BackendError, BoxError, BrokerError, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes,
+    Outgoing, RateLimits, ResultBackend, ResultMeta, ResultWatch, Revocations, Transport, Waiters,
 };
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -225,7 +225,7 @@ fn split_tag(tag: &str) -> Result<(i64, String), BrokerError> {
 /// # Examples
 ///
 /// ```
-/// use celeriac_core::{Broker, Message, Outgoing};
+/// use celeriac_core::{Message, Outgoing, Transport};
 /// use celeriac_embedded::SqliteBroker;
 /// use std::time::Duration;
 ///
@@ -447,7 +447,7 @@ impl SqliteBroker {
 }
 
 #[async_trait]
-impl Broker for SqliteBroker {
+impl Transport for SqliteBroker {
     fn url(&self) -> String {
         format!("sqlite://{}", self.db.path)
     }
@@ -612,6 +612,26 @@ impl Broker for SqliteBroker {
         Ok(())
     }
 
+    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
+        let queue = queue.to_string();
+        blocking(
+            &self.db,
+            move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM messages WHERE queue = ?1 AND claim_token IS NULL",
+                    params![queue],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as usize)
+            },
+            storage,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl DeadLetters for SqliteBroker {
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
         self.check_open()?;
         let (id, token) = split_tag(&delivery.tag)?;
@@ -699,24 +719,33 @@ impl Broker for SqliteBroker {
         self.notify.notify_waiters();
         Ok(moved)
     }
+}
 
-    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
-        let queue = queue.to_string();
-        blocking(
-            &self.db,
-            move |conn| {
-                conn.query_row(
-                    "SELECT COUNT(*) FROM messages WHERE queue = ?1 AND claim_token IS NULL",
-                    params![queue],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|n| n as usize)
-            },
-            storage,
-        )
-        .await
+#[async_trait]
+impl Revocations for SqliteBroker {
+    async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        self.record_revokes(task_ids, ttl, false).await
     }
 
+    async fn revoke_terminate(
+        &self,
+        task_ids: &[String],
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.record_revokes(task_ids, ttl, true).await
+    }
+
+    async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        self.live_ids("terminations", task_ids).await
+    }
+
+    async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        self.live_ids("revoked", task_ids).await
+    }
+}
+
+#[async_trait]
+impl RateLimits for SqliteBroker {
     async fn rate_wait(&self, key: &str, interval: f64) -> Result<f64, BrokerError> {
         let key = key.to_string();
         blocking(
@@ -748,27 +777,10 @@ impl Broker for SqliteBroker {
         )
         .await
     }
+}
 
-    async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
-        self.record_revokes(task_ids, ttl, false).await
-    }
-
-    async fn revoke_terminate(
-        &self,
-        task_ids: &[String],
-        ttl: Duration,
-    ) -> Result<(), BrokerError> {
-        self.record_revokes(task_ids, ttl, true).await
-    }
-
-    async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
-        self.live_ids("terminations", task_ids).await
-    }
-
-    async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
-        self.live_ids("revoked", task_ids).await
-    }
-
+#[async_trait]
+impl Nodes for SqliteBroker {
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {
         let node = node.clone();
         blocking(

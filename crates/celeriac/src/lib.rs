@@ -26,19 +26,23 @@
 //!   stored as Celery stores them ([`ResultMeta`]).
 //! - Brokers: `memory://` (in process, the [`Server`] default) and
 //!   `sqlite:///path.db` (a durable file shared by processes on one machine,
-//!   the CLI default).
+//!   the CLI default). A broker is the sum of small capability traits
+//!   ([`Transport`], [`DeadLetters`], [`Revocations`], [`RateLimits`],
+//!   [`Nodes`]); `use celeriac::prelude::*` brings them into scope to call
+//!   them on a concrete broker such as [`MemoryBroker`].
 
 extern crate self as celeriac;
 
 pub mod builtins;
 
 pub use celeriac_core::CancelToken;
+pub use celeriac_core::broker::prelude;
 pub use celeriac_core::time;
 pub use celeriac_core::{
-    Args, BackendError, Broker, BrokerError, Call, CodecError, DeadLetter, Delivery, Message,
-    NodeInfo, Outgoing, RateLimit, Registry, RegistryError, ResultBackend, ResultMeta,
-    RetryDecision, Routes, State, Task, TaskContext, TaskDef, TaskError, TaskErrorKind, TaskFuture,
-    TaskOptions, TaskPool,
+    Args, BackendError, BoxError, Broker, BrokerError, Call, CodecError, DeadLetter, DeadLetters,
+    Delivery, Message, NodeInfo, Nodes, Outgoing, RateLimit, RateLimits, Registry, RegistryError,
+    ResultBackend, ResultMeta, RetryDecision, Revocations, Routes, State, Task, TaskContext,
+    TaskDef, TaskError, TaskErrorKind, TaskFuture, TaskOptions, TaskPool, Transport,
 };
 pub use celeriac_embedded::{
     MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker, default_db_path,

@@ -217,7 +217,7 @@ impl WorkerBuilder {
 
     /// How often leases of running tasks are renewed at most (default 10 s).
     /// The worker renews at least three times per broker lease
-    /// ([`Broker::lease`]), whatever this says.
+    /// ([`Broker::lease`](celeriac_core::Transport::lease)), whatever this says.
     pub fn renew_every(mut self, every: Duration) -> Self {
         self.renew_every = every;
         self
@@ -427,7 +427,7 @@ impl Inner {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use celeriac_core::{Broker, Call, Outgoing, Registry, ResultBackend};
+/// use celeriac_core::{Call, Outgoing, Registry, ResultBackend, Transport};
 /// use celeriac_embedded::{MemoryBackend, MemoryBroker};
 /// use celeriac_worker::Worker;
 ///

@@ -594,6 +594,12 @@ impl ResultBackend for MemoryBackend {
         format!("memory://{}", self.name)
     }
 
+    /// True for a private instance (`memory://`); a named one
+    /// (`memory://NAME`) is shared by every handle in the process.
+    fn is_private(&self) -> bool {
+        self.name.is_empty()
+    }
+
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
         {
             let mut results = self.results.lock();

@@ -965,6 +965,11 @@ impl ResultBackend for SqliteBackend {
         format!("sqlite://{}", self.shared.db.path)
     }
 
+    /// False: other processes read results through the file.
+    fn is_private(&self) -> bool {
+        false
+    }
+
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
         self.store_many(std::slice::from_ref(meta)).await
     }

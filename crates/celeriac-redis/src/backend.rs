@@ -277,6 +277,11 @@ impl ResultBackend for RedisBackend {
         self.shared.opts.redacted.clone()
     }
 
+    /// False: other processes read results through the Redis server.
+    fn is_private(&self) -> bool {
+        false
+    }
+
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
         self.store_many(std::slice::from_ref(meta)).await
     }

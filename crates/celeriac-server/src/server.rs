@@ -386,7 +386,7 @@ impl ServerBuilder {
             .map_err(|e| ServerError::Runtime(e.to_string()))?;
 
         let shared = Arc::new(Shared {
-            forget_results: backend.url() == "memory://",
+            forget_results: backend.is_private(),
             broker,
             backend,
             local_node: worker.as_ref().map(|w| w.nodename().to_string()),

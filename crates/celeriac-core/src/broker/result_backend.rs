@@ -51,6 +51,17 @@ pub trait ResultBackend: Send + Sync + fmt::Debug {
     /// The backend's URL, with any password redacted.
     fn url(&self) -> String;
 
+    /// Whether the results stored here can be read only through this
+    /// backend value and its clones: a private in-process store, such as
+    /// `memory://` without a name. Nobody else can ask for such a result,
+    /// so a client that has received one may [`forget`](Self::forget) it at
+    /// once (the job server does, to keep memory flat). False for any store
+    /// that other processes, or other handles in this process, can read
+    /// (`memory://NAME`, SQLite, Redis).
+    ///
+    /// Every backend states it explicitly; there is no default.
+    fn is_private(&self) -> bool;
+
     /// Stores a result document. A stored SUCCESS is never overwritten
     /// (as in Celery 5.x).
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError>;

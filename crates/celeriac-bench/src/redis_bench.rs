@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use celeriac::{Broker, Call, Outgoing, ResultBackend, ResultMeta, State};
+use celeriac::{Call, Outgoing, ResultBackend, ResultMeta, State, Transport};
 use celeriac_redis::{RedisBackend, RedisBroker};
 use serde_json::{Value, json};
 

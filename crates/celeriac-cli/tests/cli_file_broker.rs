@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use celeriac_core::{Broker, Outgoing};
+use celeriac_core::Outgoing;
+use celeriac_core::broker::prelude::*;
 use celeriac_embedded::SqliteBroker;
 use celeriac_testkit::process::LoggedChild;
 

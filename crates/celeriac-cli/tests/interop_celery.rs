@@ -247,7 +247,7 @@ fn kombu(env: &Env, mode: &str, url: &str) -> String {
 
 #[test]
 fn python_kombu_restores_what_a_dead_celeriac_consumer_held() {
-    use celeriac::Broker;
+    use celeriac::prelude::*;
     let Some(env) = interop() else { return };
     let url = format!("{}/5", env.redis_base);
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use celeriac::{Broker, Call, ResultBackend};
+use celeriac::prelude::*;
+use celeriac::{Call, ResultBackend};
 use celeriac_redis::{RedisBackend, RedisBroker};
 use celeriac_testkit::process::LoggedChild;
 use celeriac_testkit::redis_server::RedisServer;

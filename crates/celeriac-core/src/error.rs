@@ -37,6 +37,25 @@ pub enum CodecError {
 }
 
 /// A broker operation failed.
+///
+/// `Connection` and `Storage` keep the underlying error as their
+/// [`source`](std::error::Error::source), and show its text too.
+///
+/// # Examples
+///
+/// ```
+/// use std::error::Error;
+/// use celeriac_core::BrokerError;
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "read-only");
+/// let err = BrokerError::storage_in("cannot open /tmp/q.db", io);
+/// assert_eq!(err.to_string(), "broker storage: cannot open /tmp/q.db: read-only");
+/// assert!(err.source().unwrap().downcast_ref::<std::io::Error>().is_some());
+///
+/// let plain = BrokerError::connection_msg("no connection");
+/// assert_eq!(plain.to_string(), "broker connection: no connection");
+/// assert!(plain.source().is_none());
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BrokerError {
@@ -48,12 +67,30 @@ pub enum BrokerError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The broker could not be reached or dropped the connection.
-    #[error("broker connection: {0}")]
-    Connection(String),
-    /// The broker's storage reported an error.
-    #[error("broker storage: {0}")]
-    Storage(String),
+    /// The broker could not be reached or dropped the connection. Build it
+    /// with [`BrokerError::connection`], [`BrokerError::connection_in`] or
+    /// [`BrokerError::connection_msg`].
+    #[error("broker connection: {}", Cause(context, source))]
+    Connection {
+        /// What was being done (empty if the underlying error says it all),
+        /// or the whole message when there is no underlying error.
+        context: String,
+        /// The underlying error, if there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The broker's storage reported an error. Build it with
+    /// [`BrokerError::storage`], [`BrokerError::storage_in`] or
+    /// [`BrokerError::storage_msg`].
+    #[error("broker storage: {}", Cause(context, source))]
+    Storage {
+        /// What was being done (empty if the underlying error says it all),
+        /// or the whole message when there is no underlying error.
+        context: String,
+        /// The underlying error, if there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The delivery is no longer held by this consumer (its lease expired
     /// and another consumer claimed it, or it was already acknowledged).
     #[error("delivery {0} is not held by this consumer")]
@@ -64,6 +101,21 @@ pub enum BrokerError {
 }
 
 /// A result backend operation failed.
+///
+/// `Connection` and `Storage` keep the underlying error as their
+/// [`source`](std::error::Error::source), and show its text too.
+///
+/// # Examples
+///
+/// ```
+/// use std::error::Error;
+/// use celeriac_core::BackendError;
+///
+/// let io = std::io::Error::other("disk full");
+/// let err = BackendError::storage(io);
+/// assert_eq!(err.to_string(), "result backend storage: disk full");
+/// assert!(err.source().is_some());
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
@@ -75,12 +127,30 @@ pub enum BackendError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The backend could not be reached.
-    #[error("result backend connection: {0}")]
-    Connection(String),
-    /// The backend's storage reported an error.
-    #[error("result backend storage: {0}")]
-    Storage(String),
+    /// The backend could not be reached. Build it with
+    /// [`BackendError::connection`], [`BackendError::connection_in`] or
+    /// [`BackendError::connection_msg`].
+    #[error("result backend connection: {}", Cause(context, source))]
+    Connection {
+        /// What was being done (empty if the underlying error says it all),
+        /// or the whole message when there is no underlying error.
+        context: String,
+        /// The underlying error, if there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The backend's storage reported an error. Build it with
+    /// [`BackendError::storage`], [`BackendError::storage_in`] or
+    /// [`BackendError::storage_msg`].
+    #[error("result backend storage: {}", Cause(context, source))]
+    Storage {
+        /// What was being done (empty if the underlying error says it all),
+        /// or the whole message when there is no underlying error.
+        context: String,
+        /// The underlying error, if there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A stored result could not be decoded.
     #[error("stored result is malformed: {0}")]
     Malformed(String),
@@ -88,6 +158,84 @@ pub enum BackendError {
     #[error("result backend is closed")]
     Closed,
 }
+
+/// An underlying error kept as the [`source`](std::error::Error::source) of
+/// a [`BrokerError`] or [`BackendError`] (a rusqlite, redis or io error).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Displays a cause as `context: source`, or whichever of the two there
+/// is. The source's text is part of the message, not only of the
+/// `source()` chain, because logs print errors with `%e`.
+struct Cause<'a>(&'a String, &'a Option<BoxError>);
+
+impl fmt::Display for Cause<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0.is_empty(), self.1) {
+            (_, None) => f.write_str(self.0),
+            (true, Some(source)) => write!(f, "{source}"),
+            (false, Some(source)) => write!(f, "{}: {source}", self.0),
+        }
+    }
+}
+
+/// The constructors of the `Connection` and `Storage` variants, the same for
+/// both error types.
+macro_rules! cause_constructors {
+    ($ty:ident, $what:literal) => {
+        impl $ty {
+            #[doc = concat!("A ", $what, " connection error caused by `source`.")]
+            pub fn connection(source: impl Into<BoxError>) -> Self {
+                $ty::Connection {
+                    context: String::new(),
+                    source: Some(source.into()),
+                }
+            }
+
+            #[doc = concat!("A ", $what, " connection error caused by `source` while doing `context`.")]
+            pub fn connection_in(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+                $ty::Connection {
+                    context: context.into(),
+                    source: Some(source.into()),
+                }
+            }
+
+            #[doc = concat!("A ", $what, " connection error with a message and no underlying error.")]
+            pub fn connection_msg(message: impl Into<String>) -> Self {
+                $ty::Connection {
+                    context: message.into(),
+                    source: None,
+                }
+            }
+
+            #[doc = concat!("A ", $what, " storage error caused by `source`.")]
+            pub fn storage(source: impl Into<BoxError>) -> Self {
+                $ty::Storage {
+                    context: String::new(),
+                    source: Some(source.into()),
+                }
+            }
+
+            #[doc = concat!("A ", $what, " storage error caused by `source` while doing `context`.")]
+            pub fn storage_in(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+                $ty::Storage {
+                    context: context.into(),
+                    source: Some(source.into()),
+                }
+            }
+
+            #[doc = concat!("A ", $what, " storage error with a message and no underlying error.")]
+            pub fn storage_msg(message: impl Into<String>) -> Self {
+                $ty::Storage {
+                    context: message.into(),
+                    source: None,
+                }
+            }
+        }
+    };
+}
+
+cause_constructors!(BrokerError, "broker");
+cause_constructors!(BackendError, "result backend");
 
 /// The task registry rejected a registration.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,10 @@
 //!   result backends store it (`status`, `result`, `traceback`, ...).
 //! - [`task`]: the task model: [`Task`], typed [`Call`] handles, argument
 //!   binding ([`Args`]), the [`Registry`] and link-time registration.
-//! - [`broker`]: the [`Broker`] and [`ResultBackend`] extension traits.
+//! - [`broker`]: the broker capability traits ([`Transport`],
+//!   [`DeadLetters`], [`Revocations`], [`RateLimits`], [`Nodes`], all
+//!   together [`Broker`]) and the [`ResultBackend`] trait;
+//!   [`broker::prelude`] brings them into scope.
 //! - [`execute`]: the [`Executor`] extension trait, which runs tasks on a
 //!   pool of threads, processes or async tasks ([`PoolKind`]).
 //! - [`options`]: a task's [`TaskOptions`]: retries, rate limit, acks,
@@ -30,9 +33,12 @@ pub mod task;
 pub mod time;
 
 pub use broker::{
-    Broker, DeadLetter, Delivery, NodeInfo, Outgoing, ResultBackend, ResultWatch, Waiters,
+    Broker, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits,
+    ResultBackend, ResultWatch, Revocations, Transport, Waiters,
 };
-pub use error::{BackendError, BrokerError, CodecError, RegistryError, TaskError, TaskErrorKind};
+pub use error::{
+    BackendError, BoxError, BrokerError, CodecError, RegistryError, TaskError, TaskErrorKind,
+};
 pub use execute::{Enforces, Executor, Ran, ResizeError};
 pub use message::{DeliveryInfo, Embed, Headers, Message, Properties};
 pub use options::{PoolKind, RetryDecision, TaskOptions, UnknownPool};

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use celeriac_core::time::unix_now;
 use celeriac_core::{
-    BackendError, Broker, BrokerError, DeadLetter, Delivery, NodeInfo, Outgoing, ResultBackend,
-    ResultMeta, ResultWatch, State, Waiters,
+    BackendError, BrokerError, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing,
+    RateLimits, ResultBackend, ResultMeta, ResultWatch, Revocations, State, Transport, Waiters,
 };
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -123,7 +123,7 @@ impl BrokerState {
 /// # Examples
 ///
 /// ```
-/// use celeriac_core::{Broker, Message, Outgoing};
+/// use celeriac_core::{Message, Outgoing, Transport};
 /// use celeriac_embedded::MemoryBroker;
 /// use std::time::Duration;
 ///
@@ -262,7 +262,7 @@ impl Default for MemoryBroker {
 }
 
 #[async_trait]
-impl Broker for MemoryBroker {
+impl Transport for MemoryBroker {
     fn url(&self) -> String {
         format!("memory://{}", self.name)
     }
@@ -356,6 +356,16 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
+        let st = self.state.lock();
+        let ready = st.queues.get(queue).map_or(0, |q| q.len);
+        let delayed = st.delayed.values().filter(|e| e.queue == queue).count();
+        Ok(ready + delayed)
+    }
+}
+
+#[async_trait]
+impl DeadLetters for MemoryBroker {
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
         let mut st = self.state.lock();
         let held = st
@@ -414,26 +424,10 @@ impl Broker for MemoryBroker {
         self.notify.notify_waiters();
         Ok(found)
     }
+}
 
-    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
-        let st = self.state.lock();
-        let ready = st.queues.get(queue).map_or(0, |q| q.len);
-        let delayed = st.delayed.values().filter(|e| e.queue == queue).count();
-        Ok(ready + delayed)
-    }
-
-    async fn rate_wait(&self, key: &str, interval: f64) -> Result<f64, BrokerError> {
-        let mut st = self.state.lock();
-        let now = unix_now();
-        match celeriac_core::rate::gcra(st.rate.get(key).copied(), now, interval) {
-            Ok(tat) => {
-                st.rate.insert(key.to_string(), tat);
-                Ok(0.0)
-            }
-            Err(wait) => Ok(wait),
-        }
-    }
-
+#[async_trait]
+impl Revocations for MemoryBroker {
     async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
         let mut st = self.state.lock();
         let now = Instant::now();
@@ -466,7 +460,25 @@ impl Broker for MemoryBroker {
     async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
         Ok(live_ids(&self.state.lock().revoked, task_ids))
     }
+}
 
+#[async_trait]
+impl RateLimits for MemoryBroker {
+    async fn rate_wait(&self, key: &str, interval: f64) -> Result<f64, BrokerError> {
+        let mut st = self.state.lock();
+        let now = unix_now();
+        match celeriac_core::rate::gcra(st.rate.get(key).copied(), now, interval) {
+            Ok(tat) => {
+                st.rate.insert(key.to_string(), tat);
+                Ok(0.0)
+            }
+            Err(wait) => Ok(wait),
+        }
+    }
+}
+
+#[async_trait]
+impl Nodes for MemoryBroker {
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {
         self.state
             .lock()
@@ -580,6 +592,12 @@ impl Default for MemoryBackend {
 impl ResultBackend for MemoryBackend {
     fn url(&self) -> String {
         format!("memory://{}", self.name)
+    }
+
+    /// True for a private instance (`memory://`); a named one
+    /// (`memory://NAME`) is shared by every handle in the process.
+    fn is_private(&self) -> bool {
+        self.name.is_empty()
     }
 
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use celeriac_core::time::unix_now;
 use celeriac_core::{
-    BackendError, Broker, BrokerError, DeadLetter, Delivery, NodeInfo, Outgoing, ResultBackend,
-    ResultMeta, ResultWatch, Waiters,
+    BackendError, BoxError, BrokerError, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes,
+    Outgoing, RateLimits, ResultBackend, ResultMeta, ResultWatch, Revocations, Transport, Waiters,
 };
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -75,15 +75,51 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 ";
 
-fn open_connection(opts: &SqliteOptions) -> Result<Connection, String> {
+/// Why a database file could not be opened: what was being done (empty if
+/// the error says it all), and the underlying error if there is one.
+#[derive(Debug)]
+struct OpenError {
+    context: String,
+    source: Option<BoxError>,
+}
+
+impl OpenError {
+    fn new(context: String, source: impl Into<BoxError>) -> Self {
+        OpenError {
+            context,
+            source: Some(source.into()),
+        }
+    }
+
+    fn into_broker(self) -> BrokerError {
+        BrokerError::Connection {
+            context: self.context,
+            source: self.source,
+        }
+    }
+
+    fn into_backend(self) -> BackendError {
+        BackendError::Connection {
+            context: self.context,
+            source: self.source,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for OpenError {
+    fn from(e: rusqlite::Error) -> Self {
+        OpenError::new(String::new(), e)
+    }
+}
+
+fn open_connection(opts: &SqliteOptions) -> Result<Connection, OpenError> {
     if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            .map_err(|e| OpenError::new(format!("cannot create {}", dir.display()), e))?;
     }
     let conn = Connection::open(&opts.path)
-        .map_err(|e| format!("cannot open {}: {e}", opts.path.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| OpenError::new(format!("cannot open {}", opts.path.display()), e))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
     // Switching a new file to WAL needs exclusive access. When another
     // process opens the same new file at that moment, SQLite may leave the
     // mode unchanged (or report busy) instead of waiting, so retry.
@@ -93,10 +129,14 @@ fn open_connection(opts: &SqliteOptions) -> Result<Connection, String> {
         match mode {
             Ok(m) if m.eq_ignore_ascii_case("wal") => break,
             other if std::time::Instant::now() >= deadline => {
-                return Err(format!(
-                    "{} cannot use WAL mode: {other:?}",
-                    opts.path.display()
-                ));
+                let context = format!("{} cannot use WAL mode", opts.path.display());
+                return Err(match other {
+                    Err(e) => OpenError::new(context, e),
+                    Ok(mode) => OpenError {
+                        context: format!("{context}: journal mode is {mode:?}"),
+                        source: None,
+                    },
+                });
             }
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -104,21 +144,16 @@ fn open_connection(opts: &SqliteOptions) -> Result<Connection, String> {
     let sync = if opts.full_sync { "FULL" } else { "NORMAL" };
     conn.execute_batch(&format!(
         "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"
-    ))
-    .map_err(|e| e.to_string())?;
+    ))?;
     // Several processes may create the schema at once; IF NOT EXISTS inside
     // an immediate transaction makes that safe.
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
-        .map_err(|e| e.to_string())?;
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
     // Files made before messages carried their task id.
-    let has_task_id: bool = conn
-        .query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'task_id'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(|e| e.to_string())?
-        > 0;
+    let has_task_id: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'task_id'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0;
     if !has_task_id {
         conn.execute_batch("ALTER TABLE messages ADD COLUMN task_id TEXT NOT NULL DEFAULT ''")
             .or_else(|e| {
@@ -128,8 +163,7 @@ fn open_connection(opts: &SqliteOptions) -> Result<Connection, String> {
                 } else {
                     Err(e)
                 }
-            })
-            .map_err(|e| e.to_string())?;
+            })?;
     }
     Ok(conn)
 }
@@ -141,7 +175,7 @@ struct Db {
 }
 
 impl Db {
-    fn open(opts: &SqliteOptions) -> Result<Arc<Self>, String> {
+    fn open(opts: &SqliteOptions) -> Result<Arc<Self>, OpenError> {
         Ok(Arc::new(Db {
             conn: Mutex::new(open_connection(opts)?),
             path: opts.path.display().to_string(),
@@ -149,8 +183,10 @@ impl Db {
     }
 }
 
-/// Runs a blocking database closure off the async executor.
-async fn blocking<T, E, F>(db: &Arc<Db>, f: F, map_err: fn(String) -> E) -> Result<T, E>
+/// Runs a blocking database closure off the async executor. `map_err`
+/// builds the error from a context (empty for the database's own errors)
+/// and the underlying error.
+async fn blocking<T, E, F>(db: &Arc<Db>, f: F, map_err: fn(&str, BoxError) -> E) -> Result<T, E>
 where
     T: Send + 'static,
     E: Send + 'static,
@@ -159,19 +195,19 @@ where
     let db = db.clone();
     let run = move || {
         let mut conn = db.conn.lock();
-        f(&mut conn).map_err(|e| map_err(e.to_string()))
+        f(&mut conn).map_err(|e| map_err("", e.into()))
     };
     if tokio::runtime::Handle::try_current().is_ok() {
         tokio::task::spawn_blocking(run)
             .await
-            .map_err(|e| map_err(format!("database task failed: {e}")))?
+            .map_err(|e| map_err("database task failed", e.into()))?
     } else {
         run()
     }
 }
 
-fn storage(e: String) -> BrokerError {
-    BrokerError::Storage(e)
+fn storage(context: &str, e: BoxError) -> BrokerError {
+    BrokerError::storage_in(context, e)
 }
 
 fn split_tag(tag: &str) -> Result<(i64, String), BrokerError> {
@@ -189,7 +225,7 @@ fn split_tag(tag: &str) -> Result<(i64, String), BrokerError> {
 /// # Examples
 ///
 /// ```
-/// use celeriac_core::{Broker, Message, Outgoing};
+/// use celeriac_core::{Message, Outgoing, Transport};
 /// use celeriac_embedded::SqliteBroker;
 /// use std::time::Duration;
 ///
@@ -299,7 +335,7 @@ impl SqliteBroker {
     /// Opens with parsed options.
     pub fn open_with(opts: &SqliteOptions) -> Result<Arc<Self>, BrokerError> {
         Ok(Arc::new(SqliteBroker {
-            db: Db::open(opts).map_err(BrokerError::Connection)?,
+            db: Db::open(opts).map_err(OpenError::into_broker)?,
             lease: opts.lease,
             notify: Notify::new(),
             closed: AtomicBool::new(false),
@@ -411,7 +447,7 @@ impl SqliteBroker {
 }
 
 #[async_trait]
-impl Broker for SqliteBroker {
+impl Transport for SqliteBroker {
     fn url(&self) -> String {
         format!("sqlite://{}", self.db.path)
     }
@@ -576,6 +612,26 @@ impl Broker for SqliteBroker {
         Ok(())
     }
 
+    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
+        let queue = queue.to_string();
+        blocking(
+            &self.db,
+            move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM messages WHERE queue = ?1 AND claim_token IS NULL",
+                    params![queue],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as usize)
+            },
+            storage,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl DeadLetters for SqliteBroker {
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
         self.check_open()?;
         let (id, token) = split_tag(&delivery.tag)?;
@@ -663,24 +719,33 @@ impl Broker for SqliteBroker {
         self.notify.notify_waiters();
         Ok(moved)
     }
+}
 
-    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
-        let queue = queue.to_string();
-        blocking(
-            &self.db,
-            move |conn| {
-                conn.query_row(
-                    "SELECT COUNT(*) FROM messages WHERE queue = ?1 AND claim_token IS NULL",
-                    params![queue],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|n| n as usize)
-            },
-            storage,
-        )
-        .await
+#[async_trait]
+impl Revocations for SqliteBroker {
+    async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        self.record_revokes(task_ids, ttl, false).await
     }
 
+    async fn revoke_terminate(
+        &self,
+        task_ids: &[String],
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.record_revokes(task_ids, ttl, true).await
+    }
+
+    async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        self.live_ids("terminations", task_ids).await
+    }
+
+    async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        self.live_ids("revoked", task_ids).await
+    }
+}
+
+#[async_trait]
+impl RateLimits for SqliteBroker {
     async fn rate_wait(&self, key: &str, interval: f64) -> Result<f64, BrokerError> {
         let key = key.to_string();
         blocking(
@@ -712,27 +777,10 @@ impl Broker for SqliteBroker {
         )
         .await
     }
+}
 
-    async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
-        self.record_revokes(task_ids, ttl, false).await
-    }
-
-    async fn revoke_terminate(
-        &self,
-        task_ids: &[String],
-        ttl: Duration,
-    ) -> Result<(), BrokerError> {
-        self.record_revokes(task_ids, ttl, true).await
-    }
-
-    async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
-        self.live_ids("terminations", task_ids).await
-    }
-
-    async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
-        self.live_ids("revoked", task_ids).await
-    }
-
+#[async_trait]
+impl Nodes for SqliteBroker {
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {
         let node = node.clone();
         blocking(
@@ -788,8 +836,8 @@ impl Broker for SqliteBroker {
     }
 }
 
-fn backend_storage(e: String) -> BackendError {
-    BackendError::Storage(e)
+fn backend_storage(context: &str, e: BoxError) -> BackendError {
+    BackendError::storage_in(context, e)
 }
 
 #[derive(Debug)]
@@ -836,14 +884,14 @@ impl SqliteBackend {
             url: url.to_string(),
             reason: e.to_string(),
         })?;
-        let db = Db::open(&opts).map_err(BackendError::Connection)?;
+        let db = Db::open(&opts).map_err(OpenError::into_backend)?;
         let last_seq = db
             .conn
             .lock()
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM results", [], |r| {
                 r.get(0)
             })
-            .map_err(|e| BackendError::Storage(e.to_string()))?;
+            .map_err(BackendError::storage)?;
         Ok(Arc::new(SqliteBackend {
             shared: Arc::new(BackendShared {
                 db,
@@ -915,6 +963,11 @@ impl SqliteBackend {
 impl ResultBackend for SqliteBackend {
     fn url(&self) -> String {
         format!("sqlite://{}", self.shared.db.path)
+    }
+
+    /// False: other processes read results through the file.
+    fn is_private(&self) -> bool {
+        false
     }
 
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {

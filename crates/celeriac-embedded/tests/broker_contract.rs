@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_core::Broker;
+use celeriac_core::broker::prelude::*;
 use celeriac_embedded::{MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker};
 use celeriac_testkit::{Fixture, LONG, id_of, out, q};
 

@@ -50,8 +50,11 @@ return n
 
 const META_PREFIX: &str = "celery-task-meta-";
 
+/// The backend's result subscription, shared with the listener task: the
+/// pub/sub sink, the waiters it wakes, and what it needs to rebuild itself
+/// after a reconnect (options and client).
 #[derive(Debug)]
-struct Shared {
+struct ResultListener {
     opts: RedisOptions,
     client: redis::Client,
     waiters: Waiters,
@@ -62,7 +65,7 @@ struct Shared {
     unsubscribe: Mutex<(Vec<String>, bool)>,
 }
 
-impl Shared {
+impl ResultListener {
     fn key(&self, task_id: &str) -> String {
         format!("{}{META_PREFIX}{task_id}", self.opts.prefix)
     }
@@ -78,7 +81,7 @@ impl Shared {
 /// `SETEX` and `PUBLISH`ed on a channel of the same name.
 #[derive(Debug)]
 pub struct RedisBackend {
-    shared: Arc<Shared>,
+    shared: Arc<ResultListener>,
     conn: OnceCell<ConnectionManager>,
     listener: OnceCell<()>,
     store: Script,
@@ -86,9 +89,9 @@ pub struct RedisBackend {
 
 fn err(e: redis::RedisError) -> BackendError {
     if crate::conn::is_connection_error(&e) {
-        BackendError::Connection(e.to_string())
+        BackendError::connection(e)
     } else {
-        BackendError::Storage(e.to_string())
+        BackendError::storage(e)
     }
 }
 
@@ -106,7 +109,7 @@ impl RedisBackend {
             }
         })?;
         Ok(Arc::new(RedisBackend {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ResultListener {
                 opts,
                 client,
                 waiters: Waiters::default(),
@@ -152,8 +155,8 @@ impl RedisBackend {
         let sink = self.shared.sink.lock().clone();
         match sink {
             Some(mut s) => s.subscribe(channel).await.map_err(err),
-            None => Err(BackendError::Connection(
-                "result subscriber is reconnecting".into(),
+            None => Err(BackendError::connection_msg(
+                "result subscriber is reconnecting",
             )),
         }
     }
@@ -165,7 +168,7 @@ impl RedisBackend {
 /// silent after reconnects), and when the connection drops it reconnects,
 /// resubscribes and reads the pending keys at once.
 async fn listen(
-    shared: Arc<Shared>,
+    shared: Arc<ResultListener>,
     mut stream: redis::aio::PubSubStream,
     mut conn: ConnectionManager,
 ) {
@@ -201,7 +204,7 @@ async fn listen(
     }
 }
 
-fn deliver(shared: &Arc<Shared>, msg: &redis::Msg) {
+fn deliver(shared: &Arc<ResultListener>, msg: &redis::Msg) {
     let channel = msg.get_channel_name().to_string();
     let Some(id) = shared.task_id(&channel).map(str::to_string) else {
         return;
@@ -226,7 +229,7 @@ fn deliver(shared: &Arc<Shared>, msg: &redis::Msg) {
 
 /// Unsubscribes from the channels of delivered results, a batch per
 /// request, until none are left.
-async fn unsubscribe_delivered(shared: Arc<Shared>) {
+async fn unsubscribe_delivered(shared: Arc<ResultListener>) {
     loop {
         let batch = {
             let mut pending = shared.unsubscribe.lock();
@@ -246,7 +249,7 @@ async fn unsubscribe_delivered(shared: Arc<Shared>) {
 }
 
 /// Reads the stored results of every pending id and wakes their waiters.
-async fn catch_up(shared: &Shared, conn: &mut ConnectionManager) {
+async fn catch_up(shared: &ResultListener, conn: &mut ConnectionManager) {
     let pending = shared.waiters.pending_ids();
     if pending.is_empty() {
         return;
@@ -262,7 +265,9 @@ async fn catch_up(shared: &Shared, conn: &mut ConnectionManager) {
     }
 }
 
-async fn resubscribe(shared: &Shared) -> Result<redis::aio::PubSubStream, redis::RedisError> {
+async fn resubscribe(
+    shared: &ResultListener,
+) -> Result<redis::aio::PubSubStream, redis::RedisError> {
     let (mut sink, stream) = shared.client.get_async_pubsub().await?.split();
     for id in shared.waiters.pending_ids() {
         sink.subscribe(shared.key(&id)).await?;
@@ -275,6 +280,11 @@ async fn resubscribe(shared: &Shared) -> Result<redis::aio::PubSubStream, redis:
 impl ResultBackend for RedisBackend {
     fn url(&self) -> String {
         self.shared.opts.redacted.clone()
+    }
+
+    /// False: other processes read results through the Redis server.
+    fn is_private(&self) -> bool {
+        false
     }
 
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
@@ -340,8 +350,8 @@ impl ResultBackend for RedisBackend {
         match sink {
             Some(mut s) => s.subscribe(&keys).await.map_err(err)?,
             None => {
-                return Err(BackendError::Connection(
-                    "result subscriber is reconnecting".into(),
+                return Err(BackendError::connection_msg(
+                    "result subscriber is reconnecting",
                 ));
             }
         }

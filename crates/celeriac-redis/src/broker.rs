@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use celeriac_core::time::unix_now;
-use celeriac_core::{Broker, BrokerError, DeadLetter, Delivery, NodeInfo, Outgoing};
+use celeriac_core::{
+    BrokerError, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits,
+    Revocations, Transport,
+};
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -430,9 +433,9 @@ fn control_command(payload: &[u8]) -> Option<(String, serde_json::Value)> {
 
 fn conn_err(e: redis::RedisError) -> BrokerError {
     if crate::conn::is_connection_error(&e) {
-        BrokerError::Connection(e.to_string())
+        BrokerError::connection(e)
     } else {
-        BrokerError::Storage(e.to_string())
+        BrokerError::storage(e)
     }
 }
 
@@ -644,7 +647,7 @@ impl RedisBroker {
 }
 
 #[async_trait]
-impl Broker for RedisBroker {
+impl Transport for RedisBroker {
     fn url(&self) -> String {
         self.opts.redacted.clone()
     }
@@ -721,16 +724,16 @@ impl Broker for RedisBroker {
             if !raw.is_empty() {
                 let mut out = Vec::with_capacity(raw.len() / 5);
                 for chunk in raw.chunks(5) {
-                    let queue: String = redis::from_redis_value_ref(&chunk[0])
-                        .map_err(|e| BrokerError::Storage(e.to_string()))?;
-                    let payload: Vec<u8> = redis::from_redis_value_ref(&chunk[1])
-                        .map_err(|e| BrokerError::Storage(e.to_string()))?;
-                    let tag: String = redis::from_redis_value_ref(&chunk[2])
-                        .map_err(|e| BrokerError::Storage(e.to_string()))?;
-                    let count: u32 = redis::from_redis_value_ref(&chunk[3])
-                        .map_err(|e| BrokerError::Storage(e.to_string()))?;
-                    let revoked: i64 = redis::from_redis_value_ref(&chunk[4])
-                        .map_err(|e| BrokerError::Storage(e.to_string()))?;
+                    let queue: String =
+                        redis::from_redis_value_ref(&chunk[0]).map_err(BrokerError::storage)?;
+                    let payload: Vec<u8> =
+                        redis::from_redis_value_ref(&chunk[1]).map_err(BrokerError::storage)?;
+                    let tag: String =
+                        redis::from_redis_value_ref(&chunk[2]).map_err(BrokerError::storage)?;
+                    let count: u32 =
+                        redis::from_redis_value_ref(&chunk[3]).map_err(BrokerError::storage)?;
+                    let revoked: i64 =
+                        redis::from_redis_value_ref(&chunk[4]).map_err(BrokerError::storage)?;
                     let redelivered = count > 1 || payload_redelivered(&payload);
                     out.push(Delivery {
                         tag: format!("{tag}#{token}"),
@@ -839,6 +842,32 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        for s in PRIORITY_STEPS {
+            pipe.llen(self.list_key(queue, s));
+        }
+        let lens: Vec<usize> = pipe.query_async(&mut conn).await.map_err(conn_err)?;
+        let delayed: Vec<String> = conn
+            .zrange(self.key("celeriac.delayed"), 0, -1)
+            .await
+            .map_err(conn_err)?;
+        let keys: Vec<String> = PRIORITY_STEPS
+            .iter()
+            .map(|s| self.list_key(queue, *s))
+            .collect();
+        let waiting = delayed
+            .iter()
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .filter(|v| v["k"].as_str().is_some_and(|k| keys.iter().any(|x| x == k)))
+            .count();
+        Ok(lens.iter().sum::<usize>() + waiting)
+    }
+}
+
+#[async_trait]
+impl DeadLetters for RedisBroker {
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
         let (tag, token) = split_tag(&delivery.tag)?;
         let mut conn = self.conn().await?;
@@ -939,44 +968,10 @@ impl Broker for RedisBroker {
         }
         Ok(false)
     }
+}
 
-    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
-        let mut conn = self.conn().await?;
-        let mut pipe = redis::pipe();
-        for s in PRIORITY_STEPS {
-            pipe.llen(self.list_key(queue, s));
-        }
-        let lens: Vec<usize> = pipe.query_async(&mut conn).await.map_err(conn_err)?;
-        let delayed: Vec<String> = conn
-            .zrange(self.key("celeriac.delayed"), 0, -1)
-            .await
-            .map_err(conn_err)?;
-        let keys: Vec<String> = PRIORITY_STEPS
-            .iter()
-            .map(|s| self.list_key(queue, *s))
-            .collect();
-        let waiting = delayed
-            .iter()
-            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-            .filter(|v| v["k"].as_str().is_some_and(|k| keys.iter().any(|x| x == k)))
-            .count();
-        Ok(lens.iter().sum::<usize>() + waiting)
-    }
-
-    async fn rate_wait(&self, key: &str, interval: f64) -> Result<f64, BrokerError> {
-        let mut conn = self.conn().await?;
-        let wait: String = self
-            .scripts
-            .rate
-            .key(self.key(key))
-            .arg(unix_now())
-            .arg(interval)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(conn_err)?;
-        Ok(wait.parse().unwrap_or(0.0))
-    }
-
+#[async_trait]
+impl Revocations for RedisBroker {
     async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
         revoke_keys(
             &mut self.conn().await?,
@@ -1010,7 +1005,27 @@ impl Broker for RedisBroker {
     async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
         self.live_ids("celeriac.revoked.", task_ids).await
     }
+}
 
+#[async_trait]
+impl RateLimits for RedisBroker {
+    async fn rate_wait(&self, key: &str, interval: f64) -> Result<f64, BrokerError> {
+        let mut conn = self.conn().await?;
+        let wait: String = self
+            .scripts
+            .rate
+            .key(self.key(key))
+            .arg(unix_now())
+            .arg(interval)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(conn_err)?;
+        Ok(wait.parse().unwrap_or(0.0))
+    }
+}
+
+#[async_trait]
+impl Nodes for RedisBroker {
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {
         let mut conn = self.conn().await?;
         let doc = serde_json::json!({

@@ -41,7 +41,7 @@
 //! ## Leases
 //!
 //! While a task runs its worker keeps moving the message's `unacked_index`
-//! score to now ([`Broker::renew`](celeriac_core::Broker::renew)), so a long
+//! score to now ([`Transport::renew`](celeriac_core::Transport::renew)), so a long
 //! task is never restored while its worker lives. Any consumer restores
 //! messages whose score is older than the visibility timeout (default 3600 s,
 //! `?visibility_timeout=` in the URL) back to the front of their queue, marked

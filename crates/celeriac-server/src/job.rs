@@ -57,18 +57,19 @@ impl From<BackendError> for JobError {
     }
 }
 
-/// How a job ended, before decoding.
+/// How a job ended, before decoding: the stored result document, or why
+/// there is none.
 #[derive(Debug, Clone)]
-pub(crate) enum Outcome {
+pub(crate) enum JobEnd {
     Meta(Box<ResultMeta>),
     Error(JobError),
 }
 
-impl Outcome {
+impl JobEnd {
     pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, JobError> {
         match self {
-            Outcome::Error(e) => Err(e.clone()),
-            Outcome::Meta(meta) => match meta.outcome() {
+            JobEnd::Error(e) => Err(e.clone()),
+            JobEnd::Meta(meta) => match meta.outcome() {
                 Some(Ok(v)) => {
                     T::deserialize(v).map_err(|e| JobError::Decode(format!("{e} (value: {v})")))
                 }
@@ -83,7 +84,7 @@ impl Outcome {
 }
 
 /// A job's callback, decoding the outcome to the job's type.
-pub(crate) type Callback = Box<dyn FnOnce(&Outcome) + Send>;
+pub(crate) type Callback = Box<dyn FnOnce(&JobEnd) + Send>;
 
 pub(crate) struct JobState {
     pub(crate) id: String,
@@ -92,7 +93,7 @@ pub(crate) struct JobState {
     /// server's shutdown), so that it is finished exactly once.
     claimed: AtomicBool,
     callback: Mutex<Option<Callback>>,
-    slot: Mutex<Option<Outcome>>,
+    slot: Mutex<Option<JobEnd>>,
     cv: Condvar,
 }
 
@@ -132,7 +133,7 @@ impl JobState {
     }
 
     /// Records the outcome once; later calls are ignored.
-    pub(crate) fn complete(&self, outcome: Outcome) -> bool {
+    pub(crate) fn complete(&self, outcome: JobEnd) -> bool {
         let mut slot = self.slot.lock();
         if slot.is_some() {
             return false;
@@ -142,7 +143,7 @@ impl JobState {
         true
     }
 
-    fn wait_until(&self, deadline: Option<Instant>) -> Option<Outcome> {
+    fn wait_until(&self, deadline: Option<Instant>) -> Option<JobEnd> {
         let mut slot = self.slot.lock();
         loop {
             if let Some(o) = slot.as_ref() {
@@ -159,7 +160,7 @@ impl JobState {
         }
     }
 
-    fn peek(&self) -> Option<Outcome> {
+    fn peek(&self) -> Option<JobEnd> {
         self.slot.lock().clone()
     }
 }

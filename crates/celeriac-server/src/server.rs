@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
-use crate::job::{Callback, Job, JobError, JobState, Outcome};
+use crate::job::{Callback, Job, JobEnd, JobError, JobState};
 use crate::stats::{NodeStats, Stats};
 
 /// Errors building or operating a [`Server`].
@@ -48,7 +48,9 @@ pub enum ServerError {
 
 type CallbackJob = Box<dyn FnOnce() + Send>;
 
-struct Pending {
+/// A submitted job on its way to the publisher task: its message and the
+/// state its [`Job`] handles wait on.
+struct Unpublished {
     msg: Message,
     state: Arc<JobState>,
 }
@@ -59,7 +61,10 @@ struct NodeTally {
     seconds: f64,
 }
 
-struct Shared {
+/// What the server, its publisher task and its result watchers share: the
+/// broker and backend, the jobs not yet finished, groups, per-node tallies
+/// and the callback thread's queue.
+struct ServerState {
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
     local_node: Option<String>,
@@ -71,14 +76,14 @@ struct Shared {
     callbacks: Mutex<Option<std::sync::mpsc::Sender<CallbackJob>>>,
 }
 
-impl Shared {
+impl ServerState {
     /// Finishes a job once: records stats, runs its callback on the
     /// callback thread, then completes it. Later calls are ignored.
-    fn finish(self: &Arc<Self>, state: Arc<JobState>, outcome: Outcome) {
+    fn finish(self: &Arc<Self>, state: Arc<JobState>, outcome: JobEnd) {
         let Some(callback) = state.claim() else {
             return;
         };
-        if let Outcome::Meta(meta) = &outcome {
+        if let JobEnd::Meta(meta) = &outcome {
             let node = match (&meta.worker, &self.local_node) {
                 (Some(w), Some(local)) if w == local => "local".to_string(),
                 (Some(w), _) => w.clone(),
@@ -114,7 +119,7 @@ impl Shared {
         }
     }
 
-    fn settle(&self, state: &JobState, outcome: Outcome) {
+    fn settle(&self, state: &JobState, outcome: JobEnd) {
         if state.complete(outcome) {
             self.pending.lock().remove(&state.id);
             let mut groups = self.groups.lock();
@@ -129,12 +134,15 @@ impl Shared {
     }
 }
 
-struct Handle {
+/// The server itself, behind every [`Server`] clone: its runtime, local
+/// worker and publisher channel. Dropping it (the last clone) shuts the
+/// server down.
+struct ServerCore {
     rt: Option<Runtime>,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     worker: Option<Worker>,
     worker_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    publish: mpsc::UnboundedSender<Pending>,
+    publish: mpsc::UnboundedSender<Unpublished>,
     queue: String,
     routes: Routes,
     created: Instant,
@@ -142,7 +150,7 @@ struct Handle {
     callback_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl Handle {
+impl ServerCore {
     fn rt(&self) -> &Runtime {
         self.rt
             .as_ref()
@@ -188,8 +196,8 @@ impl Handle {
             let id = state.id.clone();
             let stored = self.block(async move { backend.get(&id).await });
             let outcome = match stored {
-                Ok(Some(meta)) if meta.status.is_ready() => Outcome::Meta(Box::new(meta)),
-                _ => Outcome::Error(JobError::Destroyed),
+                Ok(Some(meta)) if meta.status.is_ready() => JobEnd::Meta(Box::new(meta)),
+                _ => JobEnd::Error(JobError::Destroyed),
             };
             self.shared.finish(state, outcome);
         }
@@ -202,7 +210,7 @@ impl Handle {
     }
 }
 
-impl Drop for Handle {
+impl Drop for ServerCore {
     fn drop(&mut self) {
         self.destroy();
         if let Some(rt) = self.rt.take() {
@@ -232,7 +240,7 @@ impl Drop for Handle {
 /// ```
 #[derive(Clone)]
 pub struct Server {
-    handle: Arc<Handle>,
+    handle: Arc<ServerCore>,
 }
 
 impl std::fmt::Debug for Server {
@@ -386,8 +394,8 @@ impl ServerBuilder {
             })
             .map_err(|e| ServerError::Runtime(e.to_string()))?;
 
-        let shared = Arc::new(Shared {
-            forget_results: backend.url() == "memory://",
+        let shared = Arc::new(ServerState {
+            forget_results: backend.is_private(),
             broker,
             backend,
             local_node: worker.as_ref().map(|w| w.nodename().to_string()),
@@ -404,7 +412,7 @@ impl ServerBuilder {
             rt.spawn(async move { w.run().await })
         });
         Ok(Server {
-            handle: Arc::new(Handle {
+            handle: Arc::new(ServerCore {
                 rt: Some(rt),
                 shared,
                 worker,
@@ -422,7 +430,7 @@ impl ServerBuilder {
 
 /// Publishes jobs in submission order, batching whatever is queued, after
 /// starting to watch each job's result (watch before publish: no race).
-async fn publisher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn publisher(shared: Arc<ServerState>, mut rx: mpsc::UnboundedReceiver<Unpublished>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
         let mut outgoing = Vec::with_capacity(batch.len());
@@ -433,15 +441,16 @@ async fn publisher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>
                     outgoing.push(o);
                     ready.push(p);
                 }
-                Err(e) => shared.finish(p.state, Outcome::Error(JobError::Publish(e.to_string()))),
+                Err(e) => shared.finish(p.state, JobEnd::Error(JobError::Publish(e.to_string()))),
             }
         }
         let ids: Vec<String> = ready.iter().map(|p| p.msg.id().to_string()).collect();
-        let published: Vec<(Pending, ResultWatch)> = match shared.backend.watch_many(&ids).await {
+        let published: Vec<(Unpublished, ResultWatch)> = match shared.backend.watch_many(&ids).await
+        {
             Ok(watches) => ready.into_iter().zip(watches).collect(),
             Err(e) => {
                 for p in ready {
-                    shared.finish(p.state, Outcome::Error(JobError::Backend(e.to_string())));
+                    shared.finish(p.state, JobEnd::Error(JobError::Backend(e.to_string())));
                 }
                 continue;
             }
@@ -452,7 +461,7 @@ async fn publisher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>
         if let Err(e) = shared.broker.publish_batch(outgoing).await {
             tracing::error!(error = %e, "could not publish jobs");
             for (p, _) in published {
-                shared.finish(p.state, Outcome::Error(JobError::Publish(e.to_string())));
+                shared.finish(p.state, JobEnd::Error(JobError::Publish(e.to_string())));
             }
             continue;
         }
@@ -460,9 +469,9 @@ async fn publisher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>
             let shared = shared.clone();
             tokio::spawn(async move {
                 let outcome = match watch.await {
-                    Ok(meta) => Outcome::Meta(Box::new(meta)),
-                    Err(BackendError::Closed) => Outcome::Error(JobError::Destroyed),
-                    Err(e) => Outcome::Error(e.into()),
+                    Ok(meta) => JobEnd::Meta(Box::new(meta)),
+                    Err(BackendError::Closed) => JobEnd::Error(JobError::Destroyed),
+                    Err(e) => JobEnd::Error(e.into()),
                 };
                 let id = p.state.id.clone();
                 shared.finish(p.state, outcome);
@@ -511,7 +520,7 @@ impl<T: DeserializeOwned + 'static> Submit<'_, T> {
     where
         F: FnOnce(Result<T, JobError>) + Send + 'static,
     {
-        self.callback = Some(Box::new(move |o: &Outcome| f(o.decode::<T>())));
+        self.callback = Some(Box::new(move |o: &JobEnd| f(o.decode::<T>())));
         self
     }
 
@@ -569,17 +578,17 @@ impl Server {
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                h.shared.finish(state, Outcome::Error(JobError::Task(e)));
+                h.shared.finish(state, JobEnd::Error(JobError::Task(e)));
                 return job;
             }
         };
         if h.destroyed.load(Ordering::SeqCst) {
-            h.shared.finish(state, Outcome::Error(JobError::Destroyed));
+            h.shared.finish(state, JobEnd::Error(JobError::Destroyed));
             return job;
         }
-        if let Err(returned) = h.publish.send(Pending { msg, state }) {
+        if let Err(returned) = h.publish.send(Unpublished { msg, state }) {
             h.shared
-                .finish(returned.0.state, Outcome::Error(JobError::Destroyed));
+                .finish(returned.0.state, JobEnd::Error(JobError::Destroyed));
         }
         job
     }
@@ -793,7 +802,7 @@ where
         let callback: Option<Callback> = self
             .callback
             .clone()
-            .map(|cb| Box::new(move |o: &Outcome| cb(o.decode::<T::Output>())) as Callback);
+            .map(|cb| Box::new(move |o: &JobEnd| cb(o.decode::<T::Output>())) as Callback);
         self.server.send(call, self.group.clone(), callback)
     }
 }

@@ -38,9 +38,11 @@ pub enum RevokedBy {
     Expiry,
 }
 
-/// Hears of the transitions of every task a worker handles; see the
-/// [module docs](self). Methods are called on the task's handler, in order,
-/// and must return quickly (hand slow work to a channel).
+/// Hears of the transitions of every task a worker handles; add one with
+/// [`WorkerBuilder::observer`](crate::WorkerBuilder::observer). Every method
+/// does nothing by default, and a worker without observers pays nothing for
+/// them. Methods are called on the task's handler, in order, and must
+/// return quickly (hand slow work to a channel).
 ///
 /// # Examples
 ///

@@ -11,7 +11,8 @@
 //! *after* a store-and-ack, so its lease holds while its result is stored.
 //!
 //! Results are stored and messages acknowledged in batches where the
-//! broker says a batch saves round trips (`batch_settles`):
+//! broker says a batch saves round trips
+//! ([`Transport::batch_settles`](celeriac_core::Transport::batch_settles)):
 //! the handler that finds no batch in flight writes one, its own task and
 //! every one queued meanwhile included.
 
@@ -138,7 +139,7 @@ pub(crate) async fn apply(
                 // Acked as it started: the broker no longer has it.
                 Some(m) if held.acked => match Outgoing::from_message(m) {
                     Ok(o) => inner.broker.publish(o).await,
-                    Err(e) => Err(BrokerError::Storage(e.to_string())),
+                    Err(e) => Err(BrokerError::storage(e)),
                 },
                 _ => inner.broker.requeue(&d, not_before).await,
             };

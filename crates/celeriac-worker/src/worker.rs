@@ -54,7 +54,7 @@ pub(crate) struct Inner {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use celeriac_core::{Broker, Call, Outgoing, Registry, ResultBackend};
+/// use celeriac_core::{Call, Outgoing, Registry, ResultBackend, Transport};
 /// use celeriac_embedded::{MemoryBackend, MemoryBroker};
 /// use celeriac_worker::Worker;
 ///

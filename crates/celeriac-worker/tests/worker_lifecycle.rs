@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_core::broker::prelude::*;
 use celeriac_core::time::{iso_from_unix, unix_now};
 use celeriac_core::{
-    Broker, Call, Delivery, Message, Outgoing, Registry, ResultBackend, ResultMeta, State,
-    TaskError, TaskOptions,
+    Call, Delivery, Message, Outgoing, Registry, ResultBackend, ResultMeta, State, TaskError,
+    TaskOptions,
 };
 use celeriac_embedded::{MemoryBackend, MemoryBroker};
 use celeriac_worker::{Observer, RevokedBy, TaskEvent, Worker};

@@ -26,7 +26,10 @@
 //!   stored as Celery stores them ([`ResultMeta`]).
 //! - Brokers: `memory://` (in process, the [`Server`] default) and
 //!   `sqlite:///path.db` (a durable file shared by processes on one machine,
-//!   the CLI default).
+//!   the CLI default). A broker is the sum of small capability traits
+//!   ([`Transport`], [`DeadLetters`], [`Revocations`], [`RateLimits`],
+//!   [`Nodes`]); `use celeriac::prelude::*` brings them into scope to call
+//!   them on a concrete broker such as [`MemoryBroker`].
 
 extern crate self as celeriac;
 
@@ -34,12 +37,13 @@ pub mod builtins;
 
 pub use celeriac_connect::{default_backend_url, open_backend, open_broker};
 pub use celeriac_core::CancelToken;
+pub use celeriac_core::broker::prelude;
 pub use celeriac_core::time;
 pub use celeriac_core::{
-    Args, BackendError, Broker, BrokerError, Call, CodecError, DeadLetter, Delivery, Message,
-    NodeInfo, Outgoing, RateLimit, Registry, RegistryError, ResultBackend, ResultMeta,
-    RetryDecision, Routes, State, Task, TaskContext, TaskDef, TaskError, TaskErrorKind, TaskFuture,
-    TaskOptions,
+    Args, BackendError, BoxError, Broker, BrokerError, Call, CodecError, DeadLetter, DeadLetters,
+    Delivery, Message, NodeInfo, Nodes, Outgoing, RateLimit, RateLimits, Registry, RegistryError,
+    ResultBackend, ResultMeta, RetryDecision, Revocations, Routes, State, Task, TaskContext,
+    TaskDef, TaskError, TaskErrorKind, TaskFuture, TaskOptions, Transport,
 };
 pub use celeriac_core::{Enforces, Executor, PoolKind, Ran};
 pub use celeriac_embedded::{

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use celeriac::prelude::*;
 use celeriac::{
-    Broker, Call, MemoryBackend, MemoryBroker, Outgoing, Registry, ResultBackend, ResultMeta,
-    Server, Worker, task,
+    Call, MemoryBackend, MemoryBroker, Outgoing, Registry, ResultBackend, ResultMeta, Server,
+    Worker, task,
 };
 
 static CHARGES: AtomicU32 = AtomicU32::new(0);

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use celeriac::builtins::flaky;
+use celeriac::prelude::*;
 use celeriac::{
-    Broker, Call, MemoryBackend, MemoryBroker, Outgoing, Registry, ResultBackend, Server, State,
+    Call, MemoryBackend, MemoryBroker, Outgoing, Registry, ResultBackend, Server, State,
     TaskContext, TaskError, Worker, task,
 };
 

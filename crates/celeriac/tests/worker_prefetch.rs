@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use celeriac::prelude::*;
 use celeriac::{
-    Broker, Call, MemoryBackend, MemoryBroker, Outgoing, Registry, ResultBackend, ResultMeta,
-    State, TaskError, Worker,
+    Call, MemoryBackend, MemoryBroker, Outgoing, Registry, ResultBackend, ResultMeta, State,
+    TaskError, Worker,
 };
 
 /// Short tasks run before a test's own, so that the worker has measured

@@ -1,0 +1,36 @@
+//! [`Revocations`]: revoked task ids, shared by every worker on a broker
+//! (Celery's `revoke`, with and without `terminate`), each remembered for
+//! a time to live (by default [`REVOKE_TTL`](super::REVOKE_TTL)).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::BrokerError;
+
+/// The revocation capability of a broker. Every method is required: a
+/// broker that cannot remember revokes must not pretend to.
+#[async_trait]
+pub trait Revocations: Send + Sync + fmt::Debug {
+    /// Revokes task ids for `ttl`: every worker, including one started
+    /// later, records them as REVOKED instead of running them.
+    async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError>;
+
+    /// Revokes task ids like [`revoke`](Self::revoke), and also asks the
+    /// workers running them to terminate them (Celery's
+    /// `revoke(terminate=True)`): a process-pool worker kills the child, an
+    /// async one cancels the future, and a thread-pool one cancels the
+    /// task's context (a thread cannot be killed).
+    async fn revoke_terminate(&self, task_ids: &[String], ttl: Duration)
+    -> Result<(), BrokerError>;
+
+    /// Which of `task_ids` were revoked with terminate (and have not
+    /// expired). Workers ask for the tasks they are running.
+    async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError>;
+
+    /// Which of `task_ids` are revoked now (and have not expired). Workers
+    /// ask for the messages they hold but have not started, since a revoke
+    /// can arrive after the claim that checked it.
+    async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError>;
+}

@@ -1,0 +1,92 @@
+//! [`Transport`]: moving messages. Publishing, claiming under a lease,
+//! renewing, acknowledging and requeueing: the part of a broker every
+//! producer and worker needs.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Delivery, Outgoing};
+use crate::error::BrokerError;
+
+/// The message-moving capability of a broker: publish, claim, renew, ack
+/// and requeue. See the [module docs](super) for the contract.
+#[async_trait]
+pub trait Transport: Send + Sync + fmt::Debug {
+    /// The broker's URL, with any password redacted.
+    fn url(&self) -> String;
+
+    /// How long a claim holds a message without renewal before the broker
+    /// makes it claimable again. Workers renew at a third of it.
+    fn lease(&self) -> Duration;
+
+    /// Publishes one message.
+    async fn publish(&self, msg: Outgoing) -> Result<(), BrokerError>;
+
+    /// Publishes several messages, in order. Brokers override this to use one
+    /// round trip or transaction.
+    async fn publish_batch(&self, msgs: Vec<Outgoing>) -> Result<(), BrokerError> {
+        for m in msgs {
+            self.publish(m).await?;
+        }
+        Ok(())
+    }
+
+    /// Claims up to `max` messages from `queues` for `consumer`, waiting up
+    /// to `timeout` for the first. Returns an empty list on timeout. Queues
+    /// are served in the order given; within a queue, higher priority first,
+    /// then oldest first.
+    async fn claim(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError>;
+
+    /// Acknowledges a delivery: the message is done and removed.
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError>;
+
+    /// Acknowledges several deliveries, in one round trip or transaction
+    /// where the broker allows. Returns, in order, whether each delivery
+    /// was still held (`false` is [`BrokerError::NotHeld`] for that one: its
+    /// lease lapsed and it was given to someone else). An `Err` means the
+    /// broker could not be asked; some of the acks may have been applied.
+    async fn ack_many(&self, deliveries: &[Delivery]) -> Result<Vec<bool>, BrokerError> {
+        let mut held = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            match self.ack(d).await {
+                Ok(()) => held.push(true),
+                Err(BrokerError::NotHeld(_)) => held.push(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(held)
+    }
+
+    /// Whether workers should store results and ack messages in batches
+    /// ([`ack_many`](Self::ack_many) with
+    /// [`ResultBackend::store_many`](super::ResultBackend::store_many)):
+    /// true for brokers where a batch saves round trips or transactions.
+    /// The in-process default is false: each task is settled on its own,
+    /// without waiting for the others.
+    fn batch_settles(&self) -> bool {
+        false
+    }
+
+    /// Extends the leases of deliveries still being worked on.
+    async fn renew(&self, deliveries: &[Delivery]) -> Result<(), BrokerError>;
+
+    /// Puts a delivery back on its queue, claimable again at once or from
+    /// unix time `not_before`.
+    async fn requeue(
+        &self,
+        delivery: &Delivery,
+        not_before: Option<f64>,
+    ) -> Result<(), BrokerError>;
+
+    /// Number of messages waiting on `queue` (not claimed, including
+    /// delayed ones).
+    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError>;
+}

@@ -52,7 +52,7 @@ const SPIN_BUDGET: Duration = Duration::from_micros(50);
 pub(crate) struct Shared {
     /// Distinguishes pools, see `CURRENT_POOL` in `pool.rs`.
     pub(crate) id: usize,
-    state: Mutex<State>,
+    state: Mutex<QueueState>,
     /// `jobs.len()` as of the last push/pop, for spinners to poll.
     queued_hint: AtomicUsize,
     /// A worker holds the spinner role. Set freely by whoever wins the
@@ -71,7 +71,7 @@ pub(crate) struct Shared {
     pub(crate) next_index: AtomicUsize,
 }
 
-struct State {
+struct QueueState {
     jobs: VecDeque<Job>,
     /// Workers waiting on `work` and not yet notified.
     sleeping: usize,
@@ -104,7 +104,7 @@ impl Shared {
     ) -> Self {
         Self {
             id,
-            state: Mutex::new(State {
+            state: Mutex::new(QueueState {
                 jobs: VecDeque::new(),
                 sleeping: 0,
                 active: 0,
@@ -233,7 +233,7 @@ impl Shared {
     }
 
     /// Wakes every sleeper (shrink, shutdown); `st` is the locked state.
-    fn wake_all(&self, st: &mut State) {
+    fn wake_all(&self, st: &mut QueueState) {
         st.sleeping = 0;
         self.work.notify_all();
     }

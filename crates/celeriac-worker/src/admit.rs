@@ -295,3 +295,170 @@ pub(crate) fn after_wait(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use celeriac_core::time::iso_from_unix;
+    use celeriac_core::{Call, Delivery, Registry};
+    use celeriac_embedded::{MemoryBackend, MemoryBroker};
+    use serde_json::json;
+
+    use super::*;
+    use crate::Worker;
+
+    fn worker() -> Worker {
+        let mut r = Registry::new();
+        r.register_fn("t.known", |_, _| Ok(json!(1))).unwrap();
+        Worker::builder(
+            Arc::new(MemoryBroker::new()),
+            Arc::new(MemoryBackend::new()),
+            Arc::new(r),
+        )
+        .concurrency(1)
+        .max_deliveries(3)
+        .max_body(4096)
+        .build()
+        .unwrap()
+    }
+
+    fn delivery(msg: &Message) -> Delivery {
+        Delivery {
+            tag: "tag".into(),
+            queue: "q".into(),
+            payload: msg.encode().unwrap(),
+            deliveries: 1,
+            redelivered: false,
+            revoked: false,
+        }
+    }
+
+    fn known() -> Message {
+        Call::<i64>::new("t.known").to_message().unwrap()
+    }
+
+    fn skipped(a: Admission) -> (Option<Message>, Disposition) {
+        match a {
+            Admission::Skip { msg, disposition } => (msg, *disposition),
+            Admission::Run(r) => panic!("{} was let through", r.msg.id()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_known_task_is_let_through_with_its_task() {
+        let w = worker();
+        let m = known();
+        match admit(w.inner(), &delivery(&m)).await {
+            Admission::Run(a) => {
+                assert_eq!(a.msg.id(), m.id());
+                assert_eq!(a.task.name(), "t.known");
+            }
+            Admission::Skip { disposition, .. } => panic!("skipped: {disposition:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn poison_malformed_and_oversized_messages_are_dead_lettered_undecoded() {
+        let w = worker();
+        let mut poison = delivery(&known());
+        poison.deliveries = 4;
+        let mut garbage = delivery(&known());
+        garbage.payload = b"\x00 not a message".to_vec();
+        let mut huge = known();
+        huge.args = vec![json!("x".repeat(8192))];
+        for (what, d, reason) in [
+            ("poison", poison, "poison message: delivered 3 times"),
+            ("garbage", garbage, "malformed message"),
+            (
+                "oversized",
+                delivery(&huge),
+                "exceeds the limit of 4096 bytes",
+            ),
+        ] {
+            let (msg, disposition) = skipped(admit(w.inner(), &d).await);
+            assert!(msg.is_none(), "{what}: not decoded");
+            let Disposition::DeadLetter {
+                reason: got,
+                result,
+            } = disposition
+            else {
+                panic!("{what}: {disposition:?}")
+            };
+            assert!(got.contains(reason), "{what}: {got}");
+            assert!(result.is_none(), "{what}: no result without a task id");
+        }
+    }
+
+    #[tokio::test]
+    async fn revoked_and_expired_messages_end_as_revoked_results() {
+        let w = worker();
+        let mut revoked = delivery(&known());
+        revoked.revoked = true;
+        let mut expired = known();
+        expired.headers.expires = Some(iso_from_unix(unix_now() - 1.0));
+        for (d, why) in [(revoked, "revoked"), (delivery(&expired), "expired")] {
+            let (msg, disposition) = skipped(admit(w.inner(), &d).await);
+            assert!(msg.is_some());
+            let Disposition::Done { result: Some(meta) } = disposition else {
+                panic!("{why}: {disposition:?}")
+            };
+            assert_eq!(meta.status, celeriac_core::State::Revoked, "{why}");
+            assert_eq!(meta.result["exc_message"], json!([why]));
+            assert_eq!(meta.queue.as_deref(), Some("q"));
+        }
+        let stats = w.stats();
+        assert_eq!((stats.revoked, stats.expired), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_future_eta_is_requeued_until_due_and_an_unknown_task_fails_and_is_dead_lettered() {
+        let w = worker();
+        let mut later = known();
+        let due = unix_now() + 60.0;
+        later.headers.eta = Some(iso_from_unix(due));
+        let (_, disposition) = skipped(admit(w.inner(), &delivery(&later)).await);
+        let Disposition::Requeue {
+            not_before: Some(at),
+            ..
+        } = disposition
+        else {
+            panic!("{disposition:?}")
+        };
+        assert!((at - due).abs() < 0.01, "{at} vs {due}");
+
+        let unknown = Call::<i64>::new("t.unknown").to_message().unwrap();
+        let (_, disposition) = skipped(admit(w.inner(), &delivery(&unknown)).await);
+        let Disposition::DeadLetter {
+            reason,
+            result: Some(meta),
+        } = disposition
+        else {
+            panic!("{disposition:?}")
+        };
+        assert_eq!(reason, "unknown task \"t.unknown\"");
+        assert_eq!(meta.result["exc_type"], json!("NotRegistered"));
+        assert_eq!(w.stats().failed, 1);
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_task_with_a_stored_result_is_acked_without_running() {
+        let w = worker();
+        let m = known();
+        w.inner()
+            .backend
+            .store(&celeriac_core::ResultMeta::success(m.id(), json!(1)))
+            .await
+            .unwrap();
+        let mut d = delivery(&m);
+        // Not redelivered: it runs (the result might be a stale one).
+        assert!(matches!(admit(w.inner(), &d).await, Admission::Run(_)));
+        d.redelivered = true;
+        let (_, disposition) = skipped(admit(w.inner(), &d).await);
+        assert!(
+            matches!(disposition, Disposition::Done { result: None }),
+            "{disposition:?}"
+        );
+        assert_eq!(w.stats().duplicates, 1);
+    }
+}

@@ -310,7 +310,7 @@ impl WorkerBuilder {
                 .thread_name("celeriac-task")
                 .threads(threads)
                 .build()
-                .map_err(|e| WorkerError::Pool(e.to_string()))?,
+                .map_err(|e| WorkerError::Pool(Box::new(e)))?,
         };
         let nodename = self
             .nodename

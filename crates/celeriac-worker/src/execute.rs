@@ -147,7 +147,7 @@ impl Executors {
     pub(crate) fn resize(&self, n: usize) -> Result<(), WorkerError> {
         self.threads
             .resize(thread_count(self.kind, n))
-            .map_err(|e| WorkerError::Pool(e.to_string()))?;
+            .map_err(|e| WorkerError::Pool(Box::new(e)))?;
         if let Some(p) = self.processes.lock().as_ref() {
             p.pool().set_processes(n)?;
         }

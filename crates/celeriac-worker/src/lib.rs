@@ -69,9 +69,9 @@ pub use worker::Worker;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
-    /// The thread pool could not be built.
+    /// The thread pool could not be built or resized.
     #[error("thread pool: {0}")]
-    Pool(String),
+    Pool(#[source] celeriac_core::BoxError),
     /// No queue to consume from.
     #[error("a worker needs at least one queue")]
     NoQueues,

@@ -96,10 +96,10 @@ impl Ledger {
     }
 }
 
-/// Finished tasks waiting to be settled in a batch.
+/// ToSettle tasks waiting to be settled in a batch.
 #[derive(Debug, Default)]
 pub(crate) struct Batches {
-    queue: Mutex<Vec<Finished>>,
+    queue: Mutex<Vec<ToSettle>>,
     /// Whether a handler is writing batches.
     combining: AtomicBool,
 }
@@ -107,7 +107,7 @@ pub(crate) struct Batches {
 /// A finished task to settle: its result to store (none with
 /// `ignore_result`), then its message to ack.
 #[derive(Debug)]
-struct Finished {
+struct ToSettle {
     meta: Option<ResultMeta>,
     delivery: Delivery,
     /// Told when it is settled (none when its own handler settles it).
@@ -252,7 +252,7 @@ async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
     if !inner.broker.batch_settles() {
         // In-process: a batch saves no round trip, and waiting for another
         // handler's batch would add a wake-up.
-        let one = Finished {
+        let one = ToSettle {
             meta,
             delivery,
             done: None,
@@ -262,7 +262,7 @@ async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
     }
     let batches = &inner.batches;
     let (done, mut rx) = oneshot::channel();
-    batches.queue.lock().push(Finished {
+    batches.queue.lock().push(ToSettle {
         meta,
         delivery,
         done: Some(done),
@@ -279,7 +279,7 @@ async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
             // unsettled messages then come back when their leases lapse).
             let _combining = ClearOnDrop(&batches.combining);
             loop {
-                let batch: Vec<Finished> = {
+                let batch: Vec<ToSettle> = {
                     let mut queue = batches.queue.lock();
                     let n = queue.len().min(SETTLE_BATCH);
                     queue.drain(..n).collect()
@@ -310,7 +310,7 @@ impl Drop for ClearOnDrop<'_> {
     }
 }
 
-async fn settle_batch(inner: &Inner, batch: Vec<Finished>) {
+async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) {
     // Taken apart without copies: the results to store, and for each task
     // whether it had one, its delivery and whom to tell.
     let mut metas = Vec::with_capacity(batch.len());

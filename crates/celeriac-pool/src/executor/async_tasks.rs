@@ -9,7 +9,7 @@ use celeriac_core::{
 };
 use tokio::task::AbortHandle;
 
-use super::{Running, soft_timer};
+use super::{RunningTasks, soft_timer};
 use crate::Panicked;
 
 /// An [`Executor`] for `async fn` tasks: each runs as a tokio task on the
@@ -21,14 +21,14 @@ use crate::Panicked;
 /// Cheap to clone; clones share the record of running tasks.
 #[derive(Debug, Clone)]
 pub struct AsyncExecutor {
-    running: Arc<Running<AbortHandle>>,
+    running: Arc<RunningTasks<AbortHandle>>,
 }
 
 impl AsyncExecutor {
     /// An executor on the current tokio runtime.
     pub fn new() -> Self {
         AsyncExecutor {
-            running: Running::new(),
+            running: RunningTasks::new(),
         }
     }
 }

@@ -31,17 +31,17 @@ use parking_lot::Mutex;
 
 /// Tasks an executor runs now, by task id, with how to stop each.
 #[derive(Debug)]
-pub(crate) struct Running<S>(Mutex<HashMap<String, S>>);
+pub(crate) struct RunningTasks<S>(Mutex<HashMap<String, S>>);
 
-impl<S: Clone> Running<S> {
+impl<S: Clone> RunningTasks<S> {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Running(Mutex::new(HashMap::new())))
+        Arc::new(RunningTasks(Mutex::new(HashMap::new())))
     }
 
     /// Records `id` until the returned guard drops.
-    pub(crate) fn enter(self: &Arc<Self>, id: &str, stop: S) -> RunningGuard<S> {
+    pub(crate) fn enter(self: &Arc<Self>, id: &str, stop: S) -> RunningTask<S> {
         self.0.lock().insert(id.to_string(), stop);
-        RunningGuard {
+        RunningTask {
             running: Arc::clone(self),
             id: id.to_string(),
         }
@@ -53,14 +53,14 @@ impl<S: Clone> Running<S> {
     }
 }
 
-/// Removes a task from its executor's [`Running`] set when its run ends.
+/// Removes a task from its executor's [`RunningTasks`] set when its run ends.
 #[derive(Debug)]
-pub(crate) struct RunningGuard<S: Clone> {
-    running: Arc<Running<S>>,
+pub(crate) struct RunningTask<S: Clone> {
+    running: Arc<RunningTasks<S>>,
     id: String,
 }
 
-impl<S: Clone> Drop for RunningGuard<S> {
+impl<S: Clone> Drop for RunningTask<S> {
     fn drop(&mut self) {
         self.running.0.lock().remove(&self.id);
     }

@@ -11,7 +11,7 @@ use celeriac_core::{
 };
 use tokio::sync::oneshot;
 
-use super::{Running, soft_timer};
+use super::{RunningTasks, soft_timer};
 use crate::{Panicked, ThreadPool};
 
 /// An [`Executor`] on a [`ThreadPool`]: the cheapest hand-off and shared
@@ -25,7 +25,7 @@ use crate::{Panicked, ThreadPool};
 #[derive(Debug, Clone)]
 pub struct ThreadExecutor {
     pool: ThreadPool,
-    running: Arc<Running<CancelToken>>,
+    running: Arc<RunningTasks<CancelToken>>,
 }
 
 impl ThreadExecutor {
@@ -33,7 +33,7 @@ impl ThreadExecutor {
     pub fn new(pool: ThreadPool) -> Self {
         ThreadExecutor {
             pool,
-            running: Running::new(),
+            running: RunningTasks::new(),
         }
     }
 

@@ -272,13 +272,13 @@ impl ProcessPoolBuilder {
                 }
             }
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(PoolCore {
             program,
             env: self.env,
             max_tasks: self.max_tasks_per_child,
             max_memory: self.max_memory_per_child,
             prefetch: self.prefetch,
-            state: Mutex::new(State {
+            state: Mutex::new(PoolState {
                 target: n,
                 closed: false,
                 stopped: false,
@@ -300,7 +300,7 @@ impl ProcessPoolBuilder {
             .spawn(move || supervise(&sup))
             .map_err(ProcessPoolError::Program)?;
         Ok(ProcessPool {
-            handle: Arc::new(Handle { shared }),
+            handle: Arc::new(LastHandle { shared }),
         })
     }
 }
@@ -330,7 +330,7 @@ impl ProcessPoolBuilder {
 /// ```
 #[derive(Clone)]
 pub struct ProcessPool {
-    handle: Arc<Handle>,
+    handle: Arc<LastHandle>,
 }
 
 impl fmt::Debug for ProcessPool {
@@ -389,7 +389,7 @@ impl ProcessPool {
             ));
             return Ok(());
         }
-        st.queue.push_back(Pending {
+        st.queue.push_back(Queued {
             job,
             body,
             done: Box::new(done),
@@ -613,15 +613,15 @@ impl ProcessPool {
 }
 
 /// The last user handle: dropping it retires the pool.
-struct Handle {
-    shared: Arc<Shared>,
+struct LastHandle {
+    shared: Arc<PoolCore>,
 }
 
-impl Drop for Handle {
+impl Drop for LastHandle {
     fn drop(&mut self) {
         let mut st = self.shared.state.lock();
         st.closed = true;
-        let queued: Vec<Pending> = st.queue.drain(..).collect();
+        let queued: Vec<Queued> = st.queue.drain(..).collect();
         let ids: Vec<u64> = st.children.keys().copied().collect();
         for id in ids {
             retire(&mut st, id);
@@ -642,7 +642,7 @@ impl Drop for Handle {
 
 type DoneFn = Box<dyn FnOnce(Outcome) + Send>;
 
-struct Pending {
+struct Queued {
     job: ProcessJob,
     /// The job's frame body, encoded at submission.
     body: Vec<u8>,
@@ -681,14 +681,14 @@ struct ChildState {
     killed_for: Option<Kill>,
 }
 
-struct State {
+struct PoolState {
     target: usize,
     closed: bool,
     /// Set once no more children are wanted and the supervisor may stop.
     stopped: bool,
     next_id: u64,
     next_seq: u64,
-    queue: VecDeque<Pending>,
+    queue: VecDeque<Queued>,
     children: HashMap<u64, ChildState>,
     spawning: usize,
     failures: u32,
@@ -698,18 +698,18 @@ struct State {
     stats: ProcessPoolStats,
 }
 
-struct Shared {
+struct PoolCore {
     program: PathBuf,
     env: Vec<(OsString, OsString)>,
     max_tasks: Option<u64>,
     max_memory: Option<u64>,
     prefetch: usize,
-    state: Mutex<State>,
+    state: Mutex<PoolState>,
     cond: Condvar,
 }
 
 /// Children that count toward the target: alive or starting, not retiring.
-fn serving(st: &State) -> usize {
+fn serving(st: &PoolState) -> usize {
     st.children
         .values()
         .filter(|c| !c.retiring && !c.dead)
@@ -767,7 +767,7 @@ fn send(c: &mut ChildState, f: &ToChildRef<'_>) -> io::Result<()> {
 }
 
 /// Marks a child as retiring; it is told to exit once it has no task.
-fn retire(st: &mut State, id: u64) {
+fn retire(st: &mut PoolState, id: u64) {
     if let Some(c) = st.children.get_mut(&id) {
         c.retiring = true;
         if c.ready && c.inflight.is_empty() && !c.dead && send(c, &ToChildRef::Exit).is_err() {
@@ -777,7 +777,7 @@ fn retire(st: &mut State, id: u64) {
 }
 
 /// Sends queued jobs to children with room.
-fn pump(shared: &Shared, st: &mut State) {
+fn pump(shared: &PoolCore, st: &mut PoolState) {
     let mut timed = false;
     while !st.queue.is_empty() {
         let Some((&id, _)) = st
@@ -824,7 +824,7 @@ fn pump(shared: &Shared, st: &mut State) {
 /// Writes an encoded job to a child and records it as in flight; on a
 /// write error the child is marked dead and the job goes back to the front
 /// of the queue. Returns whether the job has a hard time limit.
-fn start_on(c: &mut ChildState, seq: u64, p: Pending, queue: &mut VecDeque<Pending>) -> bool {
+fn start_on(c: &mut ChildState, seq: u64, p: Queued, queue: &mut VecDeque<Queued>) -> bool {
     match frame::write_seq(&mut c.writer, seq, &p.body) {
         Ok(()) => {
             let timed = p.job.ctx.time_limit().is_some();
@@ -853,13 +853,13 @@ fn start_on(c: &mut ChildState, seq: u64, p: Pending, queue: &mut VecDeque<Pendi
 /// Only the supervisor thread starts children: Linux delivers a child's
 /// `PR_SET_PDEATHSIG` when the *thread* that spawned it exits, so children
 /// must be spawned by a thread that lives as long as the pool.
-fn ensure_children(shared: &Arc<Shared>) {
+fn ensure_children(shared: &Arc<PoolCore>) {
     shared.cond.notify_all();
 }
 
 /// Counts a child that failed to start; after a few in a row the pool is
 /// broken and every waiting job fails instead of waiting forever.
-fn start_failed(shared: &Shared, st: &mut MutexGuard<'_, State>, why: String) {
+fn start_failed(shared: &PoolCore, st: &mut MutexGuard<'_, PoolState>, why: String) {
     st.failures += 1;
     st.retry_at =
         Some(Instant::now() + Duration::from_millis(100 * u64::from(st.failures.min(20))));
@@ -869,7 +869,7 @@ fn start_failed(shared: &Shared, st: &mut MutexGuard<'_, State>, why: String) {
         );
         tracing::error!("{why}");
         st.broken = Some(why.clone());
-        let queued: Vec<Pending> = st.queue.drain(..).collect();
+        let queued: Vec<Queued> = st.queue.drain(..).collect();
         MutexGuard::unlocked(st, || {
             for p in queued {
                 (p.done)(Outcome::failed(
@@ -883,7 +883,7 @@ fn start_failed(shared: &Shared, st: &mut MutexGuard<'_, State>, why: String) {
     shared.cond.notify_all();
 }
 
-fn spawn_child(shared: &Arc<Shared>) -> io::Result<()> {
+fn spawn_child(shared: &Arc<PoolCore>) -> io::Result<()> {
     let (ours, theirs) = UnixStream::pair()?;
     let mut cmd = Command::new(&shared.program);
     cmd.arg(CHILD_ARG)
@@ -932,7 +932,7 @@ fn spawn_child(shared: &Arc<Shared>) -> io::Result<()> {
 }
 
 /// One thread per child: reads its frames, and handles its end.
-fn read_child(shared: &Arc<Shared>, id: u64, mut child: Child, stream: UnixStream) {
+fn read_child(shared: &Arc<PoolCore>, id: u64, mut child: Child, stream: UnixStream) {
     let mut r = BufReader::new(stream);
     loop {
         match frame::read::<ToParent>(&mut r) {
@@ -991,7 +991,7 @@ struct Finished {
     peak_rss: Option<u64>,
 }
 
-fn on_done(shared: &Arc<Shared>, id: u64, d: Finished) {
+fn on_done(shared: &Arc<PoolCore>, id: u64, d: Finished) {
     let mut st = shared.state.lock();
     let Some(c) = st.children.get_mut(&id) else {
         return;
@@ -1049,7 +1049,7 @@ fn on_done(shared: &Arc<Shared>, id: u64, d: Finished) {
     });
 }
 
-fn on_exit(shared: &Arc<Shared>, id: u64, mut child: Child) {
+fn on_exit(shared: &Arc<PoolCore>, id: u64, mut child: Child) {
     let pid = child.id();
     let removed = {
         let mut st = shared.state.lock();
@@ -1071,7 +1071,7 @@ fn on_exit(shared: &Arc<Shared>, id: u64, mut child: Child) {
         // Prefetched tasks never started: back to the front of the queue,
         // in order.
         for r in inflight.into_iter().rev() {
-            st.queue.push_front(Pending {
+            st.queue.push_front(Queued {
                 job: r.job,
                 body: r.body,
                 done: r.done,
@@ -1163,7 +1163,7 @@ fn describe(status: Option<ExitStatus>) -> String {
 
 /// Starts children up to the target, kills children past their hard time
 /// limit, and children that never became ready.
-fn supervise(shared: &Arc<Shared>) {
+fn supervise(shared: &Arc<PoolCore>) {
     let mut st = shared.state.lock();
     loop {
         if st.stopped && st.children.is_empty() {
@@ -1242,7 +1242,7 @@ fn kill(pid: u32) {
 
 /// Retires every child and waits for them until `deadline`, then kills
 /// what is left.
-fn stop(shared: &Arc<Shared>, mut st: MutexGuard<'_, State>, deadline: Instant) {
+fn stop(shared: &Arc<PoolCore>, mut st: MutexGuard<'_, PoolState>, deadline: Instant) {
     st.target = 0;
     st.stopped = true;
     let ids: Vec<u64> = st.children.keys().copied().collect();

@@ -308,10 +308,9 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
         settle::apply(inner, held, Some(&msg), back).await;
         return;
     }
-    let delivery = held.delivery().clone();
     let ev = TaskEvent {
         message: &msg,
-        delivery: &delivery,
+        delivery: held.delivery(),
         hostname: &inner.config.nodename,
     };
     if let Some(disposition) = admit::after_wait(inner, &ev, revoked_meanwhile) {
@@ -329,6 +328,11 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
     if !options.is_acks_late() {
         settle::ack_early(inner, &mut held).await;
     }
+    let ev = TaskEvent {
+        message: &msg,
+        delivery: held.delivery(),
+        hostname: &inner.config.nodename,
+    };
     inner.notify.started(&ev);
     let ran = inner
         .executors
@@ -340,7 +344,7 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
     }
     let facts = RunFacts {
         msg: &msg,
-        queue: &delivery.queue,
+        queue: &ev.delivery.queue,
         options: &options,
         acked_early: held.is_acked(),
         meta: inner.config.meta_facts(),

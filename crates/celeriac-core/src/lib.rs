@@ -17,6 +17,7 @@
 //!   pool of threads, processes or async tasks ([`PoolKind`]).
 //! - [`options`]: a task's [`TaskOptions`]: retries, rate limit, acks,
 //!   and its pool.
+//! - [`sign`]: opt-in shared-secret signing of task messages ([`Secret`]).
 //! - [`error`]: typed errors for each of the above.
 //!
 //! Users normally depend on the `celeriac` facade crate instead.
@@ -29,6 +30,7 @@ pub mod options;
 pub mod rate;
 pub mod result;
 pub mod routes;
+pub mod sign;
 pub mod task;
 pub mod time;
 
@@ -45,6 +47,7 @@ pub use options::{PoolKind, RetryDecision, TaskOptions, UnknownPool};
 pub use rate::RateLimit;
 pub use result::{ExceptionInfo, ResultMeta, State};
 pub use routes::Routes;
+pub use sign::{EmptySecret, Secret, SignatureError};
 pub use task::{
     Args, AsyncRunFn, Call, CancelToken, IntoArgs, RegisteredTask, Registry, Task, TaskContext,
     TaskDef, TaskFuture,

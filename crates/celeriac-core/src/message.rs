@@ -422,14 +422,27 @@ impl Message {
 
     /// Encodes the JSON envelope as kombu's Redis transport stores it: the
     /// body base64-encoded, `body_encoding: "base64"`.
+    ///
+    /// The body is always base64-encoded, so `body_encoding` is always
+    /// written as `"base64"`, whatever the properties say.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
         let body = B64.encode(self.body_json()?);
+        let fixed;
+        let properties = if self.properties.body_encoding == "base64" {
+            &self.properties
+        } else {
+            fixed = Properties {
+                body_encoding: "base64".to_string(),
+                ..self.properties.clone()
+            };
+            &fixed
+        };
         let env = OutEnvelope {
             body,
             content_encoding: "utf-8",
             content_type: CONTENT_TYPE_JSON,
             headers: &self.headers,
-            properties: &self.properties,
+            properties,
         };
         Ok(serde_json::to_vec(&env)?)
     }
@@ -487,6 +500,8 @@ impl Message {
             other => other,
         };
         let body = decode_kombu_tags(body);
+        // The body is decoded: encoding it again always uses base64.
+        properties.insert("body_encoding".into(), Value::String("base64".into()));
 
         let is_v2 = headers.get("task").is_some_and(|t| !t.is_null());
         let (args, kwargs, embed) = if is_v2 {
@@ -668,7 +683,9 @@ fn type_name(v: &Value) -> &'static str {
 /// | `bytes` | the UTF-8 string |
 /// | `base64` | a list of byte values (so `Vec<u8>` parameters accept it) |
 ///
-/// Unknown tags are left as they are.
+/// Unknown tags are left as they are. Like kombu's `object_hook`, objects
+/// are decoded innermost first, so a tag whose parts are tags is decoded
+/// too, and decoding twice changes nothing.
 ///
 /// # Examples
 ///
@@ -683,35 +700,41 @@ pub fn decode_kombu_tags(v: Value) -> Value {
     match v {
         Value::Array(items) => Value::Array(items.into_iter().map(decode_kombu_tags).collect()),
         Value::Object(mut map) => {
-            if map.len() == 2 && map.contains_key("__type__") && map.contains_key("__value__") {
-                let ty = map.get("__type__").and_then(Value::as_str).unwrap_or("");
-                let tagged = match ty {
-                    "datetime" | "date" | "time" | "decimal" | "bytes" => {
-                        map.get("__value__").filter(|v| v.is_string()).cloned()
-                    }
-                    "uuid" => map
-                        .get("__value__")
-                        .and_then(|v| v.get("hex").or(Some(v)))
-                        .and_then(Value::as_str)
-                        .and_then(|hex| uuid::Uuid::parse_str(hex).ok())
-                        .map(|u| Value::String(u.hyphenated().to_string())),
-                    "base64" => map
-                        .get("__value__")
-                        .and_then(Value::as_str)
-                        .and_then(|s| B64.decode(s).ok())
-                        .map(|bytes| Value::Array(bytes.into_iter().map(Value::from).collect())),
-                    _ => None,
-                };
-                if let Some(v) = tagged {
-                    return v;
-                }
-            }
             for (_, item) in map.iter_mut() {
                 let taken = std::mem::take(item);
                 *item = decode_kombu_tags(taken);
             }
-            Value::Object(map)
+            match kombu_tagged(&map) {
+                Some(v) => v,
+                None => Value::Object(map),
+            }
         }
         other => other,
+    }
+}
+
+/// The value of a kombu tag object (whose parts are already decoded), or
+/// `None` if `map` is not a tag kombu would decode.
+fn kombu_tagged(map: &Map<String, Value>) -> Option<Value> {
+    if map.len() != 2 {
+        return None;
+    }
+    let ty = map.get("__type__")?.as_str()?;
+    let value = map.get("__value__")?;
+    match ty {
+        "datetime" | "date" | "time" | "decimal" | "bytes" => {
+            value.is_string().then(|| value.clone())
+        }
+        "uuid" => value
+            .get("hex")
+            .or(Some(value))
+            .and_then(Value::as_str)
+            .and_then(|hex| uuid::Uuid::parse_str(hex).ok())
+            .map(|u| Value::String(u.hyphenated().to_string())),
+        "base64" => value
+            .as_str()
+            .and_then(|s| B64.decode(s).ok())
+            .map(|bytes| Value::Array(bytes.into_iter().map(Value::from).collect())),
+        _ => None,
     }
 }

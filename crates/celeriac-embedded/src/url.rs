@@ -81,10 +81,11 @@ pub fn parse_sqlite_url(url: &str) -> Result<SqliteOptions, BrokerError> {
                 let secs: f64 = v
                     .parse()
                     .map_err(|_| bad("lease must be a number of seconds"))?;
-                if !(secs > 0.0 && secs.is_finite()) {
-                    return Err(bad("lease must be positive"));
-                }
-                opts.lease = Duration::from_secs_f64(secs);
+                opts.lease = (secs > 0.0)
+                    .then(|| Duration::try_from_secs_f64(secs).ok())
+                    .flatten()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| bad("lease must be a positive number of seconds"))?;
             }
             "sync" => match v {
                 "full" => opts.full_sync = true,
@@ -95,4 +96,19 @@ pub fn parse_sqlite_url(url: &str) -> Result<SqliteOptions, BrokerError> {
         }
     }
     Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_or_tiny_lease_is_an_error_not_a_panic() {
+        for v in ["1e30", "1e300", "inf", "NaN", "0", "-1", "5e-324"] {
+            let err = parse_sqlite_url(&format!("sqlite:///tmp/x.db?lease={v}")).unwrap_err();
+            assert!(err.to_string().contains("lease"), "{v}: {err}");
+        }
+        let o = parse_sqlite_url("sqlite:///tmp/x.db?lease=0.25").unwrap();
+        assert_eq!(o.lease, Duration::from_millis(250));
+    }
 }

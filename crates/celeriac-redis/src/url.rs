@@ -61,10 +61,8 @@ pub fn parse_redis_url(url: &str) -> Result<RedisOptions, String> {
                 let secs: f64 = v
                     .parse()
                     .map_err(|_| "visibility_timeout must be seconds")?;
-                if !(secs > 0.0 && secs.is_finite()) {
-                    return Err("visibility_timeout must be positive".into());
-                }
-                opts.visibility_timeout = Duration::from_secs_f64(secs);
+                opts.visibility_timeout = positive_seconds(secs)
+                    .ok_or("visibility_timeout must be a positive number of seconds")?;
             }
             "global_keyprefix" => opts.prefix = v.to_string(),
             "result_expires" => {
@@ -81,15 +79,62 @@ pub fn parse_redis_url(url: &str) -> Result<RedisOptions, String> {
     Ok(opts)
 }
 
+/// `secs` as a duration, if it is positive and not too large for one
+/// (`Duration::from_secs_f64` panics past about 584 billion years).
+fn positive_seconds(secs: f64) -> Option<Duration> {
+    if secs > 0.0 {
+        Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+    } else {
+        None
+    }
+}
+
+/// The URL with everything between `://` and its **last** `@` masked but
+/// the user name: the URL parser of the Redis client ends the user info at
+/// the last `@`, so a password containing `@` (or `/`, which makes the
+/// URL invalid and shows up in the error) is masked whole.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    match rest.split_once('@') {
+    match rest.rsplit_once('@') {
         Some((auth, host)) => {
-            let user = auth.split_once(':').map_or("", |(u, _)| u);
+            let user = auth
+                .split_once(':')
+                .map_or("", |(u, _)| u)
+                .split(['/', '?', '#'])
+                .next()
+                .unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
         }
         None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_visibility_timeout_is_an_error_not_a_panic() {
+        for v in ["1e30", "1e300", "18446744073709551616", "5e-324"] {
+            let url = format!("redis://localhost/0?visibility_timeout={v}");
+            let err = parse_redis_url(&url).unwrap_err();
+            assert!(err.contains("visibility_timeout"), "{v}: {err}");
+        }
+        let o = parse_redis_url("redis://localhost/0?visibility_timeout=0.5").unwrap();
+        assert_eq!(o.visibility_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_password_with_an_at_sign_is_masked_whole() {
+        let o = parse_redis_url("redis://user:p@ss@word@10.0.0.1:6380/2").unwrap();
+        assert_eq!(o.redacted, "redis://user:***@10.0.0.1:6380/2");
+        let o = parse_redis_url("redis://:pa/ss@host/0").unwrap();
+        assert_eq!(o.redacted, "redis://:***@host/0");
+        let o = parse_redis_url("redis://host:6379/0").unwrap();
+        assert_eq!(o.redacted, "redis://host:6379/0");
     }
 }

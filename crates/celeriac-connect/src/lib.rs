@@ -34,7 +34,7 @@ pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
         "sqlite" => Ok(SqliteBroker::open(url)?),
         "redis" | "rediss" | "redis+unix" => Ok(RedisBroker::open(url)?),
         _ => Err(BrokerError::InvalidUrl {
-            url: url.to_string(),
+            url: redact(url),
             reason: format!(
                 "unsupported scheme {scheme:?}; expected memory://, sqlite:// or redis://"
             ),
@@ -51,7 +51,7 @@ pub fn open_backend(url: &str) -> Result<Arc<dyn ResultBackend>, BackendError> {
         "sqlite" => Ok(SqliteBackend::open(url)?),
         "redis" | "rediss" | "redis+unix" => Ok(RedisBackend::open(url)?),
         _ => Err(BackendError::InvalidUrl {
-            url: url.to_string(),
+            url: redact(url),
             reason: format!(
                 "unsupported scheme {scheme:?}; expected memory://, sqlite:// or redis://"
             ),
@@ -64,4 +64,17 @@ pub fn open_backend(url: &str) -> Result<Arc<dyn ResultBackend>, BackendError> {
 /// the same Redis database).
 pub fn default_backend_url(broker_url: &str) -> String {
     broker_url.to_string()
+}
+
+/// `url` with everything between `://` and its last `@` (a password, and
+/// whatever a parser could take for one) replaced by `***`, for errors
+/// about URLs of unknown schemes.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }

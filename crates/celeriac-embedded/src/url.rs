@@ -111,4 +111,29 @@ mod tests {
         let o = parse_sqlite_url("sqlite:///tmp/x.db?lease=0.25").unwrap();
         assert_eq!(o.lease, Duration::from_millis(250));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn any_text_is_parsed_or_refused(rest in "\\PC{0,60}") {
+            if let Ok(o) = parse_sqlite_url(&format!("sqlite://{rest}")) {
+                proptest::prop_assert!(!o.lease.is_zero());
+            }
+        }
+
+        #[test]
+        fn options_round_trip(
+            path in "/[a-z0-9_./-]{1,30}",
+            millis in 1u64..10_000_000_000,
+            full in proptest::prelude::any::<bool>(),
+        ) {
+            let secs = millis as f64 / 1000.0;
+            let sync = if full { "full" } else { "normal" };
+            let o = parse_sqlite_url(&format!("sqlite://{path}?lease={secs}&sync={sync}")).unwrap();
+            proptest::prop_assert_eq!(o.path, PathBuf::from(&path));
+            proptest::prop_assert_eq!(o.lease, Duration::from_secs_f64(secs));
+            proptest::prop_assert_eq!(o.full_sync, full);
+        }
+    }
 }

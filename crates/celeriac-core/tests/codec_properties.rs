@@ -101,7 +101,10 @@ fn envelope(
         (json!({}), body)
     } else {
         let headers = json!({"task": name, "id": "id-1", "retries": retries, "lang": "py"});
-        (headers, json!([args, kwargs, {"callbacks": null, "chain": null}]))
+        (
+            headers,
+            json!([args, kwargs, {"callbacks": null, "chain": null}]),
+        )
     };
     let text = serde_json::to_string(&body).unwrap();
     let (body, encoding) = match form {
@@ -235,6 +238,7 @@ fn a_tag_made_of_tags_is_decoded_innermost_first() {
         "__value__": "2026-01-01T00:00:00",
     });
     assert_eq!(decode_kombu_tags(v), json!("2026-01-01T00:00:00"));
-    let v = json!([{"__type__": "decimal", "__value__": {"__type__": "bytes", "__value__": "1.5"}}]);
+    let v =
+        json!([{"__type__": "decimal", "__value__": {"__type__": "bytes", "__value__": "1.5"}}]);
     assert_eq!(decode_kombu_tags(v), json!(["1.5"]));
 }

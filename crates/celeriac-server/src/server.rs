@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use celeriac_connect::{open_backend, open_broker};
 use celeriac_core::{
-    BackendError, Broker, BrokerError, Call, Message, Outgoing, Registry, RegistryError,
-    ResultBackend, ResultWatch, Routes, Task,
+    BackendError, Broker, BrokerError, Call, CodecError, Message, Outgoing, Registry,
+    RegistryError, ResultBackend, ResultWatch, Routes, Secret, Task,
 };
 use celeriac_worker::{PoolKind, Worker, WorkerError};
 use parking_lot::{Condvar, Mutex};
@@ -74,6 +74,8 @@ struct ServerState {
     groups_cv: Condvar,
     tally: Mutex<BTreeMap<String, NodeTally>>,
     callbacks: Mutex<Option<std::sync::mpsc::Sender<CallbackJob>>>,
+    /// Signs every job published.
+    secret: Option<Secret>,
 }
 
 impl ServerState {
@@ -265,6 +267,7 @@ pub struct ServerBuilder {
     nodename: Option<String>,
     pool: PoolKind,
     routes: Routes,
+    secret: Option<Secret>,
 }
 
 impl ServerBuilder {
@@ -335,6 +338,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Signs every job with `secret` (see [`celeriac_core::sign`]), and
+    /// makes the local worker run only jobs signed with it. Workers
+    /// elsewhere on the broker need the same secret (`celeriac worker
+    /// --secret`, or `CELERIAC_SECRET`).
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
     /// Starts the server.
     pub fn build(self) -> Result<Server, ServerError> {
         let broker_url = self.broker.unwrap_or_else(|| "memory://".to_string());
@@ -372,14 +384,15 @@ impl ServerBuilder {
                     queues.push(q.to_string());
                 }
             }
-            Some(
-                Worker::builder(broker.clone(), backend.clone(), Arc::new(registry))
-                    .concurrency(workers)
-                    .pool_kind(self.pool)
-                    .queues(queues)
-                    .nodename(nodename)
-                    .build()?,
-            )
+            let mut builder = Worker::builder(broker.clone(), backend.clone(), Arc::new(registry))
+                .concurrency(workers)
+                .pool_kind(self.pool)
+                .queues(queues)
+                .nodename(nodename);
+            if let Some(secret) = &self.secret {
+                builder = builder.secret(secret.clone());
+            }
+            Some(builder.build()?)
         } else {
             None
         };
@@ -404,6 +417,7 @@ impl ServerBuilder {
             groups_cv: Condvar::new(),
             tally: Mutex::new(BTreeMap::new()),
             callbacks: Mutex::new(Some(cb_tx)),
+            secret: self.secret,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(publisher(shared.clone(), rx));
@@ -435,8 +449,8 @@ async fn publisher(shared: Arc<ServerState>, mut rx: mpsc::UnboundedReceiver<Unp
     while rx.recv_many(&mut batch, 1024).await > 0 {
         let mut outgoing = Vec::with_capacity(batch.len());
         let mut ready = Vec::with_capacity(batch.len());
-        for p in batch.drain(..) {
-            match Outgoing::from_message(&p.msg) {
+        for mut p in batch.drain(..) {
+            match signed_outgoing(shared.secret.as_ref(), &mut p.msg) {
                 Ok(o) => {
                     outgoing.push(o);
                     ready.push(p);
@@ -484,6 +498,15 @@ async fn publisher(shared: Arc<ServerState>, mut rx: mpsc::UnboundedReceiver<Unp
             });
         }
     }
+}
+
+/// The outgoing form of a job's message, signed first when the server has
+/// a secret.
+fn signed_outgoing(secret: Option<&Secret>, msg: &mut Message) -> Result<Outgoing, CodecError> {
+    if let Some(secret) = secret {
+        secret.sign(msg)?;
+    }
+    Outgoing::from_message(msg)
 }
 
 /// A job being configured: its group and callback. Created by

@@ -3,7 +3,8 @@
 //! ([`Admission::Skip`] with a [`Disposition`]):
 //!
 //! 1. poison: delivered more than `max_deliveries` times → dead letter;
-//! 2. malformed or too large → dead letter;
+//! 2. malformed or too large → dead letter; with a secret, unsigned or
+//!    forged → dead letter ([`unsigned`]);
 //! 3. revoked (checked by the broker at claim time) → REVOKED;
 //! 4. expired → REVOKED;
 //! 5. an `eta` in the future → back to the broker's delayed store;
@@ -94,6 +95,9 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
             );
         }
     };
+    if let Some(disposition) = unsigned(inner, d, &msg) {
+        return skip(Some(msg), disposition);
+    }
     let ev = TaskEvent {
         message: &msg,
         delivery: d,
@@ -181,6 +185,21 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
         tracing::warn!(task_id = %id, "message carries canvas callbacks/chain/chord; celeriac does not run them yet");
     }
     Admission::Run(Admitted { msg, task })
+}
+
+/// The signature gate: a worker with a secret runs only messages signed
+/// with it. The others are dead-lettered with the reason, and no result is
+/// stored (a forged message must not overwrite the result of the task
+/// whose id it borrows).
+fn unsigned(inner: &Inner, d: &Delivery, msg: &Message) -> Option<Disposition> {
+    let secret = inner.config.secret.as_ref()?;
+    let err = secret.verify(msg, &d.payload).err()?;
+    tracing::error!(queue = %d.queue, task_id = %msg.id(), task = %msg.task(), error = %err,
+        "refusing a message whose signature does not check; moving it to the dead-letter queue");
+    Some(Disposition::DeadLetter {
+        reason: err.to_string(),
+        result: None,
+    })
 }
 
 /// REVOKED (`by` a revoke or expiry) for a task that will not run.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_core::message::DEFAULT_MAX_BODY;
-use celeriac_core::{Broker, PoolKind, RateLimit, Registry, ResultBackend};
+use celeriac_core::{Broker, PoolKind, RateLimit, Registry, ResultBackend, Secret};
 use celeriac_pool::ThreadPool;
 
 use crate::WorkerError;
@@ -42,6 +42,8 @@ pub struct WorkerBuilder {
     autoscale_keepalive: Duration,
     prefetch_multiplier: usize,
     observers: Vec<Arc<dyn Observer>>,
+    secret: Option<Secret>,
+    max_result: Option<usize>,
 }
 
 /// Settings of the worker's process pool.
@@ -67,6 +69,10 @@ pub(crate) struct Config {
     pub(crate) soft_time_limit: Option<Duration>,
     pub(crate) autoscale: Option<(usize, usize)>,
     pub(crate) autoscale_keepalive: Duration,
+    /// Run only messages signed with it; sign what the worker publishes.
+    pub(crate) secret: Option<Secret>,
+    /// The largest result stored, encoded.
+    pub(crate) max_result: Option<usize>,
 }
 
 impl Config {
@@ -122,6 +128,8 @@ impl WorkerBuilder {
             autoscale_keepalive: Duration::from_secs(30),
             prefetch_multiplier: DEFAULT_PREFETCH_MULTIPLIER,
             observers: Vec::new(),
+            secret: None,
+            max_result: None,
         }
     }
 
@@ -280,6 +288,27 @@ impl WorkerBuilder {
         self
     }
 
+    /// Requires every message to be signed with `secret` (see
+    /// [`celeriac_core::sign`]): an unsigned message, or one whose name,
+    /// arguments or scheduling headers were changed after signing, is
+    /// dead-lettered with the reason and never runs, and no result is
+    /// stored for it. The retries the worker publishes are signed with it.
+    /// Without a secret (the default) the signature header is ignored, as
+    /// Python Celery workers ignore it.
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// The largest result stored, in bytes of JSON: the returned value
+    /// (or a failure's exception document and traceback). A larger one is
+    /// not stored; a FAILURE `ResultTooLarge` that names both sizes takes
+    /// its place. Default: no limit.
+    pub fn max_result(mut self, bytes: usize) -> Self {
+        self.max_result = Some(bytes);
+        self
+    }
+
     /// Builds the worker. It starts consuming when [`Worker::run`] is
     /// awaited.
     pub fn build(self) -> Result<Worker, WorkerError> {
@@ -332,6 +361,8 @@ impl WorkerBuilder {
                 soft_time_limit: self.soft_time_limit,
                 autoscale: self.autoscale,
                 autoscale_keepalive: self.autoscale_keepalive,
+                secret: self.secret,
+                max_result: self.max_result,
             },
             kind: self.kind,
             threads,

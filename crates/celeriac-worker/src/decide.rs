@@ -103,6 +103,8 @@ pub(crate) struct RunFacts<'a> {
     pub(crate) acked_early: bool,
     /// The worker's node name and whether results carry args and kwargs.
     pub(crate) meta: MetaFacts<'a>,
+    /// The largest result stored, in bytes of JSON (`max_result`).
+    pub(crate) max_result: Option<usize>,
 }
 
 /// What is stored with every result besides the state.
@@ -117,6 +119,14 @@ pub(crate) struct MetaFacts<'a> {
 /// Decides what a run means. `random` is in `[0, 1)` for retry jitter and
 /// `now` is the unix time, for a retry's eta.
 pub(crate) fn after_run(f: RunFacts<'_>, ran: Option<Ran>, random: f64, now: f64) -> Decision {
+    let decision = decide_run(f, ran, random, now);
+    match f.max_result {
+        Some(limit) => cap_result(f, decision, limit),
+        None => decision,
+    }
+}
+
+fn decide_run(f: RunFacts<'_>, ran: Option<Ran>, random: f64, now: f64) -> Decision {
     let Some(ran) = ran else {
         return Decision::GiveBack { lost: None };
     };
@@ -174,6 +184,99 @@ pub(crate) fn after_run(f: RunFacts<'_>, ran: Option<Ran>, random: f64, now: f64
             },
         },
     }
+}
+
+/// A result whose encoding is larger than `limit` bytes is not stored: a
+/// FAILURE `ResultTooLarge` naming its size and the limit takes its place
+/// (a RETRY keeps its state, with that error as its exception).
+fn cap_result(f: RunFacts<'_>, decision: Decision, limit: usize) -> Decision {
+    let what = |size: usize, whose: &str| {
+        TaskError::typed(
+            "ResultTooLarge",
+            "celeriac",
+            format!(
+                "the {whose} of {}[{}] is {size} bytes of JSON, over the worker's limit of {limit} bytes (max_result); it was not stored",
+                f.msg.task(),
+                f.msg.id()
+            ),
+        )
+    };
+    match decision {
+        Decision::Succeeded { result, runtime } => match encoded_size(&result) {
+            size if size > limit => {
+                let err = what(size, "result");
+                Decision::Failed {
+                    result: failure(f, &err, runtime),
+                    error: err,
+                    gave_up: false,
+                    runtime,
+                }
+            }
+            _ => Decision::Succeeded { result, runtime },
+        },
+        Decision::Failed {
+            result,
+            error,
+            gave_up,
+            runtime,
+        } => match encoded_size(&result) {
+            size if size > limit => {
+                let err = what(size, &format!("failure ({})", error.exc_type()));
+                Decision::Failed {
+                    result: failure(f, &err, runtime),
+                    error: err,
+                    gave_up,
+                    runtime,
+                }
+            }
+            _ => Decision::Failed {
+                result,
+                error,
+                gave_up,
+                runtime,
+            },
+        },
+        Decision::Retry(Disposition::Retry {
+            mut result,
+            next,
+            countdown,
+            error,
+        }) => {
+            let size = encoded_size(&result);
+            if size > limit {
+                let err = what(size, "retry request");
+                result.result =
+                    serde_json::to_value(err.to_exception_info()).unwrap_or(Value::Null);
+                result.traceback = None;
+            }
+            Decision::Retry(Disposition::Retry {
+                result,
+                next,
+                countdown,
+                error,
+            })
+        }
+        other => other,
+    }
+}
+
+/// The bytes a result takes as JSON: its value (or exception document)
+/// and its traceback. Counted without building the JSON.
+fn encoded_size(meta: &ResultMeta) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and a `Value` always serializes.
+    let _ = serde_json::to_writer(&mut count, &meta.result);
+    count.0 + meta.traceback.as_ref().map_or(0, String::len)
 }
 
 impl Decision {
@@ -296,6 +399,7 @@ mod tests {
             options: opts,
             acked_early: early,
             meta: FACTS,
+            max_result: None,
         };
         after_run(
             facts,
@@ -396,6 +500,7 @@ mod tests {
             options: &opts,
             acked_early: false,
             meta: FACTS,
+            max_result: None,
         };
         let d = after_run(facts, None, 0.0, 0.0);
         assert!(matches!(
@@ -405,5 +510,92 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn decide_capped(
+        msg: &Message,
+        opts: &TaskOptions,
+        limit: usize,
+        out: Result<Value, TaskError>,
+    ) -> Decision {
+        let facts = RunFacts {
+            msg,
+            queue: "q",
+            options: opts,
+            acked_early: false,
+            meta: FACTS,
+            max_result: Some(limit),
+        };
+        after_run(
+            facts,
+            Some(Ran::new(out, Duration::from_millis(3))),
+            0.5,
+            1000.0,
+        )
+    }
+
+    #[test]
+    fn a_result_over_max_result_is_a_result_too_large_failure_naming_both_sizes() {
+        let m = msg();
+        let opts = TaskOptions::new();
+        let big = serde_json::json!("x".repeat(100)); // 102 bytes of JSON
+        let d = decide_capped(&m, &opts, 101, Ok(big.clone()));
+        let Decision::Failed { result, error, .. } = &d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(error.exc_type(), "ResultTooLarge");
+        assert!(error.message().contains("102 bytes"), "{}", error.message());
+        assert!(
+            error.message().contains("limit of 101 bytes"),
+            "{}",
+            error.message()
+        );
+        assert_eq!(result.status, State::Failure);
+        assert_eq!(
+            result.result["exc_type"],
+            serde_json::json!("ResultTooLarge")
+        );
+        let stored = serde_json::to_string(&result.result).unwrap();
+        assert!(
+            !stored.contains(&"x".repeat(100)),
+            "the value is not stored"
+        );
+
+        // At the limit it is stored as it is.
+        let d = decide_capped(&m, &opts, 102, Ok(big.clone()));
+        let Decision::Succeeded { result, .. } = &d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(result.result, big);
+    }
+
+    #[test]
+    fn a_huge_failure_or_retry_is_capped_too() {
+        let m = msg();
+        let opts = TaskOptions::new().max_retries(Some(3));
+        let d = decide_capped(&m, &opts, 1000, Err(TaskError::new("e".repeat(5000))));
+        let Decision::Failed { result, error, .. } = &d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(error.exc_type(), "ResultTooLarge");
+        assert!(
+            error.message().contains("failure (TaskError)"),
+            "{}",
+            error.message()
+        );
+        assert!(serde_json::to_string(&result.result).unwrap().len() < 1000);
+
+        let retry = TaskError::retry(None).with_traceback("t".repeat(5000));
+        let d = decide_capped(&m, &opts, 1000, Err(retry));
+        let Decision::Retry(Disposition::Retry { result, next, .. }) = &d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(result.status, State::Retry, "a retry still retries");
+        assert_eq!(
+            result.result["exc_type"],
+            serde_json::json!("ResultTooLarge")
+        );
+        assert!(result.traceback.is_none());
+        assert_eq!(next.headers.retries, 1);
     }
 }

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use celeriac_core::time::unix_now;
-use celeriac_core::{BrokerError, Delivery, Message, Outgoing, ResultMeta};
+use celeriac_core::{BrokerError, CodecError, Delivery, Message, Outgoing, ResultMeta};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -137,7 +137,7 @@ pub(crate) async fn apply(
             inner.ledger.forget(&d.tag);
             let back = match msg {
                 // Acked as it started: the broker no longer has it.
-                Some(m) if held.acked => match Outgoing::from_message(m) {
+                Some(m) if held.acked => match outgoing(inner, m) {
                     Ok(o) => inner.broker.publish(o).await,
                     Err(e) => Err(BrokerError::storage(e)),
                 },
@@ -172,7 +172,7 @@ pub(crate) async fn apply(
             // overwrite that attempt's final state.
             store(inner, &result).await;
             inner.ledger.forget(&d.tag);
-            let published = match Outgoing::from_message(&next) {
+            let published = match outgoing(inner, &next) {
                 Ok(out) => inner.broker.publish(out).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
@@ -204,6 +204,20 @@ pub(crate) async fn apply(
                     }
                 }
             }
+        }
+    }
+}
+
+/// The outgoing form of a message the worker publishes again (a retry,
+/// or a message acked early given back): signed anew when the worker has a
+/// secret, since its headers (retries, eta) or its body's bytes changed.
+fn outgoing(inner: &Inner, msg: &Message) -> Result<Outgoing, CodecError> {
+    match &inner.config.secret {
+        None => Outgoing::from_message(msg),
+        Some(secret) => {
+            let mut signed = msg.clone();
+            secret.sign(&mut signed)?;
+            Outgoing::from_message(&signed)
         }
     }
 }

@@ -348,6 +348,7 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
         options: &options,
         acked_early: held.is_acked(),
         meta: inner.config.meta_facts(),
+        max_result: inner.config.max_result,
     };
     let decision = decide::after_run(facts, ran, random_unit(), unix_now());
     report(inner, &ev, &decision);

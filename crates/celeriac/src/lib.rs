@@ -42,8 +42,8 @@ pub use celeriac_core::time;
 pub use celeriac_core::{
     Args, BackendError, BoxError, Broker, BrokerError, Call, CodecError, DeadLetter, DeadLetters,
     Delivery, Message, NodeInfo, Nodes, Outgoing, RateLimit, RateLimits, Registry, RegistryError,
-    ResultBackend, ResultMeta, RetryDecision, Revocations, Routes, State, Task, TaskContext,
-    TaskDef, TaskError, TaskErrorKind, TaskFuture, TaskOptions, Transport,
+    ResultBackend, ResultMeta, RetryDecision, Revocations, Routes, Secret, SignatureError, State,
+    Task, TaskContext, TaskDef, TaskError, TaskErrorKind, TaskFuture, TaskOptions, Transport,
 };
 pub use celeriac_core::{Enforces, Executor, PoolKind, Ran};
 pub use celeriac_embedded::{

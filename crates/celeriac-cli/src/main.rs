@@ -149,6 +149,33 @@ struct WorkerArgs {
     /// workers on the broker) or =20/s/w (per worker). Repeatable.
     #[arg(long, value_name = "NAME=RATE")]
     rate_limit: Vec<String>,
+    #[command(flatten)]
+    signing: Signing,
+    /// Largest result stored, in bytes of JSON; a larger one is replaced by
+    /// a FAILURE ResultTooLarge that names its size.
+    #[arg(long, value_name = "BYTES")]
+    max_result: Option<usize>,
+}
+
+/// `--secret`: shared-secret signing of task messages.
+#[derive(Debug, ClapArgs)]
+struct Signing {
+    /// Shared secret: sign every message sent with HMAC-SHA256, and (on a
+    /// worker) dead-letter messages that are unsigned or whose signature
+    /// does not check. Prefer the environment variable: arguments are
+    /// visible to other users in the process list.
+    #[arg(long, env = "CELERIAC_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+}
+
+impl Signing {
+    fn secret(&self) -> Result<Option<celeriac::Secret>> {
+        self.secret
+            .as_deref()
+            .map(celeriac::Secret::new)
+            .transpose()
+            .context("--secret / CELERIAC_SECRET")
+    }
 }
 
 #[derive(Debug, ClapArgs)]
@@ -180,6 +207,8 @@ struct CallArgs {
     /// With --wait, give up after this many seconds.
     #[arg(long)]
     timeout: Option<f64>,
+    #[command(flatten)]
+    signing: Signing,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -348,6 +377,12 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         if let Some(n) = &args.hostname {
             b = b.nodename(n.clone());
         }
+        if let Some(secret) = args.signing.secret()? {
+            b = b.secret(secret);
+        }
+        if let Some(bytes) = args.max_result {
+            b = b.max_result(bytes);
+        }
         let worker = b.build()?;
         let w = worker.clone();
         tokio::spawn(async move {
@@ -451,7 +486,10 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
         }
         call = call.priority(p);
     }
-    let msg = call.to_message()?;
+    let mut msg = call.to_message()?;
+    if let Some(secret) = args.signing.secret()? {
+        secret.sign(&mut msg)?;
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let (broker, backend) = conn.open()?;

@@ -497,6 +497,17 @@ impl Message {
                 serde_json::from_slice(&bytes)
                     .map_err(|e| CodecError::Malformed(format!("body is not JSON: {e}")))?
             }
+            // An inline JSON body: measured as compact JSON, when the
+            // envelope is larger than the limit (else the body fits).
+            other if bytes.len() > max_body => match json_size(&other) {
+                size if size > max_body => {
+                    return Err(CodecError::TooLarge {
+                        size,
+                        limit: max_body,
+                    });
+                }
+                _ => other,
+            },
             other => other,
         };
         let body = decode_kombu_tags(body);
@@ -540,6 +551,24 @@ impl Message {
 }
 
 type Body = (Vec<Value>, Map<String, Value>, Embed);
+
+/// The size of `v` as compact JSON, counted without building it.
+fn json_size(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and a `Value` always serializes.
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0
+}
 
 fn split_v2_body(body: Value) -> Result<Body, CodecError> {
     let Value::Array(mut parts) = body else {

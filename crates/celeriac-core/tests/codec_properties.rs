@@ -242,3 +242,28 @@ fn a_tag_made_of_tags_is_decoded_innermost_first() {
         json!([{"__type__": "decimal", "__value__": {"__type__": "bytes", "__value__": "1.5"}}]);
     assert_eq!(decode_kombu_tags(v), json!(["1.5"]));
 }
+
+/// Found reviewing the fuzz targets: the body limit was checked only for
+/// string bodies, so an inline JSON body of any size was accepted.
+#[test]
+fn an_inline_body_over_the_limit_is_refused_too() {
+    let big = vec![json!("x".repeat(1000))];
+    let wire = envelope(false, BodyForm::Inline, "t.big", big, Map::new(), 0);
+    match Message::decode_with_limit(&wire, 500) {
+        Err(celeriac_core::CodecError::TooLarge { size, limit }) => {
+            assert!(size > 1000, "{size}");
+            assert_eq!(limit, 500);
+        }
+        other => panic!("{other:?}"),
+    }
+    let small = envelope(
+        false,
+        BodyForm::Inline,
+        "t.small",
+        vec![json!(1)],
+        Map::new(),
+        0,
+    );
+    assert!(Message::decode_with_limit(&small, small.len() - 1).is_ok());
+    assert!(Message::decode_with_limit(&wire, wire.len()).is_ok());
+}

@@ -155,8 +155,29 @@ fn named<T, F: FnOnce() -> Arc<T>>(
         return existing;
     }
     let fresh = make();
+    // Forget the names whose instances are gone, so that opening many
+    // names over time does not grow the map for good.
+    map.retain(|_, instance| instance.strong_count() > 0);
     map.insert(name.to_string(), Arc::downgrade(&fresh));
     fresh
+}
+
+#[cfg(test)]
+mod named_tests {
+    use super::*;
+
+    #[test]
+    fn names_whose_instances_are_gone_are_forgotten() {
+        static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<u32>>>> = OnceLock::new();
+        let kept = named(&REGISTRY, "kept", || Arc::new(0));
+        for i in 0..1000 {
+            drop(named(&REGISTRY, &format!("gone-{i}"), || Arc::new(i)));
+        }
+        let again = named(&REGISTRY, "kept", || Arc::new(99));
+        assert!(Arc::ptr_eq(&kept, &again), "a live instance is shared");
+        let size = REGISTRY.get().unwrap().lock().len();
+        assert!(size <= 2, "{size} names remembered");
+    }
 }
 
 fn memory_name(url: &str) -> Result<Option<String>, String> {

@@ -61,7 +61,7 @@ mod settle;
 mod worker;
 
 pub use celeriac_core::PoolKind;
-pub use config::{DEFAULT_PREFETCH_MULTIPLIER, WorkerBuilder};
+pub use config::{DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_STORE_RETRY_FOR, WorkerBuilder};
 pub use observe::{Observer, RevokedBy, TaskEvent, WorkerStats};
 pub use worker::Worker;
 

@@ -17,11 +17,14 @@
 //!   pool of threads, processes or async tasks ([`PoolKind`]).
 //! - [`options`]: a task's [`TaskOptions`]: retries, rate limit, acks,
 //!   and its pool.
+//! - [`canvas`]: Celery's canvas signatures ([`Signature`]) and the
+//!   messages a worker publishes from them.
 //! - [`error`]: typed errors for each of the above.
 //!
 //! Users normally depend on the `celeriac` facade crate instead.
 
 pub mod broker;
+pub mod canvas;
 pub mod error;
 pub mod execute;
 pub mod message;
@@ -36,6 +39,7 @@ pub use broker::{
     Broker, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits,
     ResultBackend, ResultWatch, Revocations, Transport, Waiters,
 };
+pub use canvas::Signature;
 pub use error::{
     BackendError, BoxError, BrokerError, CodecError, RegistryError, TaskError, TaskErrorKind,
 };

@@ -244,7 +244,8 @@ fn retry(
 
 /// Fills what Celery stores beside the state: the task name, the worker,
 /// the queue, the retries, the runtime, the parent and group, and with
-/// `result_extended` the args and kwargs.
+/// `result_extended` what Celery 5.x adds then: the args and kwargs, and
+/// for a stamped message its `stamped_headers` and each of those stamps.
 pub(crate) fn result_meta(
     facts: MetaFacts<'_>,
     msg: &Message,
@@ -256,6 +257,7 @@ pub(crate) fn result_meta(
     if facts.extended {
         meta.args = Some(Value::Array(msg.args.clone()));
         meta.kwargs = Some(Value::Object(msg.kwargs.clone()));
+        add_stamps(&mut meta, msg);
     }
     meta.worker = Some(facts.nodename.to_string());
     meta.retries = Some(msg.headers.retries);
@@ -264,6 +266,47 @@ pub(crate) fn result_meta(
     meta.group_id = msg.headers.group.clone();
     meta.runtime = runtime.map(|r| r.as_secs_f64());
     meta
+}
+
+/// Celery's `result_extended` stamps: `stamped_headers` as sent, and each
+/// stamp it names as a field of its own (except one named like a field
+/// the document already has).
+fn add_stamps(meta: &mut ResultMeta, msg: &Message) {
+    let Some(Value::Object(stamps)) = &msg.headers.stamps else {
+        return;
+    };
+    if stamps.is_empty() {
+        return;
+    }
+    const FIELDS: [&str; 15] = [
+        "status",
+        "result",
+        "traceback",
+        "children",
+        "date_done",
+        "task_id",
+        "group_id",
+        "parent_id",
+        "name",
+        "args",
+        "kwargs",
+        "worker",
+        "retries",
+        "queue",
+        "runtime",
+    ];
+    let named = msg.headers.stamped_headers.clone().unwrap_or(Value::Null);
+    for name in named
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if let Some(v) = stamps.get(name).filter(|_| !FIELDS.contains(&name)) {
+            meta.extra.insert(name.to_string(), v.clone());
+        }
+    }
+    meta.extra.insert("stamped_headers".to_string(), named);
 }
 
 #[cfg(test)]
@@ -365,6 +408,55 @@ mod tests {
             panic!("{d:?}")
         };
         assert_eq!(error.exc_type(), "MaxRetriesExceededError");
+    }
+
+    #[test]
+    fn result_extended_stores_what_celery_stores() {
+        let mut m = Call::<i64>::new("t.add")
+            .arg(2)
+            .kwarg("y", 3)
+            .to_message()
+            .unwrap();
+        m.headers.retries = 2;
+        m.headers.stamped_headers = Some(serde_json::json!(["mystamp", "name"]));
+        m.headers.stamps = Some(serde_json::json!({"mystamp": "v1", "name": "x", "other": 1}));
+        let facts = MetaFacts {
+            nodename: "w@test",
+            extended: true,
+        };
+        let meta = result_meta(
+            facts,
+            &m,
+            "q",
+            ResultMeta::success(m.id(), serde_json::json!(5)),
+            None,
+        );
+        let doc = serde_json::to_value(&meta).unwrap();
+        // As a Python worker with result_extended=True stores a stamped
+        // add(2, y=3).
+        assert_eq!(doc["name"], "t.add");
+        assert_eq!(doc["args"], serde_json::json!([2]));
+        assert_eq!(doc["kwargs"], serde_json::json!({"y": 3}));
+        assert_eq!(doc["worker"], "w@test");
+        assert_eq!(doc["retries"], 2);
+        assert_eq!(doc["queue"], "q");
+        assert_eq!(
+            doc["stamped_headers"],
+            serde_json::json!(["mystamp", "name"])
+        );
+        assert_eq!(doc["mystamp"], "v1");
+        assert!(doc.get("other").is_none(), "only the stamps it names");
+        let text = serde_json::to_string(&meta).unwrap();
+        assert_eq!(text.matches("\"name\":").count(), 1, "{text}");
+
+        let plain = result_meta(
+            FACTS,
+            &m,
+            "q",
+            ResultMeta::success(m.id(), serde_json::json!(5)),
+            None,
+        );
+        assert!(plain.args.is_none() && plain.extra.is_empty(), "{plain:?}");
     }
 
     #[test]

@@ -71,8 +71,10 @@ enum Command {
     /// Print a task's result as JSON (non-zero exit if it failed or is not
     /// ready).
     Result(ResultArgs),
-    /// Revoke tasks: every worker, including ones started later, records
-    /// them as REVOKED instead of running them.
+    /// Revoke tasks: every celeriac worker, including ones started later,
+    /// records them as REVOKED instead of running them. On Redis, Python
+    /// Celery workers get Celery's own revoke broadcast too (they remember
+    /// it in memory, so only those running now).
     Revoke {
         /// Task ids.
         #[arg(required = true)]
@@ -84,6 +86,12 @@ enum Command {
         /// terminate=True): a process-pool worker kills the child.
         #[arg(long)]
         terminate: bool,
+        /// With --terminate, the signal Python prefork workers send the
+        /// task's process: TERM (Celery's default), KILL, INT, QUIT, HUP,
+        /// USR1, USR2, ABRT or ALRM, with or without SIG. celeriac workers
+        /// terminate their own way whatever the signal.
+        #[arg(long, requires = "terminate", value_parser = signal_name)]
+        signal: Option<String>,
     },
     /// Inspect and requeue dead letters.
     Dlq {
@@ -149,6 +157,11 @@ struct WorkerArgs {
     /// workers on the broker) or =20/s/w (per worker). Repeatable.
     #[arg(long, value_name = "NAME=RATE")]
     rate_limit: Vec<String>,
+    /// Store each task's args and kwargs with its result, as Celery's
+    /// `result_extended` (name, worker, queue and retries are always
+    /// stored).
+    #[arg(long, env = "CELERIAC_RESULT_EXTENDED")]
+    result_extended: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -164,7 +177,11 @@ struct CallArgs {
     /// Queue to send to.
     #[arg(long, short = 'q', default_value = "celery")]
     queue: String,
-    /// Run no earlier than this many seconds from now.
+    /// Run no earlier than this many seconds from now. The message carries
+    /// Celery's `eta` header; on Redis it goes on the queue as Celery
+    /// publishes it, so Python workers run it too, and a celeriac worker
+    /// keeps it in Redis until due. The embedded brokers hold it back
+    /// themselves.
     #[arg(long)]
     countdown: Option<f64>,
     /// Priority 0-9 (0 is the highest on Redis and the embedded brokers).
@@ -177,10 +194,15 @@ struct CallArgs {
     /// Wait for the result and print it as JSON.
     #[arg(long)]
     wait: bool,
-    /// With --wait, give up after this many seconds.
+    /// With --wait, give up after this many seconds (exit code 3). Default:
+    /// 60 seconds after the countdown.
     #[arg(long)]
     timeout: Option<f64>,
 }
+
+/// How long `call --wait` waits for a result by default, after the
+/// countdown.
+const CALL_WAIT: f64 = 60.0;
 
 #[derive(Debug, ClapArgs)]
 struct ResultArgs {
@@ -278,6 +300,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ids,
             ttl,
             terminate,
+            signal,
         } => {
             if !(ttl > 0.0 && ttl.is_finite()) {
                 bail!("--ttl must be a positive number of seconds");
@@ -285,7 +308,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(async {
                 let (broker, _) = cli.conn.open()?;
                 let ttl = Duration::from_secs_f64(ttl);
-                if terminate {
+                if let Some(signal) = &signal {
+                    broker
+                        .revoke_terminate_with_signal(&ids, ttl, signal)
+                        .await?;
+                } else if terminate {
                     broker.revoke_terminate(&ids, ttl).await?;
                 } else {
                     broker.revoke(&ids, ttl).await?;
@@ -316,6 +343,7 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             .max_body(args.max_body)
             .max_deliveries(args.max_deliveries)
             .prefetch_multiplier(args.prefetch_multiplier)
+            .result_extended(args.result_extended)
             .pool_kind(pool);
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);
@@ -363,6 +391,21 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A signal for `revoke --signal`, as Celery names it (`SIGKILL`): upper
+/// case, with the `SIG` prefix.
+fn signal_name(s: &str) -> Result<String, String> {
+    const KNOWN: [&str; 9] = [
+        "TERM", "KILL", "INT", "QUIT", "HUP", "USR1", "USR2", "ABRT", "ALRM",
+    ];
+    let upper = s.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if KNOWN.contains(&bare) {
+        Ok(format!("SIG{bare}"))
+    } else {
+        Err(format!("unknown signal {s:?}; one of {}", KNOWN.join(", ")))
+    }
 }
 
 fn seconds(s: f64, flag: &str) -> Result<Duration> {
@@ -468,16 +511,19 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
             println!("{}", msg.id());
             return Ok(ExitCode::SUCCESS);
         };
-        let meta = match args.timeout {
-            Some(t) => match tokio::time::timeout(Duration::from_secs_f64(t.max(0.0)), watch).await
-            {
-                Ok(r) => r?,
-                Err(_) => {
-                    eprintln!("timed out after {t} s waiting for task {}", msg.id());
-                    return Ok(ExitCode::from(3));
-                }
-            },
-            None => watch.await?,
+        let t = args
+            .timeout
+            .unwrap_or(CALL_WAIT + args.countdown.unwrap_or(0.0));
+        let meta = match tokio::time::timeout(Duration::from_secs_f64(t.max(0.0)), watch).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let id = msg.id();
+                eprintln!(
+                    "timed out after {t} s waiting for task {id} (is a worker consuming queue {:?}?); it may still run: `celeriac result {id} --wait`",
+                    args.queue
+                );
+                return Ok(ExitCode::from(3));
+            }
         };
         Ok(print_outcome(&meta, false))
     })

@@ -26,6 +26,7 @@
 pub mod broker;
 pub mod canvas;
 pub mod error;
+pub mod escape;
 pub mod execute;
 pub mod message;
 pub mod options;

@@ -306,6 +306,12 @@ impl WorkerBuilder {
         if self.queues.is_empty() {
             return Err(WorkerError::NoQueues);
         }
+        if self.queues.iter().any(String::is_empty) {
+            return Err(WorkerError::EmptyQueueName);
+        }
+        if self.max_body == 0 {
+            return Err(WorkerError::ZeroMaxBody);
+        }
         if let Some((min, max)) = self.autoscale
             && (min == 0 || min > max)
         {

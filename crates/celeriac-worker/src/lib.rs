@@ -84,6 +84,13 @@ pub enum WorkerError {
     /// The process pool could not be built.
     #[error("process pool: {0}")]
     Processes(#[from] celeriac_pool::process::ProcessPoolError),
+    /// A queue name is empty.
+    #[error("a queue name is empty")]
+    EmptyQueueName,
+    /// The largest accepted body is 0 bytes: every message would be
+    /// dead-lettered.
+    #[error("max_body must be at least 1 byte")]
+    ZeroMaxBody,
     /// Autoscale bounds are not `1 <= min <= max`.
     #[error("autoscale needs 1 <= min <= max (got min {min}, max {max})")]
     Autoscale {

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use celeriac_core::escape::Escaped;
 use celeriac_core::time::unix_now;
 use celeriac_core::{BrokerError, Delivery, Message, Outgoing, ResultMeta};
 use parking_lot::Mutex;
@@ -157,7 +158,7 @@ pub(crate) async fn apply(
                 Ok(()) => inner.notify.requeued(&d, not_before),
                 Err(e) => {
                     let task_id = msg.map(Message::id).unwrap_or_default();
-                    tracing::error!(task_id, error = %e, why, "could not requeue task; it returns when its lease lapses");
+                    tracing::error!(task_id = %Escaped(task_id), error = %e, why, "could not requeue task; it returns when its lease lapses");
                 }
             }
         }
@@ -169,7 +170,7 @@ pub(crate) async fn apply(
             inner.notify.rejected(&d, msg, &reason);
             if let Err(e) = inner.broker.dead_letter(&d, &reason).await {
                 // Not acked, so the lease lapses and the message comes back.
-                tracing::error!(error = %e, reason, "could not dead-letter message; it stays in the broker");
+                tracing::error!(error = %e, reason = %Escaped(&reason), "could not dead-letter message; it stays in the broker");
             }
         }
         Disposition::Retry {
@@ -197,20 +198,20 @@ pub(crate) async fn apply(
                         };
                         inner.notify.retried(&ev, &error, countdown);
                     }
-                    tracing::info!(task_id = %id, task = %next.task(), retries = next.headers.retries, countdown, "task retry");
+                    tracing::info!(task_id = %Escaped(id), task = %Escaped(next.task()), retries = next.headers.retries, countdown, "task retry");
                     if !held.acked {
                         ack(inner, &d).await;
                     }
                 }
                 Err(e) if held.acked => {
-                    tracing::error!(task_id = %id, error = %e, "could not publish the retry of a task acked early (acks_late = false); it is lost");
+                    tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the retry of a task acked early (acks_late = false); it is lost");
                 }
                 Err(e) => {
                     // Keep the original instead, delayed the same way:
                     // nothing lost.
-                    tracing::error!(task_id = %id, error = %e, "could not publish the retry; requeueing the original");
+                    tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the retry; requeueing the original");
                     if let Err(e) = inner.broker.requeue(&d, Some(unix_now() + countdown)).await {
-                        tracing::error!(task_id = %id, error = %e, "could not requeue task");
+                        tracing::error!(task_id = %Escaped(id), error = %e, "could not requeue task");
                     }
                 }
             }
@@ -244,7 +245,7 @@ async fn store(inner: &Inner, meta: &ResultMeta) -> bool {
     match inner.backend.store(meta).await {
         Ok(()) => true,
         Err(e) => {
-            tracing::error!(task_id = %meta.task_id, error = %e, "could not store result");
+            tracing::error!(task_id = %Escaped(&meta.task_id), error = %e, "could not store result");
             false
         }
     }
@@ -338,13 +339,13 @@ async fn keep_storing(inner: &Inner, meta: ResultMeta, d: Option<Delivery>) {
         // At shutdown: one last attempt at once, then the dead-letter queue.
         let stopping = inner.slots.is_stopping();
         if !stopping {
-            tracing::warn!(task_id = %meta.task_id, attempts, retry_in = ?delay.min(patience),
+            tracing::warn!(task_id = %Escaped(&meta.task_id), attempts, retry_in = ?delay.min(patience),
                 "the result could not be stored; storing it again (the task is not run again)");
             inner.slots.sleep_unless_stopping(delay.min(patience)).await;
         }
         attempts += 1;
         if store(inner, &meta).await {
-            tracing::info!(task_id = %meta.task_id, attempts, "result stored after a failed store");
+            tracing::info!(task_id = %Escaped(&meta.task_id), attempts, "result stored after a failed store");
             if let Some(d) = &d {
                 ack(inner, d).await;
             }
@@ -357,7 +358,7 @@ async fn keep_storing(inner: &Inner, meta: ResultMeta, d: Option<Delivery>) {
     }
     let result = serde_json::to_string(&meta).unwrap_or_else(|e| format!("<unencodable: {e}>"));
     let Some(d) = d else {
-        tracing::error!(task_id = %meta.task_id, attempts, %result,
+        tracing::error!(task_id = %Escaped(&meta.task_id), attempts, %result,
             "the result could not be stored and the message was acked early (acks_late = false); the result is only in this log line");
         return;
     };
@@ -367,11 +368,11 @@ async fn keep_storing(inner: &Inner, meta: ResultMeta, d: Option<Delivery>) {
     );
     inner.ledger.forget(&d.tag);
     inner.notify.rejected(&d, None, &reason);
-    tracing::error!(task_id = %meta.task_id, attempts, "the result could not be stored; moving the message to the dead-letter queue with the result attached");
+    tracing::error!(task_id = %Escaped(&meta.task_id), attempts, "the result could not be stored; moving the message to the dead-letter queue with the result attached");
     if let Err(e) = inner.broker.dead_letter(&d, &reason).await {
         // Not acked, so the lease lapses and the message comes back: the
         // one way left to keep the task.
-        tracing::error!(task_id = %meta.task_id, error = %e, "could not dead-letter the message either; it stays in the broker");
+        tracing::error!(task_id = %Escaped(&meta.task_id), error = %e, "could not dead-letter the message either; it stays in the broker");
     }
 }
 
@@ -434,7 +435,7 @@ async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) -> Vec<(ResultMeta, D
         Ok(held) => {
             for (d, held) in acks.iter().zip(held) {
                 if !held {
-                    tracing::warn!(tag = %d.tag, "ack refused: the message's lease had lapsed; it may be delivered again (its stored result makes a redelivery skip it)");
+                    tracing::warn!(tag = %Escaped(&d.tag), "ack refused: the message's lease had lapsed; it may be delivered again (its stored result makes a redelivery skip it)");
                 }
             }
         }

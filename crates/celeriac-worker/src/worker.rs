@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_core::escape::Escaped;
 use celeriac_core::time::unix_now;
 use celeriac_core::{Args, Broker, Delivery, PoolKind, Registry, ResultBackend, TaskContext};
 
@@ -362,7 +363,7 @@ fn report(inner: &Inner, ev: &TaskEvent<'_>, decision: &Decision) {
     match decision {
         Decision::Succeeded { result, runtime } => {
             inner.notify.succeeded(ev, &result.result, *runtime);
-            tracing::debug!(task_id = %id, task = %name, runtime = ?runtime, "task succeeded");
+            tracing::debug!(task_id = %Escaped(id), task = %Escaped(name), runtime = ?runtime, "task succeeded");
         }
         Decision::Failed {
             error,
@@ -373,13 +374,13 @@ fn report(inner: &Inner, ev: &TaskEvent<'_>, decision: &Decision) {
             inner.notify.failed(ev, error, Some(*runtime));
             if *gave_up {
                 let retries = ev.message.headers.retries;
-                tracing::warn!(task_id = %id, task = %name, retries, "task gave up: max retries exceeded");
+                tracing::warn!(task_id = %Escaped(id), task = %Escaped(name), retries, "task gave up: max retries exceeded");
             } else {
-                tracing::warn!(task_id = %id, task = %name, error = %error, "task failed");
+                tracing::warn!(task_id = %Escaped(id), task = %Escaped(name), error = %Escaped(error), "task failed");
             }
         }
         Decision::GiveBack { lost: Some(error) } => {
-            tracing::warn!(task_id = %id, task = %name, error = %error, "worker lost; requeueing (reject_on_worker_lost)");
+            tracing::warn!(task_id = %Escaped(id), task = %Escaped(name), error = %Escaped(error), "worker lost; requeueing (reject_on_worker_lost)");
         }
         Decision::GiveBack { lost: None } | Decision::Retry(_) => {}
     }

@@ -391,7 +391,10 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             b = b.max_tasks_per_child(n);
         }
         if let Some(kib) = args.max_memory_per_child {
-            b = b.max_memory_per_child(kib * 1024);
+            let bytes = kib
+                .checked_mul(1024)
+                .context("--max-memory-per-child is too large")?;
+            b = b.max_memory_per_child(bytes);
         }
         if let Some(s) = args.time_limit {
             b = b.time_limit(seconds(s, "--time-limit")?);

@@ -105,7 +105,7 @@ fn every_duration_flag_refuses_what_is_not_a_number_of_seconds() {
 }
 
 #[test]
-fn empty_task_and_queue_names_and_a_zero_max_body_are_refused() {
+fn empty_names_a_zero_max_body_and_an_overflowing_memory_limit_are_refused() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     refused(home, &["call", ""], &["<NAME>"]);
@@ -115,6 +115,11 @@ fn empty_task_and_queue_names_and_a_zero_max_body_are_refused() {
         home,
         &["worker", "--max-body", "0"],
         &["--max-body", "zero"],
+    );
+    refused(
+        home,
+        &["worker", "--max-memory-per-child", &u64::MAX.to_string()],
+        &["--max-memory-per-child is too large"],
     );
 }
 

@@ -62,10 +62,10 @@ impl RedisBroker {
             };
             match self.requeue(&d, Some(at)).await {
                 Ok(()) => {
-                    tracing::debug!(queue = %d.queue, eta = at, "eta message held in the delayed set until due")
+                    tracing::debug!(queue = %celeriac_core::escape::Escaped(&d.queue), eta = at, "eta message held in the delayed set until due")
                 }
                 Err(e) => {
-                    tracing::warn!(queue = %d.queue, error = %e, "could not move an eta message to the delayed set; its worker defers it");
+                    tracing::warn!(queue = %celeriac_core::escape::Escaped(&d.queue), error = %e, "could not move an eta message to the delayed set; its worker defers it");
                     ready.push(d);
                 }
             }

@@ -55,6 +55,21 @@ fn worker(home: &Path, broker: &str) -> LoggedChild {
     LoggedChild::spawn(cmd, home, "worker")
 }
 
+/// `celeriac dlq list` once it shows `lines` dead letters: a worker stores
+/// a failed task's result just before it moves the message, so a client
+/// can see the result first. Waits up to 30 s.
+fn dlq_list(home: &Path, broker: &str, lines: usize) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = celeriac(home, &["dlq", "list", "--broker", broker]);
+        let text = stdout(&out);
+        if text.lines().count() >= lines || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn call_wait(home: &Path, broker: &str, name: &str, args: &str) -> Output {
     celeriac(
         home,
@@ -243,8 +258,7 @@ fn control_characters_from_a_message_never_reach_the_log_or_the_terminal_raw() {
         "raw control characters in the log: {log:?}"
     );
 
-    let list = celeriac(home, &["dlq", "list", "--broker", &url]);
-    let text = stdout(&list);
+    let text = dlq_list(home, &url, 2);
     assert_eq!(
         text.lines().count(),
         2,
@@ -335,8 +349,7 @@ print(json.dumps({
     assert_eq!(got["edge"]["type"], "int", "{got}");
     assert_eq!(got["eta"]["error"], "ValueError", "{got}");
     // Both are dead-lettered with the reason, and the worker is still up.
-    let list = celeriac(home.path(), &["dlq", "list", "--broker", &url]);
-    let text = stdout(&list);
+    let text = dlq_list(home.path(), &url, 2);
     assert!(text.contains("1180591620717411303424"), "{text}");
     assert!(
         text.contains("header `eta` is not an ISO-8601 time"),

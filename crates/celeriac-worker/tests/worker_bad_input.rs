@@ -68,13 +68,24 @@ impl Fixture {
             .unwrap()
     }
 
+    /// The reason `id`'s message was dead-lettered (the result is stored
+    /// just before the message is moved: wait for it).
     async fn reason_for(&self, id: &str) -> String {
-        let letters = self.broker.dead_letters(100).await.unwrap();
-        letters
-            .iter()
-            .find(|d| Message::decode(&d.payload).is_ok_and(|m| m.id() == id))
-            .map(|d| d.reason.clone())
-            .unwrap_or_else(|| panic!("no dead letter for {id}: {letters:?}"))
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let letters = self.broker.dead_letters(100).await.unwrap();
+            if let Some(d) = letters
+                .iter()
+                .find(|d| Message::decode(&d.payload).is_ok_and(|m| m.id() == id))
+            {
+                return d.reason.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no dead letter for {id} after 20 s: {letters:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn stop(self) {

@@ -184,6 +184,9 @@ fn open_connection(opts: &SqliteOptions) -> Result<Connection, OpenError> {
 /// files the database file's mode, so they are private too. An existing
 /// file keeps its mode.
 fn create_private(path: &std::path::Path) -> Result<(), OpenError> {
+    if path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -199,11 +199,8 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
         let disposition = refused(inner, &ev, &err, reason);
         return skip(Some(msg), disposition);
     }
-    if msg.embed.callbacks.is_some()
-        || msg.embed.chain.as_ref().is_some_and(|c| !c.is_empty())
-        || msg.embed.chord.is_some()
-    {
-        tracing::warn!(task_id = %shown_id, "message carries canvas callbacks/chain/chord; celeriac does not run them yet");
+    if msg.embed.chord.as_ref().is_some_and(|c| !c.is_null()) {
+        tracing::warn!(task_id = %shown_id, "message is a chord header part; celeriac does not join chords yet (its chain, link and link_error are followed)");
     }
     Admission::Run(Admitted { msg, task })
 }

@@ -12,11 +12,11 @@ use celeriac_core::{
 };
 use serde_json::Value;
 
+use crate::canvas::{self, Continuation};
+
 /// What becomes of a message; [`settle`](crate::settle) carries it out, and
 /// is the only module that does.
 ///
-/// Canvas will add a case here (publish the next messages of a chain,
-/// group or chord, then settle as `Done`).
 #[derive(Debug)]
 pub(crate) enum Disposition {
     /// The task is finished: store `result` (none with `ignore_result`, or
@@ -24,6 +24,16 @@ pub(crate) enum Disposition {
     Done {
         /// The result to store.
         result: Option<ResultMeta>,
+    },
+    /// `Done`, with what the task sends on for its canvas (the next chain
+    /// step and callbacks published before the result is stored, the
+    /// FAILURE of the remaining chain steps stored beside it, errbacks
+    /// published after it).
+    Continue {
+        /// The result to store.
+        result: Option<ResultMeta>,
+        /// What to send on.
+        canvas: Box<Continuation>,
     },
     /// Put the message back on its queue, claimable at once or from unix
     /// time `not_before`.
@@ -64,6 +74,8 @@ pub(crate) enum Decision {
         result: ResultMeta,
         /// How long it ran.
         runtime: Duration,
+        /// The next chain step and the callbacks.
+        canvas: Continuation,
     },
     /// It failed for good.
     Failed {
@@ -75,6 +87,8 @@ pub(crate) enum Decision {
         gave_up: bool,
         /// How long it ran.
         runtime: Duration,
+        /// The remaining chain steps' FAILURE and the errbacks.
+        canvas: Continuation,
     },
     /// It asked for a retry, or failed with an error retried
     /// automatically; see [`Disposition::Retry`].
@@ -134,16 +148,21 @@ pub(crate) fn after_run(f: RunFacts<'_>, ran: Option<Ran>, random: f64, now: f64
             // message after max_deliveries).
             Decision::GiveBack { lost: Some(e) }
         }
-        Ok(v) => Decision::Succeeded {
-            result: result_meta(
+        Ok(v) => {
+            let mut result = result_meta(
                 f.meta,
                 msg,
                 f.queue,
                 ResultMeta::success(id, v),
                 Some(runtime),
-            ),
-            runtime,
-        },
+            );
+            let canvas = canvas::on_success(msg, &mut result);
+            Decision::Succeeded {
+                result,
+                runtime,
+                canvas,
+            }
+        }
         Err(e) => match f.options.decide(&e, msg.headers.retries, random) {
             RetryDecision::Retry { countdown } => {
                 Decision::Retry(retry(f, e, countdown, runtime, now))
@@ -159,19 +178,9 @@ pub(crate) fn after_run(f: RunFacts<'_>, ran: Option<Ran>, random: f64, now: f64
                         msg.kwargs
                     ),
                 );
-                Decision::Failed {
-                    result: failure(f, &err, runtime),
-                    error: err,
-                    gave_up: true,
-                    runtime,
-                }
+                failed(f, err, true, runtime)
             }
-            _ => Decision::Failed {
-                result: failure(f, &e, runtime),
-                error: e,
-                gave_up: false,
-                runtime,
-            },
+            _ => failed(f, e, false, runtime),
         },
     }
 }
@@ -182,9 +191,17 @@ impl Decision {
     pub(crate) fn into_disposition(self, ignore_result: bool) -> Disposition {
         let keep = |result: ResultMeta| (!ignore_result).then_some(result);
         match self {
-            Decision::Succeeded { result, .. } | Decision::Failed { result, .. } => {
-                Disposition::Done {
-                    result: keep(result),
+            Decision::Succeeded { result, canvas, .. }
+            | Decision::Failed { result, canvas, .. } => {
+                if canvas.sends_nothing() {
+                    Disposition::Done {
+                        result: keep(result),
+                    }
+                } else {
+                    Disposition::Continue {
+                        result: keep(result),
+                        canvas: Box::new(canvas),
+                    }
                 }
             }
             Decision::Retry(d) => d,
@@ -203,6 +220,19 @@ impl Decision {
 fn failure(f: RunFacts<'_>, err: &TaskError, runtime: Duration) -> ResultMeta {
     let meta = ResultMeta::failure(f.msg.id(), err);
     result_meta(f.meta, f.msg, f.queue, meta, Some(runtime))
+}
+
+/// A failure for good, with what its canvas says to do about it.
+fn failed(f: RunFacts<'_>, error: TaskError, gave_up: bool, runtime: Duration) -> Decision {
+    let result = failure(f, &error, runtime);
+    let canvas = canvas::on_failure(f.msg, &result);
+    Decision::Failed {
+        result,
+        error,
+        gave_up,
+        runtime,
+        canvas,
+    }
 }
 
 /// Celery's retry: RETRY with the error, and the same task id published

@@ -40,6 +40,7 @@
 //!  admit.rs    gates again: revoked or expired meanwhile ──── Skip(Disposition) ─┤
 //!  execute.rs  run on the task's executor (celeriac-pool)                        │
 //!  decide.rs   pure: run + TaskOptions → Decision → Disposition                  │
+//!  canvas.rs   pure: the chain step, callbacks and errbacks to send on            │
 //!  settle.rs   the only place that acks, requeues, dead-letters, stores, ◄───────┘
 //!              or publishes a retry (batched where the broker gains)
 //!
@@ -50,6 +51,7 @@
 //! ```
 
 mod admit;
+mod canvas;
 mod chores;
 mod config;
 mod control;

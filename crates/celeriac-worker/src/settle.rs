@@ -131,17 +131,30 @@ pub(crate) async fn apply(
 ) {
     let d = held.delivery;
     match disposition {
-        Disposition::Done { result } if held.acked => {
-            inner.ledger.forget(&d.tag);
-            if let Some(meta) = result
-                && !store(inner, &meta).await
-            {
-                keep_storing(inner, meta, None).await;
+        Disposition::Done { result } => finish(inner, held.acked, result, d).await,
+        Disposition::Continue { result, canvas } => {
+            let id = msg.map(Message::id).unwrap_or_default();
+            // As Celery does: the next steps are published before this
+            // task's result is stored (its `children` names them).
+            if let Err(e) = publish_all(inner, &canvas.before).await {
+                if held.acked {
+                    tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the next steps of a task acked early (acks_late = false); its canvas stops here");
+                } else {
+                    tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the next steps of the canvas; the task goes back to run again");
+                    inner.ledger.forget(&d.tag);
+                    if let Err(e) = inner.broker.requeue(&d, Some(unix_now() + 1.0)).await {
+                        tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not requeue task; it returns when its lease lapses");
+                    }
+                    return;
+                }
             }
-        }
-        Disposition::Done { result } => {
-            if let Some((meta, d)) = settle(inner, result, d).await {
-                keep_storing(inner, meta, Some(d)).await;
+            for meta in &canvas.also_store {
+                store(inner, meta).await;
+            }
+            finish(inner, held.acked, result, d).await;
+            // Errbacks, once the FAILURE is stored.
+            if let Err(e) = publish_all(inner, &canvas.after).await {
+                tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the errbacks of a failed task");
             }
         }
         Disposition::Requeue { not_before, why } => {
@@ -217,6 +230,34 @@ pub(crate) async fn apply(
             }
         }
     }
+}
+
+/// Stores a finished task's result and acks its message (only stores, when
+/// it was acked as the task started); a refused result is stored again,
+/// never recomputed.
+async fn finish(inner: &Inner, acked: bool, result: Option<ResultMeta>, d: Delivery) {
+    if acked {
+        inner.ledger.forget(&d.tag);
+        if let Some(meta) = result
+            && !store(inner, &meta).await
+        {
+            keep_storing(inner, meta, None).await;
+        }
+    } else if let Some((meta, d)) = settle(inner, result, d).await {
+        keep_storing(inner, meta, Some(d)).await;
+    }
+}
+
+/// Publishes the messages a canvas sends on, in one batch.
+async fn publish_all(inner: &Inner, msgs: &[Message]) -> Result<(), BrokerError> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let mut out = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        out.push(Outgoing::from_message(m).map_err(BrokerError::storage)?);
+    }
+    inner.broker.publish_batch(out).await
 }
 
 /// Acknowledges a message as its task starts (`acks_late = false`): from

@@ -361,7 +361,12 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
 fn report(inner: &Inner, ev: &TaskEvent<'_>, decision: &Decision) {
     let (id, name) = (ev.message.id(), ev.message.task());
     match decision {
-        Decision::Succeeded { result, runtime } => {
+        Decision::Succeeded {
+            result,
+            runtime,
+            canvas,
+        } => {
+            canvas_problems(id, canvas);
             inner.notify.succeeded(ev, &result.result, *runtime);
             tracing::debug!(task_id = %Escaped(id), task = %Escaped(name), runtime = ?runtime, "task succeeded");
         }
@@ -369,8 +374,10 @@ fn report(inner: &Inner, ev: &TaskEvent<'_>, decision: &Decision) {
             error,
             gave_up,
             runtime,
+            canvas,
             ..
         } => {
+            canvas_problems(id, canvas);
             inner.notify.failed(ev, error, Some(*runtime));
             if *gave_up {
                 let retries = ev.message.headers.retries;
@@ -383,6 +390,13 @@ fn report(inner: &Inner, ev: &TaskEvent<'_>, decision: &Decision) {
             tracing::warn!(task_id = %Escaped(id), task = %Escaped(name), error = %Escaped(error), "worker lost; requeueing (reject_on_worker_lost)");
         }
         Decision::GiveBack { lost: None } | Decision::Retry(_) => {}
+    }
+}
+
+/// Logs the signatures of a task's canvas that cannot be sent on.
+fn canvas_problems(id: &str, canvas: &crate::canvas::Continuation) {
+    for problem in &canvas.problems {
+        tracing::error!(task_id = %Escaped(id), problem = %Escaped(problem), "a canvas signature is not sent on");
     }
 }
 

@@ -57,6 +57,20 @@ except Exception:
     pass
 out["link_error"] = {"failed": r.id, "errback_got": AsyncResult(eb_id, app=app).get(timeout=60)}
 
+# Groups of 10 and 1000: every member's result, in order, with group_id
+# stored on each member's result; GroupResult.save/restore round-trips.
+from celery import group  # noqa: E402
+
+g = group(sig("celeriac.add", i, i) for i in range(10)).apply_async()
+out["group_10"] = g.get(timeout=60)
+g.save()
+restored = app.GroupResult.restore(g.id)
+out["group_restored"] = [r.id for r in restored.results] == [r.id for r in g.results]
+out["group_ids"] = sorted({app.backend.get_task_meta(r.id).get("group_id") for r in g.results} - {None})
+out["group_id"] = g.id
+g = group(sig("celeriac.add", i, 1) for i in range(1000)).apply_async()
+out["group_1000_sum"] = sum(g.get(timeout=120))
+
 # A chain across a Python worker (queue py) and celeriac workers (celery):
 # (1 + 2) * 10 + 5.
 if len(sys.argv) > 2 and sys.argv[2] == "mixed":

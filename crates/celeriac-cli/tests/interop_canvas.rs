@@ -69,7 +69,7 @@ fn python_worker(python: &str, url: &str) -> LoggedChild {
 }
 
 #[test]
-fn python_chains_links_and_link_errors_run_on_celeriac_workers_and_across_python() {
+fn python_chains_groups_links_and_link_errors_run_on_celeriac_workers_and_across_python() {
     let Some(python) = python() else { return };
     let redis = RedisServer::start();
     let url = redis.url("");

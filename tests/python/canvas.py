@@ -71,6 +71,21 @@ out["group_id"] = g.id
 g = group(sig("celeriac.add", i, 1) for i in range(1000)).apply_async()
 out["group_1000_sum"] = sum(g.get(timeout=120))
 
+# Chords on Redis's native join: the body gets every header result, in
+# header order, whichever worker finished last.
+from celery import chord  # noqa: E402
+
+out["chord"] = chord([sig("celeriac.add", i, i) for i in range(3)], sig("celeriac.echo")).apply_async().get(timeout=60)
+r = chord([sig("celeriac.add", i, 1) for i in range(200)], sig("celeriac.echo")).apply_async()
+got = r.get(timeout=120)
+out["chord_200"] = [len(got), sum(got), got == sorted(got)]
+r = chord([sig("celeriac.add", 1, 1), sig("celeriac.fail", "bad header").set(immutable=True)], sig("celeriac.echo")).apply_async()
+try:
+    r.get(timeout=60)
+    out["chord_failing"] = "no exception"
+except Exception as exc:
+    out["chord_failing"] = {"error": f"{type(exc).__name__}: {exc}", "state": r.state}
+
 # A chain across a Python worker (queue py) and celeriac workers (celery):
 # (1 + 2) * 10 + 5.
 if len(sys.argv) > 2 and sys.argv[2] == "mixed":
@@ -81,5 +96,10 @@ if len(sys.argv) > 2 and sys.argv[2] == "mixed":
     ).apply_async()
     out["mixed"] = r.get(timeout=60)
     out["mixed_parent_worker"] = AsyncResult(r.parent.id, app=app).get(timeout=60)
+    # A chord whose header runs on both, and whose body runs on celeriac.
+    out["mixed_chord"] = chord(
+        [sig("celeriac.add", 1, 1), sig("tasks.add", 2, 2, queue="py"), sig("celeriac.add", 3, 3)],
+        sig("celeriac.echo"),
+    ).apply_async().get(timeout=60)
 
 print(json.dumps(out))

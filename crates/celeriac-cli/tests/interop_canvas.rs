@@ -1,6 +1,7 @@
 //! Canvas on the Celery wire with real Python Celery over a real Redis: a
-//! Python client's chains, links and link_errors run on celeriac workers,
-//! and a chain crosses a Python worker and celeriac workers.
+//! Python client's chains, groups, chords, links and link_errors run on
+//! celeriac workers, and a chain and a chord cross a Python worker and
+//! celeriac workers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,7 +70,7 @@ fn python_worker(python: &str, url: &str) -> LoggedChild {
 }
 
 #[test]
-fn python_chains_groups_links_and_link_errors_run_on_celeriac_workers_and_across_python() {
+fn python_canvas_runs_on_celeriac_workers_and_across_python() {
     let Some(python) = python() else { return };
     let redis = RedisServer::start();
     let url = redis.url("");

@@ -37,7 +37,7 @@ pub mod task;
 pub mod time;
 
 pub use broker::{
-    Broker, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits,
+    Broker, ChordJoin, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits,
     ResultBackend, ResultWatch, Revocations, Transport, Waiters,
 };
 pub use canvas::Signature;

@@ -1003,6 +1003,12 @@ impl ResultBackend for SqliteBackend {
         false
     }
 
+    /// None yet: chords sent through the embedded brokers need a client
+    /// that records the chord's size, which celeriac's canvas API will be.
+    fn chord_join(&self) -> Option<&dyn celeriac_core::ChordJoin> {
+        None
+    }
+
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
         self.store_many(std::slice::from_ref(meta)).await
     }

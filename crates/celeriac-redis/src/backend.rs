@@ -90,6 +90,10 @@ pub struct RedisBackend {
     store: Script,
 }
 
+pub(crate) fn backend_err(e: redis::RedisError) -> BackendError {
+    err(e)
+}
+
 fn err(e: redis::RedisError) -> BackendError {
     if crate::conn::is_connection_error(&e) {
         BackendError::connection(e)
@@ -124,6 +128,21 @@ impl RedisBackend {
             listener: OnceCell::new(),
             store: Script::new(STORE),
         }))
+    }
+
+    /// The key prefix (`global_keyprefix`).
+    pub(crate) fn prefix(&self) -> &str {
+        &self.shared.opts.prefix
+    }
+
+    /// How long results are kept, in seconds.
+    pub(crate) fn result_expires_secs(&self) -> u64 {
+        self.shared.opts.result_expires
+    }
+
+    /// The shared connection.
+    pub(crate) async fn connection(&self) -> Result<ConnectionManager, BackendError> {
+        self.conn().await
     }
 
     async fn conn(&self) -> Result<ConnectionManager, BackendError> {
@@ -332,6 +351,11 @@ impl ResultBackend for RedisBackend {
     /// False: other processes read results through the Redis server.
     fn is_private(&self) -> bool {
         false
+    }
+
+    /// Celery 5.x's native join (see the `chord` module).
+    fn chord_join(&self) -> Option<&dyn celeriac_core::ChordJoin> {
+        Some(self)
     }
 
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {

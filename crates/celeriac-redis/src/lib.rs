@@ -83,6 +83,7 @@
 
 mod backend;
 mod broker;
+mod chord;
 mod conn;
 mod eta;
 mod pidbox;

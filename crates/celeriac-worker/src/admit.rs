@@ -199,9 +199,6 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
         let disposition = refused(inner, &ev, &err, reason);
         return skip(Some(msg), disposition);
     }
-    if msg.embed.chord.as_ref().is_some_and(|c| !c.is_null()) {
-        tracing::warn!(task_id = %shown_id, "message is a chord header part; celeriac does not join chords yet (its chain, link and link_error are followed)");
-    }
     Admission::Run(Admitted { msg, task })
 }
 

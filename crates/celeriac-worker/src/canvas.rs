@@ -30,12 +30,33 @@ pub(crate) struct Continuation {
     pub(crate) also_store: Vec<ResultMeta>,
     /// Signatures that could not be sent on, and why (logged as errors).
     pub(crate) problems: Vec<String>,
+    /// This task is a chord header part: what to join.
+    pub(crate) chord: Option<ChordPart>,
+}
+
+/// A finished chord header part.
+#[derive(Debug)]
+pub(crate) struct ChordPart {
+    /// The chord's group id.
+    pub(crate) group_id: String,
+    /// This part's place in the header.
+    pub(crate) index: Option<u64>,
+    /// Celery's part record: `[1, id, state, result]`.
+    pub(crate) part: Value,
+    /// The chord's body.
+    pub(crate) body: Signature,
+    /// This part failed: the body's ChordError FAILURE, to store instead
+    /// of joining, and the body's errbacks, called with the body's id.
+    pub(crate) failed: Option<(ResultMeta, Vec<Message>)>,
 }
 
 impl Continuation {
     /// Whether there is nothing to publish or store (problems aside).
     pub(crate) fn sends_nothing(&self) -> bool {
-        self.before.is_empty() && self.after.is_empty() && self.also_store.is_empty()
+        self.before.is_empty()
+            && self.after.is_empty()
+            && self.also_store.is_empty()
+            && self.chord.is_none()
     }
 }
 
@@ -93,7 +114,89 @@ pub(crate) fn on_success(msg: &Message, result: &mut ResultMeta) -> Continuation
     result
         .children
         .extend(c.before.iter().map(|m| json!([[m.id(), null], null])));
+    c.chord = chord_part(msg, &result.result, "SUCCESS", None, &mut c.problems);
     c
+}
+
+/// The chord this header part belongs to, if any.
+fn chord_part(
+    msg: &Message,
+    result: &Value,
+    state: &str,
+    failure: Option<&ResultMeta>,
+    problems: &mut Vec<String>,
+) -> Option<ChordPart> {
+    let body = msg.embed.chord.as_ref().filter(|b| !b.is_null())?;
+    let Some(group_id) = msg.headers.group.clone() else {
+        problems.push("a chord header part without a group id".to_string());
+        return None;
+    };
+    let body = match Signature::from_value(body) {
+        Ok(b) => b,
+        Err(e) => {
+            problems.push(format!("the chord body: {e}"));
+            return None;
+        }
+    };
+    let failed = failure.map(|f| {
+        let body_id = body
+            .task_id()
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let why = f.error();
+        let err = celeriac_core::TaskError::typed(
+            "ChordError",
+            "celery.exceptions",
+            format!(
+                "Dependency {} raised {}('{}')",
+                msg.id(),
+                why.exc_type(),
+                why.message()
+            ),
+        );
+        let mut meta = ResultMeta::failure(&body_id, &err);
+        meta.group_id = Some(group_id.clone());
+        meta.name = Some(body.task.clone());
+        let mut errbacks = Vec::new();
+        for eb in body
+            .options
+            .get("link_error")
+            .map(|v| match v {
+                Value::Array(a) => a.clone(),
+                one => vec![one.clone()],
+            })
+            .unwrap_or_default()
+        {
+            if let Some(mut m) = call(&eb, msg, Some(&json!(body_id)), Vec::new(), problems) {
+                m.headers.group = Some(uuid::Uuid::new_v4().to_string());
+                m.headers.group_index = Some(0);
+                errbacks.push(m);
+            }
+        }
+        (meta, errbacks)
+    });
+    Some(ChordPart {
+        part: json!([1, msg.id(), state, result]),
+        index: msg.headers.group_index,
+        group_id,
+        body,
+        failed,
+    })
+}
+
+/// The chord's body, called with every header result in order, by the
+/// header part that completed the chord.
+pub(crate) fn chord_body(
+    chord: &ChordPart,
+    last: &Message,
+    results: Vec<Value>,
+) -> Result<Message, celeriac_core::CodecError> {
+    let mut m = chord
+        .body
+        .call_after(last, Some(&Value::Array(results)), Vec::new())?;
+    m.headers.group = Some(chord.group_id.clone());
+    m.headers.group_index = None;
+    Ok(m)
 }
 
 /// After a failure: the same FAILURE for every remaining chain step, and
@@ -123,6 +226,13 @@ pub(crate) fn on_failure(msg: &Message, result: &ResultMeta) -> Continuation {
             c.after.push(m);
         }
     }
+    c.chord = chord_part(
+        msg,
+        &result.result,
+        "FAILURE",
+        Some(result),
+        &mut c.problems,
+    );
     c
 }
 

@@ -24,8 +24,10 @@ use celeriac_core::escape::Escaped;
 use celeriac_core::time::unix_now;
 use celeriac_core::{BrokerError, Delivery, Message, Outgoing, ResultMeta};
 use parking_lot::Mutex;
+use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::canvas::ChordPart;
 use crate::decide::Disposition;
 use crate::observe::TaskEvent;
 use crate::worker::Inner;
@@ -156,6 +158,10 @@ pub(crate) async fn apply(
             if let Err(e) = publish_all(inner, &canvas.after).await {
                 tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the errbacks of a failed task");
             }
+            // A chord header part joins once its own result is stored.
+            if let (Some(chord), Some(m)) = (&canvas.chord, msg) {
+                join_chord(inner, m, chord).await;
+            }
         }
         Disposition::Requeue { not_before, why } => {
             inner.ledger.forget(&d.tag);
@@ -245,6 +251,63 @@ async fn finish(inner: &Inner, acked: bool, result: Option<ResultMeta>, d: Deliv
         }
     } else if let Some((meta, d)) = settle(inner, result, d).await {
         keep_storing(inner, meta, Some(d)).await;
+    }
+}
+
+/// Joins a finished chord header part (see [`ChordJoin`]): the part that
+/// completes the chord publishes the body with every header result; a
+/// failed part stores the body's ChordError instead and calls its
+/// errbacks.
+///
+/// [`ChordJoin`]: celeriac_core::ChordJoin
+async fn join_chord(inner: &Inner, msg: &Message, chord: &ChordPart) {
+    let id = msg.id();
+    let group = chord.group_id.as_str();
+    let Some(join) = inner.backend.chord_join() else {
+        tracing::error!(task_id = %Escaped(id), group = %Escaped(group), backend = %inner.backend.url(),
+            "a chord header part finished, but this result backend cannot join chords yet; the chord's body will not run");
+        return;
+    };
+    if let Some((body_failure, errbacks)) = &chord.failed {
+        tracing::warn!(task_id = %Escaped(id), group = %Escaped(group), body = %Escaped(&body_failure.task_id),
+            "a chord header part failed; the chord's body fails with ChordError");
+        store(inner, body_failure).await;
+        if let Err(e) = join.abandon(group).await {
+            tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not abandon the chord's join");
+        }
+        if let Err(e) = publish_all(inner, errbacks).await {
+            tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not publish the chord body's errbacks");
+        }
+        return;
+    }
+    let parts = match join.part_return(group, id, chord.index, &chord.part).await {
+        Ok(Some(parts)) => parts,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(task_id = %Escaped(id), group = %Escaped(group), error = %Escaped(&e), "could not record a chord header part");
+            return;
+        }
+    };
+    // The last part is in: this worker sends the body.
+    let results: Vec<Value> = parts
+        .iter()
+        .map(|p| p.get(3).cloned().unwrap_or(Value::Null))
+        .collect();
+    let sent = match crate::canvas::chord_body(chord, msg, results) {
+        Ok(body) => publish_all(inner, std::slice::from_ref(&body)).await,
+        Err(e) => Err(BrokerError::storage(e)),
+    };
+    match sent {
+        Ok(()) => {
+            if let Err(e) = join.finish(group).await {
+                tracing::warn!(group = %Escaped(group), error = %Escaped(&e), "could not clear a finished chord's join");
+            }
+        }
+        // The claim lapses in seconds: the next part that comes back (a
+        // redelivery) completes the chord again.
+        Err(e) => {
+            tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not publish the chord's body")
+        }
     }
 }
 

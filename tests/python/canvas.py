@@ -86,6 +86,13 @@ try:
 except Exception as exc:
     out["chord_failing"] = {"error": f"{type(exc).__name__}: {exc}", "state": r.state}
 
+# map, starmap and chunks: Celery's built-in tasks, looped inline.
+from celery.canvas import chunks, xmap, xstarmap  # noqa: E402
+
+out["map"] = xmap(sig("celeriac.echo"), [1, "two", None]).apply_async().get(timeout=60)
+out["starmap"] = xstarmap(sig("celeriac.add"), [(1, 2), (3, 4)]).apply_async().get(timeout=60)
+out["chunks"] = chunks(sig("celeriac.add"), [(i, i) for i in range(10)], 3).apply_async().get(timeout=60)
+
 # A chain across a Python worker (queue py) and celeriac workers (celery):
 # (1 + 2) * 10 + 5.
 if len(sys.argv) > 2 and sys.argv[2] == "mixed":

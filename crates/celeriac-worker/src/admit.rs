@@ -169,7 +169,11 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
             return skip(Some(msg), Disposition::Done { result: None });
         }
     }
-    let Some(task) = inner.registry.get(name).cloned() else {
+    let found = inner
+        .registry
+        .get(name)
+        .or_else(|| inner.celery_tasks.get(name));
+    let Some(task) = found.cloned() else {
         tracing::error!(task_id = %shown_id, task = %shown_name, "received unregistered task; moving it to the dead-letter queue");
         let err = TaskError::not_registered(name);
         let meta = result_meta(

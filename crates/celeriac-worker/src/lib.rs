@@ -52,6 +52,7 @@
 
 mod admit;
 mod canvas;
+mod celery_tasks;
 mod chores;
 mod config;
 mod control;

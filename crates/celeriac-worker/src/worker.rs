@@ -30,6 +30,9 @@ pub(crate) struct Inner {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) backend: Arc<dyn ResultBackend>,
     pub(crate) registry: Arc<Registry>,
+    /// `celery_tasks`: Celery's built-in canvas tasks (`celery.map`, ...),
+    /// found when `registry` has no task of that name.
+    pub(crate) celery_tasks: Registry,
     /// `config`: what the builder said.
     pub(crate) config: Config,
     /// `line`: execution slots, reservations, the line, shutdown.
@@ -104,6 +107,7 @@ impl Worker {
             inner: Arc::new(Inner {
                 broker: p.broker,
                 backend: p.backend,
+                celery_tasks: crate::celery_tasks::registry(&p.registry),
                 registry: p.registry,
                 config: p.config,
                 slots: Reservations::new(p.concurrency, p.prefetch),

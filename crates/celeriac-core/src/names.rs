@@ -126,7 +126,6 @@ mod tests {
             "celeriac.rate.t",
             "celeriac.alive.x",
             "celeriac.consumers",
-            "celeriac.batch.x.0",
             "celeriac-idempotency-k",
             "celery-task-meta-abc",
             "celery-taskset-meta-abc",

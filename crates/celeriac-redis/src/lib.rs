@@ -74,9 +74,9 @@
 //! Python workers restore by the visibility timeout, as before.
 //!
 //! A claim whose reply is lost (the script ran, the connection dropped) is
-//! **resumed**: the script records each batch under the claim's token
-//! (`celeriac.batch.<consumer id>.<n>`), and the consumer's next claim
-//! reuses the token and gets that batch instead of new messages.
+//! **resumed**: the script records each batch under the claim's token (a
+//! field of `celeriac.claims`), and the consumer's next claim reuses the
+//! token and gets that batch instead of new messages.
 //!
 //! ## Delayed messages
 //!

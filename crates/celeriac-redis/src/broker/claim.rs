@@ -2,25 +2,28 @@
 //! holder is gone.
 //!
 //! - **Resumable claims.** Each claim has a token, `<consumer id>:<n>`,
-//!   and the claim script records the batch it took under the consumer's
-//!   batch key (`celeriac.batch.<consumer id>.<slot>`, one per consumer
-//!   name, with a TTL). When a claim fails (a broker restart or a network
-//!   cut lost the reply after the script ran), the next claim of that
-//!   consumer reuses the token and asks to resume: the script then returns
-//!   the recorded batch, the messages still held under that token, instead
-//!   of taking new ones. Without it the batch sat in `unacked` with no
-//!   owner until the visibility timeout (an hour).
+//!   and the claim script records the batch it took (tags, queues and
+//!   lengths, not payloads) in the claim table `celeriac.claims`, under the
+//!   consumer name's field `\0celeriac-batch:<consumer id>.<slot>` (the
+//!   next claim overwrites it; a dead consumer's are removed with its
+//!   claims). When a claim fails (a broker restart or a network cut lost
+//!   the reply after the script ran), the next claim of that consumer
+//!   reuses the token and asks to resume: the script then returns the
+//!   recorded batch, the messages still held under that token, instead of
+//!   taking new ones. Without it the batch sat in `unacked` with no owner
+//!   until the visibility timeout (an hour).
 //! - **Liveness.** See [`crate::liveness`]: the consumer's lease is
 //!   renewed by a task of its own; claims need a fresh lease.
 //! - **Restore.** At most every [`RENEW_EVERY`] (sooner with a short
 //!   visibility timeout), a claim first gives back messages whose lease
 //!   lapsed and the messages of consumers whose liveness lease lapsed.
 //!
-//! Per claim, this costs the script one `TYPE` per key it may write (five
-//! bookkeeping keys and the four priority lists of each queue) and one
-//! `SET` of the batch record (tags, queues and lengths, not payloads) when
-//! it took messages; no extra round trip. A claim that lost its reply
-//! costs one `GET` more when it is resumed.
+//! Per claim, this costs the script four `TYPE` calls (the bookkeeping
+//! keys it writes: `unacked`, `unacked_index`, `celeriac.claims`,
+//! `celeriac.deliveries`; the delayed set is checked by its read and each
+//! list by its pop) and, when it took messages, one more field in the claim
+//! table's `HSET` (the batch record, encoded with cjson). No extra round
+//! trip, no extra key. A resumed claim costs one `HGET` more.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,7 +45,12 @@ pub(super) struct Claimer {
     pending: Option<String>,
 }
 
-/// The token of one claim, and whether it resumes a failed one.
+/// The prefix of the claim table's fields that hold batch records (a
+/// delivery tag never starts with a NUL).
+const BATCH_FIELD: &str = "\0celeriac-batch:";
+
+/// The token of one claim, whether it resumes a failed one, and the field
+/// of its batch record.
 struct Attempt {
     token: String,
     resume: bool,
@@ -77,13 +85,12 @@ impl RedisBroker {
             for k in self.bookkeeping() {
                 inv.key(k);
             }
-            inv.key(&attempt.record);
             inv.arg(unix_now())
                 .arg(max.clamp(1, MAX_BATCH))
                 .arg(&attempt.token)
                 .arg(&self.opts.prefix)
                 .arg(if attempt.resume { "1" } else { "0" })
-                .arg(record_ttl(self.opts.visibility_timeout))
+                .arg(&attempt.record)
                 .arg(SEP);
             for s in PRIORITY_STEPS {
                 for q in queues {
@@ -127,7 +134,7 @@ impl RedisBroker {
             slot,
             pending: None,
         });
-        let record = self.key(&format!("celeriac.batch.{}.{}", self.liveness.id(), c.slot));
+        let record = format!("{BATCH_FIELD}{}.{}", self.liveness.id(), c.slot);
         if let Some(token) = &c.pending {
             return Attempt {
                 token: token.clone(),
@@ -222,6 +229,7 @@ impl RedisBroker {
             .arg(SEP)
             .arg(if judge { "1" } else { "0" })
             .arg(now)
+            .arg(BATCH_FIELD)
             .invoke_async(conn)
             .await
             .map_err(conn_err)?;
@@ -258,12 +266,6 @@ async fn keep_alive_loop(me: std::sync::Weak<RedisBroker>) {
     }
 }
 
-/// How long a batch record is kept: a claim is resumed within seconds, and
-/// after the visibility timeout its messages are restored anyway.
-fn record_ttl(visibility: Duration) -> u64 {
-    visibility.max(Duration::from_secs(60)).as_millis() as u64
-}
-
 /// The claim script's reply: whether it resumed a batch, and the
 /// deliveries.
 fn parse_claim(raw: &[redis::Value], token: &str) -> Result<(bool, Vec<Delivery>), BrokerError> {
@@ -290,15 +292,4 @@ fn parse_claim(raw: &[redis::Value], token: &str) -> Result<(bool, Vec<Delivery>
         });
     }
     Ok((resumed == 1, out))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_records_outlive_a_retry_and_short_leases() {
-        assert_eq!(record_ttl(Duration::from_millis(300)), 60_000);
-        assert_eq!(record_ttl(Duration::from_secs(3600)), 3_600_000);
-    }
 }

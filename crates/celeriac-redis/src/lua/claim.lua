@@ -1,24 +1,26 @@
 -- The atomic claim: pops up to `max` messages from the lists in order and
 -- records every one in kombu's `unacked`/`unacked_index` and celeriac's
--- claim table, and records the batch under the claim's token so that a
--- claim whose reply was lost can be resumed. Due delayed messages are moved
--- onto their lists first.
+-- claim table, together with the batch itself under the claim's token, so
+-- that a claim whose reply was lost can be resumed. Due delayed messages
+-- are moved onto their lists first.
 --
 -- The bookkeeping is written with one multi-field command per structure
 -- for the whole batch (`RPOP key count`, `HSET` with many fields, ...):
 -- inside a script each `redis.call` costs microseconds, so the per-message
--- cost is what matters (see BENCHMARKS.md, W1).
+-- cost is what matters (see BENCHMARKS.md, W1). The batch record is one
+-- more field of the claim table's HSET, not a command of its own.
 --
--- KEYS: unacked, unacked_index, claims, deliveries, delayed, batch record,
---       list...
+-- KEYS: unacked, unacked_index, claims, deliveries, delayed, list...
 -- ARGV: now, max, token, key prefix, resume (1: this token's reply was
---       lost, return its recorded batch), record ttl in ms, separator,
---       queue name of each list (ARGV[i + 1] for KEYS[i], from 8 on)
+--       lost, return its recorded batch), the consumer's batch field in the
+--       claim table, separator, queue name of each list (ARGV[i + 2] for
+--       KEYS[i], from 8 on)
 -- Returns a flag (1: a resumed batch, 0: a new one), then queue, message,
 -- tag, delivery count and a revoked flag for each message claimed.
-local unacked, index, claims, deliveries, delayed, batch = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local unacked, index, claims, deliveries, delayed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local batch = ARGV[6]
 -- The first list key.
-local FIRST = 7
+local FIRST = 6
 local now = tonumber(ARGV[1])
 local max = tonumber(ARGV[2])
 local token = ARGV[3]
@@ -102,7 +104,7 @@ local function resume(b)
 end
 
 if ARGV[5] == '1' then
-  local rec = redis.call('GET', batch)
+  local rec = redis.call('HGET', claims, batch)
   if rec then
     local ok, r = pcall(cjson.decode, rec)
     if ok and type(r) == 'table' and r.id == token and type(r.b) == 'table' then
@@ -111,19 +113,19 @@ if ARGV[5] == '1' then
   end
 end
 
--- Check, then change: every key this claim may write holds what it should.
+-- Check, then change. The bookkeeping keys this claim writes must hold
+-- what they should before anything is popped. (The delayed set is checked
+-- by its read, the first command.)
 expect(unacked, 'hash')
 expect(index, 'zset')
 expect(claims, 'hash')
 expect(deliveries, 'hash')
-expect(delayed, 'zset')
--- (The batch record is written with SET, which takes any key.)
-for i = FIRST, #KEYS do expect(KEYS[i], 'list') end
 
 -- Due delayed messages onto their lists; one that cannot go there (an
 -- undecodable entry, a list key holding something else) is dead-lettered
 -- with the reason, or left in place if even that is impossible.
-local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+local read, due = pcall(redis.call, 'ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+if not read then refuse(delayed, redis.call('TYPE', delayed)['ok'], 'zset') end
 for n, d in ipairs(due) do
   local ok, item = pcall(cjson.decode, d)
   if ok and type(item) == 'table' and type(item.k) == 'string' and type(item.m) == 'string' then
@@ -139,10 +141,13 @@ for n, d in ipairs(due) do
   end
 end
 
--- Up to n messages from the tail of a list (oldest first).
+-- Up to n messages from the tail of a list (oldest first); nil and the
+-- key's type when it holds something else (a pop then takes nothing).
 local function pop(key, n)
   local ok, got = pcall(redis.call, 'RPOP', key, n)
   if ok then return got or {} end
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'list' and t ~= 'none' then return nil, t end
   -- Redis before 6.2: no count.
   local out = {}
   for _ = 1, n do
@@ -153,11 +158,24 @@ local function pop(key, n)
   return out
 end
 
-local queues, msgs = {}, {}
+-- A list's type is checked by its pop, which costs nothing more: a pop
+-- from a key holding something else fails and takes nothing, and what
+-- the earlier pops took is put back exactly where it was before the claim
+-- is refused, so nothing has changed.
+local queues, msgs, taken = {}, {}, {}
 for i = FIRST, #KEYS do
   if #msgs >= max then break end
-  for _, m in ipairs(pop(KEYS[i], max - #msgs)) do
-    table.insert(queues, ARGV[i + 1])
+  local got, t = pop(KEYS[i], max - #msgs)
+  if not got then
+    for k = #taken, 1, -1 do
+      local part = taken[k]
+      for x = #part.m, 1, -1 do redis.call('RPUSH', part.key, part.m[x]) end
+    end
+    refuse(KEYS[i], t, 'list')
+  end
+  if #got > 0 then table.insert(taken, {key = KEYS[i], m = got}) end
+  for _, m in ipairs(got) do
+    table.insert(queues, ARGV[i + 2])
     table.insert(msgs, m)
   end
 end
@@ -182,8 +200,9 @@ for j, m in ipairs(msgs) do
 end
 redis.call('HSET', unacked, unpack(entries))
 redis.call('ZADD', index, unpack(leases))
+table.insert(claimed, batch)
+table.insert(claimed, cjson.encode({id = token, b = record}))
 redis.call('HSET', claims, unpack(claimed))
-redis.call('SET', batch, cjson.encode({id = token, b = record}), 'PX', ARGV[6])
 local counts = redis.call('HMGET', deliveries, unpack(tags))
 local newcounts = {}
 for j, tag in ipairs(tags) do

@@ -6,14 +6,17 @@
 -- CELERIAC_WRONGTYPE error (which the broker reports as such) when one
 -- holds something else, e.g. a list where kombu's `unacked` hash belongs.
 
+-- Raises CELERIAC_WRONGTYPE: `key` holds a `got` where a `want` belongs.
+local function refuse(key, got, want)
+  error({err = 'CELERIAC_WRONGTYPE key "' .. key .. '" holds a ' .. got
+    .. ' where celeriac keeps a ' .. want
+    .. ' (was it used as a queue name?); nothing was changed'})
+end
+
 -- Raises CELERIAC_WRONGTYPE unless `key` is missing or holds a `want`.
 local function expect(key, want)
   local got = redis.call('TYPE', key)['ok']
-  if got ~= want and got ~= 'none' then
-    error({err = 'CELERIAC_WRONGTYPE key "' .. key .. '" holds a ' .. got
-      .. ' where celeriac keeps a ' .. want
-      .. ' (was it used as a queue name?); nothing was changed'})
-  end
+  if got ~= want and got ~= 'none' then refuse(key, got, want) end
 end
 
 -- Whether a message can be pushed onto `key` (a list, or missing).

@@ -8,19 +8,21 @@
 --    seconds while its process lives) has lapsed: a killed worker's
 --    messages come back in seconds, not after the visibility timeout. The
 --    consumers that may hold claims are the members of `celeriac.consumers`;
---    a claim's token starts with its consumer's id.
+--    a claim's token starts with its consumer's id. Their batch records
+--    (fields of the claim table) are removed too.
 --
 -- A message whose queue's key holds something other than a list, or whose
 -- entry cannot be decoded, is dead-lettered with the reason instead.
 -- Nothing is done while a Python worker holds `unacked_mutex`.
 --
 -- KEYS: unacked, unacked_index, claims, mutex, consumers.
--- ARGV: cutoff, limit, key prefix, separator, judge (1/0), now.
+-- ARGV: cutoff, limit, key prefix, separator, judge (1/0), now, the
+--       prefix of batch record fields in the claim table.
 -- Returns {restored after the visibility timeout, restored from dead
 -- consumers, dead consumers}, or {-1, 0, 0} while the mutex is held.
 local unacked, index, claims, consumers = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
 if redis.call('EXISTS', KEYS[4]) == 1 then return {-1, 0, 0} end
-local prefix, sep, now = ARGV[3], ARGV[4], tonumber(ARGV[6])
+local prefix, sep, now, BATCH = ARGV[3], ARGV[4], tonumber(ARGV[6]), ARGV[7]
 expect(unacked, 'hash')
 expect(index, 'zset')
 expect(claims, 'hash')
@@ -102,14 +104,22 @@ if ARGV[5] == '1' then
   if dead > 0 then
     local all = redis.call('HGETALL', claims)
     local kept = false
+    local records = {}
     for i = 1, #all, 2 do
-      local tag = all[i]
-      local holder = string.match(all[i + 1], '^([^:]*):')
-      if holder and gone[holder] and not done[tag] then
-        done[tag] = true
-        if restore(tag, #lapsed + i) then orphaned = orphaned + 1 else kept = true end
+      local field = all[i]
+      if string.sub(field, 1, #BATCH) == BATCH then
+        -- A consumer's batch record: `<BATCH><consumer id>.<n>`.
+        local holder = string.match(string.sub(field, #BATCH + 1), '^([^.]*)%.')
+        if holder and gone[holder] then table.insert(records, field) end
+      else
+        local holder = string.match(all[i + 1], '^([^:]*):')
+        if holder and gone[holder] and not done[field] then
+          done[field] = true
+          if restore(field, #lapsed + i) then orphaned = orphaned + 1 else kept = true end
+        end
       end
     end
+    for _, field in ipairs(records) do redis.call('HDEL', claims, field) end
     -- A consumer stays listed while any of its claims could not be given
     -- back, so a later pass tries again.
     if not kept then

@@ -18,12 +18,16 @@
 //! - [`names`]: which queue names are allowed ([`validate_queue_name`]).
 //! - [`options`]: a task's [`TaskOptions`]: retries, rate limit, acks,
 //!   and its pool.
+//! - [`canvas`]: Celery's canvas signatures ([`Signature`]) and the
+//!   messages a worker publishes from them.
 //! - [`error`]: typed errors for each of the above.
 //!
 //! Users normally depend on the `celeriac` facade crate instead.
 
 pub mod broker;
+pub mod canvas;
 pub mod error;
+pub mod escape;
 pub mod execute;
 pub mod message;
 pub mod names;
@@ -38,6 +42,7 @@ pub use broker::{
     Broker, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits,
     ResultBackend, ResultWatch, Revocations, Transport, Waiters,
 };
+pub use canvas::Signature;
 pub use error::{
     BackendError, BoxError, BrokerError, CodecError, RegistryError, TaskError, TaskErrorKind,
 };

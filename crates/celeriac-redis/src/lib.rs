@@ -80,9 +80,27 @@
 //!
 //! ## Delayed messages
 //!
-//! Messages with a future `eta` wait in the `celeriac.delayed` ZSET (scored by
-//! eta) and are moved onto their list by the claim script when due; they are
-//! never held by a worker.
+//! A message with a future `eta` is published as Celery publishes it:
+//! `LPUSH`ed on its queue with its `eta` header, so a Python worker gets it
+//! too (and holds it in memory until due, as Celery does). When a celeriac
+//! consumer claims it before it is due, the claim moves it at once, in one
+//! script, from `unacked` to the `celeriac.delayed` ZSET (scored by eta),
+//! and the claim script moves it back onto its list when due. So it waits
+//! in Redis, durably, never in a worker's memory, and never runs early.
+//! Once there, only celeriac consumers take it: in a queue shared with
+//! Python workers, an eta message runs on whichever kind of worker takes it
+//! first. A message whose eta is not in its headers (only in
+//! [`Outgoing::eta`](celeriac_core::Outgoing::eta)) goes to the delayed set
+//! directly.
+//!
+//! ## Remote control
+//!
+//! Each celeriac consumer listens to Celery's `celery.pidbox` broadcasts
+//! and records a Python `app.control.revoke(...)` as a durable key. A
+//! revoke made through this broker ([`Revocations`](celeriac_core::Revocations))
+//! writes those keys and also broadcasts Celery's own `revoke`, so that
+//! Python workers skip (or, with terminate, kill) the task as well. Python
+//! workers keep revokes in memory only: one started later does not know it.
 //!
 //! ## Results
 //!
@@ -95,7 +113,9 @@
 mod backend;
 mod broker;
 mod conn;
+mod eta;
 mod liveness;
+mod pidbox;
 mod scripts;
 mod url;
 

@@ -18,6 +18,11 @@ use crate::worker::Worker;
 /// this many messages per execution slot.
 pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 4;
 
+/// How long a worker keeps storing a result the backend refused before it
+/// dead-letters the message with the result attached
+/// ([`WorkerBuilder::store_retry_for`]).
+pub const DEFAULT_STORE_RETRY_FOR: Duration = Duration::from_secs(300);
+
 /// Configures a [`Worker`].
 #[derive(Debug)]
 pub struct WorkerBuilder {
@@ -42,6 +47,7 @@ pub struct WorkerBuilder {
     autoscale_keepalive: Duration,
     prefetch_multiplier: usize,
     observers: Vec<Arc<dyn Observer>>,
+    store_retry_for: Duration,
 }
 
 /// Settings of the worker's process pool.
@@ -67,6 +73,7 @@ pub(crate) struct Config {
     pub(crate) soft_time_limit: Option<Duration>,
     pub(crate) autoscale: Option<(usize, usize)>,
     pub(crate) autoscale_keepalive: Duration,
+    pub(crate) store_retry_for: Duration,
 }
 
 impl Config {
@@ -122,6 +129,7 @@ impl WorkerBuilder {
             autoscale_keepalive: Duration::from_secs(30),
             prefetch_multiplier: DEFAULT_PREFETCH_MULTIPLIER,
             observers: Vec::new(),
+            store_retry_for: DEFAULT_STORE_RETRY_FOR,
         }
     }
 
@@ -272,6 +280,18 @@ impl WorkerBuilder {
         self
     }
 
+    /// How long a result the backend refused is stored again, with
+    /// back-off (0.5 s, doubling up to 30 s), before its message is moved
+    /// to the dead-letter queue with the result attached (default
+    /// [`DEFAULT_STORE_RETRY_FOR`]). The task is never run again for a
+    /// failed store: its message stays held, its lease renewed, and is
+    /// acked once the result is stored. A warm shutdown stops retrying and
+    /// dead-letters at once.
+    pub fn store_retry_for(mut self, patience: Duration) -> Self {
+        self.store_retry_for = patience;
+        self
+    }
+
     /// Adds an [`Observer`] that hears of every task's transitions
     /// (received, started, succeeded, failed, retried, revoked, rejected,
     /// requeued).
@@ -285,6 +305,12 @@ impl WorkerBuilder {
     pub fn build(self) -> Result<Worker, WorkerError> {
         if self.queues.is_empty() {
             return Err(WorkerError::NoQueues);
+        }
+        if self.queues.iter().any(String::is_empty) {
+            return Err(WorkerError::EmptyQueueName);
+        }
+        if self.max_body == 0 {
+            return Err(WorkerError::ZeroMaxBody);
         }
         if let Some((min, max)) = self.autoscale
             && (min == 0 || min > max)
@@ -332,6 +358,7 @@ impl WorkerBuilder {
                 soft_time_limit: self.soft_time_limit,
                 autoscale: self.autoscale,
                 autoscale_keepalive: self.autoscale_keepalive,
+                store_retry_for: self.store_retry_for,
             },
             kind: self.kind,
             threads,

@@ -110,7 +110,7 @@ impl RedisBroker {
                 );
             }
             if !out.is_empty() {
-                return Ok(out);
+                return Ok(self.defer_early(out).await);
             }
             let now = Instant::now();
             if now >= deadline {

@@ -12,32 +12,68 @@ use redis::aio::ConnectionManager;
 
 use super::{RedisBroker, conn_err};
 
-#[async_trait]
-impl Revocations for RedisBroker {
-    async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
-        revoke_keys(
-            &mut self.conn().await?,
-            &self.opts.prefix,
-            task_ids,
-            ttl,
-            false,
-        )
-        .await
+impl RedisBroker {
+    /// The channel of Celery's remote-control broadcasts (kombu's
+    /// `celery.pidbox` fanout exchange) for this broker's database and key
+    /// prefix.
+    pub(super) fn pidbox_channel(&self) -> String {
+        let db = self.client.get_connection_info().redis_settings().db();
+        crate::pidbox::channel(&self.opts.prefix, db)
     }
 
+    /// Revokes `task_ids` for every worker, in one round trip: the durable
+    /// keys celeriac workers check (for `ttl`, also by workers started
+    /// later), then Celery's `revoke` broadcast, which Python workers act
+    /// on (`terminate` with `signal` kills the task where it runs).
+    async fn revoke_everywhere(
+        &self,
+        task_ids: &[String],
+        ttl: Duration,
+        terminate: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        if task_ids.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let prefix = &self.opts.prefix;
+        revoke_keys_into(&mut pipe, prefix, task_ids, ttl, terminate.is_some(), false);
+        let signal = terminate.unwrap_or(crate::pidbox::TERM_SIGNAME);
+        let broadcast = crate::pidbox::revoke(task_ids, terminate.is_some(), signal, unix_now());
+        pipe.publish(self.pidbox_channel(), broadcast).ignore();
+        pipe.query_async::<()>(&mut self.conn().await?)
+            .await
+            .map_err(conn_err)
+    }
+}
+
+#[async_trait]
+impl Revocations for RedisBroker {
+    /// Records the revoke for celeriac workers and broadcasts it to Python
+    /// workers, as `app.control.revoke(ids)` does.
+    async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        self.revoke_everywhere(task_ids, ttl, None).await
+    }
+
+    /// As [`revoke`](Self::revoke), with `terminate=True` and Celery's
+    /// default signal, `SIGTERM`.
     async fn revoke_terminate(
         &self,
         task_ids: &[String],
         ttl: Duration,
     ) -> Result<(), BrokerError> {
-        revoke_keys(
-            &mut self.conn().await?,
-            &self.opts.prefix,
-            task_ids,
-            ttl,
-            true,
-        )
-        .await
+        self.revoke_everywhere(task_ids, ttl, Some(crate::pidbox::TERM_SIGNAME))
+            .await
+    }
+
+    /// As [`revoke_terminate`](Self::revoke_terminate); Python workers
+    /// terminate with `signal`.
+    async fn revoke_terminate_with_signal(
+        &self,
+        task_ids: &[String],
+        ttl: Duration,
+        signal: &str,
+    ) -> Result<(), BrokerError> {
+        self.revoke_everywhere(task_ids, ttl, Some(signal)).await
     }
 
     async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
@@ -133,6 +169,41 @@ impl Nodes for RedisBroker {
     }
 }
 
+/// Adds to `pipe` the durable revoke keys of `task_ids` (and their
+/// terminate keys), each living `ttl`. With `keep_existing`, a key that
+/// exists already is left as it is (`SET NX`), with its own TTL.
+fn revoke_keys_into(
+    pipe: &mut redis::Pipeline,
+    prefix: &str,
+    task_ids: &[String],
+    ttl: Duration,
+    terminate: bool,
+    keep_existing: bool,
+) {
+    let kinds: &[&str] = if terminate {
+        &["celeriac.revoked.", "celeriac.terminate."]
+    } else {
+        &["celeriac.revoked."]
+    };
+    for id in task_ids {
+        for kind in kinds {
+            let set = pipe
+                .cmd("SET")
+                .arg(format!("{prefix}{kind}{id}"))
+                .arg(1)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1));
+            if keep_existing {
+                set.arg("NX");
+            }
+            set.ignore();
+        }
+    }
+}
+
+/// Records a revoke received by remote control. A revoke that celeriac
+/// itself broadcast has written its keys already, with the TTL asked for:
+/// those are kept.
 async fn revoke_keys(
     conn: &mut ConnectionManager,
     prefix: &str,
@@ -144,22 +215,7 @@ async fn revoke_keys(
         return Ok(());
     }
     let mut pipe = redis::pipe();
-    for id in task_ids {
-        pipe.set_ex(
-            format!("{prefix}celeriac.revoked.{id}"),
-            1,
-            ttl.as_secs().max(1),
-        )
-        .ignore();
-        if terminate {
-            pipe.set_ex(
-                format!("{prefix}celeriac.terminate.{id}"),
-                1,
-                ttl.as_secs().max(1),
-            )
-            .ignore();
-        }
-    }
+    revoke_keys_into(&mut pipe, prefix, task_ids, ttl, terminate, true);
     pipe.query_async::<()>(conn).await.map_err(conn_err)
 }
 

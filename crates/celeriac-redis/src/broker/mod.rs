@@ -210,12 +210,10 @@ impl RedisBroker {
         if self.pidbox_started.swap(true, Ordering::SeqCst) {
             return;
         }
-        let db = self.client.get_connection_info().redis_settings().db();
-        let channel = format!("/{db}.celery.pidbox");
         tokio::spawn(control::pidbox(
             self.client.clone(),
             conn.clone(),
-            channel,
+            self.pidbox_channel(),
             self.opts.prefix.clone(),
         ));
     }
@@ -296,9 +294,15 @@ impl Transport for RedisBroker {
         self.publish_batch(vec![msg]).await
     }
 
-    /// Publishes in one pipeline. A queue name reserved for the broker's
-    /// bookkeeping ([`validate_queue_name`]) fails the whole batch with
-    /// [`BrokerError::InvalidQueue`] before anything is sent.
+    /// Publishes as kombu does: `LPUSH` onto the queue's list, also a
+    /// message with a future eta when its envelope carries the `eta`
+    /// header, so that Python workers get it too (see the `eta` module for
+    /// what a celeriac consumer does with it). Only a message whose eta is
+    /// known to the broker alone (not in its headers) waits in the
+    /// `celeriac.delayed` set instead. All in one pipeline; a queue name
+    /// reserved for the broker's bookkeeping ([`validate_queue_name`]) fails
+    /// the whole batch with [`BrokerError::InvalidQueue`] before anything is
+    /// sent.
     async fn publish_batch(&self, msgs: Vec<Outgoing>) -> Result<(), BrokerError> {
         if msgs.is_empty() {
             return Ok(());
@@ -312,7 +316,7 @@ impl Transport for RedisBroker {
         for m in &msgs {
             let list = self.list_key(&m.queue, m.priority);
             match m.eta {
-                Some(at) if at > now => {
+                Some(at) if at > now && crate::eta::payload_eta(&m.payload).is_none() => {
                     let payload = String::from_utf8_lossy(&m.payload);
                     let item = serde_json::json!({"k": list, "m": payload}).to_string();
                     pipe.zadd(self.key("celeriac.delayed"), item, at).ignore();

@@ -51,8 +51,8 @@ struct State {
     renewed: Option<Instant>,
     /// Since when renewals have succeeded without a failure.
     healthy_since: Option<Instant>,
-    /// Whether the renewal task runs.
-    started: bool,
+    /// The renewal task, once started.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Liveness {
@@ -104,9 +104,14 @@ impl Liveness {
         self.state.lock().healthy_since.take().is_some()
     }
 
-    /// Marks the renewal task as started; false if it already was.
-    pub(crate) fn start(&self) -> bool {
-        !std::mem::replace(&mut self.state.lock().started, true)
+    /// Starts the renewal task with `spawn` unless it runs already (it
+    /// stops with the runtime it was spawned on: a handle used from a new
+    /// runtime starts another).
+    pub(crate) fn ensure_task(&self, spawn: impl FnOnce() -> tokio::task::JoinHandle<()>) {
+        let mut s = self.state.lock();
+        if s.task.as_ref().is_none_or(|t| t.is_finished()) {
+            s.task = Some(spawn());
+        }
     }
 }
 
@@ -143,6 +148,26 @@ mod tests {
         assert_ne!(a.id(), b.id());
         assert!(!a.id().contains(':') && !a.id().contains('#'));
         assert_eq!(a.key(), format!("celeriac.alive.{}", a.id()));
-        assert!(a.start() && !a.start());
+    }
+
+    #[tokio::test]
+    async fn one_renewal_task_per_runtime() {
+        let l = Liveness::new();
+        let spawns = std::sync::atomic::AtomicUsize::new(0);
+        let spawn = || {
+            spawns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(std::future::pending())
+        };
+        l.ensure_task(spawn);
+        l.ensure_task(spawn);
+        assert_eq!(spawns.load(std::sync::atomic::Ordering::SeqCst), 1);
+        l.state.lock().task.as_ref().unwrap().abort();
+        tokio::task::yield_now().await;
+        l.ensure_task(spawn);
+        assert_eq!(
+            spawns.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "a stopped task is replaced"
+        );
     }
 }

@@ -161,13 +161,15 @@ impl RedisBroker {
 
     /// Makes sure the liveness lease is fresh before claiming under it,
     /// and that the task renewing it runs.
-    async fn ensure_alive(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
+    pub(super) async fn ensure_alive(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> Result<(), BrokerError> {
         if !self.liveness.fresh() {
             self.keep_alive(conn).await?;
         }
-        if self.liveness.start() {
-            tokio::spawn(keep_alive_loop(self.me.clone()));
-        }
+        self.liveness
+            .ensure_task(|| tokio::spawn(keep_alive_loop(self.me.clone())));
         Ok(())
     }
 

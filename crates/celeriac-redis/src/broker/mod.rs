@@ -385,6 +385,8 @@ impl Transport for RedisBroker {
             return Ok(());
         }
         let mut conn = self.conn().await?;
+        // The liveness lease too, if its task could not renew it lately.
+        self.ensure_alive(&mut conn).await?;
         let [_, index, claims, _, _] = self.bookkeeping();
         let mut inv = self.scripts.renew.key(index);
         inv.key(claims).arg(unix_now());

@@ -142,7 +142,7 @@ struct WorkerArgs {
     #[arg(long, value_parser = parse_seconds)]
     soft_time_limit: Option<f64>,
     /// Queues to consume, comma-separated, in priority order.
-    #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery", value_parser = NonEmptyStringValueParser::new())]
+    #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery", value_parser = queue_name)]
     queues: Vec<String>,
     /// Node name. Default: `celeriac@HOSTNAME`.
     #[arg(short = 'n', long)]
@@ -180,7 +180,7 @@ struct CallArgs {
     #[arg(long, default_value = "{}")]
     kwargs: String,
     /// Queue to send to.
-    #[arg(long, short = 'q', default_value = "celery", value_parser = NonEmptyStringValueParser::new())]
+    #[arg(long, short = 'q', default_value = "celery", value_parser = queue_name)]
     queue: String,
     /// Run no earlier than this many seconds from now. The message carries
     /// Celery's `eta` header; on Redis it goes on the queue as Celery
@@ -488,6 +488,12 @@ fn parse_json_list(s: &str) -> Result<Vec<Value>> {
         Value::Array(a) => Ok(a),
         other => bail!("--args must be a JSON list, got {other}"),
     }
+}
+
+/// A queue name from the command line: refused at parsing when reserved
+/// for the brokers' bookkeeping (`unacked`, `celeriac.dlq`, ...).
+fn queue_name(s: &str) -> Result<String, celeriac::QueueNameError> {
+    celeriac::validate_queue_name(s).map(|()| s.to_string())
 }
 
 fn parse_json_object(s: &str) -> Result<Map<String, Value>> {

@@ -15,6 +15,7 @@
 //!   [`broker::prelude`] brings them into scope.
 //! - [`execute`]: the [`Executor`] extension trait, which runs tasks on a
 //!   pool of threads, processes or async tasks ([`PoolKind`]).
+//! - [`names`]: which queue names are allowed ([`validate_queue_name`]).
 //! - [`options`]: a task's [`TaskOptions`]: retries, rate limit, acks,
 //!   and its pool.
 //! - [`canvas`]: Celery's canvas signatures ([`Signature`]) and the
@@ -29,6 +30,7 @@ pub mod error;
 pub mod escape;
 pub mod execute;
 pub mod message;
+pub mod names;
 pub mod options;
 pub mod rate;
 pub mod result;
@@ -46,6 +48,7 @@ pub use error::{
 };
 pub use execute::{Enforces, Executor, Ran, ResizeError};
 pub use message::{DeliveryInfo, Embed, Headers, Message, Properties};
+pub use names::{QueueNameError, validate_queue_name};
 pub use options::{PoolKind, RetryDecision, TaskOptions, UnknownPool};
 pub use rate::RateLimit;
 pub use result::{ExceptionInfo, ResultMeta, State};

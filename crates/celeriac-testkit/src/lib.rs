@@ -9,7 +9,9 @@
 
 pub mod executor;
 pub mod process;
+pub mod proxy;
 pub mod redis_server;
+pub mod redis_volatile;
 
 /// Publishes `calls` in batches of 500; returns their task ids in order.
 pub async fn send_calls(

@@ -45,6 +45,7 @@ pub use celeriac_core::{
     TaskDef, TaskError, TaskErrorKind, TaskFuture, TaskOptions, Transport,
 };
 pub use celeriac_core::{Enforces, Executor, PoolKind, Ran};
+pub use celeriac_core::{QueueNameError, validate_queue_name};
 pub use celeriac_core::{escape, message, time};
 pub use celeriac_embedded::{
     MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker, default_db_path,

@@ -12,10 +12,16 @@
 //! | `redis_restart` | `redis-server` restarts mid-run, with and without persistence |
 //! | `lost_reply` | the reply to a claim is lost (a proxy cuts the connection) |
 //! | `reserved_queue` | a queue named like the broker's own bookkeeping keys |
+//! | `result_store` | the result backend refuses writes (a Redis at its `maxmemory`) |
+//!
+//! `kill -9` of a process-pool child is in `cli_process_pool.rs`
+//! (`crash_and_kill_9_of_a_child_fail_one_task_each_and_the_pool_heals`), on
+//! the file broker, since the child's fate does not depend on the broker.
 
 mod lost_reply;
 mod redis_restart;
 mod reserved_queue;
+mod result_store;
 mod worker_kill;
 
 use std::collections::HashMap;

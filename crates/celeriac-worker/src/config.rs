@@ -309,6 +309,9 @@ impl WorkerBuilder {
         if self.queues.iter().any(String::is_empty) {
             return Err(WorkerError::EmptyQueueName);
         }
+        for q in &self.queues {
+            celeriac_core::validate_queue_name(q)?;
+        }
         if self.max_body == 0 {
             return Err(WorkerError::ZeroMaxBody);
         }
@@ -367,5 +370,32 @@ impl WorkerBuilder {
             prefetch: self.prefetch_multiplier,
             observers: self.observers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use celeriac_core::Registry;
+    use celeriac_embedded::{MemoryBackend, MemoryBroker};
+
+    use crate::{Worker, WorkerError};
+
+    #[test]
+    fn a_worker_refuses_to_consume_the_brokers_own_keys() {
+        for q in ["unacked", "celeriac.dlq", "_kombu.binding.celery"] {
+            let built = Worker::builder(
+                Arc::new(MemoryBroker::new()),
+                Arc::new(MemoryBackend::new()),
+                Arc::new(Registry::new()),
+            )
+            .queues(["celery", q])
+            .build();
+            assert!(
+                matches!(built, Err(WorkerError::ReservedQueue(_))),
+                "{q}: {built:?}"
+            );
+        }
     }
 }

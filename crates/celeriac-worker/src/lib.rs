@@ -90,6 +90,10 @@ pub enum WorkerError {
     /// A queue name is empty.
     #[error("a queue name is empty")]
     EmptyQueueName,
+    /// A queue name is one of the brokers' own bookkeeping keys (such as
+    /// `unacked` or `celeriac.dlq`), which a worker must never consume.
+    #[error(transparent)]
+    ReservedQueue(#[from] celeriac_core::QueueNameError),
     /// The largest accepted body is 0 bytes: every message would be
     /// dead-lettered.
     #[error("max_body must be at least 1 byte")]

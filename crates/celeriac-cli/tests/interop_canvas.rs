@@ -3,34 +3,13 @@
 //! celeriac workers, and a chain and a chord cross a Python worker and
 //! celeriac workers.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use celeriac_testkit::process::LoggedChild;
+use celeriac_testkit::python::{interop_python as python, python_dir};
 use celeriac_testkit::redis_server::RedisServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
-
-/// The Python interpreter with Celery, or `None` (with a note) when the
-/// interop environment is not set up; under `scripts/test.sh` its absence
-/// is a failure.
-fn python() -> Option<String> {
-    match std::env::var("CELERIAC_TEST_PYTHON") {
-        Ok(p) if RedisServer::available() => Some(p),
-        Ok(_) => None,
-        Err(_) if std::env::var("CELERIAC_REQUIRE_INTEROP").as_deref() == Ok("1") => {
-            panic!("CELERIAC_TEST_PYTHON must be set")
-        }
-        Err(_) => {
-            eprintln!("skipped: run scripts/test.sh to set up the Celery venv");
-            None
-        }
-    }
-}
-
-fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
-}
 
 fn canvas_client(python: &str, url: &str, mode: &str) -> serde_json::Value {
     let out = Command::new(python)

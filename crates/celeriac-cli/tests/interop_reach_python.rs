@@ -9,35 +9,15 @@
 //! sets it); without it the tests that need Python are skipped, except
 //! under `CELERIAC_REQUIRE_INTEROP=1`, where they fail.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use celeriac_testkit::process::LoggedChild;
+use celeriac_testkit::python::{interop_python as python, python_dir};
 use celeriac_testkit::redis_server::RedisServer;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
-
-/// The Python interpreter with Celery, or `None` (with a note) when the
-/// interop environment is not set up.
-fn python() -> Option<String> {
-    match std::env::var("CELERIAC_TEST_PYTHON") {
-        Ok(p) if RedisServer::available() => Some(p),
-        Ok(_) => None,
-        Err(_) if std::env::var("CELERIAC_REQUIRE_INTEROP").as_deref() == Ok("1") => {
-            panic!("CELERIAC_TEST_PYTHON must be set")
-        }
-        Err(_) => {
-            eprintln!("skipped: run scripts/test.sh to set up the Celery venv");
-            None
-        }
-    }
-}
-
-fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
-}
 
 /// Runs `tests/python/<script>` with `args`; asserts it succeeded and
 /// returns its stdout.

@@ -10,8 +10,8 @@
 pub mod executor;
 pub mod process;
 pub mod proxy;
+pub mod python;
 pub mod redis_server;
-pub mod redis_volatile;
 
 /// Publishes `calls` in batches of 500; returns their task ids in order.
 pub async fn send_calls(

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use celeriac_testkit::redis_server::RedisServer;
-use celeriac_testkit::redis_volatile::VolatileRedis;
 
 use crate::{Client, worker};
 
@@ -55,7 +54,7 @@ fn after_a_restart_without_persistence_the_worker_serves_new_tasks() {
     if !RedisServer::available() {
         return;
     }
-    let mut redis = VolatileRedis::start();
+    let mut redis = RedisServer::start_volatile();
     let url = redis.url("");
     let client = Client::new(&url);
     let logs = tempfile::tempdir().unwrap();

@@ -16,6 +16,9 @@ fn mul(x: i64, y: i64) -> i64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("celeriac-example-{}", std::process::id()));
+    // An explicit sqlite:// path must be in a directory that exists (a typo
+    // in a path is an error, not a new empty broker).
+    std::fs::create_dir_all(&dir)?;
     let url = format!("sqlite://{}/broker.db", dir.display());
 
     // The worker side: every linked #[task] (and the built-ins).

@@ -9,6 +9,11 @@ use celeriac_core::{Message, Secret, SignatureError};
 /// again never changes it, nor makes it undecodable).
 #[allow(dead_code)]
 pub fn round_trips(m: &Message) {
+    if m.out_of_range_integer().is_some() {
+        // Read as a rounded float: the worker dead-letters it rather than
+        // run or republish it, so it need not survive a round trip.
+        return;
+    }
     let bytes = m.encode().expect("a decoded message encodes");
     let back = Message::decode(&bytes).expect("a re-encoded message decodes");
     assert_eq!(&back, m, "decode(encode(m)) differs from m");

@@ -6,8 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::num::NonZeroUsize;
+
 use anyhow::{Context, Result, bail};
+use celeriac::escape::{Escaped, EscapedLines};
 use celeriac::{Broker, Call, Registry, ResultBackend, Worker, open_backend, open_broker};
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde_json::{Map, Value};
 
@@ -71,19 +75,27 @@ enum Command {
     /// Print a task's result as JSON (non-zero exit if it failed or is not
     /// ready).
     Result(ResultArgs),
-    /// Revoke tasks: every worker, including ones started later, records
-    /// them as REVOKED instead of running them.
+    /// Revoke tasks: every celeriac worker, including ones started later,
+    /// records them as REVOKED instead of running them. On Redis, Python
+    /// Celery workers get Celery's own revoke broadcast too (they remember
+    /// it in memory, so only those running now).
     Revoke {
         /// Task ids.
         #[arg(required = true)]
         ids: Vec<String>,
         /// How long the revoke is remembered, in seconds.
-        #[arg(long, default_value_t = 3.0 * 3600.0)]
+        #[arg(long, default_value_t = 3.0 * 3600.0, value_parser = parse_seconds)]
         ttl: f64,
         /// Also stop the tasks where they are running (Celery's
         /// terminate=True): a process-pool worker kills the child.
         #[arg(long)]
         terminate: bool,
+        /// With --terminate, the signal Python prefork workers send the
+        /// task's process: TERM (Celery's default), KILL, INT, QUIT, HUP,
+        /// USR1, USR2, ABRT or ALRM, with or without SIG. celeriac workers
+        /// terminate their own way whatever the signal.
+        #[arg(long, requires = "terminate", value_parser = signal_name)]
+        signal: Option<String>,
     },
     /// Inspect and requeue dead letters.
     Dlq {
@@ -124,13 +136,13 @@ struct WorkerArgs {
     max_memory_per_child: Option<u64>,
     /// Default hard time limit in seconds (the message's `timelimit` wins):
     /// the child is killed and the task fails with TimeLimitExceeded.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_seconds)]
     time_limit: Option<f64>,
     /// Default soft time limit in seconds: the task's context is cancelled.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_seconds)]
     soft_time_limit: Option<f64>,
     /// Queues to consume, comma-separated, in priority order.
-    #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery")]
+    #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery", value_parser = queue_name)]
     queues: Vec<String>,
     /// Node name. Default: `celeriac@HOSTNAME`.
     #[arg(short = 'n', long)]
@@ -139,8 +151,8 @@ struct WorkerArgs {
     #[arg(long)]
     diagnostic_tasks: bool,
     /// Largest message body accepted, in bytes; larger ones are dead-lettered.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
-    max_body: usize,
+    #[arg(long, default_value = "67108864")]
+    max_body: NonZeroUsize,
     /// Dead-letter a message delivered more than this many times without an
     /// ack (its worker crashed each time); 0 disables.
     #[arg(long, default_value_t = 5)]
@@ -149,6 +161,11 @@ struct WorkerArgs {
     /// workers on the broker) or =20/s/w (per worker). Repeatable.
     #[arg(long, value_name = "NAME=RATE")]
     rate_limit: Vec<String>,
+    /// Store each task's args and kwargs with its result, as Celery's
+    /// `result_extended` (name, worker, queue and retries are always
+    /// stored).
+    #[arg(long, env = "CELERIAC_RESULT_EXTENDED")]
+    result_extended: bool,
     #[command(flatten)]
     signing: Signing,
     /// Largest result stored, in bytes of JSON; a larger one is replaced by
@@ -181,6 +198,7 @@ impl Signing {
 #[derive(Debug, ClapArgs)]
 struct CallArgs {
     /// Task name, e.g. celeriac.add.
+    #[arg(value_parser = NonEmptyStringValueParser::new())]
     name: String,
     /// Positional arguments as a JSON list.
     #[arg(long, default_value = "[]")]
@@ -189,10 +207,14 @@ struct CallArgs {
     #[arg(long, default_value = "{}")]
     kwargs: String,
     /// Queue to send to.
-    #[arg(long, short = 'q', default_value = "celery")]
+    #[arg(long, short = 'q', default_value = "celery", value_parser = queue_name)]
     queue: String,
-    /// Run no earlier than this many seconds from now.
-    #[arg(long)]
+    /// Run no earlier than this many seconds from now. The message carries
+    /// Celery's `eta` header; on Redis it goes on the queue as Celery
+    /// publishes it, so Python workers run it too, and a celeriac worker
+    /// keeps it in Redis until due. The embedded brokers hold it back
+    /// themselves.
+    #[arg(long, value_parser = parse_seconds)]
     countdown: Option<f64>,
     /// Priority 0-9 (0 is the highest on Redis and the embedded brokers).
     #[arg(long)]
@@ -204,12 +226,17 @@ struct CallArgs {
     /// Wait for the result and print it as JSON.
     #[arg(long)]
     wait: bool,
-    /// With --wait, give up after this many seconds.
-    #[arg(long)]
+    /// With --wait, give up after this many seconds (exit code 3). Default:
+    /// 60 seconds after the countdown.
+    #[arg(long, value_parser = parse_seconds)]
     timeout: Option<f64>,
     #[command(flatten)]
     signing: Signing,
 }
+
+/// How long `call --wait` waits for a result by default, after the
+/// countdown.
+const CALL_WAIT: f64 = 60.0;
 
 #[derive(Debug, ClapArgs)]
 struct ResultArgs {
@@ -219,7 +246,7 @@ struct ResultArgs {
     #[arg(long)]
     wait: bool,
     /// With --wait, give up after this many seconds.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_seconds)]
     timeout: Option<f64>,
     /// Print the whole stored document instead of the value.
     #[arg(long)]
@@ -255,19 +282,47 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", EscapedLines(format_args!("{e:#}")));
             ExitCode::from(2)
         }
     }
 }
 
 fn init_logging(level: &str) {
+    use tracing_subscriber::field::MakeExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Every field and message escaped: text from a message (a task name,
+    // an error) can neither forge a log line nor reach the terminal as
+    // escape sequences, whichever crate logs it.
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        if field.name() == "message" {
+            write!(w, "{}", Escaped(format_args!("{value:?}")))
+        } else {
+            write!(w, "{field}={}", Escaped(format_args!("{value:?}")))
+        }
+    })
+    .delimited(" ");
+    // Colours only on a terminal: a log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .fmt_fields(fields)
         .try_init();
+}
+
+/// A number of seconds on the command line: finite, not negative, at most
+/// 100 years.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    celeriac::time::checked_seconds(secs)
+        .map(|_| secs)
+        .map_err(|e| e.to_string())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -307,6 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ids,
             ttl,
             terminate,
+            signal,
         } => {
             if !(ttl > 0.0 && ttl.is_finite()) {
                 bail!("--ttl must be a positive number of seconds");
@@ -314,13 +370,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(async {
                 let (broker, _) = cli.conn.open()?;
                 let ttl = Duration::from_secs_f64(ttl);
-                if terminate {
+                if let Some(signal) = &signal {
+                    broker
+                        .revoke_terminate_with_signal(&ids, ttl, signal)
+                        .await?;
+                } else if terminate {
                     broker.revoke_terminate(&ids, ttl).await?;
                 } else {
                     broker.revoke(&ids, ttl).await?;
                 }
                 for id in &ids {
-                    println!("revoked {id}");
+                    println!("revoked {}", Escaped(id));
                 }
                 Ok(ExitCode::SUCCESS)
             })
@@ -342,9 +402,10 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         let (broker, backend) = conn.open()?;
         let mut b = Worker::builder(broker, backend, Arc::new(registry))
             .queues(args.queues.clone())
-            .max_body(args.max_body)
+            .max_body(args.max_body.get())
             .max_deliveries(args.max_deliveries)
             .prefetch_multiplier(args.prefetch_multiplier)
+            .result_extended(args.result_extended)
             .pool_kind(pool);
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);
@@ -359,7 +420,10 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             b = b.max_tasks_per_child(n);
         }
         if let Some(kib) = args.max_memory_per_child {
-            b = b.max_memory_per_child(kib * 1024);
+            let bytes = kib
+                .checked_mul(1024)
+                .context("--max-memory-per-child is too large")?;
+            b = b.max_memory_per_child(bytes);
         }
         if let Some(s) = args.time_limit {
             b = b.time_limit(seconds(s, "--time-limit")?);
@@ -400,6 +464,21 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A signal for `revoke --signal`, as Celery names it (`SIGKILL`): upper
+/// case, with the `SIG` prefix.
+fn signal_name(s: &str) -> Result<String, String> {
+    const KNOWN: [&str; 9] = [
+        "TERM", "KILL", "INT", "QUIT", "HUP", "USR1", "USR2", "ABRT", "ALRM",
+    ];
+    let upper = s.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if KNOWN.contains(&bare) {
+        Ok(format!("SIG{bare}"))
+    } else {
+        Err(format!("unknown signal {s:?}; one of {}", KNOWN.join(", ")))
+    }
+}
+
 fn seconds(s: f64, flag: &str) -> Result<Duration> {
     if s.is_finite() && s > 0.0 {
         Ok(Duration::from_secs_f64(s))
@@ -427,14 +506,33 @@ async fn shutdown_signal() -> Shutdown {
     }
 }
 
+/// An integer in `json` that JSON would turn into a float: refused, so
+/// that a task never gets a rounded number.
+fn exact_integers(json: &str, flag: &str) -> Result<()> {
+    match celeriac::message::out_of_range_integer(json.as_bytes()) {
+        Some(int) => bail!(
+            "{flag}: integer {int} is outside the 64-bit range (-2^63 to 2^64-1) that celeriac carries exactly"
+        ),
+        None => Ok(()),
+    }
+}
+
 fn parse_json_list(s: &str) -> Result<Vec<Value>> {
+    exact_integers(s, "--args")?;
     match serde_json::from_str(s).context("--args must be JSON")? {
         Value::Array(a) => Ok(a),
         other => bail!("--args must be a JSON list, got {other}"),
     }
 }
 
+/// A queue name from the command line: refused at parsing when reserved
+/// for the brokers' bookkeeping (`unacked`, `celeriac.dlq`, ...).
+fn queue_name(s: &str) -> Result<String, celeriac::QueueNameError> {
+    celeriac::validate_queue_name(s).map(|()| s.to_string())
+}
+
 fn parse_json_object(s: &str) -> Result<Map<String, Value>> {
+    exact_integers(s, "--kwargs")?;
     match serde_json::from_str(s).context("--kwargs must be JSON")? {
         Value::Object(m) => Ok(m),
         other => bail!("--kwargs must be a JSON object, got {other}"),
@@ -453,14 +551,23 @@ fn print_outcome(meta: &celeriac::ResultMeta, whole: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Err(e)) => {
-            eprintln!("task {} failed: {e}", meta.task_id);
-            if let Some(tb) = e.traceback() {
-                eprintln!("{}", tb.trim_end());
+            let error = e.to_string();
+            eprintln!(
+                "task {} failed: {}",
+                Escaped(&meta.task_id),
+                Escaped(&error)
+            );
+            // A traceback spans lines; one that only repeats the error is
+            // left out.
+            if let Some(tb) = e.traceback().map(str::trim_end)
+                && tb != error
+            {
+                eprintln!("{}", EscapedLines(tb));
             }
             ExitCode::from(1)
         }
         None => {
-            eprintln!("task {} is {}", meta.task_id, meta.status);
+            eprintln!("task {} is {}", Escaped(&meta.task_id), meta.status);
             ExitCode::from(4)
         }
     }
@@ -506,16 +613,19 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
             println!("{}", msg.id());
             return Ok(ExitCode::SUCCESS);
         };
-        let meta = match args.timeout {
-            Some(t) => match tokio::time::timeout(Duration::from_secs_f64(t.max(0.0)), watch).await
-            {
-                Ok(r) => r?,
-                Err(_) => {
-                    eprintln!("timed out after {t} s waiting for task {}", msg.id());
-                    return Ok(ExitCode::from(3));
-                }
-            },
-            None => watch.await?,
+        let t = args
+            .timeout
+            .unwrap_or(CALL_WAIT + args.countdown.unwrap_or(0.0));
+        let meta = match tokio::time::timeout(Duration::from_secs_f64(t.max(0.0)), watch).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let id = msg.id();
+                eprintln!(
+                    "timed out after {t} s waiting for task {id} (is a worker consuming queue {:?}?); it may still run: `celeriac result {id} --wait`",
+                    args.queue
+                );
+                return Ok(ExitCode::from(3));
+            }
         };
         Ok(print_outcome(&meta, false))
     })
@@ -532,7 +642,10 @@ fn result(conn: &Conn, args: ResultArgs) -> Result<ExitCode> {
                     match tokio::time::timeout(Duration::from_secs_f64(t.max(0.0)), watch).await {
                         Ok(r) => Some(r?),
                         Err(_) => {
-                            eprintln!("timed out after {t} s waiting for task {}", args.id);
+                            eprintln!(
+                                "timed out after {t} s waiting for task {}",
+                                Escaped(&args.id)
+                            );
                             return Ok(ExitCode::from(3));
                         }
                     }
@@ -545,7 +658,7 @@ fn result(conn: &Conn, args: ResultArgs) -> Result<ExitCode> {
         match meta {
             Some(m) => Ok(print_outcome(&m, args.meta)),
             None => {
-                eprintln!("task {} is PENDING (no result stored)", args.id);
+                eprintln!("task {} is PENDING (no result stored)", Escaped(&args.id));
                 Ok(ExitCode::from(4))
             }
         }
@@ -562,23 +675,25 @@ fn dlq(conn: &Conn, command: DlqCommand) -> Result<ExitCode> {
                     let summary = celeriac::Message::decode(&d.payload)
                         .map(|m| format!("{} {}", m.task(), m.id()))
                         .unwrap_or_else(|_| "<undecodable>".to_string());
+                    // Fields from the message, escaped: one line per dead
+                    // letter, and no escape sequence reaches the terminal.
                     println!(
                         "{}\t{}\t{}\t{}\t{}",
-                        d.id,
-                        d.queue,
+                        Escaped(&d.id),
+                        Escaped(&d.queue),
                         celeriac::time::iso_from_unix(d.failed_at),
-                        summary,
-                        d.reason
+                        Escaped(&summary),
+                        Escaped(&d.reason)
                     );
                 }
                 Ok(ExitCode::SUCCESS)
             }
             DlqCommand::Requeue { id } => {
                 if broker.requeue_dead_letter(&id).await? {
-                    println!("requeued {id}");
+                    println!("requeued {}", Escaped(&id));
                     Ok(ExitCode::SUCCESS)
                 } else {
-                    eprintln!("no dead letter with id {id}");
+                    eprintln!("no dead letter with id {}", Escaped(&id));
                     Ok(ExitCode::from(1))
                 }
             }

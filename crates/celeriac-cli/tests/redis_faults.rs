@@ -461,9 +461,17 @@ fn on_redis_a_poison_message_ends_in_the_dead_letter_queue() {
                 crashes += 1;
                 break;
             }
+            // The worker logs the poison message as its gate sees it, and
+            // writes the dead letter just after: stop it only once the
+            // dead letter is there.
             if std::fs::read_to_string(&log)
                 .unwrap()
                 .contains("poison message")
+                && !sc
+                    .rt
+                    .block_on(sc.broker.dead_letters(10))
+                    .unwrap()
+                    .is_empty()
             {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -95,6 +95,10 @@ pub enum BrokerError {
     /// and another consumer claimed it, or it was already acknowledged).
     #[error("delivery {0} is not held by this consumer")]
     NotHeld(String),
+    /// The queue name cannot be used: it is empty or one of the broker's
+    /// bookkeeping keys (see [`validate_queue_name`](crate::validate_queue_name)).
+    #[error(transparent)]
+    InvalidQueue(#[from] crate::names::QueueNameError),
     /// The broker has been closed.
     #[error("broker is closed")]
     Closed,

@@ -15,17 +15,23 @@
 //!   [`broker::prelude`] brings them into scope.
 //! - [`execute`]: the [`Executor`] extension trait, which runs tasks on a
 //!   pool of threads, processes or async tasks ([`PoolKind`]).
+//! - [`names`]: which queue names are allowed ([`validate_queue_name`]).
 //! - [`options`]: a task's [`TaskOptions`]: retries, rate limit, acks,
 //!   and its pool.
+//! - [`canvas`]: Celery's canvas signatures ([`Signature`]) and the
+//!   messages a worker publishes from them.
 //! - [`sign`]: opt-in shared-secret signing of task messages ([`Secret`]).
 //! - [`error`]: typed errors for each of the above.
 //!
 //! Users normally depend on the `celeriac` facade crate instead.
 
 pub mod broker;
+pub mod canvas;
 pub mod error;
+pub mod escape;
 pub mod execute;
 pub mod message;
+pub mod names;
 pub mod options;
 pub mod rate;
 pub mod result;
@@ -35,14 +41,16 @@ pub mod task;
 pub mod time;
 
 pub use broker::{
-    Broker, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits,
+    Broker, ChordJoin, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits,
     ResultBackend, ResultWatch, Revocations, Transport, Waiters,
 };
+pub use canvas::Signature;
 pub use error::{
     BackendError, BoxError, BrokerError, CodecError, RegistryError, TaskError, TaskErrorKind,
 };
 pub use execute::{Enforces, Executor, Ran, ResizeError};
 pub use message::{DeliveryInfo, Embed, Headers, Message, Properties};
+pub use names::{QueueNameError, validate_queue_name};
 pub use options::{PoolKind, RetryDecision, TaskOptions, UnknownPool};
 pub use rate::RateLimit;
 pub use result::{ExceptionInfo, ResultMeta, State};

@@ -199,6 +199,9 @@ pub struct Message {
     pub kwargs: Map<String, Value>,
     /// Callbacks, errbacks, chain and chord.
     pub embed: Embed,
+    /// The first integer literal of the body that JSON could read only as
+    /// a float; see [`Message::out_of_range_integer`].
+    out_of_range: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -364,6 +367,7 @@ impl Message {
             args,
             kwargs,
             embed: Embed::default(),
+            out_of_range: None,
         }
     }
 
@@ -387,6 +391,71 @@ impl Message {
     pub fn set_queue(&mut self, queue: &str) {
         self.properties.delivery_info.exchange = String::new();
         self.properties.delivery_info.routing_key = queue.to_string();
+    }
+
+    /// The first integer of the body outside the 64-bit range (below
+    /// -2^63 or above 2^64 - 1), as it was written, if the message was
+    /// decoded from bytes that hold one.
+    ///
+    /// JSON numbers are read as 64-bit integers or floats, so such an
+    /// integer (a Python int is unbounded) arrives in `args` as a float
+    /// that has lost its exact value. A worker fails the task with
+    /// `OverflowError` instead of running it with a rounded number.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use celeriac_core::Message;
+    /// // What a Python client sends for add.delay(2**70, 1).
+    /// let envelope = br#"{"body": "[[1180591620717411303424, 1], {}, {}]",
+    ///     "content-type": "application/json", "content-encoding": "utf-8",
+    ///     "headers": {"task": "tasks.add", "id": "6c3c"}, "properties": {"body_encoding": "utf-8"}}"#;
+    /// let msg = Message::decode(envelope).unwrap();
+    /// assert_eq!(msg.out_of_range_integer(), Some("1180591620717411303424"));
+    /// assert!(msg.args[0].is_f64());
+    ///
+    /// let small = Message::new("tasks.add", vec![u64::MAX.into(), i64::MIN.into()], Default::default());
+    /// let back = Message::decode(&small.encode().unwrap()).unwrap();
+    /// assert_eq!(back.out_of_range_integer(), None);
+    /// ```
+    pub fn out_of_range_integer(&self) -> Option<&str> {
+        self.out_of_range.as_deref()
+    }
+
+    /// Checks that `eta` and `expires`, when set, are ISO-8601 times that
+    /// [`parse_iso`](crate::time::parse_iso) reads ([`Message::eta_unix`]
+    /// and [`Message::expires_unix`] say `None` for a value that is not
+    /// one). A worker dead-letters a message that fails this check, as
+    /// Celery rejects it, instead of running it at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use celeriac_core::Message;
+    /// let mut msg = Message::new("tasks.add", vec![], Default::default());
+    /// assert!(msg.check_times().is_ok());
+    /// msg.headers.eta = Some("2026-11-26T10:00:00+00:00".into());
+    /// assert!(msg.check_times().is_ok());
+    /// msg.headers.expires = Some("yesterday".into());
+    /// assert_eq!(
+    ///     msg.check_times().unwrap_err().to_string(),
+    ///     "malformed message: header `expires` is not an ISO-8601 time: \"yesterday\""
+    /// );
+    /// ```
+    pub fn check_times(&self) -> Result<(), CodecError> {
+        for (name, value) in [
+            ("eta", &self.headers.eta),
+            ("expires", &self.headers.expires),
+        ] {
+            if let Some(v) = value
+                && crate::time::parse_iso(v).is_none()
+            {
+                return Err(CodecError::Malformed(format!(
+                    "header `{name}` is not an ISO-8601 time: {v:?}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `eta` as unix seconds, if set and parseable.
@@ -479,6 +548,7 @@ impl Message {
             .get("body_encoding")
             .and_then(Value::as_str)
             .is_some_and(|e| e == "base64");
+        let mut out_of_range = None;
         let body: Value = match raw.body {
             Value::String(s) => {
                 let bytes = if base64_body {
@@ -494,21 +564,30 @@ impl Message {
                         limit: max_body,
                     });
                 }
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| CodecError::Malformed(format!("body is not JSON: {e}")))?
-            }
-            // An inline JSON body: measured as compact JSON, when the
-            // envelope is larger than the limit (else the body fits).
-            other if bytes.len() > max_body => match json_size(&other) {
-                size if size > max_body => {
-                    return Err(CodecError::TooLarge {
-                        size,
-                        limit: max_body,
-                    });
+                let body: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| CodecError::Malformed(format!("body is not JSON: {e}")))?;
+                if has_wide_float(&body) {
+                    out_of_range = out_of_range_integer(&bytes).map(str::to_string);
                 }
-                _ => other,
-            },
-            other => other,
+                body
+            }
+            other => {
+                // An inline JSON body: measured as compact JSON, when the
+                // envelope is larger than the limit (else the body fits).
+                if bytes.len() > max_body {
+                    let size = json_size(&other);
+                    if size > max_body {
+                        return Err(CodecError::TooLarge {
+                            size,
+                            limit: max_body,
+                        });
+                    }
+                }
+                if has_wide_float(&other) {
+                    out_of_range = out_of_range_integer(bytes).map(str::to_string);
+                }
+                other
+            }
         };
         let body = decode_kombu_tags(body);
         // The body is decoded: encoding it again always uses base64.
@@ -546,8 +625,77 @@ impl Message {
             args,
             kwargs,
             embed,
+            out_of_range,
         })
     }
+}
+
+/// Whether `v` holds a float of 2^63 or more in magnitude: what an integer
+/// literal outside the 64-bit range becomes (and what a float literal that
+/// large is), so that only then are the bytes scanned.
+fn has_wide_float(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64() && n.as_f64().is_some_and(|f| f.abs() >= 9.2e18),
+        Value::Array(items) => items.iter().any(has_wide_float),
+        Value::Object(map) => map.values().any(has_wide_float),
+        _ => false,
+    }
+}
+
+/// The first integer literal in the JSON text `json` (outside its
+/// strings) that a 64-bit integer cannot hold: below -2^63 or above
+/// 2^64 - 1. JSON parsers without arbitrary precision read it as a float,
+/// losing its exact value.
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::message::out_of_range_integer;
+/// assert_eq!(out_of_range_integer(b"[18446744073709551615, -9223372036854775808, 1e300]"), None);
+/// assert_eq!(out_of_range_integer(br#"{"a": "12345678901234567890123", "b": [18446744073709551616]}"#),
+///            Some("18446744073709551616"));
+/// assert_eq!(out_of_range_integer(b"[-9223372036854775809]"), Some("-9223372036854775809"));
+/// ```
+pub fn out_of_range_integer(json: &[u8]) -> Option<&str> {
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                i += 1;
+                while i < json.len() {
+                    match json[i] {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < json.len()
+                    && matches!(json[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let token = std::str::from_utf8(&json[start..i]).ok()?;
+                if token.contains(['.', 'e', 'E']) {
+                    continue;
+                }
+                let fits = if token.starts_with('-') {
+                    token.parse::<i64>().is_ok()
+                } else {
+                    token.parse::<u64>().is_ok()
+                };
+                if !fits {
+                    return Some(token);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 type Body = (Vec<Value>, Map<String, Value>, Embed);
@@ -765,5 +913,65 @@ fn kombu_tagged(map: &Map<String, Value>) -> Option<Value> {
             .and_then(|s| B64.decode(s).ok())
             .map(|bytes| Value::Array(bytes.into_iter().map(Value::from).collect())),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_integers_are_found_outside_strings_only() {
+        let cases: [(&[u8], Option<&str>); 9] = [
+            (b"[]", None),
+            (b"[1, -2, 3.5, 1e400, 0]", None),
+            (b"[18446744073709551615, -9223372036854775808]", None),
+            (b"[18446744073709551616]", Some("18446744073709551616")),
+            (b"[-9223372036854775809]", Some("-9223372036854775809")),
+            (
+                br#"["99999999999999999999", "\"", 99999999999999999999]"#,
+                Some("99999999999999999999"),
+            ),
+            (br#"{"k\\": "x\"1e1 99999999999999999999"}"#, None),
+            (
+                br#"{"99999999999999999999": 1.0e30, "n": 12345678901234567890.5}"#,
+                None,
+            ),
+            (
+                br#"[[], {"a": [true, null, -100000000000000000000]}]"#,
+                Some("-100000000000000000000"),
+            ),
+        ];
+        for (json, want) in cases {
+            assert_eq!(
+                out_of_range_integer(json),
+                want,
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
+    }
+
+    #[test]
+    fn a_big_integer_is_flagged_in_a_string_body_or_an_inline_one() {
+        let env = |body: &str| {
+            format!(
+                r#"{{"body": {body}, "headers": {{"task": "t", "id": "i"}}, "properties": {{"body_encoding": "utf-8"}}}}"#
+            )
+        };
+        let inline = env("[[1, 2, 36893488147419103232], {}, {}]");
+        let m = Message::decode(inline.as_bytes()).unwrap();
+        assert_eq!(m.out_of_range_integer(), Some("36893488147419103232"));
+        let kwargs = env(r#""[[], {\"n\": -36893488147419103232}, {}]""#);
+        let m = Message::decode(kwargs.as_bytes()).unwrap();
+        assert_eq!(m.out_of_range_integer(), Some("-36893488147419103232"));
+        // A float that large is a float: nothing to flag.
+        let float = env(r#""[[3.6893488147419103e19], {}, {}]""#);
+        assert_eq!(
+            Message::decode(float.as_bytes())
+                .unwrap()
+                .out_of_range_integer(),
+            None
+        );
     }
 }

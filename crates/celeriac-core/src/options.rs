@@ -268,14 +268,42 @@ impl TaskOptions {
             }
             (None, None) => self.default_retry_delay,
         };
-        RetryDecision::Retry {
-            countdown: countdown.max(0.0),
-        }
+        // NaN (from a NaN delay) is "now"; a countdown beyond what an eta
+        // can say (e.g. `retry(Duration::MAX)`) is the longest one.
+        let countdown = if countdown.is_nan() {
+            0.0
+        } else {
+            countdown.clamp(0.0, crate::time::MAX_SECONDS)
+        };
+        RetryDecision::Retry { countdown }
     }
 }
 
 impl Default for TaskOptions {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::time::{MAX_SECONDS, try_iso_from_unix, unix_now};
+
+    #[test]
+    fn a_retry_countdown_too_long_for_an_eta_is_the_longest_one() {
+        let err = TaskError::retry(Some(Duration::MAX));
+        let RetryDecision::Retry { countdown } = TaskOptions::DEFAULT.decide(&err, 0, 0.5) else {
+            panic!("no retry")
+        };
+        assert_eq!(countdown, MAX_SECONDS);
+        assert!(try_iso_from_unix(unix_now() + countdown).is_some());
+        let nan = TaskOptions::DEFAULT.default_retry_delay(f64::NAN);
+        assert_eq!(
+            nan.decide(&TaskError::retry(None), 0, 0.5),
+            RetryDecision::Retry { countdown: 0.0 }
+        );
     }
 }

@@ -335,9 +335,21 @@ impl TaskContext {
     }
 }
 
+/// A call's `eta` or `expires` as Celery writes it, or an error when `at`
+/// (unix seconds) is not a time Python can read.
+fn iso_or_error(header: &str, at: f64) -> Result<String, TaskError> {
+    crate::time::try_iso_from_unix(at).ok_or_else(|| {
+        TaskError::invalid_arguments(format!(
+            "{header} is out of range: {at} s after 1970 is not a time between the years 1 and 9999"
+        ))
+    })
+}
+
+/// A time limit from the `timelimit` header: none unless positive; one
+/// longer than [`MAX_SECONDS`](crate::time::MAX_SECONDS) (a message may say
+/// `1e30`) is that long, not a panic.
 fn secs(s: Option<f64>) -> Option<Duration> {
-    s.filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
+    s.filter(|s| *s > 0.0).map(crate::time::saturating_seconds)
 }
 
 /// The function that decodes arguments and runs a task.
@@ -864,6 +876,12 @@ impl<T> Call<T> {
         if let Some(e) = &self.error {
             return Err(TaskError::invalid_arguments(e.clone()));
         }
+        if self.name.is_empty() {
+            return Err(TaskError::invalid_arguments("the task name is empty"));
+        }
+        if self.options.queue.as_deref() == Some("") {
+            return Err(TaskError::invalid_arguments("the queue name is empty"));
+        }
         let mut msg = match &self.options.task_id {
             Some(id) => Message::with_id(&self.name, id, self.args.clone(), self.kwargs.clone()),
             None => Message::new(&self.name, self.args.clone(), self.kwargs.clone()),
@@ -877,8 +895,11 @@ impl<T> Call<T> {
             (None, Some(d)) => Some(crate::time::unix_now() + d.as_secs_f64()),
             (None, None) => None,
         };
-        msg.headers.eta = eta.map(crate::time::iso_from_unix);
-        msg.headers.expires = o.expires.map(crate::time::iso_from_unix);
+        msg.headers.eta = eta.map(|at| iso_or_error("eta", at)).transpose()?;
+        msg.headers.expires = o
+            .expires
+            .map(|at| iso_or_error("expires", at))
+            .transpose()?;
         if let Some(p) = o.priority {
             msg.properties.priority = p;
         }
@@ -890,5 +911,48 @@ impl<T> Call<T> {
                 .insert(IDEMPOTENCY_HEADER.to_string(), Value::String(key.clone()));
         }
         Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_limit_too_large_for_a_duration_is_the_longest_one_not_a_panic() {
+        let mut msg = Message::new("t", vec![], Map::new());
+        for (limits, hard, soft) in [
+            ((Some(1e30), Some(f64::INFINITY)), true, true),
+            ((Some(f64::NAN), Some(-1.0)), false, false),
+            ((Some(0.0), Some(2.5)), false, true),
+        ] {
+            msg.headers.timelimit = limits;
+            let ctx = TaskContext::from_message(&msg, "w");
+            assert_eq!(ctx.time_limit().is_some(), hard, "{limits:?}");
+            assert_eq!(ctx.soft_time_limit().is_some(), soft, "{limits:?}");
+        }
+        msg.headers.timelimit = (Some(1e30), None);
+        let limit = TaskContext::from_message(&msg, "w").time_limit().unwrap();
+        assert_eq!(limit.as_secs_f64(), crate::time::MAX_SECONDS);
+    }
+
+    #[test]
+    fn a_call_with_an_empty_name_or_queue_or_an_impossible_time_is_refused() {
+        let refused = |c: Call<Value>, what: &str| {
+            let e = c.to_message().unwrap_err();
+            assert_eq!(e.exc_type(), "TypeError", "{what}: {e}");
+            e.to_string()
+        };
+        assert!(refused(Call::new(""), "name").contains("task name is empty"));
+        assert!(refused(Call::new("t").queue(""), "queue").contains("queue name is empty"));
+        let e = refused(Call::new("t").countdown(Duration::MAX), "countdown");
+        assert!(e.contains("eta is out of range"), "{e}");
+        assert!(refused(Call::new("t").eta(f64::NAN), "nan eta").contains("eta"));
+        let e = refused(Call::new("t").expires_in(Duration::MAX), "expires");
+        assert!(e.contains("expires is out of range"), "{e}");
+        // Still fine: a long but possible countdown.
+        let far = Call::<Value>::new("t").countdown(Duration::from_secs(50 * 365 * 86_400));
+        let msg = far.to_message().unwrap();
+        assert!(msg.eta_unix().unwrap() > crate::time::unix_now());
     }
 }

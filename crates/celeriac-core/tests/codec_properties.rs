@@ -203,8 +203,12 @@ proptest! {
         .unwrap();
         if let Ok(m) = Message::decode_with_limit(&wire, limit) {
             let _ = Secret::new("k").unwrap().verify(&m, &wire);
-            let back = Message::decode(&m.encode().unwrap()).unwrap();
-            prop_assert_eq!(back, m);
+            // A message with an integer outside 64 bits is dead-lettered,
+            // never republished: it need not survive a round trip.
+            if m.out_of_range_integer().is_none() {
+                let back = Message::decode(&m.encode().unwrap()).unwrap();
+                prop_assert_eq!(back, m);
+            }
         }
     }
 }

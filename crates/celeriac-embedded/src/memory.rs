@@ -96,7 +96,7 @@ impl BrokerState {
             .collect();
         for tag in lapsed {
             if let Some(h) = self.held.remove(&tag) {
-                tracing::warn!(queue = %h.entry.queue, "lease lapsed; message is claimable again");
+                tracing::warn!(queue = %celeriac_core::escape::Escaped(&h.entry.queue), "lease lapsed; message is claimable again");
                 self.push_ready(h.entry, true);
             }
         }
@@ -104,8 +104,10 @@ impl BrokerState {
 
     fn next_wakeup(&self) -> Option<Instant> {
         let delayed = self.delayed.keys().next().map(|(bits, _)| {
-            let wait = (f64::from_bits(*bits) - unix_now()).max(0.0);
-            Instant::now() + Duration::from_secs_f64(wait)
+            let wait = celeriac_core::time::saturating_seconds(f64::from_bits(*bits) - unix_now());
+            let now = Instant::now();
+            now.checked_add(wait)
+                .unwrap_or(now + Duration::from_secs(86_400))
         });
         let lease = self.held.values().map(|h| h.lease_until).min();
         match (delayed, lease) {
@@ -619,6 +621,12 @@ impl ResultBackend for MemoryBackend {
     /// (`memory://NAME`) is shared by every handle in the process.
     fn is_private(&self) -> bool {
         self.name.is_empty()
+    }
+
+    /// None yet: chords sent through the embedded brokers need a client
+    /// that records the chord's size, which celeriac's canvas API will be.
+    fn chord_join(&self) -> Option<&dyn celeriac_core::ChordJoin> {
+        None
     }
 
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {

@@ -114,9 +114,20 @@ impl From<rusqlite::Error> for OpenError {
 
 fn open_connection(opts: &SqliteOptions) -> Result<Connection, OpenError> {
     if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| OpenError::new(format!("cannot create {}", dir.display()), e))?;
+        if opts.create_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| OpenError::new(format!("cannot create {}", dir.display()), e))?;
+        } else if !dir.is_dir() {
+            return Err(OpenError {
+                context: format!(
+                    "directory {} does not exist (only the default location's directory is created; check the path or create it)",
+                    dir.display()
+                ),
+                source: None,
+            });
+        }
     }
+    create_private(&opts.path)?;
     let conn = Connection::open(&opts.path)
         .map_err(|e| OpenError::new(format!("cannot open {}", opts.path.display()), e))?;
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -166,6 +177,28 @@ fn open_connection(opts: &SqliteOptions) -> Result<Connection, OpenError> {
             })?;
     }
     Ok(conn)
+}
+
+/// Creates the database file, if it does not exist yet, readable and
+/// writable by its owner only (0600): SQLite gives its `-wal` and `-shm`
+/// files the database file's mode, so they are private too. An existing
+/// file keeps its mode.
+fn create_private(path: &std::path::Path) -> Result<(), OpenError> {
+    if path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(OpenError::new(
+            format!("cannot create {}", path.display()),
+            e,
+        )),
+    }
 }
 
 #[derive(Debug)]
@@ -968,6 +1001,12 @@ impl ResultBackend for SqliteBackend {
     /// False: other processes read results through the file.
     fn is_private(&self) -> bool {
         false
+    }
+
+    /// None yet: chords sent through the embedded brokers need a client
+    /// that records the chord's size, which celeriac's canvas API will be.
+    fn chord_join(&self) -> Option<&dyn celeriac_core::ChordJoin> {
+        None
     }
 
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {

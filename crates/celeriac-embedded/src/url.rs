@@ -1,7 +1,6 @@
 //! Parsing of `sqlite://` URLs and the default database location.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use celeriac_core::BrokerError;
 
@@ -16,6 +15,11 @@ pub struct SqliteOptions {
     /// `?sync=full` makes every commit durable against power loss; the
     /// default (`normal`) is durable against process crashes.
     pub full_sync: bool,
+    /// Whether a missing directory for the file is created: only for the
+    /// [default location](default_db_path). A path the URL names must be
+    /// in a directory that exists, so that a typo is an error instead of a
+    /// new, empty broker that no worker reads.
+    pub create_dir: bool,
 }
 
 /// The default database file: `$CELERIAC_HOME/celeriac.db`, else
@@ -41,7 +45,7 @@ pub fn default_db_path() -> PathBuf {
 
 /// Parses `sqlite:///abs/path.db`, `sqlite://relative.db` or `sqlite://`
 /// (the [default path](default_db_path)), with optional `?lease=SECONDS` and
-/// `?sync=full|normal`.
+/// `?sync=full|normal`. Any other option is an error.
 ///
 /// # Examples
 ///
@@ -50,7 +54,11 @@ pub fn default_db_path() -> PathBuf {
 /// let o = parse_sqlite_url("sqlite:///tmp/q.db?lease=5").unwrap();
 /// assert_eq!(o.path, std::path::PathBuf::from("/tmp/q.db"));
 /// assert_eq!(o.lease, std::time::Duration::from_secs(5));
+/// assert!(!o.create_dir);
+/// assert!(parse_sqlite_url("sqlite://").unwrap().create_dir);
 /// assert!(parse_sqlite_url("redis://x").is_err());
+/// assert!(parse_sqlite_url("sqlite:///tmp/q.db?bogus=1").is_err());
+/// assert!(parse_sqlite_url("sqlite:///tmp/q.db?lease=1e30").is_err());
 /// ```
 pub fn parse_sqlite_url(url: &str) -> Result<SqliteOptions, BrokerError> {
     let bad = |reason: &str| BrokerError::InvalidUrl {
@@ -64,12 +72,14 @@ pub fn parse_sqlite_url(url: &str) -> Result<SqliteOptions, BrokerError> {
         Some((p, q)) => (p, q),
         None => (rest, ""),
     };
+    let default = default_db_path();
     let path = if path.is_empty() {
-        default_db_path()
+        default.clone()
     } else {
         PathBuf::from(path)
     };
     let mut opts = SqliteOptions {
+        create_dir: path == default,
         path,
         lease: crate::DEFAULT_LEASE,
         full_sync: false,
@@ -81,11 +91,12 @@ pub fn parse_sqlite_url(url: &str) -> Result<SqliteOptions, BrokerError> {
                 let secs: f64 = v
                     .parse()
                     .map_err(|_| bad("lease must be a number of seconds"))?;
-                opts.lease = (secs > 0.0)
-                    .then(|| Duration::try_from_secs_f64(secs).ok())
-                    .flatten()
+                opts.lease = celeriac_core::time::checked_seconds(secs)
+                    .ok()
                     .filter(|d| !d.is_zero())
-                    .ok_or_else(|| bad("lease must be a positive number of seconds"))?;
+                    .ok_or_else(|| {
+                        bad("lease must be a positive number of seconds, at most 100 years")
+                    })?;
             }
             "sync" => match v {
                 "full" => opts.full_sync = true,
@@ -100,6 +111,8 @@ pub fn parse_sqlite_url(url: &str) -> Result<SqliteOptions, BrokerError> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -63,6 +63,9 @@ struct ResultListener {
     /// task is already sending them (one UNSUBSCRIBE per batch, not one
     /// per result).
     unsubscribe: Mutex<(Vec<String>, bool)>,
+    /// Told when the backend is dropped: the listener stops, and its
+    /// subscription closes, without a word.
+    closed: tokio::sync::Notify,
 }
 
 impl ResultListener {
@@ -85,6 +88,10 @@ pub struct RedisBackend {
     conn: OnceCell<ConnectionManager>,
     listener: OnceCell<()>,
     store: Script,
+}
+
+pub(crate) fn backend_err(e: redis::RedisError) -> BackendError {
+    err(e)
 }
 
 fn err(e: redis::RedisError) -> BackendError {
@@ -115,11 +122,27 @@ impl RedisBackend {
                 waiters: Waiters::default(),
                 sink: Mutex::new(None),
                 unsubscribe: Mutex::new((Vec::new(), false)),
+                closed: tokio::sync::Notify::new(),
             }),
             conn: OnceCell::new(),
             listener: OnceCell::new(),
             store: Script::new(STORE),
         }))
+    }
+
+    /// The key prefix (`global_keyprefix`).
+    pub(crate) fn prefix(&self) -> &str {
+        &self.shared.opts.prefix
+    }
+
+    /// How long results are kept, in seconds.
+    pub(crate) fn result_expires_secs(&self) -> u64 {
+        self.shared.opts.result_expires
+    }
+
+    /// The shared connection.
+    pub(crate) async fn connection(&self) -> Result<ConnectionManager, BackendError> {
+        self.conn().await
     }
 
     async fn conn(&self) -> Result<ConnectionManager, BackendError> {
@@ -162,13 +185,50 @@ impl RedisBackend {
     }
 }
 
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        // A permit is kept if the listener is not waiting right now.
+        self.shared.closed.notify_one();
+    }
+}
+
 /// Delivers published results to waiters. Two safety nets keep a lost or
 /// silently dead subscription from stranding a waiter: every 2 s the keys of
 /// all pending ids are read (a watchdog, as Celery's subscriptions can go
 /// silent after reconnects), and when the connection drops it reconnects,
 /// resubscribes and reads the pending keys at once.
+///
+/// When the backend is dropped, it serves the watches still waiting, then
+/// stops. The loss of the subscription is reported only after a first
+/// pause: when the runtime is shutting down (the connection closes with
+/// it), the task is dropped during that pause, so a clean exit logs
+/// nothing.
 async fn listen(
     shared: Arc<ResultListener>,
+    stream: redis::aio::PubSubStream,
+    conn: ConnectionManager,
+) {
+    let serve = serve(&shared, stream, conn);
+    tokio::pin!(serve);
+    tokio::select! {
+        _ = shared.closed.notified() => {
+            let mut check = tokio::time::interval(Duration::from_millis(200));
+            while !shared.waiters.pending_ids().is_empty() {
+                tokio::select! {
+                    _ = &mut serve => break,
+                    _ = check.tick() => {}
+                }
+            }
+        }
+        _ = &mut serve => {}
+    }
+    // Dropping the sink (and the stream, with `serve`) closes the
+    // subscription's connection.
+    shared.sink.lock().take();
+}
+
+async fn serve(
+    shared: &Arc<ResultListener>,
     mut stream: redis::aio::PubSubStream,
     mut conn: ConnectionManager,
 ) {
@@ -179,19 +239,23 @@ async fn listen(
             tokio::select! {
                 msg = stream.next() => {
                     let Some(msg) = msg else { break };
-                    deliver(&shared, &msg);
+                    deliver(shared, &msg);
                 }
-                _ = watchdog.tick() => catch_up(&shared, &mut conn).await,
+                _ = watchdog.tick() => catch_up(shared, &mut conn).await,
             }
         }
-        tracing::warn!("result subscription lost; reconnecting");
         let mut backoff = Duration::from_millis(100);
+        let mut reported = false;
         loop {
             tokio::time::sleep(backoff).await;
-            match resubscribe(&shared).await {
+            if !reported {
+                tracing::warn!("result subscription lost; reconnecting");
+                reported = true;
+            }
+            match resubscribe(shared).await {
                 Ok(new_stream) => {
                     stream = new_stream;
-                    catch_up(&shared, &mut conn).await;
+                    catch_up(shared, &mut conn).await;
                     tracing::info!("result subscription restored");
                     break;
                 }
@@ -223,7 +287,9 @@ fn deliver(shared: &Arc<ResultListener>, msg: &redis::Msg) {
             }
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(task_id = %id, error = %e, "malformed result published"),
+        Err(e) => {
+            tracing::warn!(task_id = %celeriac_core::escape::Escaped(&id), error = %e, "malformed result published")
+        }
     }
 }
 
@@ -285,6 +351,11 @@ impl ResultBackend for RedisBackend {
     /// False: other processes read results through the Redis server.
     fn is_private(&self) -> bool {
         false
+    }
+
+    /// Celery 5.x's native join (see the `chord` module).
+    fn chord_join(&self) -> Option<&dyn celeriac_core::ChordJoin> {
+        Some(self)
     }
 
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {

@@ -16,6 +16,20 @@
 //!   messages and celeriac restores Python's, after the visibility timeout.
 //! - **`_kombu.binding.<exchange>`**: queue bindings, written when a worker
 //!   starts consuming a queue, so Python publishers route to it.
+//! - **`celeriac.*`**: celeriac's own bookkeeping: `celeriac.claims` (tag →
+//!   claim token), `celeriac.deliveries` (tag → delivery count),
+//!   `celeriac.delayed`, the dead-letter store `celeriac.dlq` and
+//!   `celeriac.dlq.payloads`, revokes, rate-limit buckets, the node
+//!   registry, and the liveness leases and batch records below.
+//!
+//! Queue names that would collide with any of these are refused with
+//! [`BrokerError::InvalidQueue`](celeriac_core::BrokerError::InvalidQueue)
+//! on publish and claim (see
+//! [`validate_queue_name`](celeriac_core::validate_queue_name)). And since a
+//! Python publisher or an older client can still write such a key, every
+//! script checks the type of each key it will change before changing
+//! anything, and fails with a `refused: key "…" holds a …` error instead:
+//! a claim never pops a batch it cannot record.
 //!
 //! ## The atomic claim
 //!
@@ -49,11 +63,44 @@
 //! (`celeriac.claims`) keeps a worker whose lease lapsed from acking a message
 //! another worker now holds.
 //!
+//! The visibility timeout is long because a lease must outlast a slow
+//! worker; a dead one is found much sooner. Every consumer (one per
+//! process) keeps a **liveness lease**, `celeriac.alive.<consumer id>` with
+//! a TTL of 10 s renewed every 2 s, and the claim token of every message it
+//! claims starts with that id. Once the lease lapses (the process was
+//! killed, or is cut off from Redis), live celeriac consumers restore its
+//! messages at once, as above. So a worker killed with SIGKILL has its
+//! messages run again within seconds. kombu's structures are unchanged:
+//! Python workers restore by the visibility timeout, as before.
+//!
+//! A claim whose reply is lost (the script ran, the connection dropped) is
+//! **resumed**: the script records each batch under the claim's token (a
+//! field of `celeriac.claims`), and the consumer's next claim reuses the
+//! token and gets that batch instead of new messages.
+//!
 //! ## Delayed messages
 //!
-//! Messages with a future `eta` wait in the `celeriac.delayed` ZSET (scored by
-//! eta) and are moved onto their list by the claim script when due; they are
-//! never held by a worker.
+//! A message with a future `eta` is published as Celery publishes it:
+//! `LPUSH`ed on its queue with its `eta` header, so a Python worker gets it
+//! too (and holds it in memory until due, as Celery does). When a celeriac
+//! consumer claims it before it is due, the claim moves it at once, in one
+//! script, from `unacked` to the `celeriac.delayed` ZSET (scored by eta),
+//! and the claim script moves it back onto its list when due. So it waits
+//! in Redis, durably, never in a worker's memory, and never runs early.
+//! Once there, only celeriac consumers take it: in a queue shared with
+//! Python workers, an eta message runs on whichever kind of worker takes it
+//! first. A message whose eta is not in its headers (only in
+//! [`Outgoing::eta`](celeriac_core::Outgoing::eta)) goes to the delayed set
+//! directly.
+//!
+//! ## Remote control
+//!
+//! Each celeriac consumer listens to Celery's `celery.pidbox` broadcasts
+//! and records a Python `app.control.revoke(...)` as a durable key. A
+//! revoke made through this broker ([`Revocations`](celeriac_core::Revocations))
+//! writes those keys and also broadcasts Celery's own `revoke`, so that
+//! Python workers skip (or, with terminate, kill) the task as well. Python
+//! workers keep revokes in memory only: one started later does not know it.
 //!
 //! ## Results
 //!
@@ -65,7 +112,12 @@
 
 mod backend;
 mod broker;
+mod chord;
 mod conn;
+mod eta;
+mod liveness;
+mod pidbox;
+mod scripts;
 mod url;
 
 pub use backend::RedisBackend;

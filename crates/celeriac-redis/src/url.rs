@@ -23,7 +23,9 @@ pub struct RedisOptions {
 /// Parses `redis://[:password@]host[:port][/db]` with optional
 /// `?visibility_timeout=SECONDS`, `?global_keyprefix=PREFIX` and
 /// `?result_expires=SECONDS`. `rediss://` and `redis+unix://` pass through to
-/// the client.
+/// the client, with the options it reads: `protocol` (2 or 3), and for
+/// `redis+unix://` also `db`, `user` and `pass`. Any other option is an
+/// error, so that a misspelt one is not silently ignored.
 ///
 /// # Examples
 ///
@@ -34,14 +36,19 @@ pub struct RedisOptions {
 /// assert_eq!(o.redacted, "redis://:***@127.0.0.1:6380/2");
 /// assert_eq!(o.visibility_timeout.as_secs(), 30);
 /// assert_eq!(o.prefix, "t1:");
+/// let e = parse_redis_url("redis://127.0.0.1/0?visibilty_timeout=30").unwrap_err();
+/// assert!(e.contains("unknown option \"visibilty_timeout\""), "{e}");
 /// ```
 pub fn parse_redis_url(url: &str) -> Result<RedisOptions, String> {
-    if !(url.starts_with("redis://")
-        || url.starts_with("rediss://")
-        || url.starts_with("redis+unix://"))
-    {
+    let unix = url.starts_with("redis+unix://");
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || unix) {
         return Err("expected redis://, rediss:// or redis+unix://".into());
     }
+    // `rediss://host/0?protocol=3#insecure`: the fragment goes to the client.
+    let (url, fragment) = match url.split_once('#') {
+        Some((u, f)) => (u, Some(f)),
+        None => (url, None),
+    };
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, q),
         None => (url, ""),
@@ -61,34 +68,38 @@ pub fn parse_redis_url(url: &str) -> Result<RedisOptions, String> {
                 let secs: f64 = v
                     .parse()
                     .map_err(|_| "visibility_timeout must be seconds")?;
-                opts.visibility_timeout = positive_seconds(secs)
-                    .ok_or("visibility_timeout must be a positive number of seconds")?;
+                opts.visibility_timeout = celeriac_core::time::checked_seconds(secs)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or("visibility_timeout must be a positive number of seconds, at most 100 years")?;
             }
             "global_keyprefix" => opts.prefix = v.to_string(),
             "result_expires" => {
                 opts.result_expires = v
                     .parse()
-                    .map_err(|_| "result_expires must be whole seconds")?;
+                    .ok()
+                    .filter(|&s| s as f64 <= celeriac_core::time::MAX_SECONDS)
+                    .ok_or("result_expires must be whole seconds, at most 100 years")?;
             }
-            _ => passthrough.push(pair),
+            "protocol" => passthrough.push(pair),
+            "db" | "user" | "pass" if unix => passthrough.push(pair),
+            other => {
+                let known = if unix {
+                    "visibility_timeout, global_keyprefix, result_expires, protocol, db, user, pass"
+                } else {
+                    "visibility_timeout, global_keyprefix, result_expires, protocol"
+                };
+                return Err(format!("unknown option {other:?} (known: {known})"));
+            }
         }
     }
     if !passthrough.is_empty() {
         opts.client_url = format!("{base}?{}", passthrough.join("&"));
     }
-    Ok(opts)
-}
-
-/// `secs` as a duration, if it is positive and not too large for one
-/// (`Duration::from_secs_f64` panics past about 584 billion years).
-fn positive_seconds(secs: f64) -> Option<Duration> {
-    if secs > 0.0 {
-        Duration::try_from_secs_f64(secs)
-            .ok()
-            .filter(|d| !d.is_zero())
-    } else {
-        None
+    if let Some(f) = fragment {
+        opts.client_url = format!("{}#{f}", opts.client_url);
     }
+    Ok(opts)
 }
 
 /// The URL with everything between `://` and its **last** `@` masked but
@@ -136,5 +147,31 @@ mod tests {
         assert_eq!(o.redacted, "redis://:***@host/0");
         let o = parse_redis_url("redis://host:6379/0").unwrap();
         assert_eq!(o.redacted, "redis://host:6379/0");
+    }
+
+    #[test]
+    fn unknown_options_and_impossible_values_are_errors() {
+        for bad in [
+            "redis://127.0.0.1/0?bogus=1",
+            "redis://127.0.0.1/0?visibility_timeout=30&bogus",
+            "redis://127.0.0.1/0?db=3",
+            "redis://127.0.0.1/0?visibility_timeout=1e30",
+            "redis://127.0.0.1/0?visibility_timeout=0",
+            "redis://127.0.0.1/0?visibility_timeout=nan",
+            "redis://127.0.0.1/0?result_expires=18446744073709551615",
+        ] {
+            assert!(parse_redis_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_client_gets_the_options_it_reads_and_the_fragment() {
+        let o =
+            parse_redis_url("rediss://h:6380/1?protocol=3&global_keyprefix=p:#insecure").unwrap();
+        assert_eq!(o.client_url, "rediss://h:6380/1?protocol=3#insecure");
+        assert_eq!(o.prefix, "p:");
+        let o = parse_redis_url("redis+unix:///run/redis.sock?db=2&pass=x").unwrap();
+        assert_eq!(o.client_url, "redis+unix:///run/redis.sock?db=2&pass=x");
+        redis::Client::open(o.client_url.as_str()).unwrap();
     }
 }

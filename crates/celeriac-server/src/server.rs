@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use celeriac_connect::{open_backend, open_broker};
+use celeriac_core::time::saturating_seconds;
 use celeriac_core::{
     BackendError, Broker, BrokerError, Call, CodecError, Message, Outgoing, Registry,
     RegistryError, ResultBackend, ResultWatch, Routes, Secret, Task,
@@ -700,8 +701,10 @@ impl Server {
                 } else {
                     100.0 * t.jobs as f64 / total as f64
                 },
-                total_time: Duration::from_secs_f64(t.seconds),
-                time_per_job: Duration::from_secs_f64(if t.jobs == 0 {
+                // Runtimes come from stored results: a negative, NaN or
+                // huge one must not panic here.
+                total_time: saturating_seconds(t.seconds),
+                time_per_job: saturating_seconds(if t.jobs == 0 {
                     0.0
                 } else {
                     t.seconds / t.jobs as f64

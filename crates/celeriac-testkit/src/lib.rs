@@ -9,6 +9,8 @@
 
 pub mod executor;
 pub mod process;
+pub mod proxy;
+pub mod python;
 pub mod redis_server;
 
 /// Publishes `calls` in batches of 500; returns their task ids in order.

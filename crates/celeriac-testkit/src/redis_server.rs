@@ -12,6 +12,9 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// With an append-only file (the default), or without any persistence
+    /// ([`RedisServer::start_volatile`]).
+    persistent: bool,
 }
 
 impl RedisServer {
@@ -35,6 +38,17 @@ impl RedisServer {
     /// Starts a server on a free port and waits until it accepts
     /// connections.
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Starts a server **without persistence** (no append-only file, no
+    /// snapshots): a restart brings it back empty. That is Redis's own
+    /// promise for such a server, which a fault test compares against.
+    pub fn start_volatile() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(persistent: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .expect("bind a free port")
             .local_addr()
@@ -44,6 +58,7 @@ impl RedisServer {
             port,
             dir: tempfile::tempdir().expect("temporary directory"),
             child: None,
+            persistent,
         };
         r.spawn();
         r
@@ -59,7 +74,11 @@ impl RedisServer {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -75,7 +94,8 @@ impl RedisServer {
     }
 
     /// Stops the server (SIGTERM: it flushes its append-only file), waits
-    /// `down_for`, and starts it again on the same port and data.
+    /// `down_for`, and starts it again on the same port and data (empty,
+    /// for a server started with [`start_volatile`](Self::start_volatile)).
     pub fn restart(&mut self, down_for: Duration) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
@@ -85,6 +105,11 @@ impl RedisServer {
         }
         std::thread::sleep(down_for);
         self.spawn();
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `redis://127.0.0.1:PORT/0` followed by `query` (e.g. `?visibility_timeout=2`).

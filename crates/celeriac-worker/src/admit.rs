@@ -6,11 +6,15 @@
 //! 2. malformed or too large → dead letter; with a secret, unsigned or
 //!    forged → dead letter ([`unsigned`]);
 //! 3. revoked (checked by the broker at claim time) → REVOKED;
-//! 4. expired → REVOKED;
-//! 5. an `eta` in the future → back to the broker's delayed store;
-//! 6. an idempotency key another task holds → that task's result;
-//! 7. redelivered but already finished → acknowledged, not run again;
-//! 8. no task of that name → FAILURE `NotRegistered` and dead letter;
+//! 4. an `eta` or `expires` that is not a time → FAILURE `ValueError`
+//!    and dead letter;
+//! 5. expired → REVOKED;
+//! 6. an `eta` in the future → back to the broker's delayed store;
+//! 7. an idempotency key another task holds → that task's result;
+//! 8. redelivered but already finished → acknowledged, not run again;
+//! 9. no task of that name → FAILURE `NotRegistered` and dead letter;
+//! 10. an integer argument outside the 64-bit range → FAILURE
+//!     `OverflowError` and dead letter (it arrived as a rounded float);
 //!
 //! then, once the message has its place: the rate limit ([`rate`]), and
 //! after the wait for a slot, a revoke or expiry that came meanwhile
@@ -20,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_core::escape::Escaped;
 use celeriac_core::time::unix_now;
 use celeriac_core::{Delivery, Message, RateLimit, RegisteredTask, ResultMeta, TaskError};
 use parking_lot::Mutex;
@@ -64,7 +69,8 @@ fn skip(msg: Option<Message>, disposition: Disposition) -> Admission {
     }
 }
 
-/// Runs the gates up to the task's lookup (1 to 8 above).
+/// Runs the gates up to the task's lookup and its arguments (1 to 10
+/// above).
 pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
     let cfg = &inner.config;
     if cfg.max_deliveries > 0 && d.deliveries > cfg.max_deliveries {
@@ -72,7 +78,7 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
             "poison message: delivered {} times without being acknowledged (its worker crashed or was killed each time)",
             d.deliveries - 1
         );
-        tracing::error!(queue = %d.queue, deliveries = d.deliveries, "{reason}; moving it to the dead-letter queue");
+        tracing::error!(queue = %Escaped(&d.queue), deliveries = d.deliveries, "{reason}; moving it to the dead-letter queue");
         return skip(
             None,
             Disposition::DeadLetter {
@@ -84,7 +90,7 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
     let msg = match Message::decode_with_limit(&d.payload, cfg.max_body) {
         Ok(m) => m,
         Err(e) => {
-            tracing::error!(queue = %d.queue, error = %e, bytes = d.payload.len(),
+            tracing::error!(queue = %Escaped(&d.queue), error = %Escaped(&e), bytes = d.payload.len(),
                 "malformed message; moving it to the dead-letter queue");
             return skip(
                 None,
@@ -106,15 +112,24 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
     inner.notify.received(&ev);
     let id = msg.id();
     let name = msg.task();
+    // For logs: both come from the message.
+    let (shown_id, shown_name) = (Escaped(id), Escaped(name));
     let now = unix_now();
 
     if d.revoked {
-        tracing::info!(task_id = %id, task = %name, "task revoked; marking REVOKED");
+        tracing::info!(task_id = %shown_id, task = %shown_name, "task revoked; marking REVOKED");
         let disposition = revoked(inner, &ev, RevokedBy::Revoke);
         return skip(Some(msg), disposition);
     }
+    if let Err(e) = msg.check_times() {
+        tracing::error!(task_id = %shown_id, task = %shown_name, error = %Escaped(&e),
+            "task with a bad eta or expires; moving it to the dead-letter queue");
+        let err = TaskError::typed("ValueError", "builtins", e.to_string());
+        let disposition = refused(inner, &ev, &err, e.to_string());
+        return skip(Some(msg), disposition);
+    }
     if let Some(exp) = msg.expires_unix().filter(|&e| e < now) {
-        tracing::info!(task_id = %id, task = %name, expired_at = exp, "task expired; marking REVOKED");
+        tracing::info!(task_id = %shown_id, task = %shown_name, expired_at = exp, "task expired; marking REVOKED");
         let disposition = revoked(inner, &ev, RevokedBy::Expiry);
         return skip(Some(msg), disposition);
     }
@@ -138,7 +153,7 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
                 return skip(Some(msg), disposition);
             }
             Err(e) => {
-                tracing::error!(task_id = %id, error = %e, "could not claim the idempotency key; retrying later");
+                tracing::error!(task_id = %shown_id, error = %e, "could not claim the idempotency key; retrying later");
                 return skip(
                     Some(msg),
                     requeue_in(now, 1.0, "idempotency key unavailable"),
@@ -152,14 +167,18 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
         if let Ok(Some(meta)) = inner.backend.get(id).await
             && meta.status.is_ready()
         {
-            tracing::info!(task_id = %id, task = %name, status = %meta.status,
+            tracing::info!(task_id = %shown_id, task = %shown_name, status = %meta.status,
                 "redelivered task already finished; skipping it");
             inner.notify.duplicate();
             return skip(Some(msg), Disposition::Done { result: None });
         }
     }
-    let Some(task) = inner.registry.get(name).cloned() else {
-        tracing::error!(task_id = %id, task = %name, "received unregistered task; moving it to the dead-letter queue");
+    let found = inner
+        .registry
+        .get(name)
+        .or_else(|| inner.celery_tasks.get(name));
+    let Some(task) = found.cloned() else {
+        tracing::error!(task_id = %shown_id, task = %shown_name, "received unregistered task; moving it to the dead-letter queue");
         let err = TaskError::not_registered(name);
         let meta = result_meta(
             cfg.meta_facts(),
@@ -178,11 +197,15 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
             },
         );
     };
-    if msg.embed.callbacks.is_some()
-        || msg.embed.chain.as_ref().is_some_and(|c| !c.is_empty())
-        || msg.embed.chord.is_some()
-    {
-        tracing::warn!(task_id = %id, "message carries canvas callbacks/chain/chord; celeriac does not run them yet");
+    if let Some(int) = msg.out_of_range_integer() {
+        tracing::error!(task_id = %shown_id, task = %shown_name, integer = %Escaped(int),
+            "integer argument outside the 64-bit range; failing the task and moving it to the dead-letter queue");
+        let reason = format!(
+            "integer {int} is outside the 64-bit range (-2^63 to 2^64-1) that celeriac carries exactly"
+        );
+        let err = TaskError::typed("OverflowError", "builtins", reason.clone());
+        let disposition = refused(inner, &ev, &err, reason);
+        return skip(Some(msg), disposition);
     }
     Admission::Run(Admitted { msg, task })
 }
@@ -194,12 +217,30 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
 fn unsigned(inner: &Inner, d: &Delivery, msg: &Message) -> Option<Disposition> {
     let secret = inner.config.secret.as_ref()?;
     let err = secret.verify(msg, &d.payload).err()?;
-    tracing::error!(queue = %d.queue, task_id = %msg.id(), task = %msg.task(), error = %err,
+    tracing::error!(queue = %Escaped(&d.queue), task_id = %Escaped(msg.id()), task = %Escaped(msg.task()), error = %err,
         "refusing a message whose signature does not check; moving it to the dead-letter queue");
     Some(Disposition::DeadLetter {
         reason: err.to_string(),
         result: None,
     })
+}
+
+/// A message that cannot run as it is: FAILURE `err` stored for its task,
+/// and the message dead-lettered with `reason`.
+fn refused(inner: &Inner, ev: &TaskEvent<'_>, err: &TaskError, reason: String) -> Disposition {
+    let msg = ev.message;
+    let meta = result_meta(
+        inner.config.meta_facts(),
+        msg,
+        &ev.delivery.queue,
+        ResultMeta::failure(msg.id(), err),
+        None,
+    );
+    inner.notify.failed(ev, err, None);
+    Disposition::DeadLetter {
+        reason,
+        result: Some(meta),
+    }
 }
 
 /// REVOKED (`by` a revoke or expiry) for a task that will not run.
@@ -233,7 +274,7 @@ async fn duplicate_of(inner: &Inner, msg: &Message, key: &str, holder: &str) -> 
     let id = msg.id();
     match inner.backend.get(holder).await {
         Ok(Some(meta)) if meta.status.is_ready() => {
-            tracing::info!(task_id = %id, key, first = %holder, "duplicate of an idempotent task; reusing its result");
+            tracing::info!(task_id = %Escaped(id), key = %Escaped(key), first = %Escaped(holder), "duplicate of an idempotent task; reusing its result");
             inner.notify.duplicate();
             let mut copy = meta;
             copy.task_id = id.to_string();
@@ -242,7 +283,7 @@ async fn duplicate_of(inner: &Inner, msg: &Message, key: &str, holder: &str) -> 
         // The first task has not finished yet: look again shortly.
         Ok(_) => requeue_in(unix_now(), 0.5, "waiting for the first idempotent task"),
         Err(e) => {
-            tracing::error!(task_id = %id, error = %e, "could not read the first task's result; retrying later");
+            tracing::error!(task_id = %Escaped(id), error = %e, "could not read the first task's result; retrying later");
             requeue_in(unix_now(), 1.0, "waiting for the first idempotent task")
         }
     }
@@ -268,7 +309,7 @@ pub(crate) async fn rate(
             match inner.broker.rate_wait(&key, limit.interval()).await {
                 Ok(w) => w,
                 Err(e) => {
-                    tracing::warn!(task = %name, error = %e, "rate limit bucket unavailable; waiting");
+                    tracing::warn!(task = %Escaped(name), error = %e, "rate limit bucket unavailable; waiting");
                     1.0
                 }
             }
@@ -283,7 +324,7 @@ pub(crate) async fn rate(
                 Err(w) => w,
             }
         };
-        if wait <= 0.0 {
+        if wait.is_nan() || wait <= 0.0 {
             return None;
         }
         if wait > MAX_RATE_WAIT {
@@ -291,7 +332,7 @@ pub(crate) async fn rate(
         }
         // Out of line while it waits: the messages behind it start.
         slot.step_aside();
-        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        tokio::time::sleep(celeriac_core::time::saturating_seconds(wait)).await;
     }
 }
 
@@ -305,11 +346,11 @@ pub(crate) fn after_wait(
 ) -> Option<Disposition> {
     let msg = ev.message;
     if revoked_meanwhile {
-        tracing::info!(task_id = %msg.id(), task = %msg.task(), "task revoked while reserved; marking REVOKED");
+        tracing::info!(task_id = %Escaped(msg.id()), task = %Escaped(msg.task()), "task revoked while reserved; marking REVOKED");
         return Some(revoked(inner, ev, RevokedBy::Revoke));
     }
     if let Some(exp) = msg.expires_unix().filter(|&e| e < unix_now()) {
-        tracing::info!(task_id = %msg.id(), task = %msg.task(), expired_at = exp, "task expired while reserved; marking REVOKED");
+        tracing::info!(task_id = %Escaped(msg.id()), task = %Escaped(msg.task()), expired_at = exp, "task expired while reserved; marking REVOKED");
         return Some(revoked(inner, ev, RevokedBy::Expiry));
     }
     None

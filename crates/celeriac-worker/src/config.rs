@@ -18,6 +18,11 @@ use crate::worker::Worker;
 /// this many messages per execution slot.
 pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 4;
 
+/// How long a worker keeps storing a result the backend refused before it
+/// dead-letters the message with the result attached
+/// ([`WorkerBuilder::store_retry_for`]).
+pub const DEFAULT_STORE_RETRY_FOR: Duration = Duration::from_secs(300);
+
 /// Configures a [`Worker`].
 #[derive(Debug)]
 pub struct WorkerBuilder {
@@ -42,6 +47,7 @@ pub struct WorkerBuilder {
     autoscale_keepalive: Duration,
     prefetch_multiplier: usize,
     observers: Vec<Arc<dyn Observer>>,
+    store_retry_for: Duration,
     secret: Option<Secret>,
     max_result: Option<usize>,
 }
@@ -69,6 +75,7 @@ pub(crate) struct Config {
     pub(crate) soft_time_limit: Option<Duration>,
     pub(crate) autoscale: Option<(usize, usize)>,
     pub(crate) autoscale_keepalive: Duration,
+    pub(crate) store_retry_for: Duration,
     /// Run only messages signed with it; sign what the worker publishes.
     pub(crate) secret: Option<Secret>,
     /// The largest result stored, encoded.
@@ -128,6 +135,7 @@ impl WorkerBuilder {
             autoscale_keepalive: Duration::from_secs(30),
             prefetch_multiplier: DEFAULT_PREFETCH_MULTIPLIER,
             observers: Vec::new(),
+            store_retry_for: DEFAULT_STORE_RETRY_FOR,
             secret: None,
             max_result: None,
         }
@@ -280,6 +288,18 @@ impl WorkerBuilder {
         self
     }
 
+    /// How long a result the backend refused is stored again, with
+    /// back-off (0.5 s, doubling up to 30 s), before its message is moved
+    /// to the dead-letter queue with the result attached (default
+    /// [`DEFAULT_STORE_RETRY_FOR`]). The task is never run again for a
+    /// failed store: its message stays held, its lease renewed, and is
+    /// acked once the result is stored. A warm shutdown stops retrying and
+    /// dead-letters at once.
+    pub fn store_retry_for(mut self, patience: Duration) -> Self {
+        self.store_retry_for = patience;
+        self
+    }
+
     /// Adds an [`Observer`] that hears of every task's transitions
     /// (received, started, succeeded, failed, retried, revoked, rejected,
     /// requeued).
@@ -314,6 +334,15 @@ impl WorkerBuilder {
     pub fn build(self) -> Result<Worker, WorkerError> {
         if self.queues.is_empty() {
             return Err(WorkerError::NoQueues);
+        }
+        if self.queues.iter().any(String::is_empty) {
+            return Err(WorkerError::EmptyQueueName);
+        }
+        for q in &self.queues {
+            celeriac_core::validate_queue_name(q)?;
+        }
+        if self.max_body == 0 {
+            return Err(WorkerError::ZeroMaxBody);
         }
         if let Some((min, max)) = self.autoscale
             && (min == 0 || min > max)
@@ -361,6 +390,7 @@ impl WorkerBuilder {
                 soft_time_limit: self.soft_time_limit,
                 autoscale: self.autoscale,
                 autoscale_keepalive: self.autoscale_keepalive,
+                store_retry_for: self.store_retry_for,
                 secret: self.secret,
                 max_result: self.max_result,
             },
@@ -371,5 +401,32 @@ impl WorkerBuilder {
             prefetch: self.prefetch_multiplier,
             observers: self.observers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use celeriac_core::Registry;
+    use celeriac_embedded::{MemoryBackend, MemoryBroker};
+
+    use crate::{Worker, WorkerError};
+
+    #[test]
+    fn a_worker_refuses_to_consume_the_brokers_own_keys() {
+        for q in ["unacked", "celeriac.dlq", "_kombu.binding.celery"] {
+            let built = Worker::builder(
+                Arc::new(MemoryBroker::new()),
+                Arc::new(MemoryBackend::new()),
+                Arc::new(Registry::new()),
+            )
+            .queues(["celery", q])
+            .build();
+            assert!(
+                matches!(built, Err(WorkerError::ReservedQueue(_))),
+                "{q}: {built:?}"
+            );
+        }
     }
 }

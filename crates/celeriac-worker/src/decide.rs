@@ -12,11 +12,11 @@ use celeriac_core::{
 };
 use serde_json::Value;
 
+use crate::canvas::{self, Continuation};
+
 /// What becomes of a message; [`settle`](crate::settle) carries it out, and
 /// is the only module that does.
 ///
-/// Canvas will add a case here (publish the next messages of a chain,
-/// group or chord, then settle as `Done`).
 #[derive(Debug)]
 pub(crate) enum Disposition {
     /// The task is finished: store `result` (none with `ignore_result`, or
@@ -24,6 +24,16 @@ pub(crate) enum Disposition {
     Done {
         /// The result to store.
         result: Option<ResultMeta>,
+    },
+    /// `Done`, with what the task sends on for its canvas (the next chain
+    /// step and callbacks published before the result is stored, the
+    /// FAILURE of the remaining chain steps stored beside it, errbacks
+    /// published after it).
+    Continue {
+        /// The result to store.
+        result: Option<ResultMeta>,
+        /// What to send on.
+        canvas: Box<Continuation>,
     },
     /// Put the message back on its queue, claimable at once or from unix
     /// time `not_before`.
@@ -64,6 +74,8 @@ pub(crate) enum Decision {
         result: ResultMeta,
         /// How long it ran.
         runtime: Duration,
+        /// The next chain step and the callbacks.
+        canvas: Continuation,
     },
     /// It failed for good.
     Failed {
@@ -75,6 +87,8 @@ pub(crate) enum Decision {
         gave_up: bool,
         /// How long it ran.
         runtime: Duration,
+        /// The remaining chain steps' FAILURE and the errbacks.
+        canvas: Continuation,
     },
     /// It asked for a retry, or failed with an error retried
     /// automatically; see [`Disposition::Retry`].
@@ -144,16 +158,21 @@ fn decide_run(f: RunFacts<'_>, ran: Option<Ran>, random: f64, now: f64) -> Decis
             // message after max_deliveries).
             Decision::GiveBack { lost: Some(e) }
         }
-        Ok(v) => Decision::Succeeded {
-            result: result_meta(
+        Ok(v) => {
+            let mut result = result_meta(
                 f.meta,
                 msg,
                 f.queue,
                 ResultMeta::success(id, v),
                 Some(runtime),
-            ),
-            runtime,
-        },
+            );
+            let canvas = canvas::on_success(msg, &mut result);
+            Decision::Succeeded {
+                result,
+                runtime,
+                canvas,
+            }
+        }
         Err(e) => match f.options.decide(&e, msg.headers.retries, random) {
             RetryDecision::Retry { countdown } => {
                 Decision::Retry(retry(f, e, countdown, runtime, now))
@@ -169,19 +188,9 @@ fn decide_run(f: RunFacts<'_>, ran: Option<Ran>, random: f64, now: f64) -> Decis
                         msg.kwargs
                     ),
                 );
-                Decision::Failed {
-                    result: failure(f, &err, runtime),
-                    error: err,
-                    gave_up: true,
-                    runtime,
-                }
+                failed(f, err, true, runtime)
             }
-            _ => Decision::Failed {
-                result: failure(f, &e, runtime),
-                error: e,
-                gave_up: false,
-                runtime,
-            },
+            _ => failed(f, e, false, runtime),
         },
     }
 }
@@ -202,38 +211,40 @@ fn cap_result(f: RunFacts<'_>, decision: Decision, limit: usize) -> Decision {
         )
     };
     match decision {
-        Decision::Succeeded { result, runtime } => match encoded_size(&result) {
-            size if size > limit => {
-                let err = what(size, "result");
-                Decision::Failed {
-                    result: failure(f, &err, runtime),
-                    error: err,
-                    gave_up: false,
-                    runtime,
-                }
-            }
-            _ => Decision::Succeeded { result, runtime },
+        // Over the limit, a success is a failure: its canvas is the
+        // failure's (errbacks, the rest of the chain failed), and the
+        // value goes nowhere.
+        Decision::Succeeded {
+            result,
+            runtime,
+            canvas,
+        } => match encoded_size(&result) {
+            size if size > limit => failed(f, what(size, "result"), false, runtime),
+            _ => Decision::Succeeded {
+                result,
+                runtime,
+                canvas,
+            },
         },
         Decision::Failed {
             result,
             error,
             gave_up,
             runtime,
+            canvas,
         } => match encoded_size(&result) {
-            size if size > limit => {
-                let err = what(size, &format!("failure ({})", error.exc_type()));
-                Decision::Failed {
-                    result: failure(f, &err, runtime),
-                    error: err,
-                    gave_up,
-                    runtime,
-                }
-            }
+            size if size > limit => failed(
+                f,
+                what(size, &format!("failure ({})", error.exc_type())),
+                gave_up,
+                runtime,
+            ),
             _ => Decision::Failed {
                 result,
                 error,
                 gave_up,
                 runtime,
+                canvas,
             },
         },
         Decision::Retry(Disposition::Retry {
@@ -285,9 +296,17 @@ impl Decision {
     pub(crate) fn into_disposition(self, ignore_result: bool) -> Disposition {
         let keep = |result: ResultMeta| (!ignore_result).then_some(result);
         match self {
-            Decision::Succeeded { result, .. } | Decision::Failed { result, .. } => {
-                Disposition::Done {
-                    result: keep(result),
+            Decision::Succeeded { result, canvas, .. }
+            | Decision::Failed { result, canvas, .. } => {
+                if canvas.sends_nothing() {
+                    Disposition::Done {
+                        result: keep(result),
+                    }
+                } else {
+                    Disposition::Continue {
+                        result: keep(result),
+                        canvas: Box::new(canvas),
+                    }
                 }
             }
             Decision::Retry(d) => d,
@@ -306,6 +325,19 @@ impl Decision {
 fn failure(f: RunFacts<'_>, err: &TaskError, runtime: Duration) -> ResultMeta {
     let meta = ResultMeta::failure(f.msg.id(), err);
     result_meta(f.meta, f.msg, f.queue, meta, Some(runtime))
+}
+
+/// A failure for good, with what its canvas says to do about it.
+fn failed(f: RunFacts<'_>, error: TaskError, gave_up: bool, runtime: Duration) -> Decision {
+    let result = failure(f, &error, runtime);
+    let canvas = canvas::on_failure(f.msg, &result);
+    Decision::Failed {
+        result,
+        error,
+        gave_up,
+        runtime,
+        canvas,
+    }
 }
 
 /// Celery's retry: RETRY with the error, and the same task id published
@@ -347,7 +379,8 @@ fn retry(
 
 /// Fills what Celery stores beside the state: the task name, the worker,
 /// the queue, the retries, the runtime, the parent and group, and with
-/// `result_extended` the args and kwargs.
+/// `result_extended` what Celery 5.x adds then: the args and kwargs, and
+/// for a stamped message its `stamped_headers` and each of those stamps.
 pub(crate) fn result_meta(
     facts: MetaFacts<'_>,
     msg: &Message,
@@ -359,6 +392,7 @@ pub(crate) fn result_meta(
     if facts.extended {
         meta.args = Some(Value::Array(msg.args.clone()));
         meta.kwargs = Some(Value::Object(msg.kwargs.clone()));
+        add_stamps(&mut meta, msg);
     }
     meta.worker = Some(facts.nodename.to_string());
     meta.retries = Some(msg.headers.retries);
@@ -367,6 +401,47 @@ pub(crate) fn result_meta(
     meta.group_id = msg.headers.group.clone();
     meta.runtime = runtime.map(|r| r.as_secs_f64());
     meta
+}
+
+/// Celery's `result_extended` stamps: `stamped_headers` as sent, and each
+/// stamp it names as a field of its own (except one named like a field
+/// the document already has).
+fn add_stamps(meta: &mut ResultMeta, msg: &Message) {
+    let Some(Value::Object(stamps)) = &msg.headers.stamps else {
+        return;
+    };
+    if stamps.is_empty() {
+        return;
+    }
+    const FIELDS: [&str; 15] = [
+        "status",
+        "result",
+        "traceback",
+        "children",
+        "date_done",
+        "task_id",
+        "group_id",
+        "parent_id",
+        "name",
+        "args",
+        "kwargs",
+        "worker",
+        "retries",
+        "queue",
+        "runtime",
+    ];
+    let named = msg.headers.stamped_headers.clone().unwrap_or(Value::Null);
+    for name in named
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if let Some(v) = stamps.get(name).filter(|_| !FIELDS.contains(&name)) {
+            meta.extra.insert(name.to_string(), v.clone());
+        }
+    }
+    meta.extra.insert("stamped_headers".to_string(), named);
 }
 
 #[cfg(test)]
@@ -469,6 +544,55 @@ mod tests {
             panic!("{d:?}")
         };
         assert_eq!(error.exc_type(), "MaxRetriesExceededError");
+    }
+
+    #[test]
+    fn result_extended_stores_what_celery_stores() {
+        let mut m = Call::<i64>::new("t.add")
+            .arg(2)
+            .kwarg("y", 3)
+            .to_message()
+            .unwrap();
+        m.headers.retries = 2;
+        m.headers.stamped_headers = Some(serde_json::json!(["mystamp", "name"]));
+        m.headers.stamps = Some(serde_json::json!({"mystamp": "v1", "name": "x", "other": 1}));
+        let facts = MetaFacts {
+            nodename: "w@test",
+            extended: true,
+        };
+        let meta = result_meta(
+            facts,
+            &m,
+            "q",
+            ResultMeta::success(m.id(), serde_json::json!(5)),
+            None,
+        );
+        let doc = serde_json::to_value(&meta).unwrap();
+        // As a Python worker with result_extended=True stores a stamped
+        // add(2, y=3).
+        assert_eq!(doc["name"], "t.add");
+        assert_eq!(doc["args"], serde_json::json!([2]));
+        assert_eq!(doc["kwargs"], serde_json::json!({"y": 3}));
+        assert_eq!(doc["worker"], "w@test");
+        assert_eq!(doc["retries"], 2);
+        assert_eq!(doc["queue"], "q");
+        assert_eq!(
+            doc["stamped_headers"],
+            serde_json::json!(["mystamp", "name"])
+        );
+        assert_eq!(doc["mystamp"], "v1");
+        assert!(doc.get("other").is_none(), "only the stamps it names");
+        let text = serde_json::to_string(&meta).unwrap();
+        assert_eq!(text.matches("\"name\":").count(), 1, "{text}");
+
+        let plain = result_meta(
+            FACTS,
+            &m,
+            "q",
+            ResultMeta::success(m.id(), serde_json::json!(5)),
+            None,
+        );
+        assert!(plain.args.is_none() && plain.extra.is_empty(), "{plain:?}");
     }
 
     #[test]

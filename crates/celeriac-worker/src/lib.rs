@@ -40,6 +40,7 @@
 //!  admit.rs    gates again: revoked or expired meanwhile ──── Skip(Disposition) ─┤
 //!  execute.rs  run on the task's executor (celeriac-pool)                        │
 //!  decide.rs   pure: run + TaskOptions → Decision → Disposition                  │
+//!  canvas.rs   pure: the chain step, callbacks and errbacks to send on            │
 //!  settle.rs   the only place that acks, requeues, dead-letters, stores, ◄───────┘
 //!              or publishes a retry (batched where the broker gains)
 //!
@@ -50,6 +51,8 @@
 //! ```
 
 mod admit;
+mod canvas;
+mod celery_tasks;
 mod chores;
 mod config;
 mod control;
@@ -61,7 +64,7 @@ mod settle;
 mod worker;
 
 pub use celeriac_core::PoolKind;
-pub use config::{DEFAULT_PREFETCH_MULTIPLIER, WorkerBuilder};
+pub use config::{DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_STORE_RETRY_FOR, WorkerBuilder};
 pub use observe::{Observer, RevokedBy, TaskEvent, WorkerStats};
 pub use worker::Worker;
 
@@ -84,6 +87,17 @@ pub enum WorkerError {
     /// The process pool could not be built.
     #[error("process pool: {0}")]
     Processes(#[from] celeriac_pool::process::ProcessPoolError),
+    /// A queue name is empty.
+    #[error("a queue name is empty")]
+    EmptyQueueName,
+    /// A queue name is one of the brokers' own bookkeeping keys (such as
+    /// `unacked` or `celeriac.dlq`), which a worker must never consume.
+    #[error(transparent)]
+    ReservedQueue(#[from] celeriac_core::QueueNameError),
+    /// The largest accepted body is 0 bytes: every message would be
+    /// dead-lettered.
+    #[error("max_body must be at least 1 byte")]
+    ZeroMaxBody,
     /// Autoscale bounds are not `1 <= min <= max`.
     #[error("autoscale needs 1 <= min <= max (got min {min}, max {max})")]
     Autoscale {

@@ -94,6 +94,23 @@ impl Reservations {
         self.line.lock().wake_all();
     }
 
+    /// Sleeps for `d`, or less if the worker starts shutting down.
+    pub(crate) async fn sleep_unless_stopping(&self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.is_stopping() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = freed => {}
+            }
+        }
+    }
+
     /// Waits until fewer messages are reserved than the worker may hold;
     /// returns how many more it may claim, or 0 when it is shutting down.
     pub(crate) async fn room(&self) -> usize {

@@ -18,12 +18,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
+use celeriac_core::escape::Escaped;
 use celeriac_core::time::unix_now;
 use celeriac_core::{BrokerError, CodecError, Delivery, Message, Outgoing, ResultMeta};
 use parking_lot::Mutex;
+use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::canvas::ChordPart;
 use crate::decide::Disposition;
 use crate::observe::TaskEvent;
 use crate::worker::Inner;
@@ -110,9 +114,14 @@ pub(crate) struct Batches {
 struct ToSettle {
     meta: Option<ResultMeta>,
     delivery: Delivery,
-    /// Told when it is settled (none when its own handler settles it).
-    done: Option<oneshot::Sender<()>>,
+    /// Told when it is settled, with its result back if that could not be
+    /// stored (none when its own handler settles it).
+    done: Option<oneshot::Sender<Unstored>>,
 }
+
+/// A result the batch could not store, handed back to its handler with
+/// its message (still held, not acked), to store again on its own.
+type Unstored = Option<(ResultMeta, Delivery)>;
 
 /// Carries out `disposition` for `held`; `msg` is the decoded message, if
 /// it could be decoded (for a retry's log line and an early-acked give-back).
@@ -124,15 +133,36 @@ pub(crate) async fn apply(
 ) {
     let d = held.delivery;
     match disposition {
-        Disposition::Done { result } if held.acked => {
-            inner.ledger.forget(&d.tag);
-            if let Some(meta) = result
-                && !store(inner, &meta).await
-            {
-                tracing::error!(task_id = %meta.task_id, "the result was not stored and the message was acked early (acks_late = false)");
+        Disposition::Done { result } => finish(inner, held.acked, result, d).await,
+        Disposition::Continue { result, canvas } => {
+            let id = msg.map(Message::id).unwrap_or_default();
+            // As Celery does: the next steps are published before this
+            // task's result is stored (its `children` names them).
+            if let Err(e) = publish_all(inner, &canvas.before).await {
+                if held.acked {
+                    tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the next steps of a task acked early (acks_late = false); its canvas stops here");
+                } else {
+                    tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the next steps of the canvas; the task goes back to run again");
+                    inner.ledger.forget(&d.tag);
+                    if let Err(e) = inner.broker.requeue(&d, Some(unix_now() + 1.0)).await {
+                        tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not requeue task; it returns when its lease lapses");
+                    }
+                    return;
+                }
+            }
+            for meta in &canvas.also_store {
+                store(inner, meta).await;
+            }
+            finish(inner, held.acked, result, d).await;
+            // Errbacks, once the FAILURE is stored.
+            if let Err(e) = publish_all(inner, &canvas.after).await {
+                tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the errbacks of a failed task");
+            }
+            // A chord header part joins once its own result is stored.
+            if let (Some(chord), Some(m)) = (&canvas.chord, msg) {
+                join_chord(inner, m, chord).await;
             }
         }
-        Disposition::Done { result } => settle(inner, result, d).await,
         Disposition::Requeue { not_before, why } => {
             inner.ledger.forget(&d.tag);
             let back = match msg {
@@ -147,7 +177,7 @@ pub(crate) async fn apply(
                 Ok(()) => inner.notify.requeued(&d, not_before),
                 Err(e) => {
                     let task_id = msg.map(Message::id).unwrap_or_default();
-                    tracing::error!(task_id, error = %e, why, "could not requeue task; it returns when its lease lapses");
+                    tracing::error!(task_id = %Escaped(task_id), error = %e, why, "could not requeue task; it returns when its lease lapses");
                 }
             }
         }
@@ -159,7 +189,7 @@ pub(crate) async fn apply(
             inner.notify.rejected(&d, msg, &reason);
             if let Err(e) = inner.broker.dead_letter(&d, &reason).await {
                 // Not acked, so the lease lapses and the message comes back.
-                tracing::error!(error = %e, reason, "could not dead-letter message; it stays in the broker");
+                tracing::error!(error = %e, reason = %Escaped(&reason), "could not dead-letter message; it stays in the broker");
             }
         }
         Disposition::Retry {
@@ -187,20 +217,20 @@ pub(crate) async fn apply(
                         };
                         inner.notify.retried(&ev, &error, countdown);
                     }
-                    tracing::info!(task_id = %id, task = %next.task(), retries = next.headers.retries, countdown, "task retry");
+                    tracing::info!(task_id = %Escaped(id), task = %Escaped(next.task()), retries = next.headers.retries, countdown, "task retry");
                     if !held.acked {
                         ack(inner, &d).await;
                     }
                 }
                 Err(e) if held.acked => {
-                    tracing::error!(task_id = %id, error = %e, "could not publish the retry of a task acked early (acks_late = false); it is lost");
+                    tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the retry of a task acked early (acks_late = false); it is lost");
                 }
                 Err(e) => {
                     // Keep the original instead, delayed the same way:
                     // nothing lost.
-                    tracing::error!(task_id = %id, error = %e, "could not publish the retry; requeueing the original");
+                    tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the retry; requeueing the original");
                     if let Err(e) = inner.broker.requeue(&d, Some(unix_now() + countdown)).await {
-                        tracing::error!(task_id = %id, error = %e, "could not requeue task");
+                        tracing::error!(task_id = %Escaped(id), error = %e, "could not requeue task");
                     }
                 }
             }
@@ -220,6 +250,92 @@ fn outgoing(inner: &Inner, msg: &Message) -> Result<Outgoing, CodecError> {
             Outgoing::from_message(&signed)
         }
     }
+}
+
+/// Stores a finished task's result and acks its message (only stores, when
+/// it was acked as the task started); a refused result is stored again,
+/// never recomputed.
+async fn finish(inner: &Inner, acked: bool, result: Option<ResultMeta>, d: Delivery) {
+    if acked {
+        inner.ledger.forget(&d.tag);
+        if let Some(meta) = result
+            && !store(inner, &meta).await
+        {
+            keep_storing(inner, meta, None).await;
+        }
+    } else if let Some((meta, d)) = settle(inner, result, d).await {
+        keep_storing(inner, meta, Some(d)).await;
+    }
+}
+
+/// Joins a finished chord header part (see [`ChordJoin`]): the part that
+/// completes the chord publishes the body with every header result; a
+/// failed part stores the body's ChordError instead and calls its
+/// errbacks.
+///
+/// [`ChordJoin`]: celeriac_core::ChordJoin
+async fn join_chord(inner: &Inner, msg: &Message, chord: &ChordPart) {
+    let id = msg.id();
+    let group = chord.group_id.as_str();
+    let Some(join) = inner.backend.chord_join() else {
+        tracing::error!(task_id = %Escaped(id), group = %Escaped(group), backend = %inner.backend.url(),
+            "a chord header part finished, but this result backend cannot join chords yet; the chord's body will not run");
+        return;
+    };
+    if let Some((body_failure, errbacks)) = &chord.failed {
+        tracing::warn!(task_id = %Escaped(id), group = %Escaped(group), body = %Escaped(&body_failure.task_id),
+            "a chord header part failed; the chord's body fails with ChordError");
+        store(inner, body_failure).await;
+        if let Err(e) = join.abandon(group).await {
+            tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not abandon the chord's join");
+        }
+        if let Err(e) = publish_all(inner, errbacks).await {
+            tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not publish the chord body's errbacks");
+        }
+        return;
+    }
+    let parts = match join.part_return(group, id, chord.index, &chord.part).await {
+        Ok(Some(parts)) => parts,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(task_id = %Escaped(id), group = %Escaped(group), error = %Escaped(&e), "could not record a chord header part");
+            return;
+        }
+    };
+    // The last part is in: this worker sends the body.
+    let results: Vec<Value> = parts
+        .iter()
+        .map(|p| p.get(3).cloned().unwrap_or(Value::Null))
+        .collect();
+    let sent = match crate::canvas::chord_body(chord, msg, results) {
+        Ok(body) => publish_all(inner, std::slice::from_ref(&body)).await,
+        Err(e) => Err(BrokerError::storage(e)),
+    };
+    match sent {
+        Ok(()) => {
+            if let Err(e) = join.finish(group).await {
+                tracing::warn!(group = %Escaped(group), error = %Escaped(&e), "could not clear a finished chord's join");
+            }
+        }
+        // The claim lapses in seconds: the next part that comes back (a
+        // redelivery) completes the chord again.
+        Err(e) => {
+            tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not publish the chord's body")
+        }
+    }
+}
+
+/// Publishes the messages a canvas sends on, in one batch (signed when
+/// the worker has a secret).
+async fn publish_all(inner: &Inner, msgs: &[Message]) -> Result<(), BrokerError> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let mut out = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        out.push(outgoing(inner, m).map_err(BrokerError::storage)?);
+    }
+    inner.broker.publish_batch(out).await
 }
 
 /// Acknowledges a message as its task starts (`acks_late = false`): from
@@ -248,21 +364,22 @@ async fn store(inner: &Inner, meta: &ResultMeta) -> bool {
     match inner.backend.store(meta).await {
         Ok(()) => true,
         Err(e) => {
-            tracing::error!(task_id = %meta.task_id, error = %e, "could not store result");
+            tracing::error!(task_id = %Escaped(&meta.task_id), error = %e, "could not store result");
             false
         }
     }
 }
 
 /// Stores the result of a finished task and acks its message, batched with
-/// the other tasks finishing at the same time; returns once both are done
-/// (or the message was given back because the result could not be stored).
+/// the other tasks finishing at the same time; returns once both are done,
+/// or with the result and the message (still held, not acked) when the
+/// result could not be stored.
 ///
 /// Whoever finds no batch being written writes one itself: its own task and
 /// every one queued meanwhile, and again until none is left. So a lone task
 /// is settled by its own handler without a hand-off to another task, and a
 /// busy worker makes two round trips per batch instead of two per task.
-async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
+async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) -> Unstored {
     if !inner.broker.batch_settles() {
         // In-process: a batch saves no round trip, and waiting for another
         // handler's batch would add a wake-up.
@@ -271,8 +388,7 @@ async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
             delivery,
             done: None,
         };
-        settle_batch(inner, vec![one]).await;
-        return;
+        return settle_batch(inner, vec![one]).await.pop();
     }
     let batches = &inner.batches;
     let (done, mut rx) = oneshot::channel();
@@ -285,8 +401,7 @@ async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
         if batches.combining.swap(true, Ordering::AcqRel) {
             // Another handler is writing batches; ours is queued, and it
             // checks the queue once more after clearing the flag.
-            let _ = (&mut rx).await;
-            return;
+            return (&mut rx).await.unwrap_or(None);
         }
         {
             // Cleared however this ends, a panicking backend included (the
@@ -301,6 +416,8 @@ async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
                 if batch.is_empty() {
                     break;
                 }
+                // Every task of a batch written here has a `done` channel:
+                // nothing comes back from settle_batch itself.
                 settle_batch(inner, batch).await;
             }
         }
@@ -309,9 +426,72 @@ async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) {
         if batches.queue.lock().is_empty() {
             // Ours was in a batch written above (or by the handler that
             // held the flag before us).
-            let _ = rx.await;
+            return rx.await.unwrap_or(None);
+        }
+    }
+}
+
+/// How long the first retry of a failed result store waits; each next one
+/// waits twice as long, up to [`STORE_RETRY_MAX_DELAY`].
+const STORE_RETRY_FIRST_DELAY: Duration = Duration::from_millis(500);
+const STORE_RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// A result the backend refused: stores it again with back-off, never
+/// running the task again, for up to the worker's
+/// [`store_retry_for`](crate::WorkerBuilder::store_retry_for). The message
+/// (`d`, none when it was acked as the task started) stays held, its lease
+/// renewed, and is acked once the result is stored. Past the bound, or at
+/// shutdown, the message is dead-lettered with the result attached to the
+/// reason, so that neither is lost and nothing is computed twice.
+async fn keep_storing(inner: &Inner, meta: ResultMeta, d: Option<Delivery>) {
+    let started = Instant::now();
+    let mut delay = STORE_RETRY_FIRST_DELAY;
+    let mut attempts = 1u32;
+    loop {
+        let patience = inner
+            .config
+            .store_retry_for
+            .saturating_sub(started.elapsed());
+        if patience.is_zero() {
+            break;
+        }
+        // At shutdown: one last attempt at once, then the dead-letter queue.
+        let stopping = inner.slots.is_stopping();
+        if !stopping {
+            tracing::warn!(task_id = %Escaped(&meta.task_id), attempts, retry_in = ?delay.min(patience),
+                "the result could not be stored; storing it again (the task is not run again)");
+            inner.slots.sleep_unless_stopping(delay.min(patience)).await;
+        }
+        attempts += 1;
+        if store(inner, &meta).await {
+            tracing::info!(task_id = %Escaped(&meta.task_id), attempts, "result stored after a failed store");
+            if let Some(d) = &d {
+                ack(inner, d).await;
+            }
             return;
         }
+        if stopping {
+            break;
+        }
+        delay = (delay * 2).min(STORE_RETRY_MAX_DELAY);
+    }
+    let result = serde_json::to_string(&meta).unwrap_or_else(|e| format!("<unencodable: {e}>"));
+    let Some(d) = d else {
+        tracing::error!(task_id = %Escaped(&meta.task_id), attempts, %result,
+            "the result could not be stored and the message was acked early (acks_late = false); the result is only in this log line");
+        return;
+    };
+    let reason = format!(
+        "the result could not be stored after {attempts} attempts in {:.0?}; the task ran and is not run again. Result: {result}",
+        started.elapsed()
+    );
+    inner.ledger.forget(&d.tag);
+    inner.notify.rejected(&d, None, &reason);
+    tracing::error!(task_id = %Escaped(&meta.task_id), attempts, "the result could not be stored; moving the message to the dead-letter queue with the result attached");
+    if let Err(e) = inner.broker.dead_letter(&d, &reason).await {
+        // Not acked, so the lease lapses and the message comes back: the
+        // one way left to keep the task.
+        tracing::error!(task_id = %Escaped(&meta.task_id), error = %e, "could not dead-letter the message either; it stays in the broker");
     }
 }
 
@@ -324,7 +504,11 @@ impl Drop for ClearOnDrop<'_> {
     }
 }
 
-async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) {
+/// Stores a batch's results and acks the messages whose result is stored.
+/// A task whose result could not be stored is not acked: it gets its result
+/// and message back, through its `done` channel, or in the returned list
+/// when it has none.
+async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) -> Vec<(ResultMeta, Delivery)> {
     // Taken apart without copies: the results to store, and for each task
     // whether it had one, its delivery and whom to tell.
     let mut metas = Vec::with_capacity(batch.len());
@@ -345,23 +529,32 @@ async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) {
             stored
         }
     };
-    let mut stored = stored.into_iter();
+    let mut metas = metas.into_iter().zip(stored);
     let mut acks = Vec::with_capacity(tasks.len());
-    let mut back = Vec::new();
     let mut dones = Vec::with_capacity(tasks.len());
+    let mut unstored = Vec::new();
     for (has_meta, delivery, done) in tasks {
-        if !has_meta || stored.next().unwrap_or(false) {
-            acks.push(delivery);
+        let failed = if has_meta {
+            metas.next().and_then(|(m, ok)| (!ok).then_some(m))
         } else {
-            back.push(delivery);
+            None
+        };
+        match (failed, done) {
+            (None, done) => {
+                acks.push(delivery);
+                dones.extend(done);
+            }
+            (Some(meta), Some(done)) => {
+                let _ = done.send(Some((meta, delivery)));
+            }
+            (Some(meta), None) => unstored.push((meta, delivery)),
         }
-        dones.extend(done);
     }
     match inner.broker.ack_many(&acks).await {
         Ok(held) => {
             for (d, held) in acks.iter().zip(held) {
                 if !held {
-                    tracing::warn!(tag = %d.tag, "ack refused: the message's lease had lapsed; it may be delivered again (its stored result makes a redelivery skip it)");
+                    tracing::warn!(tag = %Escaped(&d.tag), "ack refused: the message's lease had lapsed; it may be delivered again (its stored result makes a redelivery skip it)");
                 }
             }
         }
@@ -369,12 +562,8 @@ async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) {
             tracing::warn!(error = %e, count = acks.len(), "ack failed; the messages may be delivered again (their stored results make a redelivery skip them)");
         }
     }
-    for d in &back {
-        if let Err(e) = inner.broker.requeue(d, Some(unix_now() + 1.0)).await {
-            tracing::error!(error = %e, "could not requeue task after a failed result store; it returns when its lease lapses");
-        }
-    }
     for done in dones {
-        let _ = done.send(());
+        let _ = done.send(None);
     }
+    unstored
 }

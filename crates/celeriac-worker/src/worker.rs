@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_core::escape::Escaped;
 use celeriac_core::time::unix_now;
 use celeriac_core::{Args, Broker, Delivery, PoolKind, Registry, ResultBackend, TaskContext};
 
@@ -29,6 +30,9 @@ pub(crate) struct Inner {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) backend: Arc<dyn ResultBackend>,
     pub(crate) registry: Arc<Registry>,
+    /// `celery_tasks`: Celery's built-in canvas tasks (`celery.map`, ...),
+    /// found when `registry` has no task of that name.
+    pub(crate) celery_tasks: Registry,
     /// `config`: what the builder said.
     pub(crate) config: Config,
     /// `line`: execution slots, reservations, the line, shutdown.
@@ -103,6 +107,7 @@ impl Worker {
             inner: Arc::new(Inner {
                 broker: p.broker,
                 backend: p.backend,
+                celery_tasks: crate::celery_tasks::registry(&p.registry),
                 registry: p.registry,
                 config: p.config,
                 slots: Reservations::new(p.concurrency, p.prefetch),
@@ -361,28 +366,42 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
 fn report(inner: &Inner, ev: &TaskEvent<'_>, decision: &Decision) {
     let (id, name) = (ev.message.id(), ev.message.task());
     match decision {
-        Decision::Succeeded { result, runtime } => {
+        Decision::Succeeded {
+            result,
+            runtime,
+            canvas,
+        } => {
+            canvas_problems(id, canvas);
             inner.notify.succeeded(ev, &result.result, *runtime);
-            tracing::debug!(task_id = %id, task = %name, runtime = ?runtime, "task succeeded");
+            tracing::debug!(task_id = %Escaped(id), task = %Escaped(name), runtime = ?runtime, "task succeeded");
         }
         Decision::Failed {
             error,
             gave_up,
             runtime,
+            canvas,
             ..
         } => {
+            canvas_problems(id, canvas);
             inner.notify.failed(ev, error, Some(*runtime));
             if *gave_up {
                 let retries = ev.message.headers.retries;
-                tracing::warn!(task_id = %id, task = %name, retries, "task gave up: max retries exceeded");
+                tracing::warn!(task_id = %Escaped(id), task = %Escaped(name), retries, "task gave up: max retries exceeded");
             } else {
-                tracing::warn!(task_id = %id, task = %name, error = %error, "task failed");
+                tracing::warn!(task_id = %Escaped(id), task = %Escaped(name), error = %Escaped(error), "task failed");
             }
         }
         Decision::GiveBack { lost: Some(error) } => {
-            tracing::warn!(task_id = %id, task = %name, error = %error, "worker lost; requeueing (reject_on_worker_lost)");
+            tracing::warn!(task_id = %Escaped(id), task = %Escaped(name), error = %Escaped(error), "worker lost; requeueing (reject_on_worker_lost)");
         }
         Decision::GiveBack { lost: None } | Decision::Retry(_) => {}
+    }
+}
+
+/// Logs the signatures of a task's canvas that cannot be sent on.
+fn canvas_problems(id: &str, canvas: &crate::canvas::Continuation) {
+    for problem in &canvas.problems {
+        tracing::error!(task_id = %Escaped(id), problem = %Escaped(problem), "a canvas signature is not sent on");
     }
 }
 

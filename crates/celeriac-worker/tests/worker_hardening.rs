@@ -1,7 +1,7 @@
 //! The worker's hardening options on the in-process broker: a secret
 //! (only signed messages run; unsigned, forged and altered ones are
-//! dead-lettered with the reason and no result; retries and early-acked
-//! give-backs are signed again) and `max_result` (a FAILURE
+//! dead-lettered with the reason and no result; retries, chain steps and
+//! early-acked give-backs are signed again) and `max_result` (a FAILURE
 //! `ResultTooLarge` stored in place of a result over the limit).
 
 use std::sync::Arc;
@@ -209,6 +209,30 @@ async fn with_a_secret_only_signed_messages_run_and_the_rest_are_dead_lettered_w
     }
     let stats = f.worker.stats();
     assert_eq!(stats.succeeded, 2, "nothing forged ran: {stats:?}");
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_secret_the_chain_steps_a_worker_sends_on_are_signed_and_run() {
+    let f = start(|b| b.secret(secret()));
+    let step_id = uuid();
+    // add(2, 3) | add(10): the next step gets 5 as its first argument.
+    let mut first = add(2, 3);
+    first.embed.chain = Some(vec![
+        json!({"task": "t.add", "args": [10], "kwargs": {}, "options": {"task_id": step_id}}),
+    ]);
+    let watch = f.backend.watch(&step_id).await.unwrap();
+    let meta = f.run(&signed(first)).await;
+    assert_eq!(meta.result, json!(5));
+    let step = tokio::time::timeout(Duration::from_secs(20), watch)
+        .await
+        .expect("the chain step ran")
+        .unwrap();
+    assert_eq!((step.status, step.result), (State::Success, json!(15)));
+    assert!(
+        f.broker.dead_letters(10).await.unwrap().is_empty(),
+        "nothing refused"
+    );
     f.finish().await;
 }
 

@@ -12,23 +12,43 @@ use serde_json::{Number, Value};
 
 use crate::{TaskContext, TaskError, task};
 
-/// Adds two numbers. Integers stay integers (an overflow is an error);
-/// anything else is added as floats.
+/// Adds two numbers. Integers stay exact integers: a sum outside the
+/// 64-bit range (below -2^63 or above 2^64 - 1) fails with
+/// `OverflowError`, never becomes a float. A float operand makes a float
+/// sum, as in Python.
 ///
 /// ```
 /// use serde_json::json;
-/// assert_eq!(celeriac::builtins::add(json!(2), json!(3)).unwrap(), json!(5));
-/// assert_eq!(celeriac::builtins::add(json!(0.5), json!(2)).unwrap(), json!(2.5));
-/// assert!(celeriac::builtins::add(json!("a"), json!(2)).is_err());
+/// use celeriac::builtins::add;
+/// assert_eq!(add(json!(2), json!(3)).unwrap(), json!(5));
+/// assert_eq!(add(json!(i64::MAX), json!(1)).unwrap(), json!(9223372036854775808u64));
+/// assert_eq!(add(json!(u64::MAX), json!(-1)).unwrap(), json!(u64::MAX - 1));
+/// assert_eq!(add(json!(u64::MAX), json!(1)).unwrap_err().exc_type(), "OverflowError");
+/// assert_eq!(add(json!(0.5), json!(2)).unwrap(), json!(2.5));
+/// assert!(add(json!("a"), json!(2)).is_err());
 /// ```
 #[task(name = "celeriac.add")]
 pub fn add(x: Value, y: Value) -> Result<Value, TaskError> {
+    fn int(n: &Number) -> Option<i128> {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    }
     match (&x, &y) {
         (Value::Number(a), Value::Number(b)) => {
-            if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64()) {
-                return a.checked_add(b).map(Value::from).ok_or_else(|| {
-                    TaskError::typed("OverflowError", "builtins", "integer overflow")
-                });
+            if let (Some(a), Some(b)) = (int(a), int(b)) {
+                // Both fit in an i128, so their sum does too.
+                let sum = a + b;
+                return i64::try_from(sum)
+                    .map(Value::from)
+                    .or_else(|_| u64::try_from(sum).map(Value::from))
+                    .map_err(|_| {
+                        TaskError::typed(
+                            "OverflowError",
+                            "builtins",
+                            format!("{a} + {b} = {sum} is outside the 64-bit range celeriac carries exactly"),
+                        )
+                    });
             }
             let sum = a.as_f64().unwrap_or(f64::NAN) + b.as_f64().unwrap_or(f64::NAN);
             Number::from_f64(sum)

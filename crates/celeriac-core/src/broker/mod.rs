@@ -54,7 +54,7 @@ use std::time::Duration;
 pub use dead_letters::DeadLetters;
 pub use nodes::Nodes;
 pub use rate_limits::RateLimits;
-pub use result_backend::{ResultBackend, ResultWatch, Waiters};
+pub use result_backend::{ChordJoin, ResultBackend, ResultWatch, Waiters};
 pub use revocations::Revocations;
 pub use transport::Transport;
 

@@ -62,6 +62,11 @@ pub trait ResultBackend: Send + Sync + fmt::Debug {
     /// Every backend states it explicitly; there is no default.
     fn is_private(&self) -> bool;
 
+    /// The backend's chord join, if it has one ([`ChordJoin`]); `None`
+    /// means chords cannot be joined through this backend (yet), and a
+    /// worker says so when a chord header finishes.
+    fn chord_join(&self) -> Option<&dyn ChordJoin>;
+
     /// Stores a result document. A stored SUCCESS is never overwritten
     /// (as in Celery 5.x).
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError>;
@@ -170,4 +175,32 @@ impl Waiters {
     pub fn clear(&self) {
         self.inner.lock().clear();
     }
+}
+
+/// Joins chords the way Celery 5.x does on this backend: each finished
+/// header part is recorded once (a redelivered part is not counted twice),
+/// and exactly one caller learns that the last part is in.
+#[async_trait]
+pub trait ChordJoin: Send + Sync + fmt::Debug {
+    /// Records that header part `task_id`, at `group_index` of group
+    /// `group_id`, finished with `part` (Celery's `[1, task_id, state,
+    /// result]`). Returns every part, in `group_index` order, to the one
+    /// caller whose part completes the chord (the chord's size is what the
+    /// client recorded when it sent the header); `None` to everyone else.
+    async fn part_return(
+        &self,
+        group_id: &str,
+        task_id: &str,
+        group_index: Option<u64>,
+        part: &serde_json::Value,
+    ) -> Result<Option<Vec<serde_json::Value>>, BackendError>;
+
+    /// The chord's body was sent (or its failure stored): drops the join's
+    /// state and marks the chord done, so a late or redelivered part
+    /// triggers nothing.
+    async fn finish(&self, group_id: &str) -> Result<(), BackendError>;
+
+    /// A header part failed: the body will never run, and no later part
+    /// may complete the chord.
+    async fn abandon(&self, group_id: &str) -> Result<(), BackendError>;
 }

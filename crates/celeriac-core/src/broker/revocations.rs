@@ -25,6 +25,25 @@ pub trait Revocations: Send + Sync + fmt::Debug {
     async fn revoke_terminate(&self, task_ids: &[String], ttl: Duration)
     -> Result<(), BrokerError>;
 
+    /// [`revoke_terminate`](Self::revoke_terminate), naming the signal for
+    /// workers that terminate a task by signalling its process: Python
+    /// Celery's prefork pool (`revoke(terminate=True, signal=...)`). The
+    /// signal is an upper-case name, such as `"SIGKILL"`.
+    ///
+    /// celeriac workers terminate their own way whatever the signal, so
+    /// this default, for brokers that only celeriac workers consume, is
+    /// `revoke_terminate`. A broker shared with Python workers (Redis)
+    /// passes the signal on to them.
+    async fn revoke_terminate_with_signal(
+        &self,
+        task_ids: &[String],
+        ttl: Duration,
+        signal: &str,
+    ) -> Result<(), BrokerError> {
+        let _ = signal;
+        self.revoke_terminate(task_ids, ttl).await
+    }
+
     /// Which of `task_ids` were revoked with terminate (and have not
     /// expired). Workers ask for the tasks they are running.
     async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError>;

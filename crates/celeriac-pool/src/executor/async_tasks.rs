@@ -95,7 +95,7 @@ impl Executor for AsyncExecutor {
         let Some(abort) = self.running.get(task_id) else {
             return false;
         };
-        tracing::warn!(task_id = %task_id, "revoked with terminate: cancelling it");
+        tracing::warn!(task_id = %celeriac_core::escape::Escaped(task_id), "revoked with terminate: cancelling it");
         abort.abort();
         true
     }

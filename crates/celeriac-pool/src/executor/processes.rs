@@ -68,7 +68,7 @@ impl Executor for ProcessExecutor {
     fn terminate(&self, task_id: &str) -> bool {
         let found = self.pool.terminate(task_id);
         if found {
-            tracing::warn!(task_id = %task_id, "revoked with terminate: killing its child process");
+            tracing::warn!(task_id = %celeriac_core::escape::Escaped(task_id), "revoked with terminate: killing its child process");
         }
         found
     }

@@ -60,7 +60,7 @@ impl Executor for ThreadExecutor {
         args: Args,
     ) -> Option<Ran> {
         if ctx.time_limit().is_some() {
-            tracing::debug!(task = %task.name(), "a hard time limit is not enforced on the thread pool (a thread cannot be killed); use -P processes");
+            tracing::debug!(task = %celeriac_core::escape::Escaped(task.name()), "a hard time limit is not enforced on the thread pool (a thread cannot be killed); use -P processes");
         }
         let timer = soft_timer(ctx.soft_time_limit(), ctx.cancel_token());
         let _running = self.running.enter(ctx.id(), ctx.cancel_token().clone());
@@ -91,7 +91,7 @@ impl Executor for ThreadExecutor {
             return false;
         };
         if !token.is_cancelled() {
-            tracing::warn!(task_id = %task_id, "revoked with terminate: a thread cannot be killed; cancelling its context");
+            tracing::warn!(task_id = %celeriac_core::escape::Escaped(task_id), "revoked with terminate: a thread cannot be killed; cancelling its context");
             token.cancel();
         }
         true

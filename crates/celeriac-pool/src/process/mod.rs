@@ -42,6 +42,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use celeriac_core::escape::Escaped;
 use celeriac_core::{Args, Registry, TaskContext, TaskError};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde::Serialize;
@@ -1099,12 +1100,12 @@ fn on_exit(shared: &Arc<PoolCore>, id: u64, mut child: Child) {
         let runtime = run.started.map(|s| s.elapsed()).unwrap_or_default();
         let err = match c.killed_for {
             Some(Kill::Revoked) => {
-                tracing::warn!(pid, task = %run.job.name, task_id = %run.job.ctx.id(),
+                tracing::warn!(pid, task = %Escaped(&run.job.name), task_id = %Escaped(run.job.ctx.id()),
                     "task revoked with terminate; child killed");
                 TaskError::revoked("terminated")
             }
             Some(Kill::TimeLimit(limit)) => {
-                tracing::warn!(pid, task = %run.job.name, task_id = %run.job.ctx.id(),
+                tracing::warn!(pid, task = %Escaped(&run.job.name), task_id = %Escaped(run.job.ctx.id()),
                     "hard time limit ({:?}) exceeded; child killed", limit);
                 TaskError::timed_out(format!("TimeLimitExceeded({})", limit.as_secs_f64()))
             }
@@ -1114,7 +1115,7 @@ fn on_exit(shared: &Arc<PoolCore>, id: u64, mut child: Child) {
                     describe(status),
                     run.seq
                 );
-                tracing::error!(pid, task = %run.job.name, task_id = %run.job.ctx.id(), "{why}");
+                tracing::error!(pid, task = %Escaped(&run.job.name), task_id = %Escaped(run.job.ctx.id()), "{why}");
                 TaskError::worker_lost(why)
             }
         };

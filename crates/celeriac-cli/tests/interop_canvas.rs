@@ -1,0 +1,86 @@
+//! Canvas on the Celery wire with real Python Celery over a real Redis: a
+//! Python client's chains, groups, chords, links and link_errors run on
+//! celeriac workers, and a chain and a chord cross a Python worker and
+//! celeriac workers.
+
+use std::process::Command;
+
+use celeriac_testkit::process::LoggedChild;
+use celeriac_testkit::python::{interop_python as python, python_dir};
+use celeriac_testkit::redis_server::RedisServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
+
+fn canvas_client(python: &str, url: &str, mode: &str) -> serde_json::Value {
+    let out = Command::new(python)
+        .arg(python_dir().join("canvas.py"))
+        .args([url, mode])
+        .output()
+        .expect("run Python");
+    assert!(
+        out.status.success(),
+        "canvas.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("canvas.py prints JSON")
+}
+
+fn celeriac_worker(url: &str) -> LoggedChild {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["worker", "--broker", url, "-c", "2", "--diagnostic-tasks"]);
+    LoggedChild::spawn(cmd, &std::env::temp_dir(), "celeriac-canvas-worker")
+}
+
+fn python_worker(python: &str, url: &str) -> LoggedChild {
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P", "solo"])
+        .args(["-Q", "py", "--loglevel", "INFO", "-n", "py@localhost"])
+        .current_dir(python_dir())
+        .env("BROKER", url)
+        .env("PYTHONPATH", python_dir());
+    let worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-canvas-worker");
+    let log = worker.wait_for_log(" ready.");
+    assert!(
+        log.contains(" ready."),
+        "the Python worker did not start:\n{log}"
+    );
+    worker
+}
+
+#[test]
+fn python_canvas_runs_on_celeriac_workers_and_across_python() {
+    let Some(python) = python() else { return };
+    let redis = RedisServer::start();
+    let url = redis.url("");
+    let _celeriac = celeriac_worker(&url);
+    let _python = python_worker(&python, &url);
+    let v = canvas_client(&python, &url, "mixed");
+    assert_eq!(v["chain"], 113, "((1 + 2) + 10) + 100: {v}");
+    assert_eq!(v["chain_parents"], serde_json::json!([13, 3]), "{v}");
+    assert_eq!(v["chain_100"], 100, "{v}");
+    let failing = &v["failing_middle"];
+    assert!(
+        failing["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("middle")),
+        "the chain's .get() raises the middle step's error: {v}"
+    );
+    assert_eq!(failing["last_state"], "FAILURE", "{v}");
+    assert_eq!(failing["middle_state"], "FAILURE", "{v}");
+    assert_eq!(failing["first"], 3, "{v}");
+    assert_eq!(
+        v["link"],
+        serde_json::json!([4, 14]),
+        "the callback got 4 prepended: {v}"
+    );
+    assert_eq!(
+        v["link_error"]["errback_got"], v["link_error"]["failed"],
+        "the errback is called with the failed task's id: {v}"
+    );
+    assert_eq!(
+        v["mixed"], 35,
+        "(1 + 2) * 10 + 5 across Python and celeriac: {v}"
+    );
+    assert_eq!(v["mixed_parent_worker"], 30, "{v}");
+}

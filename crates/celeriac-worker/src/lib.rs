@@ -41,6 +41,7 @@
 //!  execute.rs  run on the task's executor (celeriac-pool)                        │
 //!  decide.rs   pure: run + TaskOptions → Decision → Disposition                  │
 //!  canvas.rs   pure: the chain step, callbacks and errbacks to send on            │
+//!  meta.rs     pure: what a stored result carries (result_extended, size)         │
 //!  settle.rs   the only place that acks, requeues, dead-letters, stores, ◄───────┘
 //!              or publishes a retry (batched where the broker gains)
 //!
@@ -59,6 +60,7 @@ mod control;
 mod decide;
 mod execute;
 mod line;
+mod meta;
 mod observe;
 mod settle;
 mod worker;

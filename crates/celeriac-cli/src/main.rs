@@ -1,6 +1,9 @@
 //! The `celeriac` command: `demo`, `worker`, `call`, `result`, `dlq`.
 
 mod demo;
+mod parse;
+
+use parse::{parse_json_list, parse_json_object, parse_seconds, queue_name, signal_name};
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use celeriac::escape::{Escaped, EscapedLines};
 use celeriac::{Broker, Call, Registry, ResultBackend, Worker, open_backend, open_broker};
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// celeriac: parallel, concurrent and distributed task execution,
 /// wire-compatible with Python Celery.
@@ -313,18 +316,6 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-/// A number of seconds on the command line: finite, not negative, at most
-/// 100 years.
-fn parse_seconds(s: &str) -> Result<f64, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    celeriac::time::checked_seconds(secs)
-        .map(|_| secs)
-        .map_err(|e| e.to_string())
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -464,21 +455,6 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A signal for `revoke --signal`, as Celery names it (`SIGKILL`): upper
-/// case, with the `SIG` prefix.
-fn signal_name(s: &str) -> Result<String, String> {
-    const KNOWN: [&str; 9] = [
-        "TERM", "KILL", "INT", "QUIT", "HUP", "USR1", "USR2", "ABRT", "ALRM",
-    ];
-    let upper = s.trim().to_ascii_uppercase();
-    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    if KNOWN.contains(&bare) {
-        Ok(format!("SIG{bare}"))
-    } else {
-        Err(format!("unknown signal {s:?}; one of {}", KNOWN.join(", ")))
-    }
-}
-
 fn seconds(s: f64, flag: &str) -> Result<Duration> {
     if s.is_finite() && s > 0.0 {
         Ok(Duration::from_secs_f64(s))
@@ -503,39 +479,6 @@ async fn shutdown_signal() -> Shutdown {
         _ = tokio::signal::ctrl_c() => Shutdown::Warm,
         _ = term.recv() => Shutdown::Warm,
         _ = quit.recv() => Shutdown::Cold,
-    }
-}
-
-/// An integer in `json` that JSON would turn into a float: refused, so
-/// that a task never gets a rounded number.
-fn exact_integers(json: &str, flag: &str) -> Result<()> {
-    match celeriac::message::out_of_range_integer(json.as_bytes()) {
-        Some(int) => bail!(
-            "{flag}: integer {int} is outside the 64-bit range (-2^63 to 2^64-1) that celeriac carries exactly"
-        ),
-        None => Ok(()),
-    }
-}
-
-fn parse_json_list(s: &str) -> Result<Vec<Value>> {
-    exact_integers(s, "--args")?;
-    match serde_json::from_str(s).context("--args must be JSON")? {
-        Value::Array(a) => Ok(a),
-        other => bail!("--args must be a JSON list, got {other}"),
-    }
-}
-
-/// A queue name from the command line: refused at parsing when reserved
-/// for the brokers' bookkeeping (`unacked`, `celeriac.dlq`, ...).
-fn queue_name(s: &str) -> Result<String, celeriac::QueueNameError> {
-    celeriac::validate_queue_name(s).map(|()| s.to_string())
-}
-
-fn parse_json_object(s: &str) -> Result<Map<String, Value>> {
-    exact_integers(s, "--kwargs")?;
-    match serde_json::from_str(s).context("--kwargs must be JSON")? {
-        Value::Object(m) => Ok(m),
-        other => bail!("--kwargs must be a JSON object, got {other}"),
     }
 }
 

@@ -34,6 +34,9 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# No incremental caches: CI builds once, and they double the disk used.
+export CARGO_INCREMENTAL=0
+
 say "toolchain"
 command -v cargo >/dev/null || fail "cargo is not installed (https://rustup.rs)"
 cargo --version

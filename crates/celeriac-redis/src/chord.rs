@@ -62,6 +62,20 @@ impl RedisBackend {
 
 #[async_trait]
 impl ChordJoin for RedisBackend {
+    async fn set_size(&self, group_id: &str, size: u64) -> Result<(), BackendError> {
+        let [_, _, s, _, c] = self.chord_keys(group_id);
+        let mut conn = self.connection().await?;
+        redis::pipe()
+            .atomic()
+            .del(c)
+            .ignore()
+            .set_ex(s, size, self.result_expires_secs())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(crate::backend::backend_err)
+    }
+
     async fn part_return(
         &self,
         group_id: &str,

@@ -182,6 +182,13 @@ impl Waiters {
 /// and exactly one caller learns that the last part is in.
 #[async_trait]
 pub trait ChordJoin: Send + Sync + fmt::Debug {
+    /// The client's side: records that chord `group_id` has `size` header
+    /// parts, and clears a `done` mark left by an earlier chord of the same
+    /// id. Celery's client does this just before it sends the last header
+    /// (`DEL K.c`, `SET K.s <size>` on Redis), so the size is known before
+    /// the last part can finish.
+    async fn set_size(&self, group_id: &str, size: u64) -> Result<(), BackendError>;
+
     /// Records that header part `task_id`, at `group_index` of group
     /// `group_id`, finished with `part` (Celery's `[1, task_id, state,
     /// result]`). Returns every part, in `group_index` order, to the one

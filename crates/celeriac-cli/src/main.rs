@@ -614,7 +614,12 @@ fn dlq(conn: &Conn, command: DlqCommand) -> Result<ExitCode> {
         let (broker, _) = conn.open()?;
         match command {
             DlqCommand::List { limit } => {
-                for d in broker.dead_letters(limit).await? {
+                let letters = broker.dead_letters(limit).await?;
+                if letters.is_empty() {
+                    // On stderr: a script reading stdout still sees no lines.
+                    eprintln!("no dead letters");
+                }
+                for d in letters {
                     let summary = celeriac::Message::decode(&d.payload)
                         .map(|m| format!("{} {}", m.task(), m.id()))
                         .unwrap_or_else(|_| "<undecodable>".to_string());

@@ -161,6 +161,10 @@ fn uuid_like(s: &str) -> bool {
 #[test]
 fn malformed_and_unknown_messages_are_dead_lettered_and_the_worker_keeps_serving() {
     let (dir, url) = setup();
+    let empty = celeriac(dir.path(), &["dlq", "list", "--broker", &url]);
+    assert!(empty.status.success());
+    assert_eq!(stdout(&empty), "", "no lines on stdout for scripts");
+    assert_eq!(stderr(&empty).trim(), "no dead letters");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let broker = SqliteBroker::open(&url).unwrap();
     rt.block_on(broker.publish(Outgoing {

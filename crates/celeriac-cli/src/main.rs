@@ -35,7 +35,8 @@ struct Cli {
 
 #[derive(Debug, ClapArgs)]
 struct Conn {
-    /// Broker URL (memory://, sqlite:///path.db). Default: the file
+    /// Broker URL (memory://, sqlite:///path.db, redis://host:port/db,
+    /// rediss://...). Default: the file
     /// broker at $CELERIAC_HOME/celeriac.db or ~/.local/share/celeriac/celeriac.db.
     #[arg(long, short = 'b', global = true, env = "CELERIAC_BROKER_URL")]
     broker: Option<String>,

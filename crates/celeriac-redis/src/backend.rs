@@ -109,11 +109,9 @@ impl RedisBackend {
             url: url.split('@').next_back().unwrap_or(url).to_string(),
             reason,
         })?;
-        let client = redis::Client::open(opts.client_url.as_str()).map_err(|e| {
-            BackendError::InvalidUrl {
-                url: opts.redacted.clone(),
-                reason: e.to_string(),
-            }
+        let client = opts.client().map_err(|reason| BackendError::InvalidUrl {
+            url: opts.redacted.clone(),
+            reason,
         })?;
         Ok(Arc::new(RedisBackend {
             shared: Arc::new(ResultListener {

@@ -107,11 +107,10 @@ impl RedisBroker {
             url: url.split('@').next_back().unwrap_or(url).to_string(),
             reason,
         })?;
-        let client =
-            redis::Client::open(opts.client_url.as_str()).map_err(|e| BrokerError::InvalidUrl {
-                url: opts.redacted.clone(),
-                reason: e.to_string(),
-            })?;
+        let client = opts.client().map_err(|reason| BrokerError::InvalidUrl {
+            url: opts.redacted.clone(),
+            reason,
+        })?;
         Ok(Arc::new_cyclic(|me| RedisBroker {
             opts,
             client,

@@ -148,7 +148,12 @@ impl RedisBackend {
             .get_or_try_init(|| crate::conn::manager(&self.shared.client))
             .await
             .cloned()
-            .map_err(err)
+            .map_err(
+                |e| match crate::conn::not_redis(&e, &self.shared.opts.redacted) {
+                    Some(what) => BackendError::connection_in(what, e),
+                    None => err(e),
+                },
+            )
     }
 
     /// Starts the subscriber task once: it delivers published results to

@@ -14,6 +14,18 @@ pub(crate) async fn manager(client: &redis::Client) -> redis::RedisResult<Connec
     ConnectionManager::new_with_config(client.clone(), cfg).await
 }
 
+/// A connection attempt that got an answer Redis never gives (a web server
+/// or another service on the port): the error says so, with the URL,
+/// instead of surfacing the parser's complaint about the first byte.
+pub(crate) fn not_redis(e: &redis::RedisError, redacted_url: &str) -> Option<String> {
+    matches!(e.kind(), redis::ErrorKind::Parse).then(|| {
+        format!(
+            "the server at {redacted_url} does not speak the Redis protocol \
+             (is another service on that port?)"
+        )
+    })
+}
+
 /// Whether an error means the server could not be reached (as opposed to
 /// a command error).
 pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {

@@ -132,7 +132,10 @@ impl RedisBroker {
             .get_or_try_init(|| crate::conn::manager(&self.client))
             .await
             .cloned()
-            .map_err(conn_err)
+            .map_err(|e| match crate::conn::not_redis(&e, &self.opts.redacted) {
+                Some(what) => BrokerError::connection_in(what, e),
+                None => conn_err(e),
+            })
     }
 
     fn key(&self, name: &str) -> String {

@@ -1,5 +1,6 @@
-//! `rediss://`: the broker and the result backend over TLS, against a
-//! private redis-server that speaks only TLS, with a CA made for the test.
+//! Connecting: `rediss://` (the broker and the result backend over TLS,
+//! against a private redis-server that speaks only TLS, with a CA made for
+//! the test), and a server on the port that is not Redis at all.
 
 use std::time::Duration;
 
@@ -98,4 +99,53 @@ fn tls_options_are_checked() {
     let o =
         celeriac_redis::parse_redis_url("rediss://127.0.0.1/0?ssl_cert_reqs=CERT_NONE").unwrap();
     assert_eq!(o.client_url, "rediss://127.0.0.1/0#insecure");
+}
+
+/// A server that answers anything with an HTTP error, like a web server on
+/// the port a user thought was Redis's.
+fn http_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_not_redis_is_named_as_such() {
+    let port = http_server();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let broker = RedisBroker::open(&url).unwrap();
+    let msg = Message::new("tasks.add", vec![], Default::default());
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        broker.publish(Outgoing::from_message(&msg).unwrap()),
+    )
+    .await
+    .expect("fails promptly")
+    .expect_err("not a Redis server");
+    let text = err.to_string();
+    assert!(
+        text.contains("does not speak the Redis protocol") && text.contains(&format!(":{port}")),
+        "{text}"
+    );
+    let backend = RedisBackend::open(&url).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), backend.get("x"))
+        .await
+        .expect("fails promptly")
+        .expect_err("not a Redis server");
+    assert!(
+        err.to_string()
+            .contains("does not speak the Redis protocol"),
+        "{err}"
+    );
 }

@@ -35,8 +35,8 @@ struct Cli {
 
 #[derive(Debug, ClapArgs)]
 struct Conn {
-    /// Broker URL (memory://, sqlite:///path.db, redis://host:port/db,
-    /// rediss://...). Default: the file
+    /// Broker URL (sqlite:///path.db, redis://host:port/db, rediss://...;
+    /// memory:// only for `demo`). Default: the file
     /// broker at $CELERIAC_HOME/celeriac.db or ~/.local/share/celeriac/celeriac.db.
     #[arg(long, short = 'b', global = true, env = "CELERIAC_BROKER_URL")]
     broker: Option<String>,
@@ -60,6 +60,18 @@ impl Conn {
 
     fn open(&self) -> Result<(Arc<dyn Broker>, Arc<dyn ResultBackend>)> {
         let b = self.broker_url();
+        // Every command here talks to another process (a worker, a client),
+        // and a memory:// store lives and dies inside this one: a `call`
+        // would vanish at exit and `call --wait` would wait forever.
+        for (what, url) in [("broker", &b), ("result backend", &self.backend_url())] {
+            if url.starts_with("memory://") {
+                bail!(
+                    "the {what} {url} lives inside one process, and this command \
+                     talks to another one; use the default file broker (leave out \
+                     --broker), sqlite:///path.db or redis://"
+                );
+            }
+        }
         let broker = open_broker(&b).with_context(|| format!("opening broker {b}"))?;
         let r = self.backend_url();
         let backend = open_backend(&r).with_context(|| format!("opening result backend {r}"))?;

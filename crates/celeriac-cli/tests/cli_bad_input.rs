@@ -193,6 +193,33 @@ fn unknown_url_options_and_impossible_url_values_are_errors() {
 }
 
 #[test]
+fn memory_urls_are_refused_by_commands_that_talk_to_another_process() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let says = ["lives inside one process", "memory://"];
+    // `call --wait` on memory:// used to wait forever.
+    for args in [
+        &[
+            "call",
+            "celeriac.add",
+            "--args",
+            "[2,3]",
+            "--wait",
+            "--broker",
+            "memory://",
+        ][..],
+        &["call", "celeriac.add", "--broker", "memory://x"],
+        &["result", "some-id", "--broker", "memory://"],
+        &["worker", "--broker", "memory://"],
+        &["dlq", "list", "--broker", "memory://"],
+        &["revoke", "some-id", "--broker", "memory://"],
+        &["call", "celeriac.add", "--result-backend", "memory://"],
+    ] {
+        refused(home, args, &says);
+    }
+}
+
+#[test]
 fn an_explicit_sqlite_path_in_a_missing_directory_is_an_error_and_the_default_one_is_created_private()
  {
     let dir = tempfile::tempdir().unwrap();

@@ -451,6 +451,8 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         if let Some(bytes) = args.max_result {
             b = b.max_result(bytes);
         }
+        // Celery's line per task: received, succeeded in ..., raised ...
+        b = b.observer(Arc::new(celeriac::TaskLog));
         let worker = b.build()?;
         let w = worker.clone();
         tokio::spawn(async move {

@@ -141,7 +141,7 @@ fn call_prints_the_id_and_result_reads_it() {
     assert!(uuid_like(&id), "{id}");
     let pending = celeriac(dir.path(), &["result", &id, "--broker", &url]);
     assert_eq!(pending.status.code(), Some(4), "not run yet: no worker");
-    let _w = WorkerProcess::start(dir.path(), Some(&url), &[]);
+    let w = WorkerProcess::start(dir.path(), Some(&url), &[]);
     let done = celeriac(
         dir.path(),
         &["result", &id, "--wait", "--timeout", "60", "--broker", &url],
@@ -152,6 +152,31 @@ fn call_prints_the_id_and_result_reads_it() {
     assert_eq!(doc["status"], "SUCCESS");
     assert_eq!(doc["task_id"], id.as_str());
     assert_eq!(doc["name"], "celeriac.fib");
+
+    // The worker logs the task as Celery does.
+    let log = w.wait_for_log("succeeded in");
+    assert!(
+        log.contains(&format!("Task celeriac.fib[{id}] received")),
+        "{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("Task celeriac.fib[{id}] succeeded in ")))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.trim_end().ends_with("s: 6765"), "{line}");
+    let failed = call_wait(dir.path(), &url, "celeriac.add", "[1]");
+    assert_eq!(failed.status.code(), Some(1));
+    let log = w.wait_for_log("raised unexpected");
+    let line = log
+        .lines()
+        .find(|l| l.contains("] raised unexpected in "))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(
+            "s: TypeError(\"celeriac.add() missing 1 required positional argument: 'y'\")"
+        ),
+        "{line}"
+    );
 }
 
 fn uuid_like(s: &str) -> bool {

@@ -62,7 +62,7 @@ fn exc(error: &TaskError) -> String {
 }
 
 /// The result as JSON, cut to [`RESULT_REPR_MAX`] characters.
-pub fn result_repr(result: &Value) -> String {
+pub(crate) fn result_repr(result: &Value) -> String {
     let text = result.to_string();
     if text.chars().count() <= RESULT_REPR_MAX {
         return Escaped(&text).to_string();

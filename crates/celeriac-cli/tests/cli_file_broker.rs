@@ -280,6 +280,20 @@ fn unsupported_pool_and_bad_json_are_clear_errors() {
 }
 
 #[test]
+fn node_names_expand_like_celery() {
+    let (dir, url) = setup();
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let first = host.split('.').next().unwrap().to_string();
+    let w = WorkerProcess::start(dir.path(), Some(&url), &["-n", "w1-%n@%h"]);
+    let log = w.wait_for_log("worker ready");
+    assert!(log.contains(&format!("node=w1-{first}@{host}")), "{log}");
+    drop(w);
+    let w = WorkerProcess::start(dir.path(), Some(&url), &["-n", "worker2"]);
+    let log = w.wait_for_log("worker ready");
+    assert!(log.contains("node=celeriac@worker2 "), "{log}");
+}
+
+#[test]
 fn warm_shutdown_finishes_the_running_task() {
     let (dir, url) = setup();
     let w = WorkerProcess::start(dir.path(), Some(&url), &[]);

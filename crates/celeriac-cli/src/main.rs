@@ -27,8 +27,13 @@ struct Cli {
     conn: Conn,
     /// Log level: error, warn, info, debug or trace (default: info, and warn
     /// for `demo`).
-    #[arg(long, global = true, env = "CELERIAC_LOGLEVEL")]
+    #[arg(long, short = 'l', global = true, env = "CELERIAC_LOGLEVEL")]
     loglevel: Option<String>,
+    /// Log format: `text` (colours only on a terminal) or `json` (one
+    /// object per line, for log collectors).
+    #[arg(long, global = true, env = "CELERIAC_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -294,7 +299,10 @@ fn main() -> ExitCode {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    init_logging(cli.loglevel.as_deref().unwrap_or(default_level));
+    init_logging(
+        cli.loglevel.as_deref().unwrap_or(default_level),
+        cli.log_format == "json",
+    );
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -304,10 +312,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, json: bool) {
     use tracing_subscriber::field::MakeExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    if json {
+        // JSON escapes every string itself: a message cannot forge a line.
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_current_span(false)
+            .try_init();
+        return;
+    }
     // Every field and message escaped: text from a message (a task name,
     // an error) can neither forge a log line nor reach the terminal as
     // escape sequences, whichever crate logs it.

@@ -294,6 +294,35 @@ fn node_names_expand_like_celery() {
 }
 
 #[test]
+fn json_logs_are_one_object_per_line() {
+    let (dir, url) = setup();
+    let w = WorkerProcess::start(
+        dir.path(),
+        Some(&url),
+        &["--log-format", "json", "-l", "info"],
+    );
+    let out = call_wait(dir.path(), &url, "celeriac.echo", "[\"a\\nb\"]");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = w.wait_for_log("succeeded in");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["fields"]["message"] == "worker ready"
+            && l["fields"]["node"].is_string()),
+        "{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Task celeriac.echo[") && m.contains("succeeded in"))),
+        "{log}"
+    );
+}
+
+#[test]
 fn warm_shutdown_finishes_the_running_task() {
     let (dir, url) = setup();
     let w = WorkerProcess::start(dir.path(), Some(&url), &[]);

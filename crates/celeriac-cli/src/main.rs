@@ -2,6 +2,7 @@
 
 mod demo;
 mod parse;
+mod probe;
 
 use parse::{parse_json_list, parse_json_object, parse_seconds, queue_name, signal_name};
 
@@ -133,6 +134,11 @@ enum Command {
 
 #[derive(Debug, ClapArgs)]
 struct WorkerArgs {
+    /// At startup, wait for an unreachable broker or backend (retrying with
+    /// a warning) instead of failing after 2 s (Celery's
+    /// broker_connection_retry_on_startup).
+    #[arg(long)]
+    retry_on_startup: bool,
     /// Concurrency (threads, child processes, or async tasks at once).
     /// Default: the number of CPUs (100 for -P async).
     #[arg(short = 'c', long)]
@@ -422,6 +428,13 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
     let rt = worker_runtime(pool)?;
     rt.block_on(async {
         let (broker, backend) = conn.open()?;
+        let (bu, ru) = (conn.broker_url(), conn.backend_url());
+        let queue = args.queues.first().map_or("celery", String::as_str);
+        if args.retry_on_startup {
+            probe::wait_until_reachable(&broker, &backend, &bu, &ru, queue).await;
+        } else {
+            probe::reachable(&broker, &backend, &bu, &ru, queue, probe::STARTUP_DEADLINE).await?;
+        }
         let mut b = Worker::builder(broker, backend, Arc::new(registry))
             .queues(args.queues.clone())
             .max_body(args.max_body.get())
@@ -576,6 +589,15 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
         let (broker, backend) = conn.open()?;
+        probe::reachable(
+            &broker,
+            &backend,
+            &conn.broker_url(),
+            &conn.backend_url(),
+            &args.queue,
+            probe::STARTUP_DEADLINE,
+        )
+        .await?;
         let watch = if args.wait {
             Some(backend.watch(msg.id()).await?)
         } else {

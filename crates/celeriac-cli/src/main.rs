@@ -1,4 +1,4 @@
-//! The `celeriac` command: `demo`, `worker`, `call`, `result`, `dlq`.
+//! The `celeriac` command: `demo`, `worker`, `call`, `result`, `revoke`, `dlq`, `tasks`.
 
 mod demo;
 mod parse;
@@ -174,7 +174,7 @@ struct WorkerArgs {
     /// Node name. Default: `celeriac@HOSTNAME`.
     #[arg(short = 'n', long)]
     hostname: Option<String>,
-    /// Also register celeriac.fail, .panic, .crash and .alloc.
+    /// Also register celeriac.fail, .panic, .crash, .alloc and .flaky.
     #[arg(long)]
     diagnostic_tasks: bool,
     /// Largest message body accepted, in bytes; larger ones are dead-lettered.

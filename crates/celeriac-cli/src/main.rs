@@ -87,8 +87,9 @@ impl Conn {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The book's Fibonacci job on the embedded default, with auto-sized
-    /// pools: results, wall time, speedup over one worker, stats.
+    /// The book's Fibonacci job in this process, on the embedded in-memory
+    /// broker (memory://): results, wall time, speedup over one worker,
+    /// pp's stats.
     Demo(demo::DemoArgs),
     /// Consume tasks from the broker and run them.
     Worker(WorkerArgs),

@@ -253,6 +253,15 @@ fn split_tag(tag: &str) -> Result<(i64, String), BrokerError> {
     Ok((id, token.to_string()))
 }
 
+/// What an empty claim saw: the database's version and the earliest time
+/// a waiting message becomes visible. Until one of them moves, claiming
+/// again would find nothing.
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    version: i64,
+    next_visible: f64,
+}
+
 /// A durable broker in a SQLite file (`sqlite:///path/to/file.db`).
 ///
 /// # Examples
@@ -394,12 +403,14 @@ impl SqliteBroker {
         }
     }
 
+    /// Claims what is visible now. When nothing is, also says when to look
+    /// again ([`Idle`]), read in the same transaction.
     async fn try_claim(
         &self,
         consumer: &str,
         queues: &[String],
         max: usize,
-    ) -> Result<Vec<Delivery>, BrokerError> {
+    ) -> Result<(Vec<Delivery>, Option<Idle>), BrokerError> {
         let consumer = consumer.to_string();
         let queues = queues.to_vec();
         let lease = self.lease.as_secs_f64();
@@ -446,12 +457,45 @@ impl SqliteBroker {
                         }
                     }
                 }
+                let idle = if out.is_empty() {
+                    // Read inside the write transaction: no other process
+                    // can commit until it ends, so any commit after it
+                    // changes the version we keep.
+                    let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+                    let mut next =
+                        tx.prepare_cached("SELECT MIN(visible_at) FROM messages WHERE queue = ?1")?;
+                    let mut next_visible = f64::INFINITY;
+                    for q in &queues {
+                        let at: Option<f64> = next.query_row(params![q], |r| r.get(0))?;
+                        next_visible = next_visible.min(at.unwrap_or(f64::INFINITY));
+                    }
+                    Some(Idle {
+                        version,
+                        next_visible,
+                    })
+                } else {
+                    None
+                };
                 tx.commit()?;
-                Ok(out)
+                Ok((out, idle))
             },
             storage,
         )
         .await
+    }
+
+    /// `PRAGMA data_version` of this handle's connection: it changes when
+    /// another connection (another process) commits. It reads no table and
+    /// takes no database lock, so it runs here rather than on a blocking
+    /// thread; `None` when the connection is busy with another call (ask
+    /// again on the next tick).
+    fn data_version(&self) -> Result<Option<i64>, BrokerError> {
+        let Some(conn) = self.db.conn.try_lock() else {
+            return Ok(None);
+        };
+        conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map(Some)
+            .map_err(|e| storage("", e.into()))
     }
 
     async fn settle(
@@ -539,25 +583,40 @@ impl Transport for SqliteBroker {
         timeout: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
         let deadline = Instant::now() + timeout;
-        // Other processes publish without waking us, so poll, backing off
-        // from 1 ms to 20 ms while idle; this process's publishes wake us.
+        // This process's publishes and requeues wake us. Other processes'
+        // do not, so poll, backing off from 1 ms to 20 ms while idle; but
+        // an idle poll only reads `PRAGMA data_version`, and claims again
+        // (a write transaction) only when another process has committed
+        // or a waiting message (eta, lapsed lease) has become visible.
         let mut backoff = Duration::from_millis(1);
+        let mut idle: Option<Idle> = None;
         loop {
             self.check_open()?;
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let got = self.try_claim(consumer, queues, max.max(1)).await?;
-            if !got.is_empty() {
-                return Ok(got);
+            let due = match &idle {
+                None => true,
+                Some(i) => {
+                    unix_now() >= i.next_visible
+                        || self.data_version()?.is_some_and(|v| v != i.version)
+                }
+            };
+            if due {
+                let (got, now_idle) = self.try_claim(consumer, queues, max.max(1)).await?;
+                if !got.is_empty() {
+                    return Ok(got);
+                }
+                idle = now_idle;
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(got);
+                return Ok(Vec::new());
             }
             let wait = backoff.min(deadline - now);
             if tokio::time::timeout(wait, notified).await.is_ok() {
                 backoff = Duration::from_millis(1);
+                idle = None;
             } else {
                 backoff = (backoff * 2).min(Duration::from_millis(20));
             }

@@ -2,7 +2,8 @@
 //! call other registered tasks or read results: `celery.map` and
 //! `celery.starmap` (what `xmap`, `xstarmap` and each part of `chunks`
 //! send; the loop runs inline and stores one result, as Celery's worker
-//! does), `celery.accumulate` and `celery.chord_unlock` (see
+//! does), `celery.accumulate`, `celery.chunks` (which sends a group of
+//! `celery.starmap`) and `celery.chord_unlock` (see
 //! [`canvas::unlock`](crate::canvas::unlock)). A user's registry may
 //! override any of them by registering the name.
 
@@ -35,6 +36,13 @@ pub(crate) fn registry(tasks: &Arc<Registry>, backend: &Arc<dyn ResultBackend>) 
     .expect("a fresh registry");
     r.register_fn_with("celery.accumulate", opts, |_, args| accumulate(args))
         .expect("a fresh registry");
+    // The group of starmaps is sent on by the canvas once it returns.
+    r.register_fn_with(crate::canvas::CHUNKS, opts, |_, args| {
+        crate::canvas::chunks_of(&args.args, &args.kwargs)
+            .map(|_| Value::Null)
+            .map_err(|e| TaskError::invalid_arguments(format!("celery.chunks: {e}")))
+    })
+    .expect("a fresh registry");
     crate::canvas::unlock::register(&mut r, Arc::clone(backend));
     r
 }

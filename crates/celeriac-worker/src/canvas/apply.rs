@@ -24,8 +24,8 @@ use celeriac_core::{CodecError, Message, Signature};
 use serde_json::{Map, Value, json};
 
 use super::sig::{
-    Kind, MAX_DEPTH, ensure_task_id, freeze, group_tuple, kind, kwarg, led_by_task, list_of,
-    malformed, new_id, options_mut, partial, tasks_of, unrolled, upgrade,
+    Kind, MAX_DEPTH, chunks_group, ensure_task_id, freeze, group_tuple, is_chunks, kind, kwarg,
+    led_by_task, list_of, malformed, new_id, options_mut, partial, tasks_of, unrolled, upgrade,
 };
 pub(crate) use super::sig::{descend, task_tuple};
 
@@ -107,6 +107,9 @@ fn apply_at(
 ) -> Result<Applied, CodecError> {
     if depth > MAX_DEPTH {
         return Err(malformed("the canvas nests too deeply"));
+    }
+    if is_chunks(sig) {
+        return group(&chunks_group(sig)?, call, out, depth);
     }
     match kind(sig) {
         Kind::Task => task(sig, call, out),

@@ -103,6 +103,21 @@ impl Continuation {
     }
 }
 
+/// Celery's built-in `celery.chunks(task, it, n)`.
+pub(crate) const CHUNKS: &str = "celery.chunks";
+
+/// The group of `celery.starmap` that `celery.chunks(task, it, n)` sends.
+pub(crate) fn chunks_of(args: &[Value], kwargs: &Map<String, Value>) -> Result<Value, CodecError> {
+    let mut params = serde_json::Map::new();
+    for (i, name) in ["task", "it", "n"].iter().enumerate() {
+        if let Some(v) = args.get(i).or_else(|| kwargs.get(*name)) {
+            params.insert((*name).to_string(), v.clone());
+        }
+    }
+    sig::chunks_group(&json!({"task": CHUNKS, "args": [], "kwargs": params,
+                              "options": {}, "subtask_type": "chunks"}))
+}
+
 /// A group of `tasks` with a fresh id, as Celery's worker makes of several
 /// callbacks or errbacks.
 fn group_of(tasks: Vec<Value>) -> Value {
@@ -150,6 +165,21 @@ pub(crate) fn on_success(msg: &Message, result: &mut ResultMeta) -> Continuation
     result.children.extend(children);
     if msg.task() == unlock::CHORD_UNLOCK {
         unlock::on_success(msg, result, &mut c);
+    }
+    if msg.task() == CHUNKS {
+        // Celery's `celery.chunks` task: `chunks(task, it, n)()`.
+        let sent = chunks_of(&msg.args, &msg.kwargs).and_then(|g| {
+            let mut out = Sends::default();
+            let applied = apply(&g, Call::new(msg, Vec::new()), &mut out)?;
+            Ok((applied, out))
+        });
+        match sent {
+            Ok((applied, out)) => {
+                result.children.push(applied.trail);
+                c.send_before(out);
+            }
+            Err(e) => c.problems.push(format!("celery.chunks: {e}")),
+        }
     }
     c.chord = chord_part(msg, &result.result, "SUCCESS", &mut c.problems);
     c

@@ -258,3 +258,37 @@ pub(crate) fn unrolled(sig: &Value, depth: usize) -> Result<Vec<(Value, u64)>, C
     }
     Ok(out)
 }
+
+/// Whether `sig` is `chunks(task, it, n)`.
+pub(crate) fn is_chunks(sig: &Value) -> bool {
+    sig.get("subtask_type").and_then(Value::as_str) == Some("chunks")
+}
+
+/// Celery's `chunks.group()`: a group of `celery.starmap` signatures, one
+/// per `n` items (each immutable, so a partial result is not prepended).
+pub(crate) fn chunks_group(sig: &Value) -> Result<Value, CodecError> {
+    let task = kwarg(sig, "task").ok_or_else(|| malformed("chunks without kwargs.task"))?;
+    let items = match kwarg(sig, "it") {
+        Some(Value::Array(items)) => items.clone(),
+        _ => return Err(malformed("chunks without a kwargs.it list")),
+    };
+    let n = kwarg(sig, "n")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| malformed("chunks without a positive kwargs.n"))?;
+    let parts: Vec<Value> = items
+        .chunks(usize::try_from(n).unwrap_or(usize::MAX))
+        .map(|part| {
+            json!({"task": "celery.starmap", "args": [], "kwargs": {"task": task, "it": part},
+                   "options": {}, "subtask_type": "xstarmap", "immutable": true})
+        })
+        .collect();
+    let mut options = Map::new();
+    if let Some(id) = option(sig, "task_id") {
+        options.insert("task_id".into(), id.clone());
+    }
+    Ok(
+        json!({"task": "celery.group", "args": [], "kwargs": {"tasks": parts},
+              "options": options, "subtask_type": "group", "immutable": false}),
+    )
+}

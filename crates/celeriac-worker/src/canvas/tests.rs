@@ -558,3 +558,44 @@ fn exceptions_are_shown_as_python_shows_them() {
     assert_eq!(exception_repr(&exc("E", json!([]))), "E()");
     assert_eq!(py_str_repr("a\\b\n'\""), "'a\\\\b\\n\\'\"'");
 }
+
+#[test]
+fn chunks_in_a_chain_become_a_group_of_starmaps() {
+    let chunks = json!({"task": "celery.chunks", "args": [],
+        "kwargs": {"task": sig("t.add", json!([]), "x"), "it": [[1, 1], [2, 2], [3, 3]], "n": 2},
+        "options": {"task_id": "C"}, "subtask_type": "chunks", "immutable": true});
+    let (m, mut r) = finished(vec![chunks], json!(0));
+    let c = on_success(&m, &mut r);
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    assert_eq!(c.before.len(), 2, "two chunks of at most 2");
+    assert!(c.before.iter().all(|s| s.task() == "celery.starmap"));
+    assert!(
+        c.before.iter().all(|s| s.args.is_empty()),
+        "starmaps are immutable"
+    );
+    assert_eq!(c.before[1].kwargs["it"], json!([[3, 3]]));
+    assert_eq!(c.before[0].headers.group.as_deref(), Some("C"));
+}
+
+#[test]
+fn the_chunks_task_sends_its_group_of_starmaps() {
+    let m = Message::with_id(
+        "celery.chunks",
+        "K",
+        vec![
+            sig("t.add", json!([]), "x"),
+            json!([[1, 1], [2, 2], [3, 3]]),
+            json!(1),
+        ],
+        Map::new(),
+    );
+    let mut r = ResultMeta::success("K", Value::Null);
+    let c = on_success(&m, &mut r);
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    assert_eq!(c.before.len(), 3);
+    assert_eq!(c.before[2].kwargs["it"], json!([[3, 3]]));
+    assert_eq!(c.before[0].headers.parent_id.as_deref(), Some("K"));
+    assert_eq!(r.children.len(), 1, "the group is K's child");
+    let bad = Message::with_id("celery.chunks", "K", vec![json!(1)], Map::new());
+    assert_eq!(on_success(&bad, &mut r).problems.len(), 1);
+}

@@ -154,9 +154,7 @@ pub(crate) async fn apply(
                     return;
                 }
             }
-            for meta in &canvas.also_store {
-                store(inner, meta).await;
-            }
+            let result = store_beside(inner, result, &canvas.also_store).await;
             finish(inner, held.acked, result, d).await;
             // Errbacks, once the FAILURE is stored.
             if let Err(e) = publish_all(inner, &canvas.after).await {
@@ -338,6 +336,37 @@ async fn join_chord(inner: &Inner, msg: &Message, chord: &ChordPart) {
             if let Err(e) = join.abandon(group).await {
                 tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not abandon the chord's join");
             }
+        }
+    }
+}
+
+/// Stores the results a canvas stores beside a task's own (the FAILURE of
+/// the remaining chain steps), after the task's own result, as Celery's
+/// `mark_as_failure` does: a client that sees the last step fail must find
+/// the failed step failed too. Returns the task's own result if it is
+/// still to store (nothing beside it, or the batch failed), `None` when
+/// it is stored and only the ack is left.
+async fn store_beside(
+    inner: &Inner,
+    own: Option<ResultMeta>,
+    beside: &[ResultMeta],
+) -> Option<ResultMeta> {
+    if beside.is_empty() {
+        return own;
+    }
+    let mut metas: Vec<ResultMeta> = own.iter().cloned().collect();
+    metas.extend(beside.iter().cloned());
+    match inner.backend.store_many(&metas).await {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not store a failed chain's results in one batch; storing them one by one");
+            if let Some(meta) = &own {
+                store(inner, meta).await;
+            }
+            for meta in beside {
+                store(inner, meta).await;
+            }
+            own
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The chord-join contract ([`ChordJoin`]): what every result backend with
 //! a join keeps, whatever stores it (Redis keys, one SQLite transaction, one
-//! in-memory critical section). Run with [`chord_join_contract!`]
-//! (`crate::chord_join_contract`) against the same fixtures as the broker
-//! contract.
+//! in-memory critical section). Run with
+//! [`chord_join_contract!`](crate::chord_join_contract) against the same
+//! fixtures as the broker contract.
 
 use std::collections::HashSet;
 use std::sync::Arc;

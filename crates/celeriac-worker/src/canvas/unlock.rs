@@ -11,7 +11,7 @@
 //!   due in `interval`, 1 s by default), through the worker's ordinary
 //!   retry;
 //! - all are ready and one failed: the body fails with `ChordError`
-//!   ("Dependency <id> raised ...", the first failure in header order),
+//!   (`Dependency <id> raised ...`, the first failure in header order),
 //!   stored under the body's id, and the body's errbacks are called;
 //! - all succeeded: the body is published with the results, in header
 //!   order, as its first argument (`parent_id` = the unlock, which is also

@@ -154,14 +154,32 @@ pub(crate) async fn apply(
                     return;
                 }
             }
-            let result = store_beside(inner, result, &canvas.also_store).await;
+            let mut result = store_beside(inner, result, &canvas.also_store).await;
+            // A chord header part joins once its own result is stored and
+            // before its message is acked: a worker that dies in between
+            // leaves the message to come back, and it joins again (the
+            // join counts a part once).
+            let part = canvas.chord.as_ref().zip(msg);
+            if part.is_some()
+                && let Some(meta) = result.take()
+                && !store(inner, &meta).await
+            {
+                result = Some(meta);
+            }
+            let joined = match part {
+                Some((chord, m)) if result.is_none() => {
+                    join_chord(inner, m, chord).await;
+                    true
+                }
+                _ => false,
+            };
             finish(inner, held.acked, result, d).await;
             // Errbacks, once the FAILURE is stored.
             if let Err(e) = publish_all(inner, &canvas.after).await {
                 tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the errbacks of a failed task");
             }
-            // A chord header part joins once its own result is stored.
-            if let (Some(chord), Some(m)) = (&canvas.chord, msg) {
+            // A part whose result had to be stored again joins now.
+            if let Some((chord, m)) = part.filter(|_| !joined) {
                 join_chord(inner, m, chord).await;
             }
         }

@@ -449,3 +449,73 @@ async fn canvas_on_sqlite_joined_by_chord_unlock() {
     big_chord(&env).await;
     env.stop().await;
 }
+
+/// A header part whose worker died after storing its result and before the
+/// ack: the part comes back, is not run again, and joins the chord (which
+/// counts it once), so the chord completes with the stored result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_header_part_redelivered_after_its_worker_died_joins_the_chord() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/canvas.db?lease=1", dir.path().display());
+    let broker: Arc<dyn Broker> = SqliteBroker::open(&url).unwrap();
+    let backend: Arc<dyn ResultBackend> = SqliteBackend::open(&url).unwrap();
+    let gid = uuid();
+    let key = uuid();
+    let mut body = sig("t.count", json!([key]));
+    body["options"]["group_id"] = json!(gid);
+    let parts: Vec<Message> = (0..3)
+        .map(|i| {
+            let mut m = message(&sig("t.add", json!([i, 0])));
+            m.headers.group = Some(gid.clone());
+            m.headers.group_index = Some(i);
+            m.embed.chord = Some(body.clone());
+            m
+        })
+        .collect();
+    // The worker that dies: it takes part 2, stores its result (999, so a
+    // second run would show) and never acks.
+    broker
+        .publish(Outgoing::from_message(&parts[2]).unwrap())
+        .await
+        .unwrap();
+    let held = broker
+        .claim(
+            "dead@canvas",
+            &["celery".to_string()],
+            1,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    backend
+        .store(&ResultMeta::success(parts[2].id(), json!(999)))
+        .await
+        .unwrap();
+    let env = Env {
+        workers: vec![spawn(
+            SqliteBroker::open(&url).unwrap(),
+            SqliteBackend::open(&url).unwrap(),
+            "alive@canvas",
+        )],
+        broker,
+        backend,
+        joins: true,
+        _dir: Some(dir),
+    };
+    env.backend
+        .chord_join()
+        .unwrap()
+        .set_size(&gid, 3)
+        .await
+        .unwrap();
+    env.publish(&parts[..2]).await;
+    let body_id = id_of(&body);
+    assert_eq!(
+        env.value(&body_id).await,
+        json!([0, 1, 999]),
+        "the redelivered part joined with its stored result"
+    );
+    assert_eq!(runs(&key), 1);
+    env.stop().await;
+}

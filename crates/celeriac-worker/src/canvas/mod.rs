@@ -223,6 +223,15 @@ pub(crate) fn on_failure(msg: &Message, result: &ResultMeta) -> Continuation {
     c
 }
 
+/// A chord header part delivered again after it finished (its worker died
+/// before the ack): what joins it again, from its stored result. `None`
+/// for a message that is no chord header part.
+pub(crate) fn rejoin(msg: &Message, stored: &ResultMeta) -> Option<Continuation> {
+    let mut c = Continuation::default();
+    c.chord = chord_part(msg, &stored.result, stored.status.as_str(), &mut c.problems);
+    c.chord.is_some().then_some(c)
+}
+
 /// The ids (and names) under which a chain step's failure is stored: the
 /// step's own id, or for a chord or group step, its result's.
 fn chain_step_ids(step: &Value) -> Result<Vec<(String, String)>, CodecError> {

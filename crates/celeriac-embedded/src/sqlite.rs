@@ -19,6 +19,8 @@ use tokio::sync::Notify;
 
 use crate::url::{SqliteOptions, parse_sqlite_url};
 
+mod chord;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -158,7 +160,10 @@ fn open_connection(opts: &SqliteOptions) -> Result<Connection, OpenError> {
     ))?;
     // Several processes may create the schema at once; IF NOT EXISTS inside
     // an immediate transaction makes that safe.
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA} {} COMMIT;",
+        chord::CHORD_SCHEMA
+    ))?;
     // Files made before messages carried their task id.
     let has_task_id: bool = conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'task_id'",
@@ -1062,10 +1067,10 @@ impl ResultBackend for SqliteBackend {
         false
     }
 
-    /// None yet: chords sent through the embedded brokers need a client
-    /// that records the chord's size, which celeriac's canvas API will be.
+    /// Joins in one SQLite transaction per call, across processes (see
+    /// [`ChordJoin`](celeriac_core::ChordJoin)).
     fn chord_join(&self) -> Option<&dyn celeriac_core::ChordJoin> {
-        None
+        Some(self)
     }
 
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {

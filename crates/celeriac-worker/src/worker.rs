@@ -105,9 +105,9 @@ impl Worker {
         let executors = Executors::new(p.kind, p.threads, p.procs, p.concurrency)?;
         Ok(Worker {
             inner: Arc::new(Inner {
+                celery_tasks: crate::celery_tasks::registry(&p.registry, &p.backend),
                 broker: p.broker,
                 backend: p.backend,
-                celery_tasks: crate::celery_tasks::registry(&p.registry),
                 registry: p.registry,
                 config: p.config,
                 slots: Reservations::new(p.concurrency, p.prefetch),

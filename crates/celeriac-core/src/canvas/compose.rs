@@ -147,3 +147,82 @@ pub(crate) fn chain_then(head: Node, next: Node) -> Node {
     merge_step(&mut steps, next);
     Node::new(Kind::Chain(steps))
 }
+
+/// Nested chains spliced into their parent (keeping their links), and,
+/// when applying, chords whose body is a chain led by a task unrolled
+/// (Celery's `_chord._unroll_body`).
+pub(crate) fn flatten(steps: Vec<Node>, applying: bool) -> Vec<Node> {
+    let mut out = Vec::with_capacity(steps.len());
+    for s in steps {
+        match &s.kind {
+            Kind::Chain(_) => out.extend(flatten(unchain(s), applying)),
+            Kind::Chord { body, .. }
+                if applying
+                    && matches!(&body.kind, Kind::Chain(b) if b.first().is_some_and(|f| !matches!(f.kind, Kind::Group(_)))) =>
+            {
+                let mut s = s;
+                let Kind::Chord { body, .. } = &mut s.kind else {
+                    unreachable!()
+                };
+                let chain = std::mem::replace(&mut **body, Node::new(Kind::Chain(Vec::new())));
+                let chain_options = chain.options.clone();
+                let mut rest = unchain(chain).into_iter();
+                let mut first = rest.next().expect("the chain has a first step");
+                for (k, v) in chain_options {
+                    if !CHAIN_RUN_OPTIONS.contains(&k.as_str()) {
+                        first.options.insert(k, v);
+                    }
+                }
+                **body = first;
+                out.extend(flatten(vec![s], applying));
+                out.extend(flatten(rest.collect(), applying));
+            }
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
+/// Options of a chain that `_chain.run` consumes instead of passing them
+/// to its first step.
+const CHAIN_RUN_OPTIONS: [&str; 8] = [
+    "chord",
+    "group_id",
+    "group_index",
+    "link",
+    "link_error",
+    "parent_id",
+    "root_id",
+    "task_id",
+];
+
+/// Celery's `_strip_chord_header_links`: a chord's header members do not
+/// carry the body while the canvas travels inside a message; the chord
+/// puts it back when it is applied.
+pub(crate) fn strip_chord_header_links(node: &mut Node) {
+    match &mut node.kind {
+        Kind::Chord { header, body } => {
+            clear_chord_option(header);
+            strip_chord_header_links(header);
+            strip_chord_header_links(body);
+        }
+        Kind::Group(members) | Kind::Chain(members) => {
+            members.iter_mut().for_each(strip_chord_header_links);
+        }
+        Kind::Task(_) => {}
+    }
+}
+
+fn clear_chord_option(node: &mut Node) {
+    node.options.remove("chord");
+    match &mut node.kind {
+        Kind::Group(members) => members.iter_mut().for_each(clear_chord_option),
+        Kind::Chain(steps) => {
+            if let Some(last) = steps.last_mut() {
+                clear_chord_option(last);
+            }
+        }
+        Kind::Chord { body, .. } => clear_chord_option(body),
+        Kind::Task(_) => {}
+    }
+}

@@ -16,10 +16,11 @@
 use serde_json::{Map, Value, json};
 
 use super::CanvasError;
-use super::compose::{add_link_error, unchain};
-use super::node::{Kind, Node, TaskNode};
+use super::compose::{add_link_error, flatten, strip_chord_header_links};
+use super::node::{Kind, Node};
+use super::outgoing::message;
 use super::result::ResultNode;
-use crate::message::{DEFAULT_QUEUE, Embed, Message};
+use crate::message::Message;
 
 /// What routes a task to a queue when its call names none.
 pub type RouteFn = dyn Fn(&str) -> Option<String> + Send + Sync;
@@ -585,85 +586,6 @@ fn chain_result(results: &[ResultNode]) -> ResultNode {
     acc.expect("a chain has at least one step")
 }
 
-/// Nested chains spliced into their parent (keeping their links), and,
-/// when applying, chords whose body is a chain led by a task unrolled
-/// (Celery's `_chord._unroll_body`).
-fn flatten(steps: Vec<Node>, applying: bool) -> Vec<Node> {
-    let mut out = Vec::with_capacity(steps.len());
-    for s in steps {
-        match &s.kind {
-            Kind::Chain(_) => out.extend(flatten(unchain(s), applying)),
-            Kind::Chord { body, .. }
-                if applying
-                    && matches!(&body.kind, Kind::Chain(b) if b.first().is_some_and(|f| !matches!(f.kind, Kind::Group(_)))) =>
-            {
-                let mut s = s;
-                let Kind::Chord { body, .. } = &mut s.kind else {
-                    unreachable!()
-                };
-                let chain = std::mem::replace(&mut **body, Node::new(Kind::Chain(Vec::new())));
-                let chain_options = chain.options.clone();
-                let mut rest = unchain(chain).into_iter();
-                let mut first = rest.next().expect("the chain has a first step");
-                for (k, v) in chain_options {
-                    if !CHAIN_RUN_OPTIONS.contains(&k.as_str()) {
-                        first.options.insert(k, v);
-                    }
-                }
-                **body = first;
-                out.extend(flatten(vec![s], applying));
-                out.extend(flatten(rest.collect(), applying));
-            }
-            _ => out.push(s),
-        }
-    }
-    out
-}
-
-/// Options of a chain that `_chain.run` consumes instead of passing them
-/// to its first step.
-const CHAIN_RUN_OPTIONS: [&str; 8] = [
-    "chord",
-    "group_id",
-    "group_index",
-    "link",
-    "link_error",
-    "parent_id",
-    "root_id",
-    "task_id",
-];
-
-/// Celery's `_strip_chord_header_links`: a chord's header members do not
-/// carry the body while the canvas travels inside a message; the chord
-/// puts it back when it is applied.
-fn strip_chord_header_links(node: &mut Node) {
-    match &mut node.kind {
-        Kind::Chord { header, body } => {
-            clear_chord_option(header);
-            strip_chord_header_links(header);
-            strip_chord_header_links(body);
-        }
-        Kind::Group(members) | Kind::Chain(members) => {
-            members.iter_mut().for_each(strip_chord_header_links);
-        }
-        Kind::Task(_) => {}
-    }
-}
-
-fn clear_chord_option(node: &mut Node) {
-    node.options.remove("chord");
-    match &mut node.kind {
-        Kind::Group(members) => members.iter_mut().for_each(clear_chord_option),
-        Kind::Chain(steps) => {
-            if let Some(last) = steps.last_mut() {
-                clear_chord_option(last);
-            }
-        }
-        Kind::Chord { body, .. } => clear_chord_option(body),
-        Kind::Task(_) => {}
-    }
-}
-
 /// A task's `link` and `link_error` nodes into its options, as Celery keeps
 /// them.
 fn materialize_links(node: &mut Node) {
@@ -672,76 +594,5 @@ fn materialize_links(node: &mut Node) {
     }
     for l in std::mem::take(&mut node.link_error) {
         node.append_option("link_error", l.to_value());
-    }
-}
-
-/// The message a client sends for a task with Celery's `apply_async`
-/// options `o`.
-fn message(t: &TaskNode, o: &Map<String, Value>) -> Result<Message, CanvasError> {
-    let id = string(o.get("task_id")).unwrap_or_else(uuid);
-    let mut msg = Message::with_id(&t.name, &id, t.args.clone(), t.kwargs.clone());
-    if let Some(root) = string(o.get("root_id")) {
-        msg.headers.root_id = Some(root);
-    }
-    msg.headers.parent_id = string(o.get("parent_id"));
-    msg.headers.group = string(o.get("group_id"));
-    msg.headers.group_index = o.get("group_index").and_then(Value::as_u64);
-    let now = crate::time::unix_now();
-    msg.headers.eta = match (o.get("eta"), o.get("countdown").and_then(Value::as_f64)) {
-        (Some(Value::String(eta)), _) => Some(eta.clone()),
-        (_, Some(c)) if c.is_finite() && c > 0.0 => {
-            Some(crate::time::try_iso_from_unix(now + c).ok_or_else(|| {
-                CanvasError::InvalidArguments(format!("{}: countdown {c} is out of range", t.name))
-            })?)
-        }
-        _ => None,
-    };
-    msg.headers.expires = match o.get("expires") {
-        Some(Value::String(at)) => Some(at.clone()),
-        Some(v) => v
-            .as_f64()
-            .filter(|s| s.is_finite())
-            .and_then(|s| crate::time::try_iso_from_unix(now + s)),
-        None => None,
-    };
-    msg.headers.timelimit = (
-        o.get("time_limit").and_then(Value::as_f64),
-        o.get("soft_time_limit").and_then(Value::as_f64),
-    );
-    msg.headers.ignore_result = o.get("ignore_result").and_then(Value::as_bool);
-    if let Some(p) = o.get("priority").and_then(Value::as_u64) {
-        msg.properties.priority = p.min(255) as u8;
-    }
-    let queue = o
-        .get("queue")
-        .and_then(|q| match q {
-            Value::String(s) => Some(s.as_str()),
-            Value::Object(m) => m.get("name").and_then(Value::as_str),
-            _ => None,
-        })
-        .unwrap_or(DEFAULT_QUEUE);
-    msg.set_queue(queue);
-    msg.properties.reply_to = string(o.get("reply_to"));
-    msg.embed = Embed {
-        callbacks: list(o.get("link")),
-        errbacks: list(o.get("link_error")),
-        chain: match o.get("chain") {
-            Some(Value::Array(a)) => Some(a.clone()),
-            _ => None,
-        },
-        chord: o.get("chord").filter(|c| !c.is_null()).cloned(),
-        extra: Map::new(),
-    };
-    for (k, v) in &t.headers {
-        msg.headers.extra.insert(k.clone(), v.clone());
-    }
-    Ok(msg)
-}
-
-fn list(v: Option<&Value>) -> Option<Vec<Value>> {
-    match v {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(a)) => Some(a.clone()),
-        Some(one) => Some(vec![one.clone()]),
     }
 }

@@ -36,6 +36,7 @@
 mod compose;
 mod lower;
 mod node;
+mod outgoing;
 mod result;
 mod signature;
 mod typed;

@@ -22,15 +22,15 @@ use super::outgoing::message;
 use super::result::ResultNode;
 use crate::message::Message;
 
-/// What routes a task to a queue when its call names none.
-pub type RouteFn = dyn Fn(&str) -> Option<String> + Send + Sync;
+/// Routes a task (by name) to a queue when its call names none.
+pub type Route<'a> = dyn Fn(&str) -> Option<String> + Send + Sync + 'a;
 
 /// What a client brings to lowering: its reply address (Celery's
 /// `app.thread_oid`, stored in each frozen signature's `reply_to`) and its
 /// routes.
 pub struct PlanContext<'a> {
     reply_to: String,
-    route: Option<&'a RouteFn>,
+    route: Option<&'a Route<'a>>,
 }
 
 impl std::fmt::Debug for PlanContext<'_> {
@@ -56,7 +56,7 @@ impl<'a> PlanContext<'a> {
     /// its queue, or `None` for the default. Chain steps, group members,
     /// chord bodies and callbacks are routed too, since the worker that
     /// sends them on uses the queue the signature names.
-    pub fn route(mut self, route: &'a RouteFn) -> Self {
+    pub fn route(mut self, route: &'a Route<'a>) -> Self {
         self.route = Some(route);
         self
     }

@@ -44,7 +44,7 @@ mod typed;
 #[cfg(test)]
 mod tests;
 
-pub use lower::{Action, Plan, PlanContext, RouteFn};
+pub use lower::{Action, Plan, PlanContext, Route};
 pub use result::ResultNode;
 pub use signature::{Signature, signatures};
 pub use typed::{

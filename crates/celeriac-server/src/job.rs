@@ -262,8 +262,8 @@ impl<T> Job<T> {
         let Some(link) = &self.link else {
             return Ok(None);
         };
-        if let Some(tree) = &self.tree {
-            return Ok(tree.parent().map(|p| link.related(p)));
+        if let Some(parent) = self.tree.as_ref().and_then(|t| t.parent()) {
+            return Ok(Some(link.related(parent)));
         }
         Ok(self
             .stored()?

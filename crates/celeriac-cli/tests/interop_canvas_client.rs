@@ -159,7 +159,7 @@ fn chains(server: &Server) {
     );
 }
 
-fn groups(server: &Server, workers: Workers) {
+fn groups(server: &Server) {
     let g = server.apply(group((0..10).map(|i| add::call(i, i))));
     assert_eq!(g.len(), 10);
     assert_eq!(
@@ -174,12 +174,15 @@ fn groups(server: &Server, workers: Workers) {
         );
     }
     assert_eq!(g.completed_count(), 10);
-    match workers {
-        Workers::CeleriacNoChords => {
-            assert!(g.save().is_err(), "SQLite keeps no group results yet");
+    match g.save() {
+        Err(JobError::Backend(why)) if !server.broker_url().starts_with("redis") => {
+            assert!(
+                why.contains("not supported"),
+                "the embedded backends keep no group results yet: {why}"
+            );
         }
-        _ => {
-            g.save().unwrap();
+        saved => {
+            saved.unwrap();
             let back = server.restore_group::<i64>(g.id()).unwrap().expect("saved");
             let ids: Vec<&str> = back.jobs().iter().map(|j| j.id()).collect();
             let sent: Vec<&str> = g.jobs().iter().map(|j| j.id()).collect();
@@ -343,7 +346,7 @@ fn nested(server: &Server) {
 
 fn run_canvases(server: &Server, workers: Workers) {
     chains(server);
-    groups(server, workers);
+    groups(server);
     links(server);
     chords(server, workers);
     if workers == Workers::Python {
@@ -398,6 +401,14 @@ fn the_same_canvases_run_on_a_celeriac_worker_over_redis() {
 fn the_same_canvases_run_on_a_celeriac_worker_over_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("canvas.db").display());
+    // Chords need the backend's chord join; where SQLite has none, a chord
+    // must be refused at once, not hang.
+    let joins = celeriac::open_backend(&url).unwrap().chord_join().is_some();
     let server = Server::builder().broker(&url).workers(4).build().unwrap();
-    run_canvases(&server, Workers::CeleriacNoChords);
+    let workers = if joins {
+        Workers::Celeriac
+    } else {
+        Workers::CeleriacNoChords
+    };
+    run_canvases(&server, workers);
 }

@@ -220,6 +220,7 @@ fn end(r: Result<ResultMeta, BackendError>) -> JobEnd {
 pub(crate) async fn publish_plan(shared: &Arc<ServerState>, work: PlanWork) {
     let PlanWork { actions, watched } = work;
     let fail = |watched: Vec<(Arc<JobState>, ResultNode)>, e: JobError| {
+        tracing::error!(error = %e, "could not send a canvas");
         for (state, _) in watched {
             shared.finish(state, JobEnd::Error(e.clone()));
         }
@@ -268,7 +269,6 @@ pub(crate) async fn publish_plan(shared: &Arc<ServerState>, work: PlanWork) {
     if !batch.is_empty()
         && let Err(e) = shared.broker.publish_batch(batch).await
     {
-        tracing::error!(error = %e, "could not publish a canvas");
         return fail(watched, e.into());
     }
     for ((state, _), wait) in watched.into_iter().zip(waits) {
@@ -435,14 +435,20 @@ impl Server {
             })
         };
         let ctx = PlanContext::new(core.shared.oid.clone()).route(&route);
-        let plan = lower(&ctx).map_err(|e| match e {
+        let plan = lower(&ctx).map_err(|e| {
+            tracing::warn!(error = %e, "canvas not sent");
+            e
+        });
+        let plan = plan.map_err(|e| match e {
             celeriac_core::canvas::CanvasError::InvalidArguments(m) => {
                 JobError::Task(celeriac_core::TaskError::invalid_arguments(m))
             }
             other => JobError::Unsupported(other.to_string()),
         })?;
         if plan.has_chord() && core.shared.backend.chord_join().is_none() {
-            return Err(no_chord_join(&core.shared));
+            let e = no_chord_join(&core.shared);
+            tracing::warn!(error = %e, "canvas not sent");
+            return Err(e);
         }
         Ok(plan)
     }

@@ -103,7 +103,8 @@ pub mod canvas {
     pub use celeriac_core::canvas::*;
 }
 pub use celeriac_worker::{
-    DEFAULT_PREFETCH_MULTIPLIER, Observer, RevokedBy, TaskEvent, Worker, WorkerBuilder, WorkerStats,
+    DEFAULT_PREFETCH_MULTIPLIER, Observer, RevokedBy, TaskEvent, TaskLog, Worker, WorkerBuilder,
+    WorkerStats,
 };
 
 /// Turns a function into a task.

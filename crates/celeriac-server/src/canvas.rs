@@ -271,9 +271,22 @@ pub(crate) async fn publish_plan(shared: &Arc<ServerState>, work: PlanWork) {
     {
         return fail(watched, e.into());
     }
-    for ((state, _), wait) in watched.into_iter().zip(waits) {
+    for ((state, node), wait) in watched.into_iter().zip(waits) {
         let guard = FinishOnDrop::new(shared, state);
-        tokio::spawn(async move { guard.finish(end(wait.await)) });
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            guard.finish(end(wait.await));
+            // As for submitted jobs: a private store forgets what the job
+            // waited on once it has it (the steps before stay until their
+            // TTL, for `Job::parent`).
+            if shared.forget_results {
+                let mut ids = Vec::new();
+                leaf_ids(&node, &mut ids);
+                for id in ids {
+                    let _ = shared.backend.forget(&id).await;
+                }
+            }
+        });
     }
 }
 
@@ -391,7 +404,9 @@ impl Server {
     }
 
     /// A job for a result sent elsewhere, by task id: Celery's
-    /// `AsyncResult(id)`.
+    /// `AsyncResult(id)`. On a private `memory://` server, results its
+    /// jobs have received are forgotten (to keep memory flat), so ask for
+    /// those through the jobs, not by id.
     pub fn result<T: DeserializeOwned>(&self, task_id: &str) -> Job<T> {
         self.link().watch(ResultNode::task(task_id), false)
     }

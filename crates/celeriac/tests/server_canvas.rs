@@ -78,7 +78,13 @@ fn chains_groups_and_builtins_run_on_the_embedded_broker() {
 
 #[test]
 fn the_result_tree_leads_back_and_forward() {
-    let s = server();
+    // A named store: a private one (`memory://`) forgets a result once its
+    // job has it, so it could not be looked up by id again below.
+    let s = Server::builder()
+        .broker("memory://server-canvas-tree")
+        .workers(4)
+        .build()
+        .unwrap();
     let job = s.apply(chain(add::call(1, 2)).then(double::s()));
     assert_eq!(job.wait_timeout(WAIT).unwrap(), 6);
     let first = job.parent().unwrap().and_then(ResultRef::job).unwrap();

@@ -876,6 +876,12 @@ impl<T> Call<T> {
         &self.options
     }
 
+    /// Why the call cannot be sent, if an argument could not be serialized
+    /// to JSON ([`Call::to_message`] refuses it with this message).
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
     /// The same call with another output type.
     pub fn cast<U>(self) -> Call<U> {
         Call {

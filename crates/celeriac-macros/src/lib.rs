@@ -382,6 +382,27 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
         "The `{fn_name}` task: `{fn_name}::call(..)` builds a typed call, and `{fn_name}` implements `celeriac::Task` (for templates and explicit registration)."
     );
     let call_doc = format!("A typed call of the `{fn_name}` task with these arguments.");
+    // `task::s(rest..)`: a canvas step whose first argument is the previous
+    // step's result, typed by that first parameter.
+    let partial = if arg_types.is_empty() {
+        quote! {}
+    } else {
+        let first_ty = &arg_types[0];
+        let rest_params = &handle_params[1..];
+        let rest_idents = &handle_idents[1..];
+        let s_doc = format!(
+            "A canvas step of the `{fn_name}` task: every argument but the first, which is the previous step's result (Celery's `{fn_name}.s(..)`)."
+        );
+        quote! {
+            #[doc = #s_doc]
+            #[allow(clippy::too_many_arguments, dead_code)]
+            #vis fn s(#(#rest_params),*) -> ::celeriac::canvas::Sig<#first_ty, #output_ty> {
+                ::celeriac::Call::<#output_ty>::new(<Self as ::celeriac::Task>::name())
+                    .with_args((#(#rest_idents,)*))
+                    .partial()
+            }
+        }
+    };
     let args_tuple = quote! { (#(#arg_types,)*) };
 
     let run_body = if is_async {
@@ -469,6 +490,8 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
             #vis fn call(#(#handle_params),*) -> ::celeriac::Call<#output_ty> {
                 <Self as ::celeriac::Task>::call((#(#handle_idents,)*))
             }
+
+            #partial
         }
 
         ::celeriac::__private::inventory::submit! {

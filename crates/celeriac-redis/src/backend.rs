@@ -475,4 +475,40 @@ impl ResultBackend for RedisBackend {
         let _: i64 = conn.del(self.shared.key(task_id)).await.map_err(err)?;
         Ok(())
     }
+
+    /// `SETEX celery-taskset-meta-<gid> <result_expires> <meta>` (`SET`
+    /// when results never expire) and a `PUBLISH` of it on the same
+    /// channel, as Celery's `GroupResult.save`.
+    async fn save_group(
+        &self,
+        group_id: &str,
+        meta: &serde_json::Value,
+    ) -> Result<(), BackendError> {
+        let mut conn = self.conn().await?;
+        let k = format!("{}celery-taskset-meta-{group_id}", self.shared.opts.prefix);
+        let json = meta.to_string();
+        let mut pipe = redis::pipe();
+        match self.shared.opts.result_expires {
+            0 => pipe.cmd("SET").arg(&k).arg(&json).ignore(),
+            ttl => pipe.cmd("SETEX").arg(&k).arg(ttl).arg(&json).ignore(),
+        };
+        pipe.cmd("PUBLISH")
+            .arg(&k)
+            .arg(&json)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(err)
+    }
+
+    async fn restore_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<serde_json::Value>, BackendError> {
+        let mut conn = self.conn().await?;
+        let k = format!("{}celery-taskset-meta-{group_id}", self.shared.opts.prefix);
+        let raw: Option<String> = conn.get(&k).await.map_err(err)?;
+        raw.map(|s| serde_json::from_str(&s).map_err(|e| BackendError::Malformed(e.to_string())))
+            .transpose()
+    }
 }

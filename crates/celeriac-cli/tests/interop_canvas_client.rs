@@ -310,8 +310,8 @@ fn chords(server: &Server, workers: Workers) {
 }
 
 /// Shapes that nest a canvas inside a signature (`celery.chain`,
-/// `celery.group`, `celery.chord` dicts), which only a Python worker runs
-/// today.
+/// `celery.group`, `celery.chord` dicts), run by Python and celeriac
+/// workers alike.
 fn nested(server: &Server) {
     let job = server.apply(chord(
         vec![
@@ -349,7 +349,7 @@ fn run_canvases(server: &Server, workers: Workers) {
     groups(server);
     links(server);
     chords(server, workers);
-    if workers == Workers::Python {
+    if workers != Workers::CeleriacNoChords {
         nested(server);
     }
 }

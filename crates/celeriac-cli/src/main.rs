@@ -1,8 +1,10 @@
-//! The `celeriac` command: `demo`, `worker`, `call`, `result`, `revoke`, `dlq`, `tasks`.
+//! The `celeriac` command: `demo`, `worker`, `call`, `map`, `result`, `revoke`, `dlq`, `tasks`.
 
 mod demo;
+mod map;
 mod parse;
 mod probe;
+mod telemetry;
 
 use parse::{parse_json_list, parse_json_object, parse_seconds, queue_name, signal_name};
 
@@ -95,6 +97,10 @@ enum Command {
     Worker(WorkerArgs),
     /// Send a task; print its id, or with --wait its result as JSON.
     Call(CallArgs),
+    /// Call a task once per line of a file (each line a JSON list of
+    /// arguments, or an object with "args" and "kwargs"), wait for all,
+    /// and print the results as JSON lines in input order.
+    Map(map::MapArgs),
     /// Print a task's result as JSON (non-zero exit if it failed or is not
     /// ready).
     Result(ResultArgs),
@@ -200,6 +206,9 @@ struct WorkerArgs {
     /// a FAILURE ResultTooLarge that names its size.
     #[arg(long, value_name = "BYTES")]
     max_result: Option<usize>,
+    /// Serve Prometheus metrics (`celeriac_*`) at http://HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT", env = "CELERIAC_METRICS_ADDR")]
+    metrics_addr: Option<String>,
 }
 
 /// `--secret`: shared-secret signing of task messages.
@@ -310,13 +319,15 @@ fn main() -> ExitCode {
         cli.loglevel.as_deref().unwrap_or(default_level),
         cli.log_format == "json",
     );
-    match run(cli) {
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", EscapedLines(format_args!("{e:#}")));
             ExitCode::from(2)
         }
-    }
+    };
+    telemetry::flush();
+    code
 }
 
 fn init_logging(level: &str, json: bool) {
@@ -325,12 +336,13 @@ fn init_logging(level: &str, json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     if json {
         // JSON escapes every string itself: a message cannot forge a line.
-        let _ = tracing_subscriber::fmt()
+        let sub = tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .with_current_span(false)
-            .try_init();
+            .finish();
+        telemetry::install_subscriber(sub);
         return;
     }
     // Every field and message escaped: text from a message (a task name,
@@ -346,12 +358,13 @@ fn init_logging(level: &str, json: bool) {
     .delimited(" ");
     // Colours only on a terminal: a log file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .fmt_fields(fields)
-        .try_init();
+        .finish();
+    telemetry::install_subscriber(sub);
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -385,6 +398,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Worker(args) => worker(&cli.conn, args),
         Command::Call(args) => call(&cli.conn, args),
+        Command::Map(args) => map::run(&cli.conn, args),
         Command::Result(args) => result(&cli.conn, args),
         Command::Dlq { command } => dlq(&cli.conn, command),
         Command::Revoke {
@@ -426,6 +440,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
     let pool: celeriac::PoolKind = args.pool.parse()?;
     let registry = Registry::linked(args.diagnostic_tasks).context("building the task registry")?;
+    let metrics = match &args.metrics_addr {
+        Some(addr) => {
+            telemetry::serve_metrics(addr)?;
+            Some(Arc::new(celeriac::TaskMetrics::for_registry(&registry)))
+        }
+        None => None,
+    };
     let rt = worker_runtime(pool)?;
     rt.block_on(async {
         let (broker, backend) = conn.open()?;
@@ -485,7 +506,13 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         }
         // Celery's line per task: received, succeeded in ..., raised ...
         b = b.observer(Arc::new(celeriac::TaskLog));
+        if let Some(m) = &metrics {
+            b = b.observer(m.clone());
+        }
         let worker = b.build()?;
+        if let Some(m) = metrics {
+            tokio::spawn(telemetry::sample_gauges(worker.clone(), m));
+        }
         let w = worker.clone();
         tokio::spawn(async move {
             if shutdown_signal().await == Shutdown::Warm {

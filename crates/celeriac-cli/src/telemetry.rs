@@ -37,6 +37,7 @@ pub(crate) fn serve_metrics(addr: &str) -> Result<SocketAddr> {
         .context("histogram buckets")?
         .install()
         .with_context(|| format!("serving metrics on {at}"))?;
+    TaskMetrics::describe();
     tracing::info!(addr = %at, "serving Prometheus metrics at /metrics");
     Ok(at)
 }

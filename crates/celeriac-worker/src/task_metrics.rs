@@ -92,6 +92,52 @@ impl TaskMetrics {
         }
     }
 
+    /// Describes every metric to the installed recorder (Prometheus'
+    /// `# HELP` lines) and sets the broker counters to exist at 0, so a
+    /// scrape shows them before the first error. Call it once, after
+    /// installing the recorder.
+    pub fn describe() {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(
+            "celeriac_tasks_total",
+            "Tasks by name and the state their handling ended in on this worker"
+        );
+        describe_histogram!(
+            "celeriac_task_runtime_seconds",
+            Unit::Seconds,
+            "How long tasks ran on their executor"
+        );
+        describe_histogram!(
+            "celeriac_task_queue_wait_seconds",
+            Unit::Seconds,
+            "From the claim of a message by this worker to the start of its task"
+        );
+        describe_gauge!(
+            "celeriac_worker_reserved",
+            "Messages claimed and waiting for an execution slot"
+        );
+        describe_gauge!("celeriac_worker_active", "Tasks running now");
+        describe_gauge!("celeriac_worker_concurrency", "Execution slots");
+        describe_gauge!(
+            "celeriac_pool_children",
+            "Live children of the process pool"
+        );
+        describe_counter!(
+            "celeriac_pool_child_restarts_total",
+            "Process-pool children replaced (lost, killed, recycled)"
+        );
+        describe_counter!(
+            "celeriac_broker_errors_total",
+            "Broker operations of the claim loop that failed"
+        );
+        describe_counter!(
+            "celeriac_broker_reconnects_total",
+            "Times the claim loop got through to the broker again after failing"
+        );
+        counter!("celeriac_broker_errors_total", "op" => "claim").increment(0);
+        counter!("celeriac_broker_reconnects_total").increment(0);
+    }
+
     /// Sets the gauges from `worker`'s state now: reserved, active,
     /// concurrency, process-pool children and restarts.
     pub fn sample(&self, worker: &Worker) {

@@ -289,14 +289,8 @@ impl Worker {
 /// One message's lifecycle.
 async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
     let admitted = match admit::admit(inner, held.delivery()).await {
-        Admission::Run(a) => {
-            name_span(&a.msg);
-            a
-        }
+        Admission::Run(a) => a,
         Admission::Skip { msg, disposition } => {
-            if let Some(m) = &msg {
-                name_span(m);
-            }
             slot.release();
             settle::apply(inner, held, msg.as_ref(), *disposition).await;
             return;
@@ -419,7 +413,7 @@ fn report(inner: &Inner, ev: &TaskEvent<'_>, decision: &Decision) {
 }
 
 /// Records the task's id and name on its span (from the message, escaped).
-fn name_span(msg: &celeriac_core::Message) {
+pub(crate) fn name_span(msg: &celeriac_core::Message) {
     let span = tracing::Span::current();
     span.record("task_id", tracing::field::display(Escaped(msg.id())));
     span.record("task", tracing::field::display(Escaped(msg.task())));

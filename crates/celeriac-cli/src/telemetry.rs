@@ -89,7 +89,8 @@ mod otlp {
 
     /// The OpenTelemetry layer, when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the
     /// traces-only variable) is set.
-    pub(super) fn layer<S>() -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
+    pub(super) fn layer<S>()
+    -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {

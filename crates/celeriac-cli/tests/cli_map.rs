@@ -92,12 +92,18 @@ fn failures_are_error_objects_in_their_place_and_the_exit_is_non_zero() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 of 5 tasks failed"));
     let got = lines(&out);
     assert_eq!(got.len(), 5, "{got:?}");
-    assert_eq!((&got[0], &got[2], &got[4]), (&json!(3), &json!(7), &json!(30)));
+    assert_eq!(
+        (&got[0], &got[2], &got[4]),
+        (&json!(3), &json!(7), &json!(30))
+    );
     for bad in [&got[1], &got[3]] {
         let e = &bad["error"];
         assert_eq!(e["state"], "FAILURE", "{bad}");
         assert!(e["type"].as_str().is_some_and(|t| !t.is_empty()), "{bad}");
-        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{bad}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{bad}"
+        );
         assert_eq!(e["task_id"].as_str().map(str::len), Some(36), "{bad}");
     }
 }
@@ -124,7 +130,9 @@ fn a_bad_line_is_refused_before_anything_is_sent() {
             .enable_all()
             .build()
             .unwrap();
-        let queued = rt.block_on(celeriac_core::broker::Transport::queue_len(&*broker, "celery"));
+        let queued = rt.block_on(celeriac_core::broker::Transport::queue_len(
+            &*broker, "celery",
+        ));
         assert_eq!(queued.unwrap(), 0);
     }
 }
@@ -132,7 +140,12 @@ fn a_bad_line_is_refused_before_anything_is_sent() {
 #[test]
 fn calls_without_a_worker_time_out_as_pending_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let out = map(dir.path(), "celeriac.add", "[1, 2]\n[3, 4]\n", &["--timeout", "0.5"]);
+    let out = map(
+        dir.path(),
+        "celeriac.add",
+        "[1, 2]\n[3, 4]\n",
+        &["--timeout", "0.5"],
+    );
     assert_eq!(out.status.code(), Some(3));
     let got = lines(&out);
     assert_eq!(got.len(), 2);

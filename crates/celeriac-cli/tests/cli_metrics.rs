@@ -44,7 +44,10 @@ fn get_metrics(port: u16) -> std::io::Result<(String, String)> {
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    Ok((head.lines().next().unwrap_or("").to_string(), body.to_string()))
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
 }
 
 fn scrape(port: u16) -> Scrape {
@@ -153,18 +156,37 @@ fn metrics_count_tasks_by_name_and_state_with_histograms_and_gauges() {
         "a name from a message that no task has is not a label"
     );
     assert!(
-        value(&s, "celeriac_tasks_total", &[("task", "celeriac.add"), ("state", "FAILURE")])
-            .is_none()
+        value(
+            &s,
+            "celeriac_tasks_total",
+            &[("task", "celeriac.add"), ("state", "FAILURE")]
+        )
+        .is_none()
     );
 
     for task in ["celeriac.add", "celeriac.fail"] {
         let n = if task == "celeriac.add" { 3.0 } else { 2.0 };
         let t = [("task", task)];
-        assert_eq!(histogram_count(&s, "celeriac_task_runtime_seconds", &t), n, "{task}");
-        assert_eq!(histogram_count(&s, "celeriac_task_queue_wait_seconds", &t), n, "{task}");
+        assert_eq!(
+            histogram_count(&s, "celeriac_task_runtime_seconds", &t),
+            n,
+            "{task}"
+        );
+        assert_eq!(
+            histogram_count(&s, "celeriac_task_queue_wait_seconds", &t),
+            n,
+            "{task}"
+        );
     }
     // The unknown task never ran: no runtime.
-    assert!(value(&s, "celeriac_task_runtime_seconds", &[("task", "<unregistered>")]).is_none());
+    assert!(
+        value(
+            &s,
+            "celeriac_task_runtime_seconds",
+            &[("task", "<unregistered>")]
+        )
+        .is_none()
+    );
 
     // Idle now: nothing reserved or running, two slots.
     assert_eq!(gauge(&s, "celeriac_worker_reserved"), 0.0);

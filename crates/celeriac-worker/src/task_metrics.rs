@@ -162,8 +162,7 @@ impl TaskMetrics {
     }
 
     fn finished(&self, name: &str, state: &'static str) {
-        counter!("celeriac_tasks_total", "task" => self.label(name), "state" => state)
-            .increment(1);
+        counter!("celeriac_tasks_total", "task" => self.label(name), "state" => state).increment(1);
     }
 
     fn forget(&self, d: &Delivery) {

@@ -74,6 +74,9 @@ fn a_task_runs_in_a_span_with_its_id_and_name() {
             .lines()
             .find(|l| l.contains(needle))
             .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{log}"));
-        assert!(line.contains(&span), "{needle:?} outside the task's span: {line}");
+        assert!(
+            line.contains(&span),
+            "{needle:?} outside the task's span: {line}"
+        );
     }
 }

@@ -1,5 +1,9 @@
 //! `memory://`: a broker and result store inside one process.
 
+mod control;
+
+pub(crate) use control::revoke_of;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -145,6 +149,7 @@ pub struct MemoryBroker {
     lease: Duration,
     state: Mutex<BrokerState>,
     notify: Notify,
+    control: control::Mailboxes,
 }
 
 fn named<T, F: FnOnce() -> Arc<T>>(
@@ -203,6 +208,7 @@ impl MemoryBroker {
             lease,
             state: Mutex::new(BrokerState::default()),
             notify: Notify::new(),
+            control: control::Mailboxes::default(),
         }
     }
 

@@ -1,7 +1,11 @@
-//! The `celeriac` command: `demo`, `worker`, `call`, `result`, `dlq`.
+//! The `celeriac` command: `demo`, `worker`, `call`, `result`, `dlq`,
+//! `inspect`, `control`, `status`, `purge`.
 
+mod banner;
 mod demo;
+mod inspect;
 mod parse;
+mod purge;
 
 use parse::{parse_json_list, parse_json_object, parse_seconds, queue_name, signal_name};
 
@@ -105,6 +109,16 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Ask the workers (celeriac or Python Celery) for their state, as
+    /// `celery inspect`: ping, stats, active, reserved, registered, ...
+    Inspect(inspect::InspectArgs),
+    /// Change running workers, as `celery control`: pool_grow,
+    /// rate_limit, add_consumer, shutdown, ...
+    Control(inspect::ControlArgs),
+    /// List the workers that answer a ping.
+    Status(inspect::StatusArgs),
+    /// Delete every message waiting on queues (asks first unless -f).
+    Purge(purge::PurgeArgs),
     /// List the tasks this binary can run.
     Tasks {
         /// Include the diagnostic tasks.
@@ -271,8 +285,9 @@ enum DlqCommand {
     },
 }
 
-/// Exit codes: 0 ok, 1 the task failed, 2 usage or setup error, 3 timed
-/// out, 4 result not ready.
+/// Exit codes: 0 ok, 1 the task failed (or a worker replied with an
+/// error), 2 usage or setup error, 3 timed out, 4 result not ready, 69 no
+/// worker replied (as Celery).
 fn main() -> ExitCode {
     // A process pool child re-executes this binary: serve tasks and exit.
     celeriac::init();
@@ -349,6 +364,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Call(args) => call(&cli.conn, args),
         Command::Result(args) => result(&cli.conn, args),
         Command::Dlq { command } => dlq(&cli.conn, command),
+        Command::Inspect(args) => inspect::inspect(&cli.conn, args),
+        Command::Control(args) => inspect::control(&cli.conn, args),
+        Command::Status(args) => inspect::status(&cli.conn, args),
+        Command::Purge(args) => purge::purge(&cli.conn, args),
         Command::Revoke {
             ids,
             ttl,
@@ -391,6 +410,8 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
     let rt = worker_runtime(pool)?;
     rt.block_on(async {
         let (broker, backend) = conn.open()?;
+        let urls = (broker.url(), backend.url());
+        let names: Vec<String> = registry.names().into_iter().map(str::to_string).collect();
         let mut b = Worker::builder(broker, backend, Arc::new(registry))
             .queues(args.queues.clone())
             .max_body(args.max_body.get())
@@ -401,10 +422,7 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);
         }
-        if let Some(spec) = &args.autoscale {
-            let (max, min) = spec.split_once(',').unwrap_or((spec.as_str(), "1"));
-            let max: usize = max.trim().parse().context("--autoscale takes MAX,MIN")?;
-            let min: usize = min.trim().parse().context("--autoscale takes MAX,MIN")?;
+        if let Some((min, max)) = autoscale_bounds(args.autoscale.as_deref())? {
             b = b.autoscale(min, max);
         }
         if let Some(n) = args.max_tasks_per_child {
@@ -439,6 +457,13 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             b = b.max_result(bytes);
         }
         let worker = b.build()?;
+        let facts = banner::Facts {
+            broker: &urls.0,
+            backend: &urls.1,
+            tasks: names.iter().map(String::as_str).collect(),
+            autoscale: autoscale_bounds(args.autoscale.as_deref())?,
+        };
+        println!("{}", banner::banner(&worker, &facts));
         let w = worker.clone();
         tokio::spawn(async move {
             if shutdown_signal().await == Shutdown::Warm {
@@ -453,6 +478,15 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--autoscale MAX,MIN` as `(min, max)`.
+fn autoscale_bounds(spec: Option<&str>) -> Result<Option<(usize, usize)>> {
+    let Some(spec) = spec else { return Ok(None) };
+    let (max, min) = spec.split_once(',').unwrap_or((spec, "1"));
+    let max: usize = max.trim().parse().context("--autoscale takes MAX,MIN")?;
+    let min: usize = min.trim().parse().context("--autoscale takes MAX,MIN")?;
+    Ok(Some((min, max)))
 }
 
 fn seconds(s: f64, flag: &str) -> Result<Duration> {

@@ -267,7 +267,11 @@ fn ask(conn: &Conn, mut req: ControlRequest, remote: &Remote, show: bool) -> Res
             } else {
                 String::new()
             };
-            println!("->  {}: {status}{}", EscapedLines(node), EscapedLines(&body));
+            println!(
+                "->  {}: {status}{}",
+                EscapedLines(node),
+                EscapedLines(&body)
+            );
         }
         let n = merged.len();
         println!("\n{n} {} online.", if n == 1 { "node" } else { "nodes" });
@@ -291,9 +295,7 @@ fn pretty(reply: &Value) -> (&'static str, String) {
                 .join("\n"),
         ),
         Value::Object(m) if m.contains_key("ok") => ("OK", indent(&pretty(&m["ok"]).1, 4)),
-        Value::Object(m) if m.contains_key("error") => {
-            ("ERROR", indent(&pretty(&m["error"]).1, 4))
-        }
+        Value::Object(m) if m.contains_key("error") => ("ERROR", indent(&pretty(&m["error"]).1, 4)),
         Value::Object(_) => (
             "OK",
             serde_json::to_string_pretty(reply).unwrap_or_default(),
@@ -339,10 +341,7 @@ mod tests {
             ("ERROR", "    unknown task".into())
         );
         assert_eq!(pretty(&json!([])), ("OK", "- empty -".into()));
-        assert_eq!(
-            pretty(&json!(["a", "b"])),
-            ("OK", "* a\n* b".into())
-        );
+        assert_eq!(pretty(&json!(["a", "b"])), ("OK", "* a\n* b".into()));
         assert_eq!(indent("a\nb", 2), "  a\n  b");
     }
 }

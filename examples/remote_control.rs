@@ -38,11 +38,19 @@ async fn main() -> anyhow::Result<()> {
             broker
                 .call(req, Duration::from_secs(1), None)
                 .await
-                .map(|replies| replies.into_iter().flatten().collect::<serde_json::Map<_, _>>())
+                .map(|replies| {
+                    replies
+                        .into_iter()
+                        .flatten()
+                        .collect::<serde_json::Map<_, _>>()
+                })
         }
     };
     while ask(ControlRequest::new("ping")).await?.is_empty() {}
-    println!("ping: {}", Value::Object(ask(ControlRequest::new("ping")).await?));
+    println!(
+        "ping: {}",
+        Value::Object(ask(ControlRequest::new("ping")).await?)
+    );
 
     let msg = Call::<i64>::new("tasks.add").arg(2).arg(3).to_message()?;
     let watch = backend.watch(msg.id()).await?;
@@ -62,7 +70,10 @@ async fn main() -> anyhow::Result<()> {
         .arg("task_name", "tasks.add")
         .arg("rate_limit", "100/s");
     println!("rate_limit: {}", Value::Object(ask(limit).await?));
-    println!("registered: {}", Value::Object(ask(ControlRequest::new("registered")).await?));
+    println!(
+        "registered: {}",
+        Value::Object(ask(ControlRequest::new("registered")).await?)
+    );
     let add = ControlRequest::new("add_consumer").arg("queue", "extra");
     println!("add_consumer: {}", Value::Object(ask(add).await?));
     println!("queues now {:?}", worker.queues());
@@ -71,7 +82,10 @@ async fn main() -> anyhow::Result<()> {
     let mut parked = Call::<i64>::new("tasks.add").arg(1).arg(1).to_message()?;
     parked.set_queue("parked");
     broker.publish(Outgoing::from_message(&parked)?).await?;
-    println!("purged {} message(s) from parked", broker.purge("parked").await?);
+    println!(
+        "purged {} message(s) from parked",
+        broker.purge("parked").await?
+    );
 
     // A shutdown gets no reply; the worker stops warm.
     broker.broadcast(&ControlRequest::new("shutdown")).await?;

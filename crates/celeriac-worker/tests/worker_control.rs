@@ -397,7 +397,7 @@ async fn terminate_stops_a_running_task_at_once() {
     assert!(meta.status.is_ready(), "{meta:?}");
     assert!(
         f.broker
-            .terminations(&[long.clone()])
+            .terminations(std::slice::from_ref(&long))
             .await
             .unwrap()
             .contains(&long),

@@ -40,6 +40,9 @@ const REVOKES_MAX: usize = 50_000;
 /// without it (it keeps trying in the background).
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
 
+/// A task's soft and hard time limits, as `time_limit` sets them.
+type TimeLimits = (Option<Duration>, Option<Duration>);
+
 /// What remote control changes while the worker runs.
 #[derive(Debug)]
 pub(crate) struct ControlState {
@@ -54,7 +57,7 @@ pub(crate) struct ControlState {
     /// they were given as.
     rate_limits: RwLock<HashMap<String, (Option<RateLimit>, String)>>,
     /// Soft and hard time limits set by `time_limit`.
-    time_limits: RwLock<HashMap<String, (Option<Duration>, Option<Duration>)>>,
+    time_limits: RwLock<HashMap<String, TimeLimits>>,
     /// Autoscale bounds `(min, max)`, if the worker autoscales.
     autoscale: Mutex<Option<(usize, usize)>>,
     /// Revoked ids this worker heard of (`revoke`, `hello`), oldest first.
@@ -130,7 +133,7 @@ impl ControlState {
     }
 
     /// The soft and hard time limits remote control set for task `name`.
-    pub(crate) fn time_limits(&self, name: &str) -> Option<(Option<Duration>, Option<Duration>)> {
+    pub(crate) fn time_limits(&self, name: &str) -> Option<TimeLimits> {
         let map = self.time_limits.read();
         if map.is_empty() {
             return None;

@@ -194,9 +194,11 @@ impl Stream for ControlInbox {
     }
 }
 
-/// The remote-control capability of a broker: broadcast requests to
-/// workers, deliver their replies to the asking client, and purge queues.
-/// See the [module docs](self).
+/// The remote-control capability of a broker (Celery's pidbox): broadcast
+/// [`ControlRequest`]s to every worker; each worker the request names
+/// answers `{node: value}` to the asking client's reply mailbox; and purge
+/// queues (Celery has `purge` under `app.control` too). On Redis this is
+/// kombu's wire, so Python Celery workers and clients take part.
 #[async_trait]
 pub trait Control: Send + Sync + fmt::Debug {
     /// Sends `request` to every node listening on this broker now (a

@@ -45,6 +45,8 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy 2>/dev/nul
 
 command -v python3 >/dev/null || apt_install python3 || fail "python3 is required for the interop tests"
 
+command -v openssl >/dev/null || apt_install openssl || fail "openssl is required to make the TLS test's certificates"
+
 say "private redis-server"
 command -v redis-server >/dev/null || apt_install redis-server \
   || fail "redis-server is not installed: install it (e.g. apt-get install redis-server) or run this script as root"

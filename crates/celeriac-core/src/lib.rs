@@ -52,7 +52,7 @@ pub use error::{
 };
 pub use execute::{Enforces, Executor, Ran, ResizeError};
 pub use message::{DeliveryInfo, Embed, Headers, Message, Properties};
-pub use names::{QueueNameError, validate_queue_name};
+pub use names::{QueueNameError, expand_nodename, validate_queue_name};
 pub use options::{PoolKind, RetryDecision, TaskOptions, UnknownPool};
 pub use rate::RateLimit;
 pub use result::{ExceptionInfo, ResultMeta, State};

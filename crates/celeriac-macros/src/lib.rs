@@ -227,6 +227,11 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
     Ok(opts)
 }
 
+/// Whether the type is spelled `Option<...>` (any path ending in it).
+fn is_option(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Option"))
+}
+
 fn is_context(ty: &Type) -> bool {
     if let Type::Reference(r) = ty
         && let Type::Path(p) = &*r.elem
@@ -320,7 +325,14 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
         };
         let name = name.trim_start_matches("r#").to_string();
         let var = format_ident!("__arg{}", index);
-        bindings.push(quote! { let #var: #ty = __bound.take(#index)?; });
+        // Only an `Option` parameter may be omitted: a `serde_json::Value`
+        // parameter would otherwise accept a missing argument as `null`.
+        let take = if is_option(ty) {
+            quote!(take)
+        } else {
+            quote!(take_required)
+        };
+        bindings.push(quote! { let #var: #ty = __bound.#take(#index)?; });
         call_args.push(quote!(#var));
         handle_params.push(quote!(#var: #ty));
         handle_idents.push(quote!(#var));

@@ -109,11 +109,9 @@ impl RedisBackend {
             url: url.split('@').next_back().unwrap_or(url).to_string(),
             reason,
         })?;
-        let client = redis::Client::open(opts.client_url.as_str()).map_err(|e| {
-            BackendError::InvalidUrl {
-                url: opts.redacted.clone(),
-                reason: e.to_string(),
-            }
+        let client = opts.client().map_err(|reason| BackendError::InvalidUrl {
+            url: opts.redacted.clone(),
+            reason,
         })?;
         Ok(Arc::new(RedisBackend {
             shared: Arc::new(ResultListener {
@@ -150,7 +148,12 @@ impl RedisBackend {
             .get_or_try_init(|| crate::conn::manager(&self.shared.client))
             .await
             .cloned()
-            .map_err(err)
+            .map_err(
+                |e| match crate::conn::not_redis(&e, &self.shared.opts.redacted) {
+                    Some(what) => BackendError::connection_in(what, e),
+                    None => err(e),
+                },
+            )
     }
 
     /// Starts the subscriber task once: it delivers published results to

@@ -129,4 +129,4 @@ mod url;
 
 pub use backend::RedisBackend;
 pub use broker::RedisBroker;
-pub use url::{RedisOptions, parse_redis_url};
+pub use url::{RedisOptions, TlsFiles, parse_redis_url};

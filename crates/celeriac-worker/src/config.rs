@@ -252,6 +252,9 @@ impl WorkerBuilder {
     }
 
     /// The node name, e.g. `w1@host`. Defaults to `celeriac@<hostname>`.
+    /// `%h`, `%n` and `%d` expand to the host name, its first label and
+    /// its domain, and a name without `@` gets `celeriac@` in front, as
+    /// Celery's `-n` does ([`celeriac_core::expand_nodename`]).
     pub fn nodename(mut self, name: impl Into<String>) -> Self {
         self.nodename = Some(name.into());
         self
@@ -390,9 +393,11 @@ impl WorkerBuilder {
                 .build()
                 .map_err(|e| WorkerError::Pool(Box::new(e)))?,
         };
-        let nodename = self
-            .nodename
-            .unwrap_or_else(|| format!("celeriac@{}", celeriac_core::message::hostname()));
+        let host = celeriac_core::message::hostname();
+        let nodename = self.nodename.map_or_else(
+            || format!("celeriac@{host}"),
+            |n| celeriac_core::expand_nodename(&n, &host, "celeriac"),
+        );
         Worker::from_parts(Parts {
             broker: self.broker,
             backend: self.backend,

@@ -61,7 +61,8 @@ pub use celeriac_server::{
     Job, JobError, NodeStats, Server, ServerBuilder, ServerError, Stats, Template,
 };
 pub use celeriac_worker::{
-    DEFAULT_PREFETCH_MULTIPLIER, Observer, RevokedBy, TaskEvent, Worker, WorkerBuilder, WorkerStats,
+    DEFAULT_PREFETCH_MULTIPLIER, Observer, RevokedBy, TaskEvent, TaskLog, Worker, WorkerBuilder,
+    WorkerStats,
 };
 
 /// Turns a function into a task.

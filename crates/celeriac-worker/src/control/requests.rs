@@ -191,15 +191,19 @@ pub(crate) struct Tracked<'a> {
 impl Tracked<'_> {
     /// It starts running now; counted in `stats.total`.
     pub(crate) fn started(&self) {
-        let name = {
-            let mut held = self.requests.held.lock();
-            let Some(e) = held.get_mut(&self.tag) else {
-                return;
-            };
-            e.time_start = Some(unix_now());
-            e.name.clone()
+        let mut held = self.requests.held.lock();
+        let Some(e) = held.get_mut(&self.tag) else {
+            return;
         };
-        *self.requests.total.lock().entry(name).or_default() += 1;
+        e.time_start = Some(unix_now());
+        // Lock order: `held`, then `total`.
+        let mut total = self.requests.total.lock();
+        match total.get_mut(&e.name) {
+            Some(n) => *n += 1,
+            None => {
+                total.insert(e.name.clone(), 1);
+            }
+        }
     }
 
     /// Its message was acknowledged (early ack).

@@ -33,10 +33,21 @@ pub const RESULT_REPR_MAX: usize = 1024;
 ///
 /// ```
 /// use std::sync::Arc;
+/// use celeriac_core::Registry;
+/// use celeriac_embedded::{MemoryBackend, MemoryBroker};
 /// use celeriac_worker::{TaskLog, Worker};
 ///
-/// let builder = Worker::builder().observer(Arc::new(TaskLog));
-/// # let _ = builder;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let worker = Worker::builder(
+///     Arc::new(MemoryBroker::new()),
+///     Arc::new(MemoryBackend::new()),
+///     Arc::new(Registry::new()),
+/// )
+/// .observer(Arc::new(TaskLog))
+/// .build()
+/// .unwrap();
+/// # drop(worker);
+/// # });
 /// ```
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TaskLog;

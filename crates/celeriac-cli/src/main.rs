@@ -445,13 +445,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
     let pool: celeriac::PoolKind = args.pool.parse()?;
     let registry = Registry::linked(args.diagnostic_tasks).context("building the task registry")?;
-    let metrics = match &args.metrics_addr {
-        Some(addr) => {
-            telemetry::serve_metrics(addr)?;
-            Some(Arc::new(celeriac::TaskMetrics::for_registry(&registry)))
-        }
-        None => None,
-    };
+    let metrics = telemetry::worker_metrics(args.metrics_addr.as_deref(), &registry)?;
     let rt = worker_runtime(pool)?;
     rt.block_on(async {
         let (broker, backend) = conn.open()?;

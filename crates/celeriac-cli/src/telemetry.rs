@@ -25,7 +25,7 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// from a thread of its own, and installs the recorder every `metrics`
 /// call in the process reports to. Must be called outside any async
 /// runtime.
-pub(crate) fn serve_metrics(addr: &str) -> Result<SocketAddr> {
+fn serve_metrics(addr: &str) -> Result<SocketAddr> {
     let at: SocketAddr = addr
         .to_socket_addrs()
         .with_context(|| format!("--metrics-addr {addr:?}: not a HOST:PORT"))?
@@ -40,6 +40,17 @@ pub(crate) fn serve_metrics(addr: &str) -> Result<SocketAddr> {
     TaskMetrics::describe();
     tracing::info!(addr = %at, "serving Prometheus metrics at /metrics");
     Ok(at)
+}
+
+/// With `--metrics-addr`, serves `/metrics` there and returns the
+/// observer to add to the worker.
+pub(crate) fn worker_metrics(
+    addr: Option<&str>,
+    registry: &celeriac::Registry,
+) -> Result<Option<Arc<TaskMetrics>>> {
+    let Some(addr) = addr else { return Ok(None) };
+    serve_metrics(addr)?;
+    Ok(Some(Arc::new(TaskMetrics::for_registry(registry))))
 }
 
 /// Sets the worker's gauges now and every [`SAMPLE_EVERY`], until the

@@ -29,6 +29,7 @@ pub mod broker;
 pub mod canvas;
 pub mod error;
 pub mod escape;
+pub mod events;
 pub mod execute;
 pub mod message;
 pub mod names;
@@ -41,8 +42,8 @@ pub mod task;
 pub mod time;
 
 pub use broker::{
-    Broker, ChordJoin, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits,
-    ResultBackend, ResultWatch, Revocations, Transport, Waiters,
+    Broker, ChordJoin, DeadLetter, DeadLetters, Delivery, EventMessage, Events, NodeInfo, Nodes,
+    Outgoing, RateLimits, ResultBackend, ResultWatch, Revocations, Transport, Waiters,
 };
 pub use canvas::Signature;
 pub use error::{

@@ -13,6 +13,8 @@ use celeriac_core::{
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+mod events;
+
 #[derive(Debug)]
 struct Entry {
     queue: String,
@@ -145,6 +147,7 @@ pub struct MemoryBroker {
     lease: Duration,
     state: Mutex<BrokerState>,
     notify: Notify,
+    events: events::Bus,
 }
 
 fn named<T, F: FnOnce() -> Arc<T>>(
@@ -203,6 +206,7 @@ impl MemoryBroker {
             lease,
             state: Mutex::new(BrokerState::default()),
             notify: Notify::new(),
+            events: events::Bus::default(),
         }
     }
 

@@ -19,6 +19,8 @@ use tokio::sync::Notify;
 
 use crate::url::{SqliteOptions, parse_sqlite_url};
 
+mod events;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,6 +74,13 @@ CREATE TABLE IF NOT EXISTS nodes (
     concurrency INTEGER NOT NULL,
     pid INTEGER NOT NULL,
     last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sent_at REAL NOT NULL,
+    routing_key TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    body BLOB NOT NULL
 );
 ";
 

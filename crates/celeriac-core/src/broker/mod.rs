@@ -26,8 +26,9 @@
 //! | [`Revocations`] | `revocations.rs` | revoked (and terminated) task ids |
 //! | [`RateLimits`] | `rate_limits.rs` | rate-limit buckets shared by workers |
 //! | [`Nodes`] | `nodes.rs` | the node registry (heartbeats) |
+//! | [`Events`] | `events.rs` | Celery's monitoring events (`celeryev`) |
 //!
-//! [`Broker`] is all five together, implemented for every type that
+//! [`Broker`] is all of them together, implemented for every type that
 //! implements them, so workers hold an `Arc<dyn Broker>`. A backend that
 //! lacks a capability does not compile as a `Broker`: no method has a
 //! default that silently does nothing. Methods on `dyn Broker` are callable
@@ -43,6 +44,7 @@
 //! [`DeadLetter`], [`NodeInfo`]) and [`Broker`] itself.
 
 mod dead_letters;
+mod events;
 mod nodes;
 mod rate_limits;
 mod result_backend;
@@ -52,6 +54,7 @@ mod transport;
 use std::time::Duration;
 
 pub use dead_letters::DeadLetters;
+pub use events::{EventMessage, EventStream, Events};
 pub use nodes::Nodes;
 pub use rate_limits::RateLimits;
 pub use result_backend::{ChordJoin, ResultBackend, ResultWatch, Waiters};
@@ -146,7 +149,7 @@ pub struct NodeInfo {
 /// [module docs](self) for the contract.
 ///
 /// It has no methods of its own and is implemented for every type that
-/// implements the five capability traits, so implement those; an
+/// implements the capability traits, so implement those; an
 /// `Arc<dyn Broker>` then offers all their methods.
 ///
 /// # Examples
@@ -161,9 +164,9 @@ pub struct NodeInfo {
 /// }
 /// # let _ = lease_secs;
 /// ```
-pub trait Broker: Transport + DeadLetters + Revocations + RateLimits + Nodes {}
+pub trait Broker: Transport + DeadLetters + Revocations + RateLimits + Nodes + Events {}
 
-impl<T> Broker for T where T: Transport + DeadLetters + Revocations + RateLimits + Nodes {}
+impl<T> Broker for T where T: Transport + DeadLetters + Revocations + RateLimits + Nodes + Events {}
 
 /// Brings every broker and result-backend trait into scope, for calling
 /// their methods on concrete types (`Arc<MemoryBroker>`, ...).
@@ -181,6 +184,6 @@ impl<T> Broker for T where T: Transport + DeadLetters + Revocations + RateLimits
 /// ```
 pub mod prelude {
     pub use super::{
-        Broker, DeadLetters, Nodes, RateLimits, ResultBackend, Revocations, Transport,
+        Broker, DeadLetters, Events, Nodes, RateLimits, ResultBackend, Revocations, Transport,
     };
 }

@@ -13,6 +13,7 @@
 mod claim;
 mod control;
 mod dead_letters;
+mod events;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use celeriac_core::message::DEFAULT_MAX_BODY;
@@ -50,6 +51,7 @@ pub struct WorkerBuilder {
     store_retry_for: Duration,
     secret: Option<Secret>,
     max_result: Option<usize>,
+    events: bool,
 }
 
 /// Settings of the worker's process pool.
@@ -80,6 +82,8 @@ pub(crate) struct Config {
     pub(crate) secret: Option<Secret>,
     /// The largest result stored, encoded.
     pub(crate) max_result: Option<usize>,
+    /// Task events on or off (`-E`, or remote control's `enable_events`).
+    pub(crate) events_enabled: Arc<AtomicBool>,
 }
 
 impl Config {
@@ -138,6 +142,7 @@ impl WorkerBuilder {
             store_retry_for: DEFAULT_STORE_RETRY_FOR,
             secret: None,
             max_result: None,
+            events: false,
         }
     }
 
@@ -329,6 +334,17 @@ impl WorkerBuilder {
         self
     }
 
+    /// Sends Celery's task events (`task-received`, `task-started`,
+    /// `task-succeeded`, ...) for monitors such as `celeriac events`,
+    /// `celery events` and Flower, as Celery's `-E` / `--events` (default
+    /// off; a monitor's `enable_events` switches them on too). Worker
+    /// events (`worker-online`, `worker-heartbeat`, `worker-offline`) are
+    /// always sent.
+    pub fn events(mut self, on: bool) -> Self {
+        self.events = on;
+        self
+    }
+
     /// Builds the worker. It starts consuming when [`Worker::run`] is
     /// awaited.
     pub fn build(self) -> Result<Worker, WorkerError> {
@@ -393,6 +409,7 @@ impl WorkerBuilder {
                 store_retry_for: self.store_retry_for,
                 secret: self.secret,
                 max_result: self.max_result,
+                events_enabled: Arc::new(AtomicBool::new(self.events)),
             },
             kind: self.kind,
             threads,

@@ -49,6 +49,8 @@ pub(crate) struct Inner {
     pub(crate) rates: LocalRates,
     /// `observe`: counters and observers.
     pub(crate) notify: Notifier,
+    /// `events`: Celery's worker and task events (also an observer).
+    pub(crate) events: Arc<crate::events::Events>,
 }
 
 /// A worker: consumes task messages and runs them. Cheap to clone; clones
@@ -103,6 +105,10 @@ impl Worker {
 
     pub(crate) fn from_parts(p: Parts) -> Result<Worker, WorkerError> {
         let executors = Executors::new(p.kind, p.threads, p.procs, p.concurrency)?;
+        let events =
+            crate::events::Events::new(&p.config.nodename, p.config.events_enabled.clone());
+        let mut observers = p.observers;
+        observers.push(events.clone());
         Ok(Worker {
             inner: Arc::new(Inner {
                 broker: p.broker,
@@ -116,7 +122,8 @@ impl Worker {
                 batches: Batches::default(),
                 waiting: Waiting::default(),
                 rates: LocalRates::default(),
-                notify: Notifier::new(p.observers),
+                notify: Notifier::new(observers),
+                events,
             }),
         })
     }
@@ -193,6 +200,7 @@ impl Worker {
             tokio::spawn(chores::heartbeat(inner.clone())),
             tokio::spawn(chores::renew(inner.clone())),
             tokio::spawn(control::watch(inner.clone())),
+            tokio::spawn(crate::events::run(inner.clone())),
         ];
         if let Some((min, max)) = inner.config.autoscale {
             chores.push(tokio::spawn(chores::autoscale(self.clone(), min, max)));
@@ -245,6 +253,7 @@ impl Worker {
             chore.abort();
         }
         inner.executors.shutdown().await;
+        crate::events::offline(inner).await;
         if let Err(e) = inner.broker.node_gone(&inner.config.nodename).await {
             tracing::warn!(error = %e, "could not remove node record");
         }

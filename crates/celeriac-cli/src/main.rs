@@ -1,6 +1,7 @@
 //! The `celeriac` command: `demo`, `worker`, `call`, `result`, `dlq`.
 
 mod demo;
+mod events;
 mod parse;
 
 use parse::{parse_json_list, parse_json_object, parse_seconds, queue_name, signal_name};
@@ -105,6 +106,10 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Follow the workers' events (celeriac and Python Celery workers):
+    /// a live view of workers, tasks by state, tasks per second and recent
+    /// tasks, or `--dump` to print each event, as `celery events`.
+    Events(events::EventsArgs),
     /// List the tasks this binary can run.
     Tasks {
         /// Include the diagnostic tasks.
@@ -153,6 +158,10 @@ struct WorkerArgs {
     /// Also register celeriac.fail, .panic, .crash and .alloc.
     #[arg(long)]
     diagnostic_tasks: bool,
+    /// Send Celery's task events (task-received, task-succeeded, ...) for
+    /// monitors: `celeriac events`, `celery events`, Flower.
+    #[arg(short = 'E', long)]
+    events: bool,
     /// Largest message body accepted, in bytes; larger ones are dead-lettered.
     #[arg(long, default_value = "67108864")]
     max_body: NonZeroUsize,
@@ -349,6 +358,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Call(args) => call(&cli.conn, args),
         Command::Result(args) => result(&cli.conn, args),
         Command::Dlq { command } => dlq(&cli.conn, command),
+        Command::Events(args) => events::run(&cli.conn, args),
         Command::Revoke {
             ids,
             ttl,
@@ -397,6 +407,7 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             .max_deliveries(args.max_deliveries)
             .prefetch_multiplier(args.prefetch_multiplier)
             .result_extended(args.result_extended)
+            .events(args.events)
             .pool_kind(pool);
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);

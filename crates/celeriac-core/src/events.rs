@@ -161,9 +161,19 @@ impl EventBuilder {
     }
 }
 
+/// Appends `s` as a JSON string. Most event strings (ids, names, node
+/// names) need no escaping and are copied as they are.
 fn push_str(out: &mut String, s: &str) {
-    // A `str` always serializes.
-    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    let plain = s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // A `str` always serializes.
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    }
 }
 
 fn push_f64(out: &mut String, v: f64) {

@@ -21,6 +21,7 @@
 //! [`WorkerBuilder::heartbeat`]: crate::WorkerBuilder::heartbeat
 //! [`WorkerBuilder::events`]: crate::WorkerBuilder::events
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -165,11 +166,14 @@ impl Observer for Events {
         }
         let m = task.message;
         let h = &m.headers;
-        let args = h.argsrepr.clone().unwrap_or_else(|| args_repr(&m.args));
-        let kwargs = h
-            .kwargsrepr
-            .clone()
-            .unwrap_or_else(|| kwargs_repr(&m.kwargs));
+        let args = match &h.argsrepr {
+            Some(r) => Cow::Borrowed(r.as_str()),
+            None => Cow::Owned(args_repr(&m.args)),
+        };
+        let kwargs = match &h.kwargsrepr {
+            Some(r) => Cow::Borrowed(r.as_str()),
+            None => Cow::Owned(kwargs_repr(&m.kwargs)),
+        };
         let ev = self
             .task(m.id())
             .str("name", m.task())

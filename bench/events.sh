@@ -33,6 +33,12 @@ trap 'exit 143' TERM
 start_private_redis
 echo "== $dir; private redis on $url; $rounds rounds; pools $pools; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
+# Seconds of CPU the Redis server has used (user + system).
+redis_cpu() {
+    redis-cli -p "$port" info cpu | tr -d '\r' |
+        awk -F: '$1 == "used_cpu_user" || $1 == "used_cpu_sys" { s += $2 } END { print s }'
+}
+
 run_side() {
     local side="$1"; shift
     redis-cli -p "$port" flushall >/dev/null
@@ -41,10 +47,16 @@ run_side() {
         monitor=$!
         sleep 0.5
     fi
+    local cpu0 cpu1
+    cpu0="$(redis_cpu)"
     "$dir/celeriac-bench" run --only W1 --redis "$url" --w1-repeat 1 --pools "$pools" \
         --celeriac-bin "$dir/celeriac" --worker-pidfile "$tmp/worker.pid" "$@" 2>>"$tmp/log" |
         sed "s/^{/{\"side\":\"$side\",/" >>"$out"
+    cpu1="$(redis_cpu)"
     stop_monitor
+    # Redis's CPU over the whole run (warm-up included) per W1 task.
+    python3 -c "import json,sys; print(json.dumps({'side': sys.argv[1], 'workload': 'W1', 'system': 'redis-server', 'metric': 'redis_cpu_per_task', 'value': round((float(sys.argv[3]) - float(sys.argv[2])) * 1e6 / 20000, 2), 'unit': 'us'}))" \
+        "$side" "$cpu0" "$cpu1" >>"$out"
 }
 
 for r in $(seq 1 "$rounds"); do
@@ -67,7 +79,7 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 groups = {}
 for r in rows:
-    if r["metric"] not in ("throughput", "enqueue_rate"):
+    if r["metric"] not in ("throughput", "enqueue_rate", "worker_cpu_per_task", "redis_cpu_per_task"):
         continue
     key = (r["system"], r["metric"], r["unit"])
     groups.setdefault(key, {}).setdefault(r["side"], []).append(r["value"])

@@ -6,7 +6,6 @@
 //! Run: `cargo run -p celeriac-examples --example events`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use celeriac::events;
 use celeriac::prelude::*;

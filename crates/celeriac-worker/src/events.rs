@@ -72,6 +72,9 @@ pub(crate) struct Events {
     processed: AtomicU64,
     pending: Mutex<Pending>,
     wake: Notify,
+    /// Asks for a heartbeat now (remote control's `heartbeat`, which
+    /// monitors broadcast as they start).
+    beat_now: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -91,7 +94,15 @@ impl Events {
             processed: AtomicU64::new(0),
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
+            beat_now: Notify::new(),
         })
+    }
+
+    /// Sends a `worker-heartbeat` at once instead of at the next interval
+    /// (what Celery does for the `heartbeat` control command).
+    #[allow(dead_code)] // for remote control's `heartbeat`
+    pub(crate) fn heartbeat_now(&self) {
+        self.beat_now.notify_one();
     }
 
     fn on(&self) -> bool {
@@ -263,13 +274,21 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 tokio::time::sleep(LINGER).await;
                 failing = flush(&inner, failing).await;
             }
-            () = tokio::time::sleep_until(beat) => {
+            () = beat_at(beat, &inner.events.beat_now) => {
                 failing = flush(&inner, failing).await;
                 inner.events.utcoffset.store(events::utcoffset().to_bits(), Ordering::Relaxed);
                 send_worker_event(&inner, "worker-heartbeat").await;
                 beat = Instant::now() + every;
             }
         }
+    }
+}
+
+/// Until the heartbeat is due at `at`, or asked for now.
+async fn beat_at(at: Instant, now: &Notify) {
+    tokio::select! {
+        () = tokio::time::sleep_until(at) => {}
+        () = now.notified() => {}
     }
 }
 
@@ -389,6 +408,16 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert_eq!(sw_sys(), "Linux");
         }
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_can_be_asked_for_now() {
+        let ev = Events::new("w@h", Arc::new(AtomicBool::new(false)));
+        ev.heartbeat_now();
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::time::timeout(Duration::from_secs(5), beat_at(far, &ev.beat_now))
+            .await
+            .expect("the heartbeat is due at once");
     }
 
     #[test]

@@ -72,9 +72,6 @@ pub(crate) struct Events {
     processed: AtomicU64,
     pending: Mutex<Pending>,
     wake: Notify,
-    /// Asks for a heartbeat now (remote control's `heartbeat`, which
-    /// monitors broadcast as they start).
-    beat_now: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -94,15 +91,7 @@ impl Events {
             processed: AtomicU64::new(0),
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
-            beat_now: Notify::new(),
         })
-    }
-
-    /// Sends a `worker-heartbeat` at once instead of at the next interval
-    /// (what Celery does for the `heartbeat` control command).
-    #[allow(dead_code)] // for remote control's `heartbeat`
-    pub(crate) fn heartbeat_now(&self) {
-        self.beat_now.notify_one();
     }
 
     fn on(&self) -> bool {
@@ -274,7 +263,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 tokio::time::sleep(LINGER).await;
                 failing = flush(&inner, failing).await;
             }
-            () = beat_at(beat, &inner.events.beat_now) => {
+            () = beat_at(beat, &inner.control.heartbeat_wanted) => {
                 failing = flush(&inner, failing).await;
                 inner.events.utcoffset.store(events::utcoffset().to_bits(), Ordering::Relaxed);
                 send_worker_event(&inner, "worker-heartbeat").await;
@@ -284,7 +273,8 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     }
 }
 
-/// Until the heartbeat is due at `at`, or asked for now.
+/// Until the heartbeat is due at `at`, or asked for now (remote control's
+/// `heartbeat`, which monitors broadcast as they start).
 async fn beat_at(at: Instant, now: &Notify) {
     tokio::select! {
         () = tokio::time::sleep_until(at) => {}
@@ -412,12 +402,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_heartbeat_can_be_asked_for_now() {
-        let ev = Events::new("w@h", Arc::new(AtomicBool::new(false)));
-        ev.heartbeat_now();
+        let asked = Arc::new(Notify::new());
         let far = Instant::now() + Duration::from_secs(3600);
-        tokio::time::timeout(Duration::from_secs(5), beat_at(far, &ev.beat_now))
+        let waiting = tokio::spawn({
+            let asked = asked.clone();
+            async move { beat_at(far, &asked).await }
+        });
+        while !waiting.is_finished() {
+            // As remote control asks: it wakes whoever waits now.
+            asked.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
-            .expect("the heartbeat is due at once");
+            .expect("the heartbeat is due at once")
+            .unwrap();
     }
 
     #[test]

@@ -65,11 +65,13 @@ mod line;
 mod meta;
 mod observe;
 mod settle;
+mod task_log;
 mod worker;
 
 pub use celeriac_core::PoolKind;
 pub use config::{DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_STORE_RETRY_FOR, WorkerBuilder};
 pub use observe::{Observer, RevokedBy, TaskEvent, WorkerStats};
+pub use task_log::{RESULT_REPR_MAX, TaskLog};
 pub use worker::Worker;
 
 /// Errors starting a worker.

@@ -52,6 +52,12 @@ pub(crate) fn run(conn: &Conn, args: EventsArgs) -> Result<ExitCode> {
             .subscribe_events()
             .await
             .context("subscribing to events")?;
+        // As Celery's receiver (wakeup=True): every worker heartbeats at
+        // once instead of at its next interval.
+        let wakeup = celeriac::ControlRequest::new("heartbeat");
+        if let Err(e) = broker.broadcast(&wakeup).await {
+            tracing::warn!(error = %e, "could not ask the workers for a heartbeat");
+        }
         let title = broker.url();
         if args.dump {
             dump(stream, &args, &title).await

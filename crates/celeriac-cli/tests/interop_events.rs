@@ -7,6 +7,8 @@
 //!   Redis;
 //! - `celeriac events --dump` follows a celeriac worker on the default
 //!   embedded broker (the SQLite file).
+//! - Python's `app.control.enable_events()`, as Flower sends it, turns on
+//!   the task events of a celeriac worker started without `-E`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -415,4 +417,67 @@ fn celeriac_events_dump_follows_a_celeriac_worker_on_the_default_broker() {
     terminate(&worker.child);
     wait_exit(&mut worker.child, "the worker");
     dump.wait_for(|l| l.starts_with("w1@default [") && l.contains("] shutdown: "));
+}
+
+#[test]
+fn pythons_enable_events_turns_on_a_celeriac_workers_task_events() {
+    let Some(python) = python() else { return };
+    let redis = RedisServer::start();
+    let url = redis.url("");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.json");
+    let node = "plain@interop";
+    let mut cmd = Command::new(&python);
+    cmd.arg(python_dir().join("events_receiver.py"))
+        .args([url.as_str(), node, "120"])
+        .arg(&out);
+    let mut receiver = LoggedChild::spawn(cmd, dir.path(), "events-receiver");
+    assert!(receiver.wait_for_log("READY").contains("READY"));
+
+    // Without -E: only worker events, until a monitor asks, as Flower does.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["worker", "-c", "1", "-n", node, "--broker", &url]);
+    let mut worker = LoggedChild::spawn(cmd, dir.path(), "celeriac-plain-worker");
+    assert!(worker.wait_for_log("worker ready").contains("worker ready"));
+    let quiet = call_wait(&url, "celeriac.add", "[1, 1]");
+    assert_eq!(quiet, "2");
+    let script = r#"
+import sys
+from celery import Celery
+app = Celery(broker=sys.argv[1], backend=sys.argv[1])
+replies = app.control.enable_events(reply=True, timeout=5)
+assert replies == [{sys.argv[2]: {"ok": "task events enabled"}}], replies
+print(app.send_task("celeriac.add", (2, 3)).get(timeout=60))
+"#;
+    let run = Command::new(&python)
+        .args(["-c", script, &url, node])
+        .output()
+        .expect("run Python");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "5");
+
+    terminate(&worker.child);
+    wait_exit(&mut worker.child, "the worker");
+    wait_exit(&mut receiver.child, "the receiver");
+    let events: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let tasks: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["hostname"] == node && e["type"].as_str().unwrap().starts_with("task-"))
+        .collect();
+    let names: Vec<&str> = tasks.iter().filter_map(|e| e["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["celeriac.add"],
+        "only the task after enable_events: {tasks:#?}"
+    );
+    let done: Vec<&&Value> = tasks
+        .iter()
+        .filter(|e| e["type"] == "task-succeeded")
+        .collect();
+    assert_eq!(done.len(), 1, "{tasks:#?}");
+    assert_eq!(done[0]["result"], "5");
 }

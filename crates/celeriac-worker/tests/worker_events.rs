@@ -10,7 +10,9 @@ use celeriac_core::broker::EventStream;
 use celeriac_core::broker::prelude::*;
 use celeriac_core::events::{self, Event};
 use celeriac_core::time::{iso_from_unix, unix_now};
-use celeriac_core::{Call, Message, Outgoing, Registry, ResultBackend, TaskError, TaskOptions};
+use celeriac_core::{
+    Call, ControlRequest, Message, Outgoing, Registry, ResultBackend, TaskError, TaskOptions,
+};
 use celeriac_embedded::{MemoryBackend, MemoryBroker};
 use celeriac_worker::Worker;
 use futures::StreamExt;
@@ -279,4 +281,71 @@ async fn without_events_a_worker_sends_only_worker_events() {
         "no task events without -E: {kinds:?}"
     );
     assert_eq!(*kinds.last().unwrap(), "worker-offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitors_enable_events_and_heartbeat_reach_the_worker() {
+    let broker = Arc::new(MemoryBroker::new());
+    let backend = Arc::new(MemoryBackend::new());
+    let mut stream = broker.subscribe_events().await.unwrap();
+    // No -E, and heartbeats far apart.
+    let worker = Worker::builder(broker.clone(), backend.clone(), Arc::new(registry()))
+        .concurrency(1)
+        .nodename("ev@test")
+        .heartbeat(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let running = tokio::spawn({
+        let w = worker.clone();
+        async move { w.run().await }
+    });
+    collect(&mut stream, |e| e["type"] == "worker-online").await;
+
+    // A monitor's wakeup: a heartbeat at once, not in an hour. (A request
+    // that lands while the worker is sending another event is not queued,
+    // as in Celery, so a monitor that misses one asks again.)
+    let mut beat = false;
+    for _ in 0..20 {
+        broker
+            .broadcast(&ControlRequest::new("heartbeat"))
+            .await
+            .unwrap();
+        if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+            let evs = events::decode(&m.body).unwrap();
+            beat = evs.iter().any(|e| e["type"] == "worker-heartbeat");
+            if beat {
+                break;
+            }
+        }
+    }
+    assert!(beat, "no heartbeat on request");
+
+    // Flower's enable_events: task events from then on.
+    broker
+        .broadcast(&ControlRequest::new("enable_events"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !worker
+        .events_enabled()
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "enable_events not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ok = Call::<Value>::new("t.add")
+        .arg(4)
+        .arg(5)
+        .to_message()
+        .unwrap();
+    publish(&broker, &ok).await;
+    let seen = collect(&mut stream, |e| e["type"] == "task-succeeded").await;
+    let s = one(&seen, "task-succeeded", ok.id());
+    assert_eq!(s["result"], "9");
+    one(&seen, "task-received", ok.id());
+    worker.shutdown();
+    running.await.unwrap();
 }

@@ -4,6 +4,7 @@
 mod banner;
 mod demo;
 mod dlq;
+mod events;
 mod inspect;
 mod map;
 mod parse;
@@ -146,6 +147,10 @@ enum Command {
     Status(inspect::StatusArgs),
     /// Delete every message waiting on queues (asks first unless -f).
     Purge(purge::PurgeArgs),
+    /// Follow the workers' events (celeriac and Python Celery workers):
+    /// a live view of workers, tasks by state, tasks per second and recent
+    /// tasks, or `--dump` to print each event, as `celery events`.
+    Events(events::EventsArgs),
     /// List the tasks this binary can run.
     Tasks {
         /// Include the diagnostic tasks.
@@ -199,6 +204,10 @@ struct WorkerArgs {
     /// Also register celeriac.fail, .panic, .crash, .alloc and .flaky.
     #[arg(long)]
     diagnostic_tasks: bool,
+    /// Send Celery's task events (task-received, task-succeeded, ...) for
+    /// monitors: `celeriac events`, `celery events`, Flower.
+    #[arg(short = 'E', long)]
+    events: bool,
     /// Largest message body accepted, in bytes; larger ones are dead-lettered.
     #[arg(long, default_value = "67108864")]
     max_body: NonZeroUsize,
@@ -406,6 +415,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Control(args) => inspect::control(&cli.conn, args),
         Command::Status(args) => inspect::status(&cli.conn, args),
         Command::Purge(args) => purge::purge(&cli.conn, args),
+        Command::Events(args) => events::run(&cli.conn, args),
         Command::Revoke {
             ids,
             ttl,
@@ -464,6 +474,7 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             .max_deliveries(args.max_deliveries)
             .prefetch_multiplier(args.prefetch_multiplier)
             .result_extended(args.result_extended)
+            .events(args.events)
             .pool_kind(pool);
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);

@@ -47,6 +47,7 @@
 //!
 //!  observe.rs  counters and observers, told at each transition
 //!  control.rs  revokes of reserved messages, terminate of running tasks
+//!  subtasks.rs a task's subtasks: submit, and wait with its slot given up
 //!  chores.rs   heartbeat, lease renewal, autoscale
 //!  config.rs   WorkerBuilder and the immutable Config
 //! ```
@@ -63,6 +64,7 @@ mod line;
 mod meta;
 mod observe;
 mod settle;
+mod subtasks;
 mod worker;
 
 pub use celeriac_core::PoolKind;

@@ -273,7 +273,7 @@ impl Worker {
 }
 
 /// One message's lifecycle.
-async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
+async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
     let admitted = match admit::admit(inner, held.delivery()).await {
         Admission::Run(a) => a,
         Admission::Skip { msg, disposition } => {
@@ -327,6 +327,8 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
     let hard = ctx.time_limit().or(inner.config.time_limit);
     let soft = ctx.soft_time_limit().or(inner.config.soft_time_limit);
     ctx.set_time_limits(hard, soft);
+    let subtasks = crate::subtasks::TaskSubtasks::new(inner);
+    ctx.set_subtasks(subtasks.clone());
     let args = Args::new(msg.args.clone(), msg.kwargs.clone());
     // acks_late = false (Celery's default, not ours): ack as the task
     // starts; a crash from here on loses it, as the task asked.
@@ -355,7 +357,8 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
         meta: inner.config.meta_facts(),
         max_result: inner.config.max_result,
     };
-    let decision = decide::after_run(facts, ran, random_unit(), unix_now());
+    let mut decision = decide::after_run(facts, ran, random_unit(), unix_now());
+    subtasks.add_children(&mut decision);
     report(inner, &ev, &decision);
     let disposition = decision.into_disposition(msg.headers.ignore_result == Some(true));
     settle::apply(inner, held, Some(&msg), disposition).await;

@@ -23,7 +23,9 @@
 //! **Where it works:** tasks on a worker's thread pool and `async fn`
 //! tasks (use the `_async` forms there). A task running in a child process
 //! of the process pool, or one called directly with a detached context,
-//! gets [`SubtaskError::Unavailable`].
+//! gets [`SubtaskError::Unavailable`], and so does a context kept past the
+//! end of its task's run. Several threads of one task that wait at once
+//! give its slot up once.
 
 use std::fmt;
 use std::marker::PhantomData;

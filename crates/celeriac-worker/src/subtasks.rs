@@ -18,7 +18,7 @@
 //! [`Reservations::resume`]: crate::line::Reservations::resume
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,15 @@ pub(crate) struct TaskSubtasks {
     inner: Arc<Inner>,
     runtime: tokio::runtime::Handle,
     children: Mutex<Vec<String>>,
+    /// A wait of this task has given its slot up: waits from other threads
+    /// of the same task meanwhile do not give it up again.
+    suspended: Arc<AtomicBool>,
+    /// The task's run has ended: its slot is no longer its to give up.
+    finished: AtomicBool,
 }
+
+/// Why a task that has finished cannot submit or wait any more.
+const FINISHED: &str = "the task that owns this context has finished running";
 
 impl TaskSubtasks {
     /// The subtasks of a task about to run on `inner`'s worker; must be
@@ -61,7 +69,23 @@ impl TaskSubtasks {
             inner: inner.clone(),
             runtime: tokio::runtime::Handle::current(),
             children: Mutex::new(Vec::new()),
+            suspended: Arc::new(AtomicBool::new(false)),
+            finished: AtomicBool::new(false),
         })
+    }
+
+    /// The task's run has ended (called by its handler): a context kept
+    /// past it can no longer submit or wait.
+    pub(crate) fn finish(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+    }
+
+    fn check_running(&self) -> Result<(), SubtaskError> {
+        if self.finished.load(Ordering::SeqCst) {
+            Err(SubtaskError::Unavailable(FINISHED))
+        } else {
+            Ok(())
+        }
     }
 
     /// Lists the subtasks the task sent as the first `children` of its
@@ -136,17 +160,25 @@ async fn results(
 /// dropped before [`Suspended::resume`] (so that the counts balance).
 struct Suspended {
     inner: Arc<Inner>,
+    flag: Arc<AtomicBool>,
     resumed: bool,
 }
 
 impl Suspended {
-    fn new(inner: &Arc<Inner>) -> Self {
-        inner.slots.suspend();
+    /// Gives the slot of the task of `subtasks` up, unless another wait of
+    /// the same task already did.
+    fn try_new(subtasks: &TaskSubtasks) -> Option<Self> {
+        subtasks
+            .suspended
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()?;
+        subtasks.inner.slots.suspend();
         WAITING.fetch_add(1, Ordering::Relaxed);
-        Suspended {
-            inner: inner.clone(),
+        Some(Suspended {
+            inner: subtasks.inner.clone(),
+            flag: subtasks.suspended.clone(),
             resumed: false,
-        }
+        })
     }
 
     async fn resume(mut self) {
@@ -161,6 +193,7 @@ impl Drop for Suspended {
         if !self.resumed {
             self.inner.slots.resume_now();
         }
+        self.flag.store(false, Ordering::SeqCst);
     }
 }
 
@@ -174,12 +207,14 @@ impl Subtasks for TaskSubtasks {
         if on_runtime() {
             return Err(SubtaskError::WouldBlock("submit"));
         }
+        self.check_running()?;
         self.record(&msgs);
         self.block_on(Self::send(self.inner.clone(), msgs))
             .unwrap_or_else(|| Err(SubtaskError::Publish("the worker is shutting down".into())))
     }
 
     async fn publish_async(&self, msgs: Vec<Message>) -> Result<(), SubtaskError> {
+        self.check_running()?;
         self.record(&msgs);
         Self::send(self.inner.clone(), msgs).await
     }
@@ -193,6 +228,7 @@ impl Subtasks for TaskSubtasks {
         if on_runtime() {
             return Err(SubtaskError::WouldBlock("wait"));
         }
+        self.check_running()?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let (tx, rx) = mpsc::sync_channel(1);
         let fetch = results(self.inner.backend.clone(), ids.to_vec());
@@ -208,7 +244,7 @@ impl Subtasks for TaskSubtasks {
                 None
             }
         };
-        let suspended = Suspended::new(&self.inner);
+        let suspended = Suspended::try_new(self);
         warn_if_many(&self.inner);
         let out = loop {
             match rx.recv_timeout(CANCEL_POLL) {
@@ -233,7 +269,9 @@ impl Subtasks for TaskSubtasks {
         job.abort();
         // Take a slot back (waiting, if need be, while the stand-in thread
         // still runs), then end the blocking section.
-        let _ = self.block_on(suspended.resume());
+        if let Some(s) = suspended {
+            let _ = self.block_on(s.resume());
+        }
         drop(section);
         out
     }
@@ -244,7 +282,8 @@ impl Subtasks for TaskSubtasks {
         cancel: &CancelToken,
         timeout: Option<Duration>,
     ) -> Result<Vec<ResultMeta>, SubtaskError> {
-        let suspended = Suspended::new(&self.inner);
+        self.check_running()?;
+        let suspended = Suspended::try_new(self);
         let fetch = results(self.inner.backend.clone(), ids.to_vec());
         tokio::pin!(fetch);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -262,7 +301,9 @@ impl Subtasks for TaskSubtasks {
                 }
             }
         };
-        suspended.resume().await;
+        if let Some(s) = suspended {
+            s.resume().await;
+        }
         out
     }
 }

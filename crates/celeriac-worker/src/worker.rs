@@ -345,6 +345,7 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
         .executors
         .run(&task, ctx, args, inner.slots.target())
         .await;
+    subtasks.finish();
     slot.release();
     if let Some(ran) = &ran {
         inner.slots.record_runtime(ran.runtime);

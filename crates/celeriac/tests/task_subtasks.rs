@@ -81,6 +81,24 @@ fn spawn_lineage(ctx: &TaskContext) -> Result<(String, Option<String>, Option<St
     Ok((kid.id().to_string(), parent, root))
 }
 
+/// Waits on a subtask that outlasts its hard time limit.
+#[task(name = "subtasks.waits_too_long")]
+async fn waits_too_long(ctx: &TaskContext) -> Result<f64, TaskError> {
+    let kid = ctx
+        .submit_async(celeriac::builtins::sleep::call(1.5))
+        .await?;
+    Ok(ctx.wait_async(&kid).await?)
+}
+
+static KEPT: std::sync::Mutex<Option<TaskContext>> = std::sync::Mutex::new(None);
+
+/// Keeps its context past its run.
+#[task(name = "subtasks.keeps_ctx")]
+fn keeps_ctx(ctx: &TaskContext) -> i64 {
+    *KEPT.lock().unwrap() = Some(ctx.clone());
+    1
+}
+
 /// A blocking wait called from an async task is refused, not a deadlock.
 #[task(name = "subtasks.blocks_runtime")]
 async fn blocks_runtime(ctx: &TaskContext) -> Result<i64, TaskError> {
@@ -171,6 +189,62 @@ fn a_blocking_wait_in_an_async_task_is_a_typed_error() {
     };
     assert_eq!(te.exc_type(), "RuntimeError");
     assert!(te.message().contains("wait_async"), "{te}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_cut_short_by_the_time_limit_leaves_the_slot_counts_right() {
+    let broker = Arc::new(MemoryBroker::new());
+    let backend = Arc::new(MemoryBackend::new());
+    let registry = Registry::linked(false).unwrap();
+    let worker = Worker::builder(broker.clone(), backend.clone(), Arc::new(registry))
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let running = tokio::spawn({
+        let w = worker.clone();
+        async move { w.run().await }
+    });
+    let run = |call: Call<serde_json::Value>| {
+        let (broker, backend) = (broker.clone(), backend.clone());
+        async move {
+            let msg = call.to_message().unwrap();
+            let watch = backend.watch(msg.id()).await.unwrap();
+            broker
+                .publish(Outgoing::from_message(&msg).unwrap())
+                .await
+                .unwrap();
+            tokio::time::timeout(WAIT, watch).await.unwrap().unwrap()
+        }
+    };
+    // The async task is dropped at its hard limit in the middle of its
+    // wait, its slot given up.
+    let cut = run(waits_too_long::call().cast().time_limits(Some(0.3), None)).await;
+    assert_eq!(cut.error().exc_type(), "TimeLimitExceeded");
+    // The slot came back: waits still work at concurrency 1, and once all
+    // is done no slot is counted as busy.
+    let sum = run(fan_out::call(4).cast()).await;
+    assert_eq!(sum.result, 14);
+    let deadline = std::time::Instant::now() + WAIT;
+    while worker.stats().active != 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", worker.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.shutdown();
+    running.await.unwrap();
+}
+
+#[test]
+fn a_context_kept_past_its_task_can_no_longer_submit() {
+    let s = server("memory://subtasks-kept");
+    assert_eq!(s.submit(keeps_ctx::call()).wait_timeout(WAIT).unwrap(), 1);
+    let ctx = KEPT
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the task kept its context");
+    let err = ctx.submit(square::call(2)).unwrap_err();
+    assert!(matches!(err, SubtaskError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("finished"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

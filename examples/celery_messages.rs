@@ -10,11 +10,11 @@ const FROM_PYTHON: &str = r#"{"body": "W1syLCAzXSwgeyJ6IjogMX0sIHsiY2FsbGJhY2tzI
 fn main() -> anyhow::Result<()> {
     let msg = Message::decode(FROM_PYTHON.as_bytes())?;
     println!(
-        "task {} id {} args {:?} kwargs {:?}",
+        "task {} id {} args {} kwargs {}",
         msg.task(),
         msg.id(),
-        msg.args,
-        msg.kwargs
+        serde_json::json!(msg.args),
+        serde_json::json!(msg.kwargs)
     );
 
     let ours = Call::<i64>::new("tasks.mul")

@@ -54,7 +54,10 @@ fn main() -> anyhow::Result<()> {
     // Errors are typed and carry the message.
     match server.submit(divide::call(1, 0)).wait() {
         Ok(v) => println!("unexpected {v}"),
-        Err(e) => println!("divide(1, 0) failed: {e}"),
+        Err(e) => match e.task_error() {
+            Some(raised) => println!("divide(1, 0) raised {raised}"),
+            None => println!("divide(1, 0) did not run: {e}"),
+        },
     }
 
     server.set_workers(1)?;

@@ -60,14 +60,22 @@ fn main() -> anyhow::Result<()> {
     // Revoke a job before it runs.
     let later = server.submit(charge::call(8, 500).countdown(Duration::from_millis(300)));
     server.revoke(&[later.id()])?;
-    println!("revoked job: {}", later.wait().unwrap_err());
+    let err = later.wait().unwrap_err();
+    println!(
+        "revoked job: {}",
+        err.task_error().map_or(err.to_string(), |e| e.to_string())
+    );
 
     // A job that is not started in time expires.
     let blocker = (0..server.workers())
         .map(|_| server.submit(celeriac::builtins::sleep::call(0.3)))
         .collect::<Vec<_>>();
     let stale = server.submit(ping::call(0).expires_in(Duration::from_millis(50)));
-    println!("expired job: {}", stale.wait().unwrap_err());
+    let err = stale.wait().unwrap_err();
+    println!(
+        "expired job: {}",
+        err.task_error().map_or(err.to_string(), |e| e.to_string())
+    );
     for b in blocker {
         b.wait()?;
     }

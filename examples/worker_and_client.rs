@@ -46,9 +46,9 @@ async fn main() -> anyhow::Result<()> {
         broker.publish(Outgoing::from_message(&msg)?).await?;
         let meta = tokio::time::timeout(Duration::from_secs(30), watch).await??;
         println!(
-            "{}{:?} = {} (on {})",
+            "{}{} = {} (on {})",
             msg.task(),
-            msg.args,
+            serde_json::json!(msg.args),
             meta.result,
             meta.worker.unwrap_or_default()
         );

@@ -1,7 +1,15 @@
-//! The `celeriac` command: `demo`, `worker`, `call`, `result`, `dlq`.
+//! The `celeriac` command: `demo`, `worker`, `call`, `map`, `result`, `revoke`,
+//! `dlq`, `tasks`, `inspect`, `control`, `status`, `purge`.
 
+mod banner;
 mod demo;
+mod dlq;
+mod inspect;
+mod map;
 mod parse;
+mod probe;
+mod purge;
+mod telemetry;
 
 use parse::{parse_json_list, parse_json_object, parse_seconds, queue_name, signal_name};
 
@@ -27,15 +35,21 @@ struct Cli {
     conn: Conn,
     /// Log level: error, warn, info, debug or trace (default: info, and warn
     /// for `demo`).
-    #[arg(long, global = true, env = "CELERIAC_LOGLEVEL")]
+    #[arg(long, short = 'l', global = true, env = "CELERIAC_LOGLEVEL")]
     loglevel: Option<String>,
+    /// Log format: `text` (colours only on a terminal) or `json` (one
+    /// object per line, for log collectors).
+    #[arg(long, global = true, env = "CELERIAC_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, ClapArgs)]
 struct Conn {
-    /// Broker URL (memory://, sqlite:///path.db). Default: the file
+    /// Broker URL (sqlite:///path.db, redis://host:port/db, rediss://...;
+    /// memory:// only for `demo`). Default: the file
     /// broker at $CELERIAC_HOME/celeriac.db or ~/.local/share/celeriac/celeriac.db.
     #[arg(long, short = 'b', global = true, env = "CELERIAC_BROKER_URL")]
     broker: Option<String>,
@@ -59,6 +73,18 @@ impl Conn {
 
     fn open(&self) -> Result<(Arc<dyn Broker>, Arc<dyn ResultBackend>)> {
         let b = self.broker_url();
+        // Every command here talks to another process (a worker, a client),
+        // and a memory:// store lives and dies inside this one: a `call`
+        // would vanish at exit and `call --wait` would wait forever.
+        for (what, url) in [("broker", &b), ("result backend", &self.backend_url())] {
+            if url.starts_with("memory://") {
+                bail!(
+                    "the {what} {url} lives inside one process, and this command \
+                     talks to another one; use the default file broker (leave out \
+                     --broker), sqlite:///path.db or redis://"
+                );
+            }
+        }
         let broker = open_broker(&b).with_context(|| format!("opening broker {b}"))?;
         let r = self.backend_url();
         let backend = open_backend(&r).with_context(|| format!("opening result backend {r}"))?;
@@ -68,13 +94,18 @@ impl Conn {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The book's Fibonacci job on the embedded default, with auto-sized
-    /// pools: results, wall time, speedup over one worker, stats.
+    /// The book's Fibonacci job in this process, on the embedded in-memory
+    /// broker (memory://): results, wall time, speedup over one worker,
+    /// pp's stats.
     Demo(demo::DemoArgs),
     /// Consume tasks from the broker and run them.
     Worker(WorkerArgs),
     /// Send a task; print its id, or with --wait its result as JSON.
     Call(CallArgs),
+    /// Call a task once per line of a file (each line a JSON list of
+    /// arguments, or an object with "args" and "kwargs"), wait for all,
+    /// and print the results as JSON lines in input order.
+    Map(map::MapArgs),
     /// Print a task's result as JSON (non-zero exit if it failed or is not
     /// ready).
     Result(ResultArgs),
@@ -103,8 +134,18 @@ enum Command {
     /// Inspect and requeue dead letters.
     Dlq {
         #[command(subcommand)]
-        command: DlqCommand,
+        command: dlq::DlqCommand,
     },
+    /// Ask the workers (celeriac or Python Celery) for their state, as
+    /// `celery inspect`: ping, stats, active, reserved, registered, ...
+    Inspect(inspect::InspectArgs),
+    /// Change running workers, as `celery control`: pool_grow,
+    /// rate_limit, add_consumer, shutdown, ...
+    Control(inspect::ControlArgs),
+    /// List the workers that answer a ping.
+    Status(inspect::StatusArgs),
+    /// Delete every message waiting on queues (asks first unless -f).
+    Purge(purge::PurgeArgs),
     /// List the tasks this binary can run.
     Tasks {
         /// Include the diagnostic tasks.
@@ -115,6 +156,11 @@ enum Command {
 
 #[derive(Debug, ClapArgs)]
 struct WorkerArgs {
+    /// At startup, wait for an unreachable broker or backend (retrying with
+    /// a warning) instead of failing after 2 s (Celery's
+    /// broker_connection_retry_on_startup).
+    #[arg(long)]
+    retry_on_startup: bool,
     /// Concurrency (threads, child processes, or async tasks at once).
     /// Default: the number of CPUs (100 for -P async).
     #[arg(short = 'c', long)]
@@ -150,7 +196,7 @@ struct WorkerArgs {
     /// Node name. Default: `celeriac@HOSTNAME`.
     #[arg(short = 'n', long)]
     hostname: Option<String>,
-    /// Also register celeriac.fail, .panic, .crash and .alloc.
+    /// Also register celeriac.fail, .panic, .crash, .alloc and .flaky.
     #[arg(long)]
     diagnostic_tasks: bool,
     /// Largest message body accepted, in bytes; larger ones are dead-lettered.
@@ -175,6 +221,9 @@ struct WorkerArgs {
     /// a FAILURE ResultTooLarge that names its size.
     #[arg(long, value_name = "BYTES")]
     max_result: Option<usize>,
+    /// Serve Prometheus metrics (`celeriac_*`) at http://HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT", env = "CELERIAC_METRICS_ADDR")]
+    metrics_addr: Option<String>,
 }
 
 /// `--secret`: shared-secret signing of task messages.
@@ -256,23 +305,9 @@ struct ResultArgs {
     meta: bool,
 }
 
-#[derive(Debug, Subcommand)]
-enum DlqCommand {
-    /// List dead letters.
-    List {
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-    },
-    /// Move a dead letter back onto its queue.
-    Requeue {
-        /// The dead letter's id (from `dlq list`).
-        id: String,
-    },
-}
-
-/// Exit codes: 0 ok, 1 the task failed, 2 usage or setup error, 3 timed
-/// out, 4 result not ready.
+/// Exit codes: 0 ok, 1 the task failed (or a worker replied with an
+/// error), 2 usage or setup error, 3 timed out, 4 result not ready, 69 no
+/// worker replied (as Celery).
 fn main() -> ExitCode {
     // A process pool child re-executes this binary: serve tasks and exit.
     celeriac::init();
@@ -281,20 +316,36 @@ fn main() -> ExitCode {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    init_logging(cli.loglevel.as_deref().unwrap_or(default_level));
-    match run(cli) {
+    init_logging(
+        cli.loglevel.as_deref().unwrap_or(default_level),
+        cli.log_format == "json",
+    );
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", EscapedLines(format_args!("{e:#}")));
             ExitCode::from(2)
         }
-    }
+    };
+    telemetry::flush();
+    code
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, json: bool) {
     use tracing_subscriber::field::MakeExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    if json {
+        // JSON escapes every string itself: a message cannot forge a line.
+        let sub = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_current_span(false)
+            .finish();
+        telemetry::install_subscriber(sub);
+        return;
+    }
     // Every field and message escaped: text from a message (a task name,
     // an error) can neither forge a log line nor reach the terminal as
     // escape sequences, whichever crate logs it.
@@ -308,12 +359,13 @@ fn init_logging(level: &str) {
     .delimited(" ");
     // Colours only on a terminal: a log file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .fmt_fields(fields)
-        .try_init();
+        .finish();
+    telemetry::install_subscriber(sub);
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -347,8 +399,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Worker(args) => worker(&cli.conn, args),
         Command::Call(args) => call(&cli.conn, args),
+        Command::Map(args) => map::run(&cli.conn, args),
         Command::Result(args) => result(&cli.conn, args),
-        Command::Dlq { command } => dlq(&cli.conn, command),
+        Command::Dlq { command } => dlq::dlq(&cli.conn, command),
+        Command::Inspect(args) => inspect::inspect(&cli.conn, args),
+        Command::Control(args) => inspect::control(&cli.conn, args),
+        Command::Status(args) => inspect::status(&cli.conn, args),
+        Command::Purge(args) => purge::purge(&cli.conn, args),
         Command::Revoke {
             ids,
             ttl,
@@ -388,9 +445,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
     let pool: celeriac::PoolKind = args.pool.parse()?;
     let registry = Registry::linked(args.diagnostic_tasks).context("building the task registry")?;
+    let metrics = telemetry::worker_metrics(args.metrics_addr.as_deref(), &registry)?;
     let rt = worker_runtime(pool)?;
     rt.block_on(async {
         let (broker, backend) = conn.open()?;
+        let (bu, ru) = (conn.broker_url(), conn.backend_url());
+        let queue = args.queues.first().map_or("celery", String::as_str);
+        if args.retry_on_startup {
+            probe::wait_until_reachable(&broker, &backend, &bu, &ru, queue).await;
+        } else {
+            probe::reachable(&broker, &backend, &bu, &ru, queue, probe::STARTUP_DEADLINE).await?;
+        }
+        let urls = (broker.url(), backend.url());
+        let names: Vec<String> = registry.names().into_iter().map(str::to_string).collect();
         let mut b = Worker::builder(broker, backend, Arc::new(registry))
             .queues(args.queues.clone())
             .max_body(args.max_body.get())
@@ -401,10 +468,7 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);
         }
-        if let Some(spec) = &args.autoscale {
-            let (max, min) = spec.split_once(',').unwrap_or((spec.as_str(), "1"));
-            let max: usize = max.trim().parse().context("--autoscale takes MAX,MIN")?;
-            let min: usize = min.trim().parse().context("--autoscale takes MAX,MIN")?;
+        if let Some((min, max)) = autoscale_bounds(args.autoscale.as_deref())? {
             b = b.autoscale(min, max);
         }
         if let Some(n) = args.max_tasks_per_child {
@@ -438,7 +502,22 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         if let Some(bytes) = args.max_result {
             b = b.max_result(bytes);
         }
+        // Celery's line per task: received, succeeded in ..., raised ...
+        b = b.observer(Arc::new(celeriac::TaskLog));
+        if let Some(m) = &metrics {
+            b = b.observer(m.clone());
+        }
         let worker = b.build()?;
+        if let Some(m) = metrics {
+            tokio::spawn(telemetry::sample_gauges(worker.clone(), m));
+        }
+        let facts = banner::Facts {
+            broker: &urls.0,
+            backend: &urls.1,
+            tasks: names.iter().map(String::as_str).collect(),
+            autoscale: autoscale_bounds(args.autoscale.as_deref())?,
+        };
+        println!("{}", banner::banner(&worker, &facts));
         let w = worker.clone();
         tokio::spawn(async move {
             if shutdown_signal().await == Shutdown::Warm {
@@ -453,6 +532,15 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--autoscale MAX,MIN` as `(min, max)`.
+fn autoscale_bounds(spec: Option<&str>) -> Result<Option<(usize, usize)>> {
+    let Some(spec) = spec else { return Ok(None) };
+    let (max, min) = spec.split_once(',').unwrap_or((spec, "1"));
+    let max: usize = max.trim().parse().context("--autoscale takes MAX,MIN")?;
+    let min: usize = min.trim().parse().context("--autoscale takes MAX,MIN")?;
+    Ok(Some((min, max)))
 }
 
 fn seconds(s: f64, flag: &str) -> Result<Duration> {
@@ -543,6 +631,15 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
         let (broker, backend) = conn.open()?;
+        probe::reachable(
+            &broker,
+            &backend,
+            &conn.broker_url(),
+            &conn.backend_url(),
+            &args.queue,
+            probe::STARTUP_DEADLINE,
+        )
+        .await?;
         let watch = if args.wait {
             Some(backend.watch(msg.id()).await?)
         } else {
@@ -603,42 +700,6 @@ fn result(conn: &Conn, args: ResultArgs) -> Result<ExitCode> {
             None => {
                 eprintln!("task {} is PENDING (no result stored)", Escaped(&args.id));
                 Ok(ExitCode::from(4))
-            }
-        }
-    })
-}
-
-fn dlq(conn: &Conn, command: DlqCommand) -> Result<ExitCode> {
-    let rt = runtime()?;
-    rt.block_on(async {
-        let (broker, _) = conn.open()?;
-        match command {
-            DlqCommand::List { limit } => {
-                for d in broker.dead_letters(limit).await? {
-                    let summary = celeriac::Message::decode(&d.payload)
-                        .map(|m| format!("{} {}", m.task(), m.id()))
-                        .unwrap_or_else(|_| "<undecodable>".to_string());
-                    // Fields from the message, escaped: one line per dead
-                    // letter, and no escape sequence reaches the terminal.
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}",
-                        Escaped(&d.id),
-                        Escaped(&d.queue),
-                        celeriac::time::iso_from_unix(d.failed_at),
-                        Escaped(&summary),
-                        Escaped(&d.reason)
-                    );
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            DlqCommand::Requeue { id } => {
-                if broker.requeue_dead_letter(&id).await? {
-                    println!("requeued {}", Escaped(&id));
-                    Ok(ExitCode::SUCCESS)
-                } else {
-                    eprintln!("no dead letter with id {}", Escaped(&id));
-                    Ok(ExitCode::from(1))
-                }
             }
         }
     })

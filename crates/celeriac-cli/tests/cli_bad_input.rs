@@ -192,6 +192,93 @@ fn unknown_url_options_and_impossible_url_values_are_errors() {
     }
 }
 
+/// A loopback port with nothing listening.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn an_unreachable_broker_fails_fast_with_its_url_and_the_cause() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let url = format!("redis://:hunter2@127.0.0.1:{}/0", closed_port());
+    for args in [
+        &[
+            "call",
+            "celeriac.add",
+            "--args",
+            "[2,3]",
+            "--wait",
+            "--broker",
+            &url,
+        ][..],
+        &["worker", "--broker", &url],
+    ] {
+        let started = std::time::Instant::now();
+        let out = celeriac(home, args);
+        let took = started.elapsed();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot reach the broker at redis://:***@127.0.0.1:"),
+            "{args:?}: {err}"
+        );
+        assert!(err.to_lowercase().contains("refused"), "the cause: {err}");
+        assert!(!err.contains("hunter2"), "the password is masked: {err}");
+        // Not a timing benchmark: "fails fast" means seconds, not a hang.
+        assert!(
+            took < std::time::Duration::from_secs(15),
+            "{args:?} took {took:?}"
+        );
+    }
+}
+
+#[test]
+fn retry_on_startup_waits_for_the_broker_instead_of_failing() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let url = format!("redis://127.0.0.1:{}/0", closed_port());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["worker", "--retry-on-startup", "--broker", &url])
+        .env("CELERIAC_HOME", home)
+        .env_remove("RUST_LOG");
+    let w = LoggedChild::spawn(cmd, home, "worker");
+    let log = w.wait_for_log("trying again");
+    assert!(log.contains("cannot reach the broker"), "{log}");
+    assert!(
+        !log.contains("worker ready"),
+        "not ready without a broker: {log}"
+    );
+}
+
+#[test]
+fn memory_urls_are_refused_by_commands_that_talk_to_another_process() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let says = ["lives inside one process", "memory://"];
+    // `call --wait` on memory:// used to wait forever.
+    for args in [
+        &[
+            "call",
+            "celeriac.add",
+            "--args",
+            "[2,3]",
+            "--wait",
+            "--broker",
+            "memory://",
+        ][..],
+        &["call", "celeriac.add", "--broker", "memory://x"],
+        &["result", "some-id", "--broker", "memory://"],
+        &["worker", "--broker", "memory://"],
+        &["dlq", "list", "--broker", "memory://"],
+        &["revoke", "some-id", "--broker", "memory://"],
+        &["call", "celeriac.add", "--result-backend", "memory://"],
+    ] {
+        refused(home, args, &says);
+    }
+}
+
 #[test]
 fn an_explicit_sqlite_path_in_a_missing_directory_is_an_error_and_the_default_one_is_created_private()
  {

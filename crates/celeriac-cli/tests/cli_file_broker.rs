@@ -141,7 +141,7 @@ fn call_prints_the_id_and_result_reads_it() {
     assert!(uuid_like(&id), "{id}");
     let pending = celeriac(dir.path(), &["result", &id, "--broker", &url]);
     assert_eq!(pending.status.code(), Some(4), "not run yet: no worker");
-    let _w = WorkerProcess::start(dir.path(), Some(&url), &[]);
+    let w = WorkerProcess::start(dir.path(), Some(&url), &[]);
     let done = celeriac(
         dir.path(),
         &["result", &id, "--wait", "--timeout", "60", "--broker", &url],
@@ -152,6 +152,31 @@ fn call_prints_the_id_and_result_reads_it() {
     assert_eq!(doc["status"], "SUCCESS");
     assert_eq!(doc["task_id"], id.as_str());
     assert_eq!(doc["name"], "celeriac.fib");
+
+    // The worker logs the task as Celery does.
+    let log = w.wait_for_log("succeeded in");
+    assert!(
+        log.contains(&format!("Task celeriac.fib[{id}] received")),
+        "{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("Task celeriac.fib[{id}] succeeded in ")))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.trim_end().ends_with("s: 6765"), "{line}");
+    let failed = call_wait(dir.path(), &url, "celeriac.add", "[1]");
+    assert_eq!(failed.status.code(), Some(1));
+    let log = w.wait_for_log("raised unexpected");
+    let line = log
+        .lines()
+        .find(|l| l.contains("] raised unexpected in "))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(
+            "s: TypeError(\"celeriac.add() missing 1 required positional argument: 'y'\")"
+        ),
+        "{line}"
+    );
 }
 
 fn uuid_like(s: &str) -> bool {
@@ -161,6 +186,10 @@ fn uuid_like(s: &str) -> bool {
 #[test]
 fn malformed_and_unknown_messages_are_dead_lettered_and_the_worker_keeps_serving() {
     let (dir, url) = setup();
+    let empty = celeriac(dir.path(), &["dlq", "list", "--broker", &url]);
+    assert!(empty.status.success());
+    assert_eq!(stdout(&empty), "", "no lines on stdout for scripts");
+    assert_eq!(stderr(&empty).trim(), "no dead letters");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let broker = SqliteBroker::open(&url).unwrap();
     rt.block_on(broker.publish(Outgoing {
@@ -247,6 +276,49 @@ fn unsupported_pool_and_bad_json_are_clear_errors() {
         stderr(&out).contains("unsupported scheme"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn node_names_expand_like_celery() {
+    let (dir, url) = setup();
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let first = host.split('.').next().unwrap().to_string();
+    let w = WorkerProcess::start(dir.path(), Some(&url), &["-n", "w1-%n@%h"]);
+    let log = w.wait_for_log("worker ready");
+    assert!(log.contains(&format!("node=w1-{first}@{host}")), "{log}");
+    drop(w);
+    let w = WorkerProcess::start(dir.path(), Some(&url), &["-n", "worker2"]);
+    let log = w.wait_for_log("worker ready");
+    assert!(log.contains("node=celeriac@worker2 "), "{log}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let (dir, url) = setup();
+    let w = WorkerProcess::start(
+        dir.path(),
+        Some(&url),
+        &["--log-format", "json", "-l", "info"],
+    );
+    let out = call_wait(dir.path(), &url, "celeriac.echo", "[\"a\\nb\"]");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = w.wait_for_log("succeeded in");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["fields"]["message"] == "worker ready"
+            && l["fields"]["node"].is_string()),
+        "{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Task celeriac.echo[") && m.contains("succeeded in"))),
+        "{log}"
     );
 }
 

@@ -161,6 +161,9 @@ pub enum BackendError {
     /// The backend has been closed, so a watch can never complete.
     #[error("result backend is closed")]
     Closed,
+    /// This backend does not do what was asked (e.g. save a group result).
+    #[error("not supported by this result backend: {0}")]
+    Unsupported(String),
 }
 
 /// An underlying error kept as the [`source`](std::error::Error::source) of

@@ -1,4 +1,4 @@
-//! Which queue names are allowed.
+//! Which queue names are allowed, and how node names are spelled.
 //!
 //! On Redis a queue is a list whose key is the queue's name, in the same
 //! key space as the broker's own bookkeeping: kombu's `unacked` hash and
@@ -102,6 +102,48 @@ pub fn validate_queue_name(name: &str) -> Result<(), QueueNameError> {
         return reserved("kombu's priority lists (it contains the separator \\x06\\x16)");
     }
     Ok(())
+}
+
+/// A worker's node name from what the user wrote, as Celery spells it
+/// (`celery/utils/nodenames.py`): `%h` is the full host name, `%n` its
+/// first label, `%d` its domain and `%%` a percent sign; a name without
+/// `@` is a host part and gets `default_name@` in front.
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::expand_nodename;
+/// assert_eq!(expand_nodename("w1@%h", "box.example.com", "celeriac"), "w1@box.example.com");
+/// assert_eq!(expand_nodename("%n-a@%d", "box.example.com", "celeriac"), "box-a@example.com");
+/// assert_eq!(expand_nodename("worker2", "box", "celeriac"), "celeriac@worker2");
+/// assert_eq!(expand_nodename("100%%@%h", "box", "celeriac"), "100%@box");
+/// ```
+pub fn expand_nodename(pattern: &str, host: &str, default_name: &str) -> String {
+    let (first, domain) = host.split_once('.').unwrap_or((host, ""));
+    let mut out = String::with_capacity(pattern.len() + host.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(host),
+            Some('n') => out.push_str(first),
+            Some('d') => out.push_str(domain),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    if out.contains('@') {
+        out
+    } else {
+        format!("{default_name}@{out}")
+    }
 }
 
 #[cfg(test)]

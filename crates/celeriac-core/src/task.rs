@@ -114,13 +114,30 @@ impl BoundArgs {
             Some(v) => serde_json::from_value(v).map_err(|e| {
                 TaskError::invalid_arguments(format!("{}() argument '{name}': {e}", self.task))
             }),
-            None => serde_json::from_value(Value::Null).map_err(|_| {
-                TaskError::invalid_arguments(format!(
-                    "{}() missing 1 required positional argument: '{name}'",
-                    self.task
-                ))
-            }),
+            None => serde_json::from_value(Value::Null).map_err(|_| self.missing(name)),
         }
+    }
+
+    /// Takes parameter `i`, which must be present: unlike [`take`], a
+    /// missing argument is an error even when `T` would accept `null`
+    /// (a `serde_json::Value` parameter). `#[task]` uses this for every
+    /// parameter not spelled `Option<...>`.
+    ///
+    /// [`take`]: BoundArgs::take
+    pub fn take_required<T: DeserializeOwned>(&mut self, i: usize) -> Result<T, TaskError> {
+        let present = self.slots.get(i).is_some_and(Option::is_some);
+        if !present {
+            let name = self.params.get(i).copied().unwrap_or("?");
+            return Err(self.missing(name));
+        }
+        self.take(i)
+    }
+
+    fn missing(&self, name: &str) -> TaskError {
+        TaskError::invalid_arguments(format!(
+            "{}() missing 1 required positional argument: '{name}'",
+            self.task
+        ))
     }
 }
 
@@ -874,6 +891,12 @@ impl<T> Call<T> {
     /// The options.
     pub fn options(&self) -> &CallOptions {
         &self.options
+    }
+
+    /// Why the call cannot be sent, if an argument could not be serialized
+    /// to JSON ([`Call::to_message`] refuses it with this message).
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
     }
 
     /// The same call with another output type.

@@ -27,6 +27,17 @@
 //! worker dies, the lease lapses and the next claim takes the message again
 //! (`redelivered`). Ack, renew and requeue match on the claim token, so a
 //! worker whose lease lapsed cannot ack a message another worker holds.
+//!
+//! ## Chords
+//!
+//! Both backends join chords ([`ChordJoin`](celeriac_core::ChordJoin))
+//! with the rules of Celery 5.x's Redis join: a header part is counted once
+//! per `<id>:<index>` (a redelivered part is not counted twice), exactly one
+//! caller learns that the last part is in, and a finished chord stays
+//! marked done so that a late part triggers nothing. On SQLite each call is
+//! one `BEGIN IMMEDIATE` transaction (tables `chords` and `chord_parts`),
+//! so workers in several processes join one chord; in memory each call is
+//! one critical section.
 
 mod memory;
 mod sqlite;

@@ -1,5 +1,10 @@
 //! `memory://`: a broker and result store inside one process.
 
+mod chord;
+mod control;
+
+pub(crate) use control::revoke_of;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -145,6 +150,7 @@ pub struct MemoryBroker {
     lease: Duration,
     state: Mutex<BrokerState>,
     notify: Notify,
+    control: control::Mailboxes,
 }
 
 fn named<T, F: FnOnce() -> Arc<T>>(
@@ -203,6 +209,7 @@ impl MemoryBroker {
             lease,
             state: Mutex::new(BrokerState::default()),
             notify: Notify::new(),
+            control: control::Mailboxes::default(),
         }
     }
 
@@ -560,6 +567,7 @@ pub struct MemoryBackend {
     ttl: Duration,
     results: Mutex<HashMap<String, (ResultMeta, Instant)>>,
     keys: Mutex<HashMap<String, (String, Instant)>>,
+    chords: Mutex<chord::Chords>,
     waiters: Waiters,
 }
 
@@ -576,6 +584,7 @@ impl MemoryBackend {
             ttl,
             results: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            chords: Mutex::new(chord::Chords::default()),
             waiters: Waiters::default(),
         }
     }
@@ -623,10 +632,9 @@ impl ResultBackend for MemoryBackend {
         self.name.is_empty()
     }
 
-    /// None yet: chords sent through the embedded brokers need a client
-    /// that records the chord's size, which celeriac's canvas API will be.
+    /// Joins in one critical section (see [`ChordJoin`](celeriac_core::ChordJoin)).
     fn chord_join(&self) -> Option<&dyn celeriac_core::ChordJoin> {
-        None
+        Some(self)
     }
 
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {

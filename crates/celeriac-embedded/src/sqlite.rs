@@ -2,6 +2,8 @@
 //! shared safely by several processes on one machine. See the crate docs
 //! for the design.
 
+mod control;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +20,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::Notify;
 
 use crate::url::{SqliteOptions, parse_sqlite_url};
+
+mod chord;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -158,7 +162,10 @@ fn open_connection(opts: &SqliteOptions) -> Result<Connection, OpenError> {
     ))?;
     // Several processes may create the schema at once; IF NOT EXISTS inside
     // an immediate transaction makes that safe.
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA} {} COMMIT;",
+        chord::CHORD_SCHEMA
+    ))?;
     // Files made before messages carried their task id.
     let has_task_id: bool = conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'task_id'",
@@ -253,6 +260,15 @@ fn split_tag(tag: &str) -> Result<(i64, String), BrokerError> {
     Ok((id, token.to_string()))
 }
 
+/// What an empty claim saw: the database's version and the earliest time
+/// a waiting message becomes visible. Until one of them moves, claiming
+/// again would find nothing.
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    version: i64,
+    next_visible: f64,
+}
+
 /// A durable broker in a SQLite file (`sqlite:///path/to/file.db`).
 ///
 /// # Examples
@@ -281,6 +297,8 @@ pub struct SqliteBroker {
     lease: Duration,
     notify: Notify,
     closed: AtomicBool,
+    /// Whether the remote-control tables were created (`control.rs`).
+    control_ready: AtomicBool,
 }
 
 impl SqliteBroker {
@@ -372,6 +390,7 @@ impl SqliteBroker {
             lease: opts.lease,
             notify: Notify::new(),
             closed: AtomicBool::new(false),
+            control_ready: AtomicBool::new(false),
         }))
     }
 
@@ -394,12 +413,14 @@ impl SqliteBroker {
         }
     }
 
+    /// Claims what is visible now. When nothing is, also says when to look
+    /// again ([`Idle`]), read in the same transaction.
     async fn try_claim(
         &self,
         consumer: &str,
         queues: &[String],
         max: usize,
-    ) -> Result<Vec<Delivery>, BrokerError> {
+    ) -> Result<(Vec<Delivery>, Option<Idle>), BrokerError> {
         let consumer = consumer.to_string();
         let queues = queues.to_vec();
         let lease = self.lease.as_secs_f64();
@@ -446,12 +467,45 @@ impl SqliteBroker {
                         }
                     }
                 }
+                let idle = if out.is_empty() {
+                    // Read inside the write transaction: no other process
+                    // can commit until it ends, so any commit after it
+                    // changes the version we keep.
+                    let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+                    let mut next =
+                        tx.prepare_cached("SELECT MIN(visible_at) FROM messages WHERE queue = ?1")?;
+                    let mut next_visible = f64::INFINITY;
+                    for q in &queues {
+                        let at: Option<f64> = next.query_row(params![q], |r| r.get(0))?;
+                        next_visible = next_visible.min(at.unwrap_or(f64::INFINITY));
+                    }
+                    Some(Idle {
+                        version,
+                        next_visible,
+                    })
+                } else {
+                    None
+                };
                 tx.commit()?;
-                Ok(out)
+                Ok((out, idle))
             },
             storage,
         )
         .await
+    }
+
+    /// `PRAGMA data_version` of this handle's connection: it changes when
+    /// another connection (another process) commits. It reads no table and
+    /// takes no database lock, so it runs here rather than on a blocking
+    /// thread; `None` when the connection is busy with another call (ask
+    /// again on the next tick).
+    fn data_version(&self) -> Result<Option<i64>, BrokerError> {
+        let Some(conn) = self.db.conn.try_lock() else {
+            return Ok(None);
+        };
+        conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map(Some)
+            .map_err(|e| storage("", e.into()))
     }
 
     async fn settle(
@@ -539,25 +593,40 @@ impl Transport for SqliteBroker {
         timeout: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
         let deadline = Instant::now() + timeout;
-        // Other processes publish without waking us, so poll, backing off
-        // from 1 ms to 20 ms while idle; this process's publishes wake us.
+        // This process's publishes and requeues wake us. Other processes'
+        // do not, so poll, backing off from 1 ms to 20 ms while idle; but
+        // an idle poll only reads `PRAGMA data_version`, and claims again
+        // (a write transaction) only when another process has committed
+        // or a waiting message (eta, lapsed lease) has become visible.
         let mut backoff = Duration::from_millis(1);
+        let mut idle: Option<Idle> = None;
         loop {
             self.check_open()?;
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let got = self.try_claim(consumer, queues, max.max(1)).await?;
-            if !got.is_empty() {
-                return Ok(got);
+            let due = match &idle {
+                None => true,
+                Some(i) => {
+                    unix_now() >= i.next_visible
+                        || self.data_version()?.is_some_and(|v| v != i.version)
+                }
+            };
+            if due {
+                let (got, now_idle) = self.try_claim(consumer, queues, max.max(1)).await?;
+                if !got.is_empty() {
+                    return Ok(got);
+                }
+                idle = now_idle;
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(got);
+                return Ok(Vec::new());
             }
             let wait = backoff.min(deadline - now);
             if tokio::time::timeout(wait, notified).await.is_ok() {
                 backoff = Duration::from_millis(1);
+                idle = None;
             } else {
                 backoff = (backoff * 2).min(Duration::from_millis(20));
             }
@@ -1003,10 +1072,10 @@ impl ResultBackend for SqliteBackend {
         false
     }
 
-    /// None yet: chords sent through the embedded brokers need a client
-    /// that records the chord's size, which celeriac's canvas API will be.
+    /// Joins in one SQLite transaction per call, across processes (see
+    /// [`ChordJoin`](celeriac_core::ChordJoin)).
     fn chord_join(&self) -> Option<&dyn celeriac_core::ChordJoin> {
-        None
+        Some(self)
     }
 
     async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {

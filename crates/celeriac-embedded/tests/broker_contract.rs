@@ -39,6 +39,8 @@ fn sqlite(lease: Duration) -> Fixture {
 
 celeriac_testkit::broker_contract!(memory_broker, super::memory);
 celeriac_testkit::broker_contract!(sqlite_broker, super::sqlite);
+celeriac_testkit::chord_join_contract!(memory_chord_join, super::memory);
+celeriac_testkit::chord_join_contract!(sqlite_chord_join, super::sqlite);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_messages_survive_reopening_the_file() {

@@ -83,3 +83,73 @@ fn unknown_options_and_impossible_leases_are_errors() {
         assert!(err.contains("invalid broker url"), "{url}: {err}");
     }
 }
+
+/// A claim waiting on an idle queue reads only the database's version
+/// between attempts; it must still wake for a publish by another handle on
+/// the file (another process), for a message whose eta comes due, and for
+/// a lapsed lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_claim_still_sees_other_processes_etas_and_lapsed_leases() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?lease=1", dir.path().join("q.db").display());
+    let waiting = SqliteBroker::open(&url).unwrap();
+    let other = SqliteBroker::open(&url).unwrap();
+    let queues = ["celery".to_string()];
+
+    // Another handle publishes while the claim waits (it has long gone idle).
+    let publisher = tokio::spawn({
+        let other = other.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let msg = Message::new("t.other", vec![], Default::default());
+            other
+                .publish(Outgoing::from_message(&msg).unwrap())
+                .await
+                .unwrap();
+        }
+    });
+    let started = Instant::now();
+    let got = waiting
+        .claim("w", &queues, 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "another process's publish wakes the claim");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    publisher.await.unwrap();
+
+    // A lapsed lease: the claimed message comes back after 1 s to a claim
+    // that is already waiting, with nobody committing anything.
+    let again = waiting
+        .claim("w2", &queues, 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "the lapsed lease is seen");
+    assert!(again[0].redelivered);
+    waiting.ack(&again[0]).await.unwrap();
+
+    // An eta that comes due while the claim waits.
+    let mut msg =
+        Outgoing::from_message(&Message::new("t.eta", vec![], Default::default())).unwrap();
+    msg.eta = Some(celeriac_core::time::unix_now() + 1.0);
+    other.publish(msg).await.unwrap();
+    let started = Instant::now();
+    let due = waiting
+        .claim("w3", &queues, 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1, "the eta message is claimed when due");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "not before its eta"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

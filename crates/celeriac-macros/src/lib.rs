@@ -227,6 +227,11 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
     Ok(opts)
 }
 
+/// Whether the type is spelled `Option<...>` (any path ending in it).
+fn is_option(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Option"))
+}
+
 fn is_context(ty: &Type) -> bool {
     if let Type::Reference(r) = ty
         && let Type::Path(p) = &*r.elem
@@ -320,7 +325,14 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
         };
         let name = name.trim_start_matches("r#").to_string();
         let var = format_ident!("__arg{}", index);
-        bindings.push(quote! { let #var: #ty = __bound.take(#index)?; });
+        // Only an `Option` parameter may be omitted: a `serde_json::Value`
+        // parameter would otherwise accept a missing argument as `null`.
+        let take = if is_option(ty) {
+            quote!(take)
+        } else {
+            quote!(take_required)
+        };
+        bindings.push(quote! { let #var: #ty = __bound.#take(#index)?; });
         call_args.push(quote!(#var));
         handle_params.push(quote!(#var: #ty));
         handle_idents.push(quote!(#var));
@@ -370,6 +382,27 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
         "The `{fn_name}` task: `{fn_name}::call(..)` builds a typed call, and `{fn_name}` implements `celeriac::Task` (for templates and explicit registration)."
     );
     let call_doc = format!("A typed call of the `{fn_name}` task with these arguments.");
+    // `task::s(rest..)`: a canvas step whose first argument is the previous
+    // step's result, typed by that first parameter.
+    let partial = if arg_types.is_empty() {
+        quote! {}
+    } else {
+        let first_ty = &arg_types[0];
+        let rest_params = &handle_params[1..];
+        let rest_idents = &handle_idents[1..];
+        let s_doc = format!(
+            "A canvas step of the `{fn_name}` task: every argument but the first, which is the previous step's result (Celery's `{fn_name}.s(..)`)."
+        );
+        quote! {
+            #[doc = #s_doc]
+            #[allow(clippy::too_many_arguments, dead_code)]
+            #vis fn s(#(#rest_params),*) -> ::celeriac::canvas::Sig<#first_ty, #output_ty> {
+                ::celeriac::Call::<#output_ty>::new(<Self as ::celeriac::Task>::name())
+                    .with_args((#(#rest_idents,)*))
+                    .partial()
+            }
+        }
+    };
     let args_tuple = quote! { (#(#arg_types,)*) };
 
     let run_body = if is_async {
@@ -457,6 +490,8 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
             #vis fn call(#(#handle_params),*) -> ::celeriac::Call<#output_ty> {
                 <Self as ::celeriac::Task>::call((#(#handle_idents,)*))
             }
+
+            #partial
         }
 
         ::celeriac::__private::inventory::submit! {

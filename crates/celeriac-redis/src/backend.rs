@@ -109,11 +109,9 @@ impl RedisBackend {
             url: url.split('@').next_back().unwrap_or(url).to_string(),
             reason,
         })?;
-        let client = redis::Client::open(opts.client_url.as_str()).map_err(|e| {
-            BackendError::InvalidUrl {
-                url: opts.redacted.clone(),
-                reason: e.to_string(),
-            }
+        let client = opts.client().map_err(|reason| BackendError::InvalidUrl {
+            url: opts.redacted.clone(),
+            reason,
         })?;
         Ok(Arc::new(RedisBackend {
             shared: Arc::new(ResultListener {
@@ -150,7 +148,12 @@ impl RedisBackend {
             .get_or_try_init(|| crate::conn::manager(&self.shared.client))
             .await
             .cloned()
-            .map_err(err)
+            .map_err(
+                |e| match crate::conn::not_redis(&e, &self.shared.opts.redacted) {
+                    Some(what) => BackendError::connection_in(what, e),
+                    None => err(e),
+                },
+            )
     }
 
     /// Starts the subscriber task once: it delivers published results to
@@ -471,5 +474,41 @@ impl ResultBackend for RedisBackend {
         let mut conn = self.conn().await?;
         let _: i64 = conn.del(self.shared.key(task_id)).await.map_err(err)?;
         Ok(())
+    }
+
+    /// `SETEX celery-taskset-meta-<gid> <result_expires> <meta>` (`SET`
+    /// when results never expire) and a `PUBLISH` of it on the same
+    /// channel, as Celery's `GroupResult.save`.
+    async fn save_group(
+        &self,
+        group_id: &str,
+        meta: &serde_json::Value,
+    ) -> Result<(), BackendError> {
+        let mut conn = self.conn().await?;
+        let k = format!("{}celery-taskset-meta-{group_id}", self.shared.opts.prefix);
+        let json = meta.to_string();
+        let mut pipe = redis::pipe();
+        match self.shared.opts.result_expires {
+            0 => pipe.cmd("SET").arg(&k).arg(&json).ignore(),
+            ttl => pipe.cmd("SETEX").arg(&k).arg(ttl).arg(&json).ignore(),
+        };
+        pipe.cmd("PUBLISH")
+            .arg(&k)
+            .arg(&json)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(err)
+    }
+
+    async fn restore_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<serde_json::Value>, BackendError> {
+        let mut conn = self.conn().await?;
+        let k = format!("{}celery-taskset-meta-{group_id}", self.shared.opts.prefix);
+        let raw: Option<String> = conn.get(&k).await.map_err(err)?;
+        raw.map(|s| serde_json::from_str(&s).map_err(|e| BackendError::Malformed(e.to_string())))
+            .transpose()
     }
 }

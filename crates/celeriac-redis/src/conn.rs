@@ -8,10 +8,28 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 /// A multiplexed connection that reconnects in the background when it
 /// drops; a command that finds it down fails fast and later ones succeed.
 pub(crate) async fn manager(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
+    // Four attempts, 0.1 + 0.2 + 0.4 + 0.4 s apart: a server that is down
+    // is reported within about a second (the client's default, six with
+    // doubling pauses, took 6 s), and a reconnect after a restart is
+    // retried at least every 0.4 s while callers keep trying.
     let cfg = ConnectionManagerConfig::new()
+        .set_number_of_retries(4)
+        .set_max_delay(Duration::from_millis(400))
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(Duration::from_secs(30)));
     ConnectionManager::new_with_config(client.clone(), cfg).await
+}
+
+/// A connection attempt that got an answer Redis never gives (a web server
+/// or another service on the port): the error says so, with the URL,
+/// instead of surfacing the parser's complaint about the first byte.
+pub(crate) fn not_redis(e: &redis::RedisError, redacted_url: &str) -> Option<String> {
+    matches!(e.kind(), redis::ErrorKind::Parse).then(|| {
+        format!(
+            "the server at {redacted_url} does not speak the Redis protocol \
+             (is another service on that port?)"
+        )
+    })
 }
 
 /// Whether an error means the server could not be reached (as opposed to

@@ -18,14 +18,82 @@ pub struct RedisOptions {
     /// Result TTL in seconds (Celery's `result_expires`, default one day;
     /// 0 keeps results forever).
     pub result_expires: u64,
+    /// For `rediss://`: the certificate files named by kombu's
+    /// `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile` options.
+    pub tls: TlsFiles,
+}
+
+/// Certificate files for `rediss://` (PEM), as kombu names them in the URL.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TlsFiles {
+    /// `ssl_ca_certs`: the CA bundle that verifies the server, instead of
+    /// the system's roots.
+    pub ca_certs: Option<std::path::PathBuf>,
+    /// `ssl_certfile`: this client's certificate (mutual TLS).
+    pub certfile: Option<std::path::PathBuf>,
+    /// `ssl_keyfile`: the key of `ssl_certfile`.
+    pub keyfile: Option<std::path::PathBuf>,
+}
+
+impl RedisOptions {
+    /// The Redis client for these options: TLS with the configured
+    /// certificate files for `rediss://`, else a plain one. Errors name the
+    /// file or the option that is wrong.
+    pub fn client(&self) -> Result<redis::Client, String> {
+        install_crypto_provider();
+        let TlsFiles {
+            ca_certs,
+            certfile,
+            keyfile,
+        } = &self.tls;
+        if ca_certs.is_none() && certfile.is_none() {
+            return redis::Client::open(self.client_url.as_str()).map_err(|e| e.to_string());
+        }
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("{what} {}: {e}", p.display()))
+        };
+        let client_tls = match (certfile, keyfile) {
+            (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+                client_cert: read("ssl_certfile", c)?,
+                client_key: read("ssl_keyfile", k)?,
+            }),
+            (None, None) => None,
+            _ => return Err("ssl_certfile and ssl_keyfile go together".into()),
+        };
+        let root_cert = ca_certs
+            .as_deref()
+            .map(|p| read("ssl_ca_certs", p))
+            .transpose()?;
+        redis::Client::build_with_tls(
+            self.client_url.as_str(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// rustls needs a process-wide crypto provider; `ring` is the one we build.
+/// Installing it twice (or after the application chose its own) is fine.
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Parses `redis://[:password@]host[:port][/db]` with optional
 /// `?visibility_timeout=SECONDS`, `?global_keyprefix=PREFIX` and
 /// `?result_expires=SECONDS`. `rediss://` and `redis+unix://` pass through to
 /// the client, with the options it reads: `protocol` (2 or 3), and for
-/// `redis+unix://` also `db`, `user` and `pass`. Any other option is an
-/// error, so that a misspelt one is not silently ignored.
+/// `redis+unix://` also `db`, `user` and `pass`. `rediss://` takes kombu's
+/// TLS options: `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile` (PEM file
+/// paths) and `ssl_cert_reqs` (`required`, the default, or `none` to skip
+/// verifying the server, for tests only). Any other option is an error, so
+/// that a misspelt one is not silently ignored.
 ///
 /// # Examples
 ///
@@ -59,7 +127,10 @@ pub fn parse_redis_url(url: &str) -> Result<RedisOptions, String> {
         visibility_timeout: Duration::from_secs(3600),
         prefix: String::new(),
         result_expires: 86_400,
+        tls: TlsFiles::default(),
     };
+    let tls = url.starts_with("rediss://");
+    let mut insecure = false;
     let mut passthrough = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -82,10 +153,32 @@ pub fn parse_redis_url(url: &str) -> Result<RedisOptions, String> {
                     .ok_or("result_expires must be whole seconds, at most 100 years")?;
             }
             "protocol" => passthrough.push(pair),
+            "ssl_ca_certs" | "ssl_certfile" | "ssl_keyfile" | "ssl_cert_reqs" if !tls => {
+                return Err(format!("{k} needs a rediss:// URL"));
+            }
+            "ssl_ca_certs" => opts.tls.ca_certs = Some(tls_path(k, v)?),
+            "ssl_certfile" => opts.tls.certfile = Some(tls_path(k, v)?),
+            "ssl_keyfile" => opts.tls.keyfile = Some(tls_path(k, v)?),
+            "ssl_cert_reqs" => {
+                insecure = match v.to_ascii_lowercase().trim_start_matches("cert_") {
+                    "required" => false,
+                    "none" => true,
+                    _ => {
+                        return Err(format!(
+                            "ssl_cert_reqs must be required or none, got {v:?} \
+                             (optional is not supported: a certificate that is \
+                             sent is always verified)"
+                        ));
+                    }
+                }
+            }
             "db" | "user" | "pass" if unix => passthrough.push(pair),
             other => {
                 let known = if unix {
                     "visibility_timeout, global_keyprefix, result_expires, protocol, db, user, pass"
+                } else if tls {
+                    "visibility_timeout, global_keyprefix, result_expires, protocol, \
+                     ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs"
                 } else {
                     "visibility_timeout, global_keyprefix, result_expires, protocol"
                 };
@@ -96,10 +189,28 @@ pub fn parse_redis_url(url: &str) -> Result<RedisOptions, String> {
     if !passthrough.is_empty() {
         opts.client_url = format!("{base}?{}", passthrough.join("&"));
     }
+    let fragment = match (fragment, insecure) {
+        (Some(f), _) => Some(f),
+        (None, true) => Some("insecure"),
+        (None, false) => None,
+    };
     if let Some(f) = fragment {
         opts.client_url = format!("{}#{f}", opts.client_url);
     }
     Ok(opts)
+}
+
+/// A TLS file option: a non-empty path, percent-decoded for the common
+/// escapes of `/` and spaces.
+fn tls_path(key: &str, v: &str) -> Result<std::path::PathBuf, String> {
+    let decoded = v
+        .replace("%2F", "/")
+        .replace("%2f", "/")
+        .replace("%20", " ");
+    if decoded.is_empty() {
+        return Err(format!("{key} needs a file path"));
+    }
+    Ok(decoded.into())
 }
 
 /// The URL with everything between `://` and its **last** `@` masked but

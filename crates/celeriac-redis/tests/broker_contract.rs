@@ -31,6 +31,7 @@ fn redis(lease: Duration) -> Fixture {
 }
 
 celeriac_testkit::broker_contract!(redis_broker, super::redis);
+celeriac_testkit::chord_join_contract!(redis_chord_join, super::redis);
 
 /// The claim script reads a message's task id and delivery tag without
 /// decoding it when each key occurs once; a message where `"id"` also

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use celeriac_core::canvas::ResultNode;
 use celeriac_core::{BackendError, BrokerError, ResultMeta, TaskError};
 use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
@@ -33,6 +34,10 @@ pub enum JobError {
     /// The server was shut down before the job finished.
     #[error("the server was shut down before the job finished")]
     Destroyed,
+    /// The canvas cannot be run here: e.g. a chord on a result backend
+    /// without a chord join, or a shape Celery refuses.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 impl JobError {
@@ -160,7 +165,7 @@ impl JobState {
         }
     }
 
-    fn peek(&self) -> Option<JobEnd> {
+    pub(crate) fn peek(&self) -> Option<JobEnd> {
         self.slot.lock().clone()
     }
 }
@@ -170,18 +175,116 @@ impl JobState {
 ///
 /// `wait` can be called any number of times, from any thread; a job's
 /// callback, if any, has run before `wait` returns.
-#[derive(Debug)]
+///
+/// A job from a canvas knows where it comes from, as Celery's
+/// `AsyncResult` does: [`Job::parent`] is the step before it (a chain's
+/// previous step, a chord's header), [`Job::children`] what it sent on (the
+/// next step, its callbacks), read from the stored result.
 pub struct Job<T> {
     pub(crate) state: Arc<JobState>,
+    /// The result tree the client knows, rooted at this job.
+    pub(crate) tree: Option<Arc<ResultNode>>,
+    /// The server, for reading results and watching related jobs.
+    pub(crate) link: Option<crate::canvas::ServerLink>,
     pub(crate) _out: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Job<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("id", &self.state.id)
+            .field("group", &self.state.group)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> Clone for Job<T> {
     fn clone(&self) -> Self {
         Job {
             state: self.state.clone(),
+            tree: self.tree.clone(),
+            link: self.link.clone(),
             _out: PhantomData,
         }
+    }
+}
+
+impl<T> Job<T> {
+    pub(crate) fn new(
+        state: Arc<JobState>,
+        tree: Option<ResultNode>,
+        link: Option<crate::canvas::ServerLink>,
+    ) -> Self {
+        Job {
+            state,
+            tree: tree.map(Arc::new),
+            link,
+            _out: PhantomData,
+        }
+    }
+
+    /// The same job, its result decoded as `U`.
+    pub fn cast<U>(self) -> Job<U> {
+        Job {
+            state: self.state,
+            tree: self.tree,
+            link: self.link,
+            _out: PhantomData,
+        }
+    }
+
+    /// The stored result document, once the job has finished: state,
+    /// result, `parent_id`, `group_id`, `children`, the worker, ...
+    pub fn meta(&self) -> Option<ResultMeta> {
+        match self.state.peek() {
+            Some(JobEnd::Meta(m)) => Some(*m),
+            _ => None,
+        }
+    }
+
+    /// The stored document: the finished job's, or else what the backend
+    /// holds now (`None`: PENDING).
+    fn stored(&self) -> Result<Option<ResultMeta>, JobError> {
+        if let Some(m) = self.meta() {
+            return Ok(Some(m));
+        }
+        let Some(link) = &self.link else {
+            return Ok(None);
+        };
+        link.get(&self.state.id)
+    }
+
+    /// The result this job follows, as Celery's `AsyncResult.parent`: from
+    /// the canvas it was sent in (a chain's previous step, a chord's
+    /// header group), or else the `parent_id` its worker stored. `None`
+    /// for a job nothing came before, or whose result is not stored yet.
+    pub fn parent(&self) -> Result<Option<crate::ResultRef>, JobError> {
+        let Some(link) = &self.link else {
+            return Ok(None);
+        };
+        if let Some(parent) = self.tree.as_ref().and_then(|t| t.parent()) {
+            return Ok(Some(link.related(parent)));
+        }
+        Ok(self
+            .stored()?
+            .and_then(|m| m.parent_id)
+            .map(|id| link.related(&ResultNode::task(id))))
+    }
+
+    /// What the job sent on, as Celery's `AsyncResult.children`: the
+    /// stored `children` (a chain's next step, callbacks, groups it sent).
+    /// Empty until the job's result is stored.
+    pub fn children(&self) -> Result<Vec<crate::ResultRef>, JobError> {
+        let Some(link) = &self.link else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .stored()?
+            .map(|m| ResultNode::from_children(&m.children))
+            .unwrap_or_default()
+            .iter()
+            .map(|c| link.related(c))
+            .collect())
     }
 }
 

@@ -13,6 +13,8 @@
 //! | `set_ncpus` / `get_ncpus` | [`Server::set_workers`] / [`Server::workers`] |
 //! | `get_active_nodes()` | [`Server::active_nodes`] |
 //! | `get_stats()` / `print_stats()` | [`Server::stats`] / [`Server::print_stats`] |
+//! | Celery's `chain(...).apply_async()`, `group`, `chord` | [`Server::apply`] → [`Job`] / [`GroupResult`] |
+//! | Celery's `AsyncResult(id)`, `.parent`, `.children` | [`Server::result`], [`Job::parent`], [`Job::children`] |
 //!
 //! Where pp returns `None` for a job whose function raised, celeriac returns
 //! a typed [`JobError`] carrying the task's error and message, panics
@@ -22,10 +24,14 @@
 //! through the broker to a worker (the server's own, or other processes on
 //! the same broker), and a result document back through the result backend.
 
+mod canvas;
+mod group;
 mod job;
 mod server;
 mod stats;
 
+pub use canvas::Apply;
+pub use group::{GroupResult, ResultRef};
 pub use job::{Job, JobError};
 pub use server::{Server, ServerBuilder, ServerError, Submit, Template};
 pub use stats::{NodeStats, Stats};

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,7 +50,7 @@ type CallbackJob = Box<dyn FnOnce() + Send>;
 
 /// A submitted job on its way to the publisher task: its message and the
 /// state its [`Job`] handles wait on.
-struct Unpublished {
+pub(crate) struct Unpublished {
     msg: Message,
     state: Arc<JobState>,
 }
@@ -65,24 +64,27 @@ struct NodeTally {
 /// What the server, its publisher task and its result watchers share: the
 /// broker and backend, the jobs not yet finished, groups, per-node tallies
 /// and the callback thread's queue.
-struct ServerState {
-    broker: Arc<dyn Broker>,
-    backend: Arc<dyn ResultBackend>,
+pub(crate) struct ServerState {
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) backend: Arc<dyn ResultBackend>,
     local_node: Option<String>,
-    forget_results: bool,
-    pending: Mutex<HashMap<String, Arc<JobState>>>,
-    groups: Mutex<HashMap<String, usize>>,
+    pub(crate) forget_results: bool,
+    pub(crate) pending: Mutex<HashMap<String, Arc<JobState>>>,
+    pub(crate) groups: Mutex<HashMap<String, usize>>,
     groups_cv: Condvar,
     tally: Mutex<BTreeMap<String, NodeTally>>,
     callbacks: Mutex<Option<std::sync::mpsc::Sender<CallbackJob>>>,
     /// Signs every job published.
-    secret: Option<Secret>,
+    pub(crate) secret: Option<Secret>,
+    /// This client's reply address, Celery's `app.thread_oid`, in every
+    /// frozen canvas signature.
+    pub(crate) oid: String,
 }
 
 impl ServerState {
     /// Finishes a job once: records stats, runs its callback on the
     /// callback thread, then completes it. Later calls are ignored.
-    fn finish(self: &Arc<Self>, state: Arc<JobState>, outcome: JobEnd) {
+    pub(crate) fn finish(self: &Arc<Self>, state: Arc<JobState>, outcome: JobEnd) {
         let Some(callback) = state.claim() else {
             return;
         };
@@ -140,21 +142,21 @@ impl ServerState {
 /// The server itself, behind every [`Server`] clone: its runtime, local
 /// worker and publisher channel. Dropping it (the last clone) shuts the
 /// server down.
-struct ServerCore {
+pub(crate) struct ServerCore {
     rt: Option<Runtime>,
-    shared: Arc<ServerState>,
+    pub(crate) shared: Arc<ServerState>,
     worker: Option<Worker>,
     worker_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    publish: mpsc::UnboundedSender<Unpublished>,
-    queue: String,
-    routes: Routes,
+    pub(crate) publish: mpsc::UnboundedSender<Outbound>,
+    pub(crate) queue: String,
+    pub(crate) routes: Routes,
     created: Instant,
-    destroyed: AtomicBool,
+    pub(crate) destroyed: AtomicBool,
     callback_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl ServerCore {
-    fn rt(&self) -> &Runtime {
+    pub(crate) fn rt(&self) -> &Runtime {
         self.rt
             .as_ref()
             .expect("runtime lives as long as the server")
@@ -243,7 +245,7 @@ impl Drop for ServerCore {
 /// ```
 #[derive(Clone)]
 pub struct Server {
-    handle: Arc<ServerCore>,
+    pub(crate) handle: Arc<ServerCore>,
 }
 
 impl std::fmt::Debug for Server {
@@ -419,6 +421,7 @@ impl ServerBuilder {
             tally: Mutex::new(BTreeMap::new()),
             callbacks: Mutex::new(Some(cb_tx)),
             secret: self.secret,
+            oid: uuid::Uuid::new_v4().to_string(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(publisher(shared.clone(), rx));
@@ -445,9 +448,40 @@ impl ServerBuilder {
 
 /// Publishes jobs in submission order, batching whatever is queued, after
 /// starting to watch each job's result (watch before publish: no race).
-async fn publisher(shared: Arc<ServerState>, mut rx: mpsc::UnboundedReceiver<Unpublished>) {
-    let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 1024).await > 0 {
+async fn publisher(shared: Arc<ServerState>, mut rx: mpsc::UnboundedReceiver<Outbound>) {
+    let mut received = Vec::new();
+    while rx.recv_many(&mut received, 1024).await > 0 {
+        // Jobs in a row go out in one batch; a canvas goes out in its own
+        // order (its chord sizes between its messages), after the jobs
+        // sent before it.
+        let mut batch = Vec::new();
+        for item in received.drain(..) {
+            match item {
+                Outbound::Job(u) => batch.push(u),
+                Outbound::Plan(plan) => {
+                    publish_jobs(&shared, std::mem::take(&mut batch)).await;
+                    crate::canvas::publish_plan(&shared, plan).await;
+                }
+            }
+        }
+        publish_jobs(&shared, batch).await;
+    }
+}
+
+/// What the publisher task sends: a job, or a canvas. Jobs, the hot
+/// path, are not boxed: that would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Outbound {
+    Job(Unpublished),
+    Plan(crate::canvas::PlanWork),
+}
+
+/// Publishes a batch of jobs, after starting to watch their results.
+async fn publish_jobs(shared: &Arc<ServerState>, mut batch: Vec<Unpublished>) {
+    if batch.is_empty() {
+        return;
+    }
+    {
         let mut outgoing = Vec::with_capacity(batch.len());
         let mut ready = Vec::with_capacity(batch.len());
         for mut p in batch.drain(..) {
@@ -467,18 +501,18 @@ async fn publisher(shared: Arc<ServerState>, mut rx: mpsc::UnboundedReceiver<Unp
                 for p in ready {
                     shared.finish(p.state, JobEnd::Error(JobError::Backend(e.to_string())));
                 }
-                continue;
+                return;
             }
         };
         if outgoing.is_empty() {
-            continue;
+            return;
         }
         if let Err(e) = shared.broker.publish_batch(outgoing).await {
             tracing::error!(error = %e, "could not publish jobs");
             for (p, _) in published {
                 shared.finish(p.state, JobEnd::Error(JobError::Publish(e.to_string())));
             }
-            continue;
+            return;
         }
         for (p, watch) in published {
             let shared = shared.clone();
@@ -503,7 +537,10 @@ async fn publisher(shared: Arc<ServerState>, mut rx: mpsc::UnboundedReceiver<Unp
 
 /// The outgoing form of a job's message, signed first when the server has
 /// a secret.
-fn signed_outgoing(secret: Option<&Secret>, msg: &mut Message) -> Result<Outgoing, CodecError> {
+pub(crate) fn signed_outgoing(
+    secret: Option<&Secret>,
+    msg: &mut Message,
+) -> Result<Outgoing, CodecError> {
     if let Some(secret) = secret {
         secret.sign(msg)?;
     }
@@ -595,10 +632,7 @@ impl Server {
         let state = JobState::new(id.clone(), group.clone(), callback);
         *h.shared.groups.lock().entry(group).or_insert(0) += 1;
         h.shared.pending.lock().insert(id, state.clone());
-        let job = Job {
-            state: state.clone(),
-            _out: PhantomData,
-        };
+        let job = Job::new(state.clone(), None, Some(self.link()));
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
@@ -610,9 +644,10 @@ impl Server {
             h.shared.finish(state, JobEnd::Error(JobError::Destroyed));
             return job;
         }
-        if let Err(returned) = h.publish.send(Unpublished { msg, state }) {
-            h.shared
-                .finish(returned.0.state, JobEnd::Error(JobError::Destroyed));
+        if let Err(returned) = h.publish.send(Outbound::Job(Unpublished { msg, state }))
+            && let Outbound::Job(u) = returned.0
+        {
+            h.shared.finish(u.state, JobEnd::Error(JobError::Destroyed));
         }
         job
     }

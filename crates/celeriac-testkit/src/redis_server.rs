@@ -15,6 +15,8 @@ pub struct RedisServer {
     /// With an append-only file (the default), or without any persistence
     /// ([`RedisServer::start_volatile`]).
     persistent: bool,
+    /// Serving TLS only ([`RedisServer::start_tls`]).
+    tls: bool,
 }
 
 impl RedisServer {
@@ -48,32 +50,135 @@ impl RedisServer {
         Self::start_with(false)
     }
 
+    /// Starts a server that speaks **only TLS** on its port, with a CA and a
+    /// server certificate for `127.0.0.1` made by `openssl` for this server
+    /// alone ([`ca_path`](Self::ca_path)). Clients need no certificate.
+    pub fn start_tls() -> Self {
+        let mut r = Self::unstarted(false);
+        r.tls = true;
+        let dir = r.dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl (install it: apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=celeriac test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .expect("write ext.cnf");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        r.spawn();
+        r
+    }
+
+    /// The CA certificate (PEM) that signed a [`start_tls`](Self::start_tls)
+    /// server's certificate.
+    pub fn ca_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// `rediss://127.0.0.1:PORT/0` followed by `query`, for a
+    /// [`start_tls`](Self::start_tls) server.
+    pub fn tls_url(&self, query: &str) -> String {
+        format!("rediss://127.0.0.1:{}/0{query}", self.port)
+    }
+
     fn start_with(persistent: bool) -> Self {
+        let mut r = Self::unstarted(persistent);
+        r.spawn();
+        r
+    }
+
+    fn unstarted(persistent: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .expect("bind a free port")
             .local_addr()
             .expect("local address")
             .port();
-        let mut r = RedisServer {
+        RedisServer {
             port,
             dir: tempfile::tempdir().expect("temporary directory"),
             child: None,
             persistent,
-        };
-        r.spawn();
-        r
+            tls: false,
+        }
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
+        let port = self.port.to_string();
+        let listen: Vec<&str> = if self.tls {
+            vec![
                 "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                "server.pem",
+                "--tls-key-file",
+                "server.key",
+                "--tls-ca-cert-file",
+                "ca.pem",
+                "--tls-auth-clients",
+                "no",
+            ]
+        } else {
+            vec!["--port", &port]
+        };
+        let child = Command::new("redis-server")
+            .args(listen)
+            .current_dir(self.dir.path())
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(if self.persistent {
                 ["--appendonly", "yes", "--appendfsync", "always"]
             } else {

@@ -101,6 +101,7 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
             );
         }
     };
+    crate::worker::name_span(&msg);
     if let Some(disposition) = unsigned(inner, d, &msg) {
         return skip(Some(msg), disposition);
     }
@@ -163,14 +164,22 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
     }
     if d.redelivered {
         // A worker that died after storing the result but before the ack
-        // leaves a finished task to be delivered again: skip it.
+        // leaves a finished task to be delivered again: skip it (a chord
+        // header part joins again, which counts it once).
         if let Ok(Some(meta)) = inner.backend.get(id).await
             && meta.status.is_ready()
         {
             tracing::info!(task_id = %shown_id, task = %shown_name, status = %meta.status,
                 "redelivered task already finished; skipping it");
             inner.notify.duplicate();
-            return skip(Some(msg), Disposition::Done { result: None });
+            let disposition = match crate::canvas::rejoin(&msg, &meta) {
+                Some(canvas) => Disposition::Continue {
+                    result: None,
+                    canvas: Box::new(canvas),
+                },
+                None => Disposition::Done { result: None },
+            };
+            return skip(Some(msg), disposition);
         }
     }
     let found = inner

@@ -1,16 +1,22 @@
 //! Celery's built-in canvas tasks, run by the worker itself because they
-//! call other registered tasks: `celery.map` and `celery.starmap` (what
-//! `xmap`, `xstarmap` and each part of `chunks` send; the loop runs inline
-//! and stores one result, as Celery's worker does) and `celery.accumulate`.
-//! A user's registry may override any of them by registering the name.
+//! call other registered tasks or read results: `celery.map` and
+//! `celery.starmap` (what `xmap`, `xstarmap` and each part of `chunks`
+//! send; the loop runs inline and stores one result, as Celery's worker
+//! does), `celery.accumulate`, `celery.chunks` (which sends a group of
+//! `celery.starmap`) and `celery.chord_unlock` (see
+//! [`canvas::unlock`](crate::canvas::unlock)). A user's registry may
+//! override any of them by registering the name.
 
 use std::sync::Arc;
 
-use celeriac_core::{Args, PoolKind, Registry, Signature, TaskContext, TaskError, TaskOptions};
+use celeriac_core::{
+    Args, PoolKind, Registry, ResultBackend, Signature, TaskContext, TaskError, TaskOptions,
+};
 use serde_json::Value;
 
-/// The built-ins, each calling into `tasks`.
-pub(crate) fn registry(tasks: &Arc<Registry>) -> Registry {
+/// The built-ins, each calling into `tasks`; `celery.chord_unlock` reads
+/// results from `backend`.
+pub(crate) fn registry(tasks: &Arc<Registry>, backend: &Arc<dyn ResultBackend>) -> Registry {
     let mut r = Registry::new();
     // Inline loops over other tasks: on threads, whatever the worker's pool
     // (a child process has no handle on the worker's registry).
@@ -30,6 +36,14 @@ pub(crate) fn registry(tasks: &Arc<Registry>) -> Registry {
     .expect("a fresh registry");
     r.register_fn_with("celery.accumulate", opts, |_, args| accumulate(args))
         .expect("a fresh registry");
+    // The group of starmaps is sent on by the canvas once it returns.
+    r.register_fn_with(crate::canvas::CHUNKS, opts, |_, args| {
+        crate::canvas::chunks_of(&args.args, &args.kwargs)
+            .map(|_| Value::Null)
+            .map_err(|e| TaskError::invalid_arguments(format!("celery.chunks: {e}")))
+    })
+    .expect("a fresh registry");
+    crate::canvas::unlock::register(&mut r, Arc::clone(backend));
     r
 }
 
@@ -102,6 +116,11 @@ mod tests {
             .invoke(&TaskContext::detached(name), Args::new(args, kwargs))
     }
 
+    fn builtins() -> Registry {
+        let backend: Arc<dyn ResultBackend> = Arc::new(celeriac_embedded::MemoryBackend::new());
+        registry(&tasks(), &backend)
+    }
+
     fn tasks() -> Arc<Registry> {
         let mut r = Registry::new();
         r.register_fn("t.add", |_, args| {
@@ -118,7 +137,7 @@ mod tests {
 
     #[test]
     fn map_and_starmap_call_the_task_per_item_in_order() {
-        let b = registry(&tasks());
+        let b = builtins();
         let neg = json!({"task": "t.neg", "args": [], "kwargs": {}});
         let add = json!({"task": "t.add", "args": [], "kwargs": {}});
         let mut kw = serde_json::Map::new();
@@ -151,7 +170,7 @@ mod tests {
 
     #[test]
     fn accumulate_returns_its_arguments_or_one_of_them() {
-        let b = registry(&tasks());
+        let b = builtins();
         assert_eq!(
             run(
                 &b,

@@ -159,6 +159,11 @@ impl Executors {
         Ok(())
     }
 
+    /// The process pool's `max_tasks_per_child`, if set.
+    pub(crate) fn max_tasks_per_child(&self) -> Option<u64> {
+        self.proc_opts.max_tasks_per_child
+    }
+
     /// Pids of the process pool's children (empty without one).
     pub(crate) fn child_pids(&self) -> Vec<u32> {
         self.processes
@@ -166,6 +171,11 @@ impl Executors {
             .as_ref()
             .map(|p| p.pool().pids())
             .unwrap_or_default()
+    }
+
+    /// The process pool's counters (`None` without one).
+    pub(crate) fn pool_stats(&self) -> Option<celeriac_pool::process::ProcessPoolStats> {
+        self.processes.lock().as_ref().map(|p| p.pool().stats())
     }
 
     /// Stops the process pool, if any (up to 10 s for running tasks). The

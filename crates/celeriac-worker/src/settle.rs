@@ -24,10 +24,9 @@ use celeriac_core::escape::Escaped;
 use celeriac_core::time::unix_now;
 use celeriac_core::{BrokerError, CodecError, Delivery, Message, Outgoing, ResultMeta};
 use parking_lot::Mutex;
-use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::canvas::ChordPart;
+use crate::canvas::{ChordPart, Completion, NewChord};
 use crate::decide::Disposition;
 use crate::observe::TaskEvent;
 use crate::worker::Inner;
@@ -137,8 +136,13 @@ pub(crate) async fn apply(
         Disposition::Continue { result, canvas } => {
             let id = msg.map(Message::id).unwrap_or_default();
             // As Celery does: the next steps are published before this
-            // task's result is stored (its `children` names them).
-            if let Err(e) = publish_all(inner, &canvas.before).await {
+            // task's result is stored (its `children` names them), and the
+            // chords they start are recorded first.
+            let sent = match start_chords(inner, &canvas.chords).await {
+                Ok(()) => publish_all(inner, &canvas.before).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
                 if held.acked {
                     tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the next steps of a task acked early (acks_late = false); its canvas stops here");
                 } else {
@@ -150,16 +154,32 @@ pub(crate) async fn apply(
                     return;
                 }
             }
-            for meta in &canvas.also_store {
-                store(inner, meta).await;
+            let mut result = store_beside(inner, result, &canvas.also_store).await;
+            // A chord header part joins once its own result is stored and
+            // before its message is acked: a worker that dies in between
+            // leaves the message to come back, and it joins again (the
+            // join counts a part once).
+            let part = canvas.chord.as_ref().zip(msg);
+            if part.is_some()
+                && let Some(meta) = result.take()
+                && !store(inner, &meta).await
+            {
+                result = Some(meta);
             }
+            let joined = match part {
+                Some((chord, m)) if result.is_none() => {
+                    join_chord(inner, m, chord).await;
+                    true
+                }
+                _ => false,
+            };
             finish(inner, held.acked, result, d).await;
             // Errbacks, once the FAILURE is stored.
             if let Err(e) = publish_all(inner, &canvas.after).await {
                 tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the errbacks of a failed task");
             }
-            // A chord header part joins once its own result is stored.
-            if let (Some(chord), Some(m)) = (&canvas.chord, msg) {
+            // A part whose result had to be stored again joins now.
+            if let Some((chord, m)) = part.filter(|_| !joined) {
                 join_chord(inner, m, chord).await;
             }
         }
@@ -269,31 +289,21 @@ async fn finish(inner: &Inner, acked: bool, result: Option<ResultMeta>, d: Deliv
 }
 
 /// Joins a finished chord header part (see [`ChordJoin`]): the part that
-/// completes the chord publishes the body with every header result; a
-/// failed part stores the body's ChordError instead and calls its
-/// errbacks.
+/// completes the chord publishes the body with every header result, or,
+/// if a part failed, stores the body's ChordError and calls its errbacks
+/// (Celery 5.x's Redis backend does the same). Without a join on this
+/// backend, the chord's `celery.chord_unlock` joins it, and a part does
+/// nothing here (as Celery's base backend).
 ///
 /// [`ChordJoin`]: celeriac_core::ChordJoin
 async fn join_chord(inner: &Inner, msg: &Message, chord: &ChordPart) {
     let id = msg.id();
     let group = chord.group_id.as_str();
     let Some(join) = inner.backend.chord_join() else {
-        tracing::error!(task_id = %Escaped(id), group = %Escaped(group), backend = %inner.backend.url(),
-            "a chord header part finished, but this result backend cannot join chords yet; the chord's body will not run");
+        tracing::debug!(task_id = %Escaped(id), group = %Escaped(group), backend = %inner.backend.url(),
+            "a chord header part finished; this backend has no chord join, so the chord's celery.chord_unlock joins it");
         return;
     };
-    if let Some((body_failure, errbacks)) = &chord.failed {
-        tracing::warn!(task_id = %Escaped(id), group = %Escaped(group), body = %Escaped(&body_failure.task_id),
-            "a chord header part failed; the chord's body fails with ChordError");
-        store(inner, body_failure).await;
-        if let Err(e) = join.abandon(group).await {
-            tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not abandon the chord's join");
-        }
-        if let Err(e) = publish_all(inner, errbacks).await {
-            tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not publish the chord body's errbacks");
-        }
-        return;
-    }
     let parts = match join.part_return(group, id, chord.index, &chord.part).await {
         Ok(Some(parts)) => parts,
         Ok(None) => return,
@@ -302,25 +312,102 @@ async fn join_chord(inner: &Inner, msg: &Message, chord: &ChordPart) {
             return;
         }
     };
-    // The last part is in: this worker sends the body.
-    let results: Vec<Value> = parts
-        .iter()
-        .map(|p| p.get(3).cloned().unwrap_or(Value::Null))
-        .collect();
-    let sent = match crate::canvas::chord_body(chord, msg, results) {
-        Ok(body) => publish_all(inner, std::slice::from_ref(&body)).await,
-        Err(e) => Err(BrokerError::storage(e)),
-    };
-    match sent {
-        Ok(()) => {
-            if let Err(e) = join.finish(group).await {
-                tracing::warn!(group = %Escaped(group), error = %Escaped(&e), "could not clear a finished chord's join");
+    // The last part is in: this worker completes the chord.
+    match crate::canvas::chord_complete(chord, msg, &parts) {
+        Ok(Completion::Body(body)) => {
+            let sent = match start_chords(inner, &body.chords).await {
+                Ok(()) => publish_all(inner, &body.messages).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(()) => {
+                    if let Err(e) = join.finish(group).await {
+                        tracing::warn!(group = %Escaped(group), error = %Escaped(&e), "could not clear a finished chord's join");
+                    }
+                }
+                // The claim lapses in seconds: the next part that comes
+                // back (a redelivery) completes the chord again.
+                Err(e) => {
+                    tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not publish the chord's body")
+                }
             }
         }
-        // The claim lapses in seconds: the next part that comes back (a
-        // redelivery) completes the chord again.
+        Ok(Completion::Failed(failure)) => {
+            tracing::warn!(task_id = %Escaped(id), group = %Escaped(group),
+                "a chord header part failed; the chord's body fails with ChordError");
+            for meta in &failure.metas {
+                store(inner, meta).await;
+            }
+            if let Err(e) = join.abandon(group).await {
+                tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not abandon the chord's join");
+            }
+            let sent = match start_chords(inner, &failure.errbacks.chords).await {
+                Ok(()) => publish_all(inner, &failure.errbacks.messages).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not publish the chord body's errbacks");
+            }
+        }
         Err(e) => {
-            tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not publish the chord's body")
+            tracing::error!(group = %Escaped(group), error = %Escaped(&e), "the chord's body cannot be sent; it will not run");
+            if let Err(e) = join.abandon(group).await {
+                tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not abandon the chord's join");
+            }
+        }
+    }
+}
+
+/// Stores the results a canvas stores beside a task's own (the FAILURE of
+/// the remaining chain steps), after the task's own result, as Celery's
+/// `mark_as_failure` does: a client that sees the last step fail must find
+/// the failed step failed too. Returns the task's own result if it is
+/// still to store (nothing beside it, or the batch failed), `None` when
+/// it is stored and only the ack is left.
+async fn store_beside(
+    inner: &Inner,
+    own: Option<ResultMeta>,
+    beside: &[ResultMeta],
+) -> Option<ResultMeta> {
+    if beside.is_empty() {
+        return own;
+    }
+    let mut metas: Vec<ResultMeta> = own.iter().cloned().collect();
+    metas.extend(beside.iter().cloned());
+    match inner.backend.store_many(&metas).await {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not store a failed chain's results in one batch; storing them one by one");
+            if let Some(meta) = &own {
+                store(inner, meta).await;
+            }
+            for meta in beside {
+                store(inner, meta).await;
+            }
+            own
+        }
+    }
+}
+
+/// Records the chords a canvas starts before their headers are published:
+/// each chord's size in the backend's join, or, on a backend without one,
+/// its `celery.chord_unlock` published first (as Celery's base backend).
+async fn start_chords(inner: &Inner, chords: &[NewChord]) -> Result<(), BrokerError> {
+    if chords.is_empty() {
+        return Ok(());
+    }
+    match inner.backend.chord_join() {
+        Some(join) => {
+            for c in chords {
+                join.set_size(&c.group_id, c.size)
+                    .await
+                    .map_err(BrokerError::storage)?;
+            }
+            Ok(())
+        }
+        None => {
+            let unlocks: Vec<Message> = chords.iter().map(|c| c.unlock.clone()).collect();
+            publish_all(inner, &unlocks).await
         }
     }
 }

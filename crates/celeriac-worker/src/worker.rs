@@ -11,7 +11,7 @@ use celeriac_core::{Args, Broker, Delivery, PoolKind, Registry, ResultBackend, T
 
 use crate::admit::{self, Admission, LocalRates};
 use crate::config::{Config, Parts, WorkerBuilder};
-use crate::control::{self, Waiting};
+use crate::control::{self, ControlState, Waiting};
 use crate::decide::{self, Decision, RunFacts};
 use crate::execute::Executors;
 use crate::line::{Reservations, Slot};
@@ -45,6 +45,9 @@ pub(crate) struct Inner {
     pub(crate) batches: Batches,
     /// `control`: reserved messages and revokes that came meanwhile.
     pub(crate) waiting: Waiting,
+    /// `control`: what remote control changes (queues, limits, ...) and
+    /// the requests it shows.
+    pub(crate) control: ControlState,
     /// `admit`: per-worker rate-limit buckets.
     pub(crate) rates: LocalRates,
     /// `observe`: counters and observers.
@@ -103,11 +106,12 @@ impl Worker {
 
     pub(crate) fn from_parts(p: Parts) -> Result<Worker, WorkerError> {
         let executors = Executors::new(p.kind, p.threads, p.procs, p.concurrency)?;
+        let control = ControlState::new(&p.config.queues, p.config.autoscale);
         Ok(Worker {
             inner: Arc::new(Inner {
+                celery_tasks: crate::celery_tasks::registry(&p.registry, &p.backend),
                 broker: p.broker,
                 backend: p.backend,
-                celery_tasks: crate::celery_tasks::registry(&p.registry),
                 registry: p.registry,
                 config: p.config,
                 slots: Reservations::new(p.concurrency, p.prefetch),
@@ -115,6 +119,7 @@ impl Worker {
                 ledger: Ledger::default(),
                 batches: Batches::default(),
                 waiting: Waiting::default(),
+                control,
                 rates: LocalRates::default(),
                 notify: Notifier::new(p.observers),
             }),
@@ -130,9 +135,17 @@ impl Worker {
         &self.inner.config.nodename
     }
 
-    /// The queues consumed.
-    pub fn queues(&self) -> &[String] {
-        &self.inner.config.queues
+    /// The queues consumed now (remote control's `add_consumer` and
+    /// `cancel_consumer` change them).
+    pub fn queues(&self) -> Vec<String> {
+        self.inner.control.queues().as_ref().clone()
+    }
+
+    /// Whether the worker sends task events: set by
+    /// [`WorkerBuilder::events`], flipped by remote control's
+    /// `enable_events` and `disable_events`.
+    pub fn events_enabled(&self) -> &Arc<std::sync::atomic::AtomicBool> {
+        &self.inner.config.events_enabled
     }
 
     /// Execution slots.
@@ -187,34 +200,38 @@ impl Worker {
     /// run inside a tokio runtime.
     pub async fn run(&self) {
         let inner = &self.inner;
-        tracing::info!(node = %inner.config.nodename, queues = ?inner.config.queues, concurrency = self.concurrency(),
+        let control = control::start(self.clone()).await;
+        tracing::info!(node = %inner.config.nodename, queues = ?inner.control.queues(), concurrency = self.concurrency(),
             broker = %inner.broker.url(), "worker ready");
         let mut chores = vec![
+            control,
             tokio::spawn(chores::heartbeat(inner.clone())),
             tokio::spawn(chores::renew(inner.clone())),
             tokio::spawn(control::watch(inner.clone())),
         ];
-        if let Some((min, max)) = inner.config.autoscale {
-            chores.push(tokio::spawn(chores::autoscale(self.clone(), min, max)));
+        if inner.config.autoscale.is_some() {
+            chores.push(tokio::spawn(chores::autoscale(self.clone())));
         }
         let mut backoff = Duration::from_millis(100);
+        let mut failing = false;
         while !self.is_stopping() {
             // Reserve up to `prefetch` messages per slot.
             let free = inner.slots.room().await;
             if free == 0 {
                 break;
             }
+            // Remote control may have cancelled every queue.
+            let queues = inner.control.queues();
+            if queues.is_empty() {
+                inner.slots.sleep_unless_stopping(CLAIM_WAIT).await;
+                continue;
+            }
             // A claim is never cancelled: the broker may already have
             // recorded it, and a dropped claim would strand its messages
             // until their lease lapses. It returns within CLAIM_WAIT.
             let claimed = inner
                 .broker
-                .claim(
-                    &inner.config.nodename,
-                    &inner.config.queues,
-                    free,
-                    CLAIM_WAIT,
-                )
+                .claim(&inner.config.nodename, &queues, free, CLAIM_WAIT)
                 .await;
             match claimed {
                 Ok(deliveries) if self.is_stopping() => {
@@ -226,12 +243,17 @@ impl Worker {
                     break;
                 }
                 Ok(deliveries) => {
+                    if std::mem::take(&mut failing) {
+                        crate::task_metrics::broker_reconnected();
+                    }
                     backoff = Duration::from_millis(100);
                     for d in deliveries {
                         self.spawn_handler(d);
                     }
                 }
                 Err(e) => {
+                    failing = true;
+                    crate::task_metrics::broker_error("claim");
                     tracing::error!(error = %e, retry_in = ?backoff, "claim failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -261,14 +283,22 @@ impl Worker {
         let tag = d.tag.clone();
         let held = inner.ledger.hold(d);
         let reserved = inner.slots.reserve();
-        tokio::spawn(async move {
+        // The task's span: its id and name are recorded once the message
+        // is decoded (`name_span`).
+        let span = tracing::info_span!(
+            "task",
+            task_id = tracing::field::Empty,
+            task = tracing::field::Empty
+        );
+        let handler = async move {
             {
                 let mut slot = reserved.into_slot(&inner.slots);
                 handle(&inner, held, &mut slot).await;
             }
             inner.ledger.close(&tag);
             inner.slots.wake();
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(handler, span));
     }
 }
 
@@ -286,12 +316,16 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
     let id = msg.id();
     let name = msg.task();
     let options = *task.options();
-    let limit = inner
-        .config
-        .rate_limits
-        .get(name)
-        .copied()
-        .or(options.rate());
+    let tracked = inner.control.requests.track(&msg, held.delivery());
+    let limit = match inner.control.rate_limit(name) {
+        Some(set_by_remote) => set_by_remote,
+        None => inner
+            .config
+            .rate_limits
+            .get(name)
+            .copied()
+            .or(options.rate()),
+    };
     if let Some(limit) = limit
         && let Some(disposition) = admit::rate(inner, name, limit, slot).await
     {
@@ -324,8 +358,12 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
         return;
     }
     let mut ctx = TaskContext::from_message(&msg, &inner.config.nodename);
-    let hard = ctx.time_limit().or(inner.config.time_limit);
-    let soft = ctx.soft_time_limit().or(inner.config.soft_time_limit);
+    let (remote_soft, remote_hard) = inner.control.time_limits(name).unwrap_or_default();
+    let hard = ctx.time_limit().or(remote_hard).or(inner.config.time_limit);
+    let soft = ctx
+        .soft_time_limit()
+        .or(remote_soft)
+        .or(inner.config.soft_time_limit);
     ctx.set_time_limits(hard, soft);
     let subtasks = crate::subtasks::TaskSubtasks::new(inner);
     ctx.set_subtasks(subtasks.clone());
@@ -334,6 +372,7 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
     // starts; a crash from here on loses it, as the task asked.
     if !options.is_acks_late() {
         settle::ack_early(inner, &mut held).await;
+        tracked.acked();
     }
     let ev = TaskEvent {
         message: &msg,
@@ -341,6 +380,7 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
         hostname: &inner.config.nodename,
     };
     inner.notify.started(&ev);
+    tracked.started();
     let ran = inner
         .executors
         .run(&task, ctx, args, inner.slots.target())
@@ -400,6 +440,13 @@ fn report(inner: &Inner, ev: &TaskEvent<'_>, decision: &Decision) {
         }
         Decision::GiveBack { lost: None } | Decision::Retry(_) => {}
     }
+}
+
+/// Records the task's id and name on its span (from the message, escaped).
+pub(crate) fn name_span(msg: &celeriac_core::Message) {
+    let span = tracing::Span::current();
+    span.record("task_id", tracing::field::display(Escaped(msg.id())));
+    span.record("task", tracing::field::display(Escaped(msg.task())));
 }
 
 /// Logs the signatures of a task's canvas that cannot be sent on.

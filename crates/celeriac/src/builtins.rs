@@ -4,7 +4,7 @@
 //! Always registered: `celeriac.add`, `celeriac.fib`, `celeriac.sleep`,
 //! `celeriac.echo`. Registered only with diagnostic tasks enabled
 //! (`celeriac worker --diagnostic-tasks`): `celeriac.fail`,
-//! `celeriac.panic`, `celeriac.crash` and `celeriac.alloc`.
+//! `celeriac.panic`, `celeriac.crash`, `celeriac.alloc` and `celeriac.flaky`.
 
 use std::time::Duration;
 

@@ -44,6 +44,7 @@ pub use celeriac_core::{
     ResultBackend, ResultMeta, RetryDecision, Revocations, Routes, Secret, SignatureError, State,
     Task, TaskContext, TaskDef, TaskError, TaskErrorKind, TaskFuture, TaskOptions, Transport,
 };
+pub use celeriac_core::{Control, ControlInbox, ControlReply, ControlRequest};
 pub use celeriac_core::{Enforces, Executor, PoolKind, Ran};
 pub use celeriac_core::{QueueNameError, validate_queue_name};
 pub use celeriac_core::{Subtask, SubtaskError, Subtasks};
@@ -58,11 +59,56 @@ pub use celeriac_pool::process::{
 pub use celeriac_pool::{AsyncExecutor, ProcessExecutor, ThreadExecutor};
 pub use celeriac_pool::{BlockingSection, ThreadPool};
 pub use celeriac_server::{
-    Job, JobError, NodeStats, Server, ServerBuilder, ServerError, Stats, Template,
+    Apply, GroupResult, Job, JobError, NodeStats, ResultRef, Server, ServerBuilder, ServerError,
+    Stats, Template,
 };
+
+/// Celery's canvas, typed: see [`celeriac_core::canvas`] and
+/// [`Server::apply`].
+///
+/// `#[task]` gives every task with parameters a step constructor,
+/// `task::s(..)`: every argument but the first, which is the previous
+/// step's result. A chain whose steps do not fit does not compile:
+///
+/// ```
+/// use celeriac::canvas::{chain, chord, group};
+/// use celeriac::{Server, task};
+///
+/// #[task(name = "docs.canvas.add")]
+/// fn add(x: i64, y: i64) -> i64 { x + y }
+/// #[task(name = "docs.canvas.total")]
+/// fn total(xs: Vec<i64>) -> i64 { xs.iter().sum() }
+///
+/// let server = Server::new().unwrap();
+/// // (1 + 2) + 10
+/// let job = server.apply(chain(add::call(1, 2)).then(add::s(10)));
+/// assert_eq!(job.wait().unwrap(), 13);
+/// // Every member, in order.
+/// let g = server.apply(group((0..5).map(|i| add::call(i, i))));
+/// assert_eq!(g.wait().unwrap(), vec![0, 2, 4, 6, 8]);
+/// # let _ = chord(vec![add::call(1, 1)], total::s());
+/// ```
+///
+/// ```compile_fail
+/// use celeriac::canvas::chain;
+/// use celeriac::task;
+///
+/// #[task(name = "docs.canvas.add")]
+/// fn add(x: i64, y: i64) -> i64 { x + y }
+/// #[task(name = "docs.canvas.shout")]
+/// fn shout(s: String) -> String { s.to_uppercase() }
+///
+/// // `shout` takes a String; `add` returns an i64.
+/// let flow = chain(add::call(1, 2)).then(shout::s());
+/// ```
+pub mod canvas {
+    pub use celeriac_core::canvas::*;
+}
 pub use celeriac_worker::{
-    DEFAULT_PREFETCH_MULTIPLIER, Observer, RevokedBy, TaskEvent, Worker, WorkerBuilder, WorkerStats,
+    DEFAULT_PREFETCH_MULTIPLIER, Observer, RevokedBy, TaskEvent, TaskLog, Worker, WorkerBuilder,
+    WorkerStats,
 };
+pub use celeriac_worker::{TaskMetrics, UNREGISTERED};
 
 /// Turns a function into a task.
 ///

@@ -174,6 +174,19 @@ fn wrong_calls_are_typed_errors_not_panics() {
         "{}",
         err.message()
     );
+    // A `serde_json::Value` parameter is required too: a missing argument
+    // is not passed as `null` (it used to reach `celeriac.add` as null).
+    let err = run("celeriac.add", json!([1]), json!({})).unwrap_err();
+    assert_eq!(err.kind(), TaskErrorKind::InvalidArguments);
+    assert_eq!(
+        err.message(),
+        "celeriac.add() missing 1 required positional argument: 'y'"
+    );
+    // An `Option` parameter may still be omitted.
+    assert_eq!(
+        run("tests.norm", json!([{"x": 3.0, "y": 4.0}]), json!({})).unwrap(),
+        json!(5.0)
+    );
     let err = run("tests.norm", json!([{"x": 1.0}]), json!({})).unwrap_err();
     assert!(
         err.message().contains("missing field `y`"),

@@ -102,6 +102,36 @@ pub trait ResultBackend: Send + Sync + fmt::Debug {
     /// Deletes a stored result.
     async fn forget(&self, task_id: &str) -> Result<(), BackendError>;
 
+    /// Stores a group's result tree, as Celery's `GroupResult.save()` does:
+    /// `meta` is `{"result": <as_tuple>}`
+    /// ([`ResultNode::group_meta`](crate::canvas::ResultNode::group_meta)),
+    /// kept under `celery-taskset-meta-<group_id>` for the result TTL.
+    /// The default refuses with [`BackendError::Unsupported`].
+    async fn save_group(
+        &self,
+        group_id: &str,
+        meta: &serde_json::Value,
+    ) -> Result<(), BackendError> {
+        let _ = meta;
+        Err(BackendError::Unsupported(format!(
+            "saving group {group_id} ({} keeps no group results)",
+            self.url()
+        )))
+    }
+
+    /// Reads what [`save_group`](Self::save_group) stored (Celery's
+    /// `GroupResult.restore`); `None` if nothing is stored. The default
+    /// refuses with [`BackendError::Unsupported`].
+    async fn restore_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<serde_json::Value>, BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "restoring group {group_id} ({} keeps no group results)",
+            self.url()
+        )))
+    }
+
     /// Claims an idempotency key for `task_id`, atomically, for `ttl`.
     /// Returns `None` if the key is now this task's, or the id of the task
     /// that holds it.

@@ -6,13 +6,16 @@
 //!   the restore of messages whose holder is gone;
 //! - `dead_letters.rs`: the dead-letter store;
 //! - `control.rs`: revokes (and Celery's pidbox broadcasts), rate-limit
-//!   buckets, the node registry.
+//!   buckets, the node registry;
+//! - `remote.rs`: remote control ([`Control`](celeriac_core::Control)) on
+//!   Celery's pidbox wire, and purge.
 //!
 //! The Lua scripts are in `../lua/`, one file per operation.
 
 mod claim;
 mod control;
 mod dead_letters;
+mod remote;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,11 +110,10 @@ impl RedisBroker {
             url: url.split('@').next_back().unwrap_or(url).to_string(),
             reason,
         })?;
-        let client =
-            redis::Client::open(opts.client_url.as_str()).map_err(|e| BrokerError::InvalidUrl {
-                url: opts.redacted.clone(),
-                reason: e.to_string(),
-            })?;
+        let client = opts.client().map_err(|reason| BrokerError::InvalidUrl {
+            url: opts.redacted.clone(),
+            reason,
+        })?;
         Ok(Arc::new_cyclic(|me| RedisBroker {
             opts,
             client,
@@ -133,7 +135,10 @@ impl RedisBroker {
             .get_or_try_init(|| crate::conn::manager(&self.client))
             .await
             .cloned()
-            .map_err(conn_err)
+            .map_err(|e| match crate::conn::not_redis(&e, &self.opts.redacted) {
+                Some(what) => BrokerError::connection_in(what, e),
+                None => conn_err(e),
+            })
     }
 
     fn key(&self, name: &str) -> String {

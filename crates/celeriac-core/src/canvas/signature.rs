@@ -231,7 +231,13 @@ impl Signature {
         msg.embed = Embed {
             callbacks: list(self.options.get("link")),
             errbacks: list(self.options.get("link_error")),
-            chain: Some(chain),
+            // A chord's body carries the rest of its chain in its own
+            // options (Celery's client puts it there for a chain that
+            // continues after a chord); the caller's chain wins otherwise.
+            chain: Some(match self.options.get("chain") {
+                Some(Value::Array(rest)) if chain.is_empty() => rest.clone(),
+                _ => chain,
+            }),
             chord: self.options.get("chord").filter(|c| !c.is_null()).cloned(),
             extra: Map::new(),
         };
@@ -329,6 +335,22 @@ mod tests {
         assert_ne!(a.id(), b.id());
         assert_eq!(a.queue(), DEFAULT_QUEUE);
         assert!(a.args.is_empty());
+    }
+
+    #[test]
+    fn a_chord_body_sends_on_the_chain_in_its_options() {
+        let rest = vec![json!({"task": "tasks.add", "args": [1]})];
+        let body = Signature::from_value(&json!({
+            "task": "tasks.tsum", "options": {"task_id": "T", "chain": rest}
+        }))
+        .unwrap();
+        let m = body
+            .call_after(&parent(), Some(&json!([1, 2])), Vec::new())
+            .unwrap();
+        assert_eq!(m.embed.chain, Some(rest));
+        let own = vec![json!({"task": "tasks.other"})];
+        let m = body.call_after(&parent(), None, own.clone()).unwrap();
+        assert_eq!(m.embed.chain, Some(own), "a chain the caller gives wins");
     }
 
     #[test]

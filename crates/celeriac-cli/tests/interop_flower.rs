@@ -83,7 +83,13 @@ fn flower_shows_and_steers_a_celeriac_worker() {
     for i in 0..3 {
         let o = celeriac(
             &url,
-            &["call", "celeriac.add", "--args", &format!("[{i},1]"), "--wait"],
+            &[
+                "call",
+                "celeriac.add",
+                "--args",
+                &format!("[{i},1]"),
+                "--wait",
+            ],
         );
         assert!(o.status.success(), "{}", text(&o));
     }
@@ -92,7 +98,14 @@ fn flower_shows_and_steers_a_celeriac_worker() {
     // A task due in a minute, for Flower to revoke.
     let later = celeriac(
         &url,
-        &["call", "celeriac.echo", "--args", "[1]", "--countdown", "60"],
+        &[
+            "call",
+            "celeriac.echo",
+            "--args",
+            "[1]",
+            "--countdown",
+            "60",
+        ],
     );
     assert!(later.status.success(), "{}", text(&later));
     let later_id = String::from_utf8_lossy(&later.stdout).trim().to_string();

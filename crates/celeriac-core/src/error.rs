@@ -452,8 +452,13 @@ impl TaskError {
             return TaskError::new(err.to_string());
         }
         let boxed: Box<dyn std::any::Any> = Box::new(err);
-        match boxed.downcast::<TaskError>() {
-            Ok(te) => *te,
+        let boxed = match boxed.downcast::<TaskError>() {
+            Ok(te) => return *te,
+            Err(other) => other,
+        };
+        // A subtask's failure keeps the subtask's own error.
+        match boxed.downcast::<crate::subtask::SubtaskError>() {
+            Ok(se) => (*se).into(),
             Err(other) => {
                 // Not a TaskError: we still own it as `E` behind the Any.
                 let err = other

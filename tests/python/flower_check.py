@@ -7,7 +7,7 @@ It waits (up to 60 s each) for:
 - the worker in /api/workers?refresh=1 with its stats and registered tasks;
 - /api/tasks to hold at least 3 SUCCESS and 1 FAILURE tasks from it;
 - the dashboard (/workers?json=1) to show it online with event counters;
-then calls pool grow, rate limit and revoke, and reads the pool size back.
+then calls pool grow and revoke, and reads the pool size back.
 Exits non-zero with a message on the first thing that does not hold.
 """
 
@@ -103,7 +103,5 @@ def grown():
 
 
 seen["pool_after_grow"] = until("the grown pool", grown, timeout=20)
-seen["rate_limit"] = list(post("/api/task/rate-limit/celeriac.echo",
-                               {"workername": WORKER, "ratelimit": "100/m"}))
 seen["revoke"] = list(post(f"/api/task/revoke/{REVOKE_ID}"))
 print(json.dumps(seen))

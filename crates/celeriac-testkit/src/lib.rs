@@ -12,6 +12,7 @@ pub mod executor;
 pub mod process;
 pub mod proxy;
 pub mod python;
+pub mod rabbit_server;
 pub mod redis_server;
 
 /// Publishes `calls` in batches of 500; returns their task ids in order.

@@ -457,10 +457,10 @@ impl Transport for AmqpBroker {
             tokio::pin!(notified);
             notified.as_mut().enable();
             for q in queues {
-                if let Err(e) = self.ensure_consumer(&link, q).await {
-                    if link.is_open() {
-                        return Err(e);
-                    }
+                if let Err(e) = self.ensure_consumer(&link, q).await
+                    && link.is_open()
+                {
+                    return Err(e);
                 }
             }
             let got = self.take(queues, max.max(1));

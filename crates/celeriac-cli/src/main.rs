@@ -1,8 +1,13 @@
-//! The `celeriac` command: `demo`, `worker`, `call`, `result`, `revoke`, `dlq`, `tasks`.
+//! The `celeriac` command: `demo`, `worker`, `call`, `result`, `revoke`,
+//! `dlq`, `tasks`, `inspect`, `control`, `status`, `purge`.
 
+mod banner;
 mod demo;
+mod dlq;
+mod inspect;
 mod parse;
 mod probe;
+mod purge;
 
 use parse::{parse_json_list, parse_json_object, parse_seconds, queue_name, signal_name};
 
@@ -123,8 +128,18 @@ enum Command {
     /// Inspect and requeue dead letters.
     Dlq {
         #[command(subcommand)]
-        command: DlqCommand,
+        command: dlq::DlqCommand,
     },
+    /// Ask the workers (celeriac or Python Celery) for their state, as
+    /// `celery inspect`: ping, stats, active, reserved, registered, ...
+    Inspect(inspect::InspectArgs),
+    /// Change running workers, as `celery control`: pool_grow,
+    /// rate_limit, add_consumer, shutdown, ...
+    Control(inspect::ControlArgs),
+    /// List the workers that answer a ping.
+    Status(inspect::StatusArgs),
+    /// Delete every message waiting on queues (asks first unless -f).
+    Purge(purge::PurgeArgs),
     /// List the tasks this binary can run.
     Tasks {
         /// Include the diagnostic tasks.
@@ -281,23 +296,9 @@ struct ResultArgs {
     meta: bool,
 }
 
-#[derive(Debug, Subcommand)]
-enum DlqCommand {
-    /// List dead letters.
-    List {
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-    },
-    /// Move a dead letter back onto its queue.
-    Requeue {
-        /// The dead letter's id (from `dlq list`).
-        id: String,
-    },
-}
-
-/// Exit codes: 0 ok, 1 the task failed, 2 usage or setup error, 3 timed
-/// out, 4 result not ready.
+/// Exit codes: 0 ok, 1 the task failed (or a worker replied with an
+/// error), 2 usage or setup error, 3 timed out, 4 result not ready, 69 no
+/// worker replied (as Celery).
 fn main() -> ExitCode {
     // A process pool child re-executes this binary: serve tasks and exit.
     celeriac::init();
@@ -386,7 +387,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Worker(args) => worker(&cli.conn, args),
         Command::Call(args) => call(&cli.conn, args),
         Command::Result(args) => result(&cli.conn, args),
-        Command::Dlq { command } => dlq(&cli.conn, command),
+        Command::Dlq { command } => dlq::dlq(&cli.conn, command),
+        Command::Inspect(args) => inspect::inspect(&cli.conn, args),
+        Command::Control(args) => inspect::control(&cli.conn, args),
+        Command::Status(args) => inspect::status(&cli.conn, args),
+        Command::Purge(args) => purge::purge(&cli.conn, args),
         Command::Revoke {
             ids,
             ttl,
@@ -436,6 +441,8 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         } else {
             probe::reachable(&broker, &backend, &bu, &ru, queue, probe::STARTUP_DEADLINE).await?;
         }
+        let urls = (broker.url(), backend.url());
+        let names: Vec<String> = registry.names().into_iter().map(str::to_string).collect();
         let mut b = Worker::builder(broker, backend, Arc::new(registry))
             .queues(args.queues.clone())
             .max_body(args.max_body.get())
@@ -446,10 +453,7 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);
         }
-        if let Some(spec) = &args.autoscale {
-            let (max, min) = spec.split_once(',').unwrap_or((spec.as_str(), "1"));
-            let max: usize = max.trim().parse().context("--autoscale takes MAX,MIN")?;
-            let min: usize = min.trim().parse().context("--autoscale takes MAX,MIN")?;
+        if let Some((min, max)) = autoscale_bounds(args.autoscale.as_deref())? {
             b = b.autoscale(min, max);
         }
         if let Some(n) = args.max_tasks_per_child {
@@ -486,6 +490,13 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         // Celery's line per task: received, succeeded in ..., raised ...
         b = b.observer(Arc::new(celeriac::TaskLog));
         let worker = b.build()?;
+        let facts = banner::Facts {
+            broker: &urls.0,
+            backend: &urls.1,
+            tasks: names.iter().map(String::as_str).collect(),
+            autoscale: autoscale_bounds(args.autoscale.as_deref())?,
+        };
+        println!("{}", banner::banner(&worker, &facts));
         let w = worker.clone();
         tokio::spawn(async move {
             if shutdown_signal().await == Shutdown::Warm {
@@ -500,6 +511,15 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--autoscale MAX,MIN` as `(min, max)`.
+fn autoscale_bounds(spec: Option<&str>) -> Result<Option<(usize, usize)>> {
+    let Some(spec) = spec else { return Ok(None) };
+    let (max, min) = spec.split_once(',').unwrap_or((spec, "1"));
+    let max: usize = max.trim().parse().context("--autoscale takes MAX,MIN")?;
+    let min: usize = min.trim().parse().context("--autoscale takes MAX,MIN")?;
+    Ok(Some((min, max)))
 }
 
 fn seconds(s: f64, flag: &str) -> Result<Duration> {
@@ -659,47 +679,6 @@ fn result(conn: &Conn, args: ResultArgs) -> Result<ExitCode> {
             None => {
                 eprintln!("task {} is PENDING (no result stored)", Escaped(&args.id));
                 Ok(ExitCode::from(4))
-            }
-        }
-    })
-}
-
-fn dlq(conn: &Conn, command: DlqCommand) -> Result<ExitCode> {
-    let rt = runtime()?;
-    rt.block_on(async {
-        let (broker, _) = conn.open()?;
-        match command {
-            DlqCommand::List { limit } => {
-                let letters = broker.dead_letters(limit).await?;
-                if letters.is_empty() {
-                    // On stderr: a script reading stdout still sees no lines.
-                    eprintln!("no dead letters");
-                }
-                for d in letters {
-                    let summary = celeriac::Message::decode(&d.payload)
-                        .map(|m| format!("{} {}", m.task(), m.id()))
-                        .unwrap_or_else(|_| "<undecodable>".to_string());
-                    // Fields from the message, escaped: one line per dead
-                    // letter, and no escape sequence reaches the terminal.
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}",
-                        Escaped(&d.id),
-                        Escaped(&d.queue),
-                        celeriac::time::iso_from_unix(d.failed_at),
-                        Escaped(&summary),
-                        Escaped(&d.reason)
-                    );
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            DlqCommand::Requeue { id } => {
-                if broker.requeue_dead_letter(&id).await? {
-                    println!("requeued {}", Escaped(&id));
-                    Ok(ExitCode::SUCCESS)
-                } else {
-                    eprintln!("no dead letter with id {}", Escaped(&id));
-                    Ok(ExitCode::from(1))
-                }
             }
         }
     })

@@ -10,7 +10,8 @@
 //! - [`task`]: the task model: [`Task`], typed [`Call`] handles, argument
 //!   binding ([`Args`]), the [`Registry`] and link-time registration.
 //! - [`broker`]: the broker capability traits ([`Transport`],
-//!   [`DeadLetters`], [`Revocations`], [`RateLimits`], [`Nodes`], all
+//!   [`DeadLetters`], [`Revocations`], [`RateLimits`], [`Nodes`],
+//!   [`Control`], all
 //!   together [`Broker`]) and the [`ResultBackend`] trait;
 //!   [`broker::prelude`] brings them into scope.
 //! - [`execute`]: the [`Executor`] extension trait, which runs tasks on a
@@ -41,8 +42,9 @@ pub mod task;
 pub mod time;
 
 pub use broker::{
-    Broker, ChordJoin, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits,
-    ResultBackend, ResultWatch, Revocations, Transport, Waiters,
+    Broker, ChordJoin, Control, ControlInbox, ControlReply, ControlRequest, DeadLetter,
+    DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits, ResultBackend, ResultWatch,
+    Revocations, Transport, Waiters,
 };
 pub use canvas::Signature;
 pub use error::{

@@ -1,6 +1,9 @@
 //! `memory://`: a broker and result store inside one process.
 
 mod chord;
+mod control;
+
+pub(crate) use control::revoke_of;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock, Weak};
@@ -147,6 +150,7 @@ pub struct MemoryBroker {
     lease: Duration,
     state: Mutex<BrokerState>,
     notify: Notify,
+    control: control::Mailboxes,
 }
 
 fn named<T, F: FnOnce() -> Arc<T>>(
@@ -205,6 +209,7 @@ impl MemoryBroker {
             lease,
             state: Mutex::new(BrokerState::default()),
             notify: Notify::new(),
+            control: control::Mailboxes::default(),
         }
     }
 

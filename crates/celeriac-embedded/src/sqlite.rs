@@ -2,6 +2,8 @@
 //! shared safely by several processes on one machine. See the crate docs
 //! for the design.
 
+mod control;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -295,6 +297,8 @@ pub struct SqliteBroker {
     lease: Duration,
     notify: Notify,
     closed: AtomicBool,
+    /// Whether the remote-control tables were created (`control.rs`).
+    control_ready: AtomicBool,
 }
 
 impl SqliteBroker {
@@ -386,6 +390,7 @@ impl SqliteBroker {
             lease: opts.lease,
             notify: Notify::new(),
             closed: AtomicBool::new(false),
+            control_ready: AtomicBool::new(false),
         }))
     }
 

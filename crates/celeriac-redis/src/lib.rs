@@ -95,7 +95,14 @@
 //!
 //! ## Remote control
 //!
-//! Each celeriac consumer listens to Celery's `celery.pidbox` broadcasts
+//! [`Control`](celeriac_core::Control) is kombu's pidbox: requests are
+//! `PUBLISH`ed on `/<db>.celery.pidbox`; a client binds its reply queue
+//! `<oid>.reply.celery.pidbox` in `_kombu.binding.reply.celery.pidbox` (with
+//! kombu 5.7's deadline in `_kombu.binding_deadlines`), and a worker
+//! `LPUSH`es its reply onto the bound list. So `celery inspect` reaches
+//! celeriac workers and celeriac's client reaches Python workers.
+//!
+//! Each celeriac consumer also listens to Celery's `celery.pidbox` broadcasts
 //! and records a Python `app.control.revoke(...)` as a durable key. A
 //! revoke made through this broker ([`Revocations`](celeriac_core::Revocations))
 //! writes those keys and also broadcasts Celery's own `revoke`, so that

@@ -1,6 +1,8 @@
-//! Celery's remote-control broadcasts (kombu's pidbox) as celeriac sends
-//! them on Redis: a `revoke` that Python Celery workers act on exactly as
-//! on `app.control.revoke(...)`.
+//! Celery's remote control (kombu's pidbox) on Redis, as envelopes: the
+//! requests broadcast on the `celery.pidbox` fanout (a `revoke` that Python
+//! Celery workers act on exactly as on `app.control.revoke(...)`, and any
+//! other [`ControlRequest`]), and the replies workers push onto the
+//! client's `<oid>.reply.celery.pidbox` list.
 //!
 //! On Redis, kombu emulates the fanout exchange `celery.pidbox` with
 //! `PUBLISH <global_keyprefix>/<db>.celery.pidbox`; each worker subscribes
@@ -18,12 +20,23 @@
 //! ```
 //!
 //! A revoke is a cast: it has no `ticket` or `reply_to`, and nobody
-//! answers.
+//! answers. A request that wants replies adds `"ticket": "<uuid4>",
+//! "reply_to": {"exchange": "reply.celery.pidbox", "routing_key": "<oid>"}`
+//! to the body; each reply is `LPUSH`ed as
+//!
+//! ```text
+//! {"body": "<base64 of {node: value}>", "content-encoding": "utf-8", "content-type": "application/json",
+//!  "headers": {"ticket": "<ticket>", "clock": <n>},
+//!  "properties": {"delivery_mode": 1, "delivery_info": {"exchange": "reply.celery.pidbox", "routing_key": "<oid>"},
+//!                 "priority": 0, "body_encoding": "base64", "delivery_tag": "<uuid4>"}}
+//! ```
 
 use std::io;
 
 use base64::Engine as _;
+use celeriac_core::broker::{ControlReply, ControlRequest, REPLY_EXCHANGE, ReplyTo};
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// The signal Celery names in every revoke unless told otherwise.
 pub(crate) const TERM_SIGNAME: &str = "SIGTERM";
@@ -74,6 +87,114 @@ pub(crate) fn revoke(task_ids: &[String], terminate: bool, signal: &str, now: f6
         },
     };
     python_json(&envelope)
+}
+
+/// The exchange requests are broadcast on.
+pub(crate) const EXCHANGE: &str = "celery.pidbox";
+
+/// The envelope of `request`, sent at unix time `now`: its clock and
+/// expiry headers are the request's own (an expiry of 0 stays 0).
+pub(crate) fn request(request: &ControlRequest, clock: u64) -> Vec<u8> {
+    let envelope = Envelope {
+        body: base64::engine::general_purpose::STANDARD.encode(python_json(request)),
+        content_encoding: "utf-8",
+        content_type: "application/json",
+        headers: Headers {
+            clock,
+            expires: request.expires,
+        },
+        properties: Properties {
+            delivery_mode: 2,
+            delivery_info: DeliveryInfo {
+                exchange: EXCHANGE,
+                routing_key: "",
+            },
+            priority: 0,
+            body_encoding: "base64",
+            delivery_tag: uuid::Uuid::new_v4().to_string(),
+        },
+    };
+    python_json(&envelope)
+}
+
+/// The envelope of a node's `reply` for the mailbox `to`.
+pub(crate) fn reply(reply: &ControlReply, to: &ReplyTo) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct ReplyHeaders<'a> {
+        ticket: &'a str,
+        clock: u64,
+    }
+    #[derive(Serialize)]
+    struct ReplyEnvelope<'a> {
+        body: String,
+        #[serde(rename = "content-encoding")]
+        content_encoding: &'a str,
+        #[serde(rename = "content-type")]
+        content_type: &'a str,
+        headers: ReplyHeaders<'a>,
+        properties: Properties<'a>,
+    }
+    let envelope = ReplyEnvelope {
+        body: base64::engine::general_purpose::STANDARD.encode(python_json(&reply.body)),
+        content_encoding: "utf-8",
+        content_type: "application/json",
+        headers: ReplyHeaders {
+            ticket: &reply.ticket,
+            clock: reply.clock,
+        },
+        properties: Properties {
+            delivery_mode: 1,
+            delivery_info: DeliveryInfo {
+                exchange: if to.exchange.is_empty() {
+                    REPLY_EXCHANGE
+                } else {
+                    &to.exchange
+                },
+                routing_key: &to.routing_key,
+            },
+            priority: 0,
+            body_encoding: "base64",
+            delivery_tag: uuid::Uuid::new_v4().to_string(),
+        },
+    };
+    python_json(&envelope)
+}
+
+/// The headers and decoded body of a kombu envelope.
+fn open(payload: &[u8]) -> Option<(Value, Value)> {
+    let env: Value = serde_json::from_slice(payload).ok()?;
+    let body = env["body"].as_str()?;
+    let bytes = if env["properties"]["body_encoding"] == "base64" {
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .ok()?
+    } else {
+        body.as_bytes().to_vec()
+    };
+    let body: Value = serde_json::from_slice(&bytes).ok()?;
+    Some((env["headers"].clone(), body))
+}
+
+/// The request a `celery.pidbox` envelope carries, with its headers.
+pub(crate) fn decode_request(payload: &[u8]) -> Option<ControlRequest> {
+    let (headers, body) = open(payload)?;
+    let mut r: ControlRequest = serde_json::from_value(body).ok()?;
+    r.clock = headers["clock"].as_u64().unwrap_or(0);
+    r.expires = headers["expires"].as_f64().unwrap_or(0.0);
+    Some(r)
+}
+
+/// The reply a reply envelope carries.
+pub(crate) fn decode_reply(payload: &[u8]) -> Option<ControlReply> {
+    let (headers, body) = open(payload)?;
+    Some(ControlReply {
+        ticket: headers["ticket"].as_str().unwrap_or_default().to_string(),
+        clock: headers["clock"].as_u64().unwrap_or(0),
+        body: match body {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+    })
 }
 
 #[derive(Serialize)]
@@ -209,6 +330,63 @@ mod tests {
         assert_eq!(
             body,
             r#"{"method": "revoke", "arguments": {"task_id": ["x1", "x2"], "terminate": true, "signal": "SIGKILL"}, "destination": null, "pattern": null, "matcher": null}"#
+        );
+    }
+
+    #[test]
+    fn requests_and_replies_round_trip_in_kombus_envelopes() {
+        let mut req = ControlRequest::new("pool_grow")
+            .arg("n", 2)
+            .to_nodes(["w1@h"]);
+        req.ticket = Some("t1".into());
+        req.reply_to = Some(ReplyTo {
+            exchange: REPLY_EXCHANGE.into(),
+            routing_key: "oid1".into(),
+        });
+        req.expires = 1795902486.5;
+        let sent = request(&req, 7);
+        let (env, body) = decode(&sent);
+        assert_eq!(
+            body,
+            r#"{"method": "pool_grow", "arguments": {"n": 2}, "destination": ["w1@h"], "pattern": null, "matcher": null, "ticket": "t1", "reply_to": {"exchange": "reply.celery.pidbox", "routing_key": "oid1"}}"#
+        );
+        assert_eq!(
+            env["headers"],
+            serde_json::json!({"clock": 7, "expires": 1795902486.5})
+        );
+        let back = decode_request(&sent).unwrap();
+        assert_eq!((back.clock, back.expires), (7, 1795902486.5));
+        assert_eq!(back.arguments, req.arguments);
+        assert_eq!(back.reply_to, req.reply_to);
+
+        let mut body = Map::new();
+        body.insert("w1@h".into(), serde_json::json!({"ok": "pong"}));
+        let rep = ControlReply {
+            ticket: "t1".into(),
+            clock: 9,
+            body,
+        };
+        let pushed = reply(&rep, req.reply_to.as_ref().unwrap());
+        let (env, body) = decode(&pushed);
+        assert_eq!(body, r#"{"w1@h": {"ok": "pong"}}"#);
+        assert_eq!(
+            env["headers"],
+            serde_json::json!({"ticket": "t1", "clock": 9})
+        );
+        assert_eq!(
+            env["properties"]["delivery_info"],
+            serde_json::json!({"exchange": "reply.celery.pidbox", "routing_key": "oid1"})
+        );
+        assert_eq!(env["properties"]["delivery_mode"], 1);
+        assert_eq!(decode_reply(&pushed).unwrap(), rep);
+    }
+
+    #[test]
+    fn a_cast_has_no_ticket_or_reply_to() {
+        let (_, body) = decode(&request(&ControlRequest::new("heartbeat"), 1));
+        assert_eq!(
+            body,
+            r#"{"method": "heartbeat", "arguments": {}, "destination": null, "pattern": null, "matcher": null}"#
         );
     }
 

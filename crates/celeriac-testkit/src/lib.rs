@@ -8,12 +8,19 @@
 //! ```
 
 pub mod chord_join;
+pub mod control;
 pub mod executor;
 pub mod process;
 pub mod proxy;
 pub mod python;
 pub mod rabbit_server;
 pub mod redis_server;
+
+pub use control::{
+    a_broadcast_revoke_is_recorded, control_calls_reach_every_listener_and_collect_their_replies,
+    control_casts_arrive_and_stray_replies_are_dropped,
+    purge_deletes_waiting_messages_and_keeps_held_ones,
+};
 
 /// Publishes `calls` in batches of 500; returns their task ids in order.
 pub async fn send_calls(
@@ -662,6 +669,10 @@ macro_rules! broker_contract {
                 revokes_are_listed_for_messages_already_claimed,
                 idempotency_keys_are_claimed_once_until_they_expire,
                 rate_limit_buckets_are_shared,
+                control_calls_reach_every_listener_and_collect_their_replies,
+                control_casts_arrive_and_stray_replies_are_dropped,
+                a_broadcast_revoke_is_recorded,
+                purge_deletes_waiting_messages_and_keeps_held_ones,
             );
         }
     };

@@ -51,14 +51,18 @@ pub(crate) async fn renew(inner: Arc<Inner>) {
 
 /// Follows queue depth: grows at once to what is running plus waiting
 /// (within `max`), shrinks after `keepalive` of lower demand (within
-/// `min`).
-pub(crate) async fn autoscale(worker: Worker, min: usize, max: usize) {
+/// `min`). The bounds are read each time: remote control's `autoscale`
+/// changes them.
+pub(crate) async fn autoscale(worker: Worker) {
     let inner = worker.inner();
     let mut low_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(AUTOSCALE_EVERY).await;
+        let Some((min, max)) = inner.control.autoscale() else {
+            continue;
+        };
         let mut waiting = 0usize;
-        for q in &inner.config.queues {
+        for q in inner.control.queues().iter() {
             match inner.broker.queue_len(q).await {
                 Ok(n) => waiting += n,
                 Err(e) => {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use celeriac_core::message::DEFAULT_MAX_BODY;
@@ -50,6 +51,7 @@ pub struct WorkerBuilder {
     store_retry_for: Duration,
     secret: Option<Secret>,
     max_result: Option<usize>,
+    events_enabled: Arc<AtomicBool>,
 }
 
 /// Settings of the worker's process pool.
@@ -80,6 +82,9 @@ pub(crate) struct Config {
     pub(crate) secret: Option<Secret>,
     /// The largest result stored, encoded.
     pub(crate) max_result: Option<usize>,
+    /// Whether task events are sent (`-E`; remote control's
+    /// `enable_events` and `disable_events` flip it while the worker runs).
+    pub(crate) events_enabled: Arc<AtomicBool>,
 }
 
 impl Config {
@@ -138,7 +143,22 @@ impl WorkerBuilder {
             store_retry_for: DEFAULT_STORE_RETRY_FOR,
             secret: None,
             max_result: None,
+            events_enabled: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Sends task events (`task-received`, `task-started`, ...; Celery's
+    /// `-E`). Default off, as in Celery; a monitor's `enable_events`
+    /// (Flower sends it every 5 s) turns them on while the worker runs.
+    pub fn events(self, on: bool) -> Self {
+        self.events_enabled.store(on, Ordering::SeqCst);
+        self
+    }
+
+    /// The flag that says whether task events are sent, shared with the
+    /// worker once built: an [`Observer`] made before the worker reads it.
+    pub fn events_enabled(&self) -> Arc<AtomicBool> {
+        self.events_enabled.clone()
     }
 
     /// Which pool runs blocking tasks (default threads); see [`PoolKind`].
@@ -398,6 +418,7 @@ impl WorkerBuilder {
                 store_retry_for: self.store_retry_for,
                 secret: self.secret,
                 max_result: self.max_result,
+                events_enabled: self.events_enabled,
             },
             kind: self.kind,
             threads,

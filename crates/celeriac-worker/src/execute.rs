@@ -154,6 +154,11 @@ impl Executors {
         Ok(())
     }
 
+    /// The process pool's `max_tasks_per_child`, if set.
+    pub(crate) fn max_tasks_per_child(&self) -> Option<u64> {
+        self.proc_opts.max_tasks_per_child
+    }
+
     /// Pids of the process pool's children (empty without one).
     pub(crate) fn child_pids(&self) -> Vec<u32> {
         self.processes

@@ -73,6 +73,11 @@ impl Reservations {
         old
     }
 
+    /// The most messages reserved per execution slot.
+    pub(crate) fn prefetch(&self) -> usize {
+        self.prefetch
+    }
+
     /// Messages reserved (waiting or running).
     pub(crate) fn reserved(&self) -> usize {
         self.reserved.load(Ordering::SeqCst)

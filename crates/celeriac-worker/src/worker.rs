@@ -11,7 +11,7 @@ use celeriac_core::{Args, Broker, Delivery, PoolKind, Registry, ResultBackend, T
 
 use crate::admit::{self, Admission, LocalRates};
 use crate::config::{Config, Parts, WorkerBuilder};
-use crate::control::{self, Waiting};
+use crate::control::{self, ControlState, Waiting};
 use crate::decide::{self, Decision, RunFacts};
 use crate::execute::Executors;
 use crate::line::{Reservations, Slot};
@@ -45,6 +45,9 @@ pub(crate) struct Inner {
     pub(crate) batches: Batches,
     /// `control`: reserved messages and revokes that came meanwhile.
     pub(crate) waiting: Waiting,
+    /// `control`: what remote control changes (queues, limits, ...) and
+    /// the requests it shows.
+    pub(crate) control: ControlState,
     /// `admit`: per-worker rate-limit buckets.
     pub(crate) rates: LocalRates,
     /// `observe`: counters and observers.
@@ -103,6 +106,7 @@ impl Worker {
 
     pub(crate) fn from_parts(p: Parts) -> Result<Worker, WorkerError> {
         let executors = Executors::new(p.kind, p.threads, p.procs, p.concurrency)?;
+        let control = ControlState::new(&p.config.queues, p.config.autoscale);
         Ok(Worker {
             inner: Arc::new(Inner {
                 celery_tasks: crate::celery_tasks::registry(&p.registry, &p.backend),
@@ -115,6 +119,7 @@ impl Worker {
                 ledger: Ledger::default(),
                 batches: Batches::default(),
                 waiting: Waiting::default(),
+                control,
                 rates: LocalRates::default(),
                 notify: Notifier::new(p.observers),
             }),
@@ -130,9 +135,17 @@ impl Worker {
         &self.inner.config.nodename
     }
 
-    /// The queues consumed.
-    pub fn queues(&self) -> &[String] {
-        &self.inner.config.queues
+    /// The queues consumed now (remote control's `add_consumer` and
+    /// `cancel_consumer` change them).
+    pub fn queues(&self) -> Vec<String> {
+        self.inner.control.queues().as_ref().clone()
+    }
+
+    /// Whether the worker sends task events: set by
+    /// [`WorkerBuilder::events`], flipped by remote control's
+    /// `enable_events` and `disable_events`.
+    pub fn events_enabled(&self) -> &Arc<std::sync::atomic::AtomicBool> {
+        &self.inner.config.events_enabled
     }
 
     /// Execution slots.
@@ -187,15 +200,17 @@ impl Worker {
     /// run inside a tokio runtime.
     pub async fn run(&self) {
         let inner = &self.inner;
-        tracing::info!(node = %inner.config.nodename, queues = ?inner.config.queues, concurrency = self.concurrency(),
+        let control = control::start(self.clone()).await;
+        tracing::info!(node = %inner.config.nodename, queues = ?inner.control.queues(), concurrency = self.concurrency(),
             broker = %inner.broker.url(), "worker ready");
         let mut chores = vec![
+            control,
             tokio::spawn(chores::heartbeat(inner.clone())),
             tokio::spawn(chores::renew(inner.clone())),
             tokio::spawn(control::watch(inner.clone())),
         ];
-        if let Some((min, max)) = inner.config.autoscale {
-            chores.push(tokio::spawn(chores::autoscale(self.clone(), min, max)));
+        if inner.config.autoscale.is_some() {
+            chores.push(tokio::spawn(chores::autoscale(self.clone())));
         }
         let mut backoff = Duration::from_millis(100);
         while !self.is_stopping() {
@@ -204,17 +219,18 @@ impl Worker {
             if free == 0 {
                 break;
             }
+            // Remote control may have cancelled every queue.
+            let queues = inner.control.queues();
+            if queues.is_empty() {
+                inner.slots.sleep_unless_stopping(CLAIM_WAIT).await;
+                continue;
+            }
             // A claim is never cancelled: the broker may already have
             // recorded it, and a dropped claim would strand its messages
             // until their lease lapses. It returns within CLAIM_WAIT.
             let claimed = inner
                 .broker
-                .claim(
-                    &inner.config.nodename,
-                    &inner.config.queues,
-                    free,
-                    CLAIM_WAIT,
-                )
+                .claim(&inner.config.nodename, &queues, free, CLAIM_WAIT)
                 .await;
             match claimed {
                 Ok(deliveries) if self.is_stopping() => {
@@ -286,12 +302,16 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
     let id = msg.id();
     let name = msg.task();
     let options = *task.options();
-    let limit = inner
-        .config
-        .rate_limits
-        .get(name)
-        .copied()
-        .or(options.rate());
+    let tracked = inner.control.requests.track(&msg, held.delivery());
+    let limit = match inner.control.rate_limit(name) {
+        Some(set_by_remote) => set_by_remote,
+        None => inner
+            .config
+            .rate_limits
+            .get(name)
+            .copied()
+            .or(options.rate()),
+    };
     if let Some(limit) = limit
         && let Some(disposition) = admit::rate(inner, name, limit, slot).await
     {
@@ -324,14 +344,19 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
         return;
     }
     let mut ctx = TaskContext::from_message(&msg, &inner.config.nodename);
-    let hard = ctx.time_limit().or(inner.config.time_limit);
-    let soft = ctx.soft_time_limit().or(inner.config.soft_time_limit);
+    let (remote_soft, remote_hard) = inner.control.time_limits(name).unwrap_or_default();
+    let hard = ctx.time_limit().or(remote_hard).or(inner.config.time_limit);
+    let soft = ctx
+        .soft_time_limit()
+        .or(remote_soft)
+        .or(inner.config.soft_time_limit);
     ctx.set_time_limits(hard, soft);
     let args = Args::new(msg.args.clone(), msg.kwargs.clone());
     // acks_late = false (Celery's default, not ours): ack as the task
     // starts; a crash from here on loses it, as the task asked.
     if !options.is_acks_late() {
         settle::ack_early(inner, &mut held).await;
+        tracked.acked();
     }
     let ev = TaskEvent {
         message: &msg,
@@ -339,6 +364,7 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
         hostname: &inner.config.nodename,
     };
     inner.notify.started(&ev);
+    tracked.started();
     let ran = inner
         .executors
         .run(&task, ctx, args, inner.slots.target())

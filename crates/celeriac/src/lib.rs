@@ -44,6 +44,7 @@ pub use celeriac_core::{
     ResultBackend, ResultMeta, RetryDecision, Revocations, Routes, Secret, SignatureError, State,
     Task, TaskContext, TaskDef, TaskError, TaskErrorKind, TaskFuture, TaskOptions, Transport,
 };
+pub use celeriac_core::{Control, ControlInbox, ControlReply, ControlRequest};
 pub use celeriac_core::{Enforces, Executor, PoolKind, Ran};
 pub use celeriac_core::{QueueNameError, validate_queue_name};
 pub use celeriac_core::{escape, message, time};

@@ -26,8 +26,9 @@
 //! | [`Revocations`] | `revocations.rs` | revoked (and terminated) task ids |
 //! | [`RateLimits`] | `rate_limits.rs` | rate-limit buckets shared by workers |
 //! | [`Nodes`] | `nodes.rs` | the node registry (heartbeats) |
+//! | [`Control`] | `control.rs` | remote control (Celery's pidbox), purge |
 //!
-//! [`Broker`] is all five together, implemented for every type that
+//! [`Broker`] is all six together, implemented for every type that
 //! implements them, so workers hold an `Arc<dyn Broker>`. A backend that
 //! lacks a capability does not compile as a `Broker`: no method has a
 //! default that silently does nothing. Methods on `dyn Broker` are callable
@@ -42,6 +43,7 @@
 //! This file holds the types brokers exchange ([`Outgoing`], [`Delivery`],
 //! [`DeadLetter`], [`NodeInfo`]) and [`Broker`] itself.
 
+mod control;
 mod dead_letters;
 mod nodes;
 mod rate_limits;
@@ -51,6 +53,10 @@ mod transport;
 
 use std::time::Duration;
 
+pub use control::{
+    Control, ControlInbox, ControlReply, ControlRequest, DEFAULT_REPLY_TIMEOUT, REPLY_EXCHANGE,
+    ReplyTo, glob_match,
+};
 pub use dead_letters::DeadLetters;
 pub use nodes::Nodes;
 pub use rate_limits::RateLimits;
@@ -146,7 +152,7 @@ pub struct NodeInfo {
 /// [module docs](self) for the contract.
 ///
 /// It has no methods of its own and is implemented for every type that
-/// implements the five capability traits, so implement those; an
+/// implements the six capability traits, so implement those; an
 /// `Arc<dyn Broker>` then offers all their methods.
 ///
 /// # Examples
@@ -161,9 +167,9 @@ pub struct NodeInfo {
 /// }
 /// # let _ = lease_secs;
 /// ```
-pub trait Broker: Transport + DeadLetters + Revocations + RateLimits + Nodes {}
+pub trait Broker: Transport + DeadLetters + Revocations + RateLimits + Nodes + Control {}
 
-impl<T> Broker for T where T: Transport + DeadLetters + Revocations + RateLimits + Nodes {}
+impl<T> Broker for T where T: Transport + DeadLetters + Revocations + RateLimits + Nodes + Control {}
 
 /// Brings every broker and result-backend trait into scope, for calling
 /// their methods on concrete types (`Arc<MemoryBroker>`, ...).
@@ -181,6 +187,6 @@ impl<T> Broker for T where T: Transport + DeadLetters + Revocations + RateLimits
 /// ```
 pub mod prelude {
     pub use super::{
-        Broker, DeadLetters, Nodes, RateLimits, ResultBackend, Revocations, Transport,
+        Broker, Control, DeadLetters, Nodes, RateLimits, ResultBackend, Revocations, Transport,
     };
 }

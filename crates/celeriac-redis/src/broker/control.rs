@@ -172,7 +172,7 @@ impl Nodes for RedisBroker {
 /// Adds to `pipe` the durable revoke keys of `task_ids` (and their
 /// terminate keys), each living `ttl`. With `keep_existing`, a key that
 /// exists already is left as it is (`SET NX`), with its own TTL.
-fn revoke_keys_into(
+pub(super) fn revoke_keys_into(
     pipe: &mut redis::Pipeline,
     prefix: &str,
     task_ids: &[String],
@@ -251,48 +251,17 @@ pub(super) async fn pidbox(
             let Ok(payload) = msg.get_payload::<Vec<u8>>() else {
                 continue;
             };
-            let Some((method, args)) = control_command(&payload) else {
+            let Some(request) = crate::pidbox::decode_request(&payload) else {
                 tracing::warn!("ignoring a malformed remote-control message");
                 continue;
             };
-            match method.as_str() {
-                "revoke" => {
-                    let ids: Vec<String> = match &args["task_id"] {
-                        serde_json::Value::String(s) => vec![s.clone()],
-                        serde_json::Value::Array(a) => a
-                            .iter()
-                            .filter_map(|v| v.as_str().map(str::to_string))
-                            .collect(),
-                        _ => Vec::new(),
-                    };
-                    let terminate = args["terminate"] == serde_json::Value::Bool(true);
-                    match revoke_keys(&mut conn, &prefix, &ids, REVOKE_TTL, terminate).await {
-                        Ok(()) => tracing::info!(?ids, "revoked by remote control"),
-                        Err(e) => tracing::error!(error = %e, ?ids, "could not record a revoke"),
-                    }
+            if let Some((ids, terminate)) = super::remote::revoke_of(&request) {
+                match revoke_keys(&mut conn, &prefix, &ids, REVOKE_TTL, terminate).await {
+                    Ok(()) => tracing::info!(?ids, "revoked by remote control"),
+                    Err(e) => tracing::error!(error = %e, ?ids, "could not record a revoke"),
                 }
-                other => tracing::debug!(method = other, "remote-control command not handled"),
             }
         }
         tracing::warn!("remote-control subscription lost; reconnecting");
     }
-}
-
-/// `(method, arguments)` of a kombu pidbox envelope.
-fn control_command(payload: &[u8]) -> Option<(String, serde_json::Value)> {
-    use base64::Engine as _;
-    let env: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    let body = env["body"].as_str()?;
-    let bytes = if env["properties"]["body_encoding"] == "base64" {
-        base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .ok()?
-    } else {
-        body.as_bytes().to_vec()
-    };
-    let cmd: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    Some((
-        cmd["method"].as_str()?.to_string(),
-        cmd["arguments"].clone(),
-    ))
 }

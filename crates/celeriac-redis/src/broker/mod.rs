@@ -6,13 +6,16 @@
 //!   the restore of messages whose holder is gone;
 //! - `dead_letters.rs`: the dead-letter store;
 //! - `control.rs`: revokes (and Celery's pidbox broadcasts), rate-limit
-//!   buckets, the node registry.
+//!   buckets, the node registry;
+//! - `remote.rs`: remote control ([`Control`](celeriac_core::Control)) on
+//!   Celery's pidbox wire, and purge.
 //!
 //! The Lua scripts are in `../lua/`, one file per operation.
 
 mod claim;
 mod control;
 mod dead_letters;
+mod remote;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

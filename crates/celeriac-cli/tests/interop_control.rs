@@ -1,0 +1,317 @@
+//! Remote control across Python Celery and celeriac on a private Redis:
+//! Python's `app.control` and the `celery inspect`/`celery control`
+//! commands against a celeriac worker, and `celeriac inspect`/`control`
+//! against a Python Celery worker.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use celeriac_testkit::process::LoggedChild;
+use celeriac_testkit::python::{interop_python as python, python_dir};
+use celeriac_testkit::redis_server::RedisServer;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
+const NODE: &str = "rw@localhost";
+const PY_NODE: &str = "py@localhost";
+
+fn celeriac_worker(url: &str) -> LoggedChild {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["worker", "--broker", url, "-c", "2", "-n", NODE]);
+    let w = LoggedChild::spawn(cmd, &std::env::temp_dir(), "celeriac-control-worker");
+    let log = w.wait_for_log("worker ready");
+    assert!(
+        log.contains("worker ready"),
+        "the worker did not start:\n{log}"
+    );
+    w
+}
+
+fn celery(python: &str, url: &str, args: &[&str]) -> Output {
+    Command::new(python)
+        .args(["-m", "celery", "-A", "pytasks"])
+        .args(args)
+        .current_dir(python_dir())
+        .env("BROKER", url)
+        .env("PYTHONPATH", python_dir())
+        .output()
+        .expect("run celery")
+}
+
+fn celeriac(url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--broker", url])
+        .output()
+        .expect("run celeriac")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `celeriac ARGS --json` against `url`: the replies as JSON (without
+/// `-d`, after a second without another reply).
+fn celeriac_json(url: &str, args: &[&str]) -> Value {
+    let o = celeriac(url, &[args, &["--json", "-t", "1"]].concat());
+    assert!(o.status.success(), "celeriac {args:?}: {}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
+}
+
+/// Waits until the process exits; its status.
+fn exits(child: &mut LoggedChild) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(st) = child.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "it did not stop:\n{}",
+            child.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn python_app_control_gets_celerys_replies_from_a_celeriac_worker() {
+    let Some(python) = python() else { return };
+    let redis = RedisServer::start();
+    let url = redis.url("");
+    let mut worker = celeriac_worker(&url);
+    let out = Command::new(&python)
+        .arg(python_dir().join("control.py"))
+        .args([&url, NODE])
+        .output()
+        .expect("run Python");
+    assert!(
+        out.status.success(),
+        "control.py failed:\n{}\n{}",
+        text(&out),
+        worker.log()
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("control.py prints JSON");
+    let ok = |s: &str| json!([{NODE: {"ok": s}}]);
+
+    assert_eq!(v["ping"], json!({NODE: {"ok": "pong"}}), "{v}");
+    assert_eq!(v["ping_all"], json!({NODE: {"ok": "pong"}}), "{v}");
+    assert_eq!(v["ping_glob"], json!({NODE: {"ok": "pong"}}), "{v}");
+    assert_eq!(v["ping_other"], Value::Null, "nobody else answers: {v}");
+    let stats = &v["stats"][NODE];
+    assert_eq!(stats["pool"]["max-concurrency"], 2, "{stats}");
+    assert_eq!(stats["pid"], worker.id(), "{stats}");
+    assert!(stats["clock"].is_string(), "{stats}");
+    assert_eq!(stats["broker"]["transport"], "redis", "{stats}");
+    assert_eq!(stats["broker"]["port"], redis.port(), "{stats}");
+    assert_eq!(stats["prefetch_count"], 8, "{stats}");
+    assert!(stats["rusage"]["utime"].is_number(), "{stats}");
+    let registered = v["registered"][NODE].as_array().unwrap();
+    assert!(registered.contains(&json!("celeriac.add")), "{v}");
+    assert!(
+        registered
+            .iter()
+            .all(|t| !t.as_str().unwrap().starts_with("celery."))
+    );
+    assert_eq!(v["active_queues"][NODE][0]["name"], "celery", "{v}");
+    assert_eq!(v["active_queues"][NODE][0]["exchange"]["type"], "direct");
+    assert!(
+        v["conf"][NODE]["broker_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("redis://")
+    );
+    assert!(
+        v["report"][NODE]["ok"]
+            .as_str()
+            .unwrap()
+            .contains("celeriac")
+    );
+    assert_eq!(v["scheduled"], json!({NODE: []}));
+
+    let active = &v["active"][NODE][0];
+    assert_eq!(active["name"], "celeriac.sleep", "{v}");
+    assert_eq!(active["args"], "(2,)", "safe=True: the repr: {v}");
+    assert_eq!(active["hostname"], NODE);
+    assert!(active["time_start"].as_f64().unwrap() > 0.0);
+    let slow_id = active["id"].as_str().unwrap();
+    assert_eq!(v["query_task"][NODE][slow_id][0], "active", "{v}");
+
+    assert_eq!(
+        v["revoke"],
+        ok("tasks {'never-ran'} flagged as revoked"),
+        "{v}"
+    );
+    assert_eq!(v["revoked"], json!({NODE: ["never-ran"]}), "{v}");
+    assert_eq!(v["revoked_state"], "REVOKED", "5.7: marked at once: {v}");
+    assert_eq!(v["pool_grow"], ok("pool will grow"), "{v}");
+    assert_eq!(v["max_concurrency"], 3, "{v}");
+    assert_eq!(v["pool_shrink"], ok("pool will shrink"), "{v}");
+    assert_eq!(
+        v["rate_limit"],
+        ok("new rate limit set successfully"),
+        "{v}"
+    );
+    assert_eq!(
+        v["rate_limit_unknown"],
+        json!([{NODE: {"error": "unknown task"}}])
+    );
+    assert!(
+        v["registered_after"][NODE]
+            .as_array()
+            .unwrap()
+            .contains(&json!("celeriac.add [rate_limit=10/m]")),
+        "{v}"
+    );
+    assert_eq!(v["time_limit"], ok("time limits set successfully"), "{v}");
+    assert_eq!(v["add_consumer"], ok("add consumer extra"), "{v}");
+    assert_eq!(v["extra_result"], 5, "a task on the added queue ran: {v}");
+    assert_eq!(v["queues_after_add"], json!(["celery", "extra"]), "{v}");
+    assert_eq!(
+        v["cancel_consumer"],
+        ok("no longer consuming from extra"),
+        "{v}"
+    );
+    assert_eq!(v["enable_events"], ok("task events enabled"), "{v}");
+    assert_eq!(v["disable_events"], ok("task events disabled"), "{v}");
+    assert_eq!(
+        v["autoscale"],
+        json!([{NODE: {"error": "ValueError('Autoscale not enabled')"}}])
+    );
+    assert_eq!(
+        v["unknown"],
+        json!([{NODE: {"error": "KeyError('no_such_cmd')"}}])
+    );
+    assert!(v["clock"][NODE]["clock"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["slow"], 2.0, "{v}");
+    assert_eq!(
+        v["total"],
+        json!({"celeriac.add": 1, "celeriac.sleep": 1}),
+        "{v}"
+    );
+
+    // The `celery` command line too.
+    let o = celery(&python, &url, &["inspect", "ping", "-d", NODE]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{NODE}: OK")) && text(&o).contains("pong"),
+        "{}",
+        text(&o)
+    );
+    let o = celery(&python, &url, &["inspect", "stats", "--json"]);
+    let stats: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    assert_eq!(stats[NODE]["pool"]["max-concurrency"], 2);
+    let o = celery(&python, &url, &["control", "pool_grow", "2", "-d", NODE]);
+    assert!(text(&o).contains("pool will grow"), "{}", text(&o));
+    let o = celery(
+        &python,
+        &url,
+        &["control", "add_consumer", "more", "-d", NODE],
+    );
+    assert!(text(&o).contains("add consumer more"), "{}", text(&o));
+    let queues = celeriac_json(&url, &["inspect", "active_queues"]);
+    assert_eq!(queues[NODE][1]["name"], "more", "{queues}");
+    let o = celery(&python, &url, &["status"]);
+    assert!(text(&o).contains("1 node online."), "{}", text(&o));
+    // A shutdown gets no reply (celery says so) and stops the worker warm.
+    celery(&python, &url, &["control", "shutdown", "-d", NODE]);
+    assert!(exits(&mut worker).success());
+    assert!(worker.log().contains("Got shutdown from remote"));
+}
+
+#[test]
+fn celeriac_inspects_and_controls_a_python_worker() {
+    let Some(python) = python() else { return };
+    let redis = RedisServer::start();
+    let url = redis.url("");
+    let mut cmd = Command::new(&python);
+    cmd.args([
+        "-m", "celery", "-A", "pytasks", "worker", "-P", "prefork", "-c", "1",
+    ])
+    .args(["--loglevel", "INFO", "-n", PY_NODE, "--without-mingle"])
+    .current_dir(python_dir())
+    .env("BROKER", &url)
+    .env("PYTHONPATH", python_dir());
+    let mut worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-control-worker");
+    let log = worker.wait_for_log(" ready.");
+    assert!(
+        log.contains(" ready."),
+        "the Python worker did not start:\n{log}"
+    );
+
+    assert_eq!(
+        celeriac_json(&url, &["inspect", "ping"]),
+        json!({PY_NODE: {"ok": "pong"}})
+    );
+    let o = celeriac(&url, &["status"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("->  {PY_NODE}: OK")),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("1 node online."), "{}", text(&o));
+    let stats = celeriac_json(&url, &["inspect", "stats"]);
+    let s = &stats[PY_NODE];
+    assert_eq!(s["pool"]["max-concurrency"], 1, "{stats}");
+    assert_eq!(
+        s["pool"]["implementation"],
+        "celery.concurrency.prefork:TaskPool"
+    );
+    assert_eq!(s["pid"], worker.id(), "{stats}");
+    assert_eq!(
+        celeriac_json(&url, &["inspect", "registered"]),
+        json!({PY_NODE: ["tasks.add", "tasks.boom", "tasks.mul", "tasks.sleep"]})
+    );
+    assert_eq!(
+        celeriac_json(&url, &["inspect", "active"]),
+        json!({PY_NODE: []})
+    );
+    let queues = celeriac_json(&url, &["inspect", "active_queues"]);
+    assert_eq!(queues[PY_NODE][0]["name"], "celery", "{queues}");
+    assert_eq!(
+        celeriac_json(&url, &["inspect", "revoked", "-d", PY_NODE]),
+        json!({PY_NODE: []})
+    );
+
+    assert_eq!(
+        celeriac_json(&url, &["control", "rate_limit", "tasks.add", "10/m"]),
+        json!({PY_NODE: {"ok": "new rate limit set successfully"}})
+    );
+    let registered = celeriac_json(&url, &["inspect", "registered"]);
+    assert!(
+        registered[PY_NODE]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tasks.add [rate_limit=10/m]")),
+        "{registered}"
+    );
+    assert_eq!(
+        celeriac_json(&url, &["control", "pool_grow", "1"]),
+        json!({PY_NODE: {"ok": "pool will grow"}})
+    );
+    // Prefork grows its processes (its `max-concurrency` stays as it was).
+    let stats = celeriac_json(&url, &["inspect", "stats"]);
+    assert_eq!(
+        stats[PY_NODE]["pool"]["processes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "{stats}"
+    );
+    assert_eq!(
+        celeriac_json(&url, &["control", "add_consumer", "extra"]),
+        json!({PY_NODE: {"ok": "add consumer extra"}})
+    );
+    let o = celeriac(&url, &["inspect", "ping", "-d", "nobody@x", "-t", "0.5"]);
+    assert_eq!(o.status.code(), Some(69), "{}", text(&o));
+    let o = celeriac(&url, &["control", "shutdown", "-d", PY_NODE]);
+    assert!(o.status.success(), "{}", text(&o));
+    exits(&mut worker);
+}

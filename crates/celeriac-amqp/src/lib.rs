@@ -51,6 +51,7 @@
 //! queues), events, remote control and the `rpc://` backend.
 
 mod broker;
+mod control;
 mod link;
 mod store;
 mod wire;

@@ -1,4 +1,4 @@
-//! The `celeriac` command: `demo`, `worker`, `call`, `result`, `revoke`,
+//! The `celeriac` command: `demo`, `worker`, `call`, `map`, `result`, `revoke`,
 //! `dlq`, `tasks`, `inspect`, `control`, `status`, `purge`.
 
 mod banner;
@@ -6,9 +6,12 @@ mod demo;
 mod dlq;
 mod events;
 mod inspect;
+mod map;
 mod parse;
 mod probe;
 mod purge;
+mod result;
+mod telemetry;
 
 use parse::{parse_json_list, parse_json_object, parse_seconds, queue_name, signal_name};
 
@@ -101,9 +104,13 @@ enum Command {
     Worker(WorkerArgs),
     /// Send a task; print its id, or with --wait its result as JSON.
     Call(CallArgs),
+    /// Call a task once per line of a file (each line a JSON list of
+    /// arguments, or an object with "args" and "kwargs"), wait for all,
+    /// and print the results as JSON lines in input order.
+    Map(map::MapArgs),
     /// Print a task's result as JSON (non-zero exit if it failed or is not
     /// ready).
-    Result(ResultArgs),
+    Result(result::ResultArgs),
     /// Revoke tasks: every celeriac worker, including ones started later,
     /// records them as REVOKED instead of running them. On Redis, Python
     /// Celery workers get Celery's own revoke broadcast too (they remember
@@ -224,6 +231,9 @@ struct WorkerArgs {
     /// a FAILURE ResultTooLarge that names its size.
     #[arg(long, value_name = "BYTES")]
     max_result: Option<usize>,
+    /// Serve Prometheus metrics (`celeriac_*`) at http://HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT", env = "CELERIAC_METRICS_ADDR")]
+    metrics_addr: Option<String>,
 }
 
 /// `--secret`: shared-secret signing of task messages.
@@ -290,21 +300,6 @@ struct CallArgs {
 /// countdown.
 const CALL_WAIT: f64 = 60.0;
 
-#[derive(Debug, ClapArgs)]
-struct ResultArgs {
-    /// The task id.
-    id: String,
-    /// Wait until the result is ready.
-    #[arg(long)]
-    wait: bool,
-    /// With --wait, give up after this many seconds.
-    #[arg(long, value_parser = parse_seconds)]
-    timeout: Option<f64>,
-    /// Print the whole stored document instead of the value.
-    #[arg(long)]
-    meta: bool,
-}
-
 /// Exit codes: 0 ok, 1 the task failed (or a worker replied with an
 /// error), 2 usage or setup error, 3 timed out, 4 result not ready, 69 no
 /// worker replied (as Celery).
@@ -320,13 +315,15 @@ fn main() -> ExitCode {
         cli.loglevel.as_deref().unwrap_or(default_level),
         cli.log_format == "json",
     );
-    match run(cli) {
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", EscapedLines(format_args!("{e:#}")));
             ExitCode::from(2)
         }
-    }
+    };
+    telemetry::flush();
+    code
 }
 
 fn init_logging(level: &str, json: bool) {
@@ -335,12 +332,13 @@ fn init_logging(level: &str, json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     if json {
         // JSON escapes every string itself: a message cannot forge a line.
-        let _ = tracing_subscriber::fmt()
+        let sub = tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .with_current_span(false)
-            .try_init();
+            .finish();
+        telemetry::install_subscriber(sub);
         return;
     }
     // Every field and message escaped: text from a message (a task name,
@@ -356,12 +354,13 @@ fn init_logging(level: &str, json: bool) {
     .delimited(" ");
     // Colours only on a terminal: a log file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .fmt_fields(fields)
-        .try_init();
+        .finish();
+    telemetry::install_subscriber(sub);
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -395,7 +394,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Worker(args) => worker(&cli.conn, args),
         Command::Call(args) => call(&cli.conn, args),
-        Command::Result(args) => result(&cli.conn, args),
+        Command::Map(args) => map::run(&cli.conn, args),
+        Command::Result(args) => result::result(&cli.conn, args),
         Command::Dlq { command } => dlq::dlq(&cli.conn, command),
         Command::Inspect(args) => inspect::inspect(&cli.conn, args),
         Command::Control(args) => inspect::control(&cli.conn, args),
@@ -441,6 +441,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
     let pool: celeriac::PoolKind = args.pool.parse()?;
     let registry = Registry::linked(args.diagnostic_tasks).context("building the task registry")?;
+    let metrics = telemetry::worker_metrics(args.metrics_addr.as_deref(), &registry)?;
     let rt = worker_runtime(pool)?;
     rt.block_on(async {
         let (broker, backend) = conn.open()?;
@@ -500,7 +501,13 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         }
         // Celery's line per task: received, succeeded in ..., raised ...
         b = b.observer(Arc::new(celeriac::TaskLog));
+        if let Some(m) = &metrics {
+            b = b.observer(m.clone());
+        }
         let worker = b.build()?;
+        if let Some(m) = metrics {
+            tokio::spawn(telemetry::sample_gauges(worker.clone(), m));
+        }
         let facts = banner::Facts {
             broker: &urls.0,
             backend: &urls.1,
@@ -658,39 +665,5 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
             }
         };
         Ok(print_outcome(&meta, false))
-    })
-}
-
-fn result(conn: &Conn, args: ResultArgs) -> Result<ExitCode> {
-    let rt = runtime()?;
-    rt.block_on(async {
-        let (_broker, backend) = conn.open()?;
-        let meta = if args.wait {
-            let watch = backend.watch(&args.id).await?;
-            match args.timeout {
-                Some(t) => {
-                    match tokio::time::timeout(Duration::from_secs_f64(t.max(0.0)), watch).await {
-                        Ok(r) => Some(r?),
-                        Err(_) => {
-                            eprintln!(
-                                "timed out after {t} s waiting for task {}",
-                                Escaped(&args.id)
-                            );
-                            return Ok(ExitCode::from(3));
-                        }
-                    }
-                }
-                None => Some(watch.await?),
-            }
-        } else {
-            backend.get(&args.id).await?
-        };
-        match meta {
-            Some(m) => Ok(print_outcome(&m, args.meta)),
-            None => {
-                eprintln!("task {} is PENDING (no result stored)", Escaped(&args.id));
-                Ok(ExitCode::from(4))
-            }
-        }
     })
 }

@@ -101,6 +101,7 @@ pub(crate) async fn admit(inner: &Inner, d: &Delivery) -> Admission {
             );
         }
     };
+    crate::worker::name_span(&msg);
     if let Some(disposition) = unsigned(inner, d, &msg) {
         return skip(Some(msg), disposition);
     }

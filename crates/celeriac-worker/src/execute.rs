@@ -168,6 +168,11 @@ impl Executors {
             .unwrap_or_default()
     }
 
+    /// The process pool's counters (`None` without one).
+    pub(crate) fn pool_stats(&self) -> Option<celeriac_pool::process::ProcessPoolStats> {
+        self.processes.lock().as_ref().map(|p| p.pool().stats())
+    }
+
     /// Stops the process pool, if any (up to 10 s for running tasks). The
     /// thread pool may be the caller's own ([`WorkerBuilder::pool`]), and
     /// async tasks end with their handlers, so neither is stopped here.

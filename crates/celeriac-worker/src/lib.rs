@@ -48,6 +48,7 @@
 //!  observe.rs  counters and observers, told at each transition
 //!  events.rs   Celery's worker and task events (an observer + a chore)
 //!  control.rs  revokes of reserved messages, terminate of running tasks
+//!  task_metrics.rs  metrics (counters, histograms, gauges) via `metrics`
 //!  chores.rs   heartbeat, lease renewal, autoscale
 //!  config.rs   WorkerBuilder and the immutable Config
 //! ```
@@ -66,12 +67,14 @@ mod meta;
 mod observe;
 mod settle;
 mod task_log;
+mod task_metrics;
 mod worker;
 
 pub use celeriac_core::PoolKind;
 pub use config::{DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_STORE_RETRY_FOR, WorkerBuilder};
 pub use observe::{Observer, RevokedBy, TaskEvent, WorkerStats};
 pub use task_log::{RESULT_REPR_MAX, TaskLog};
+pub use task_metrics::{TaskMetrics, UNREGISTERED};
 pub use worker::Worker;
 
 /// Errors starting a worker.

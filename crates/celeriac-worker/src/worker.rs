@@ -221,6 +221,7 @@ impl Worker {
             chores.push(tokio::spawn(chores::autoscale(self.clone())));
         }
         let mut backoff = Duration::from_millis(100);
+        let mut failing = false;
         while !self.is_stopping() {
             // Reserve up to `prefetch` messages per slot.
             let free = inner.slots.room().await;
@@ -250,12 +251,17 @@ impl Worker {
                     break;
                 }
                 Ok(deliveries) => {
+                    if std::mem::take(&mut failing) {
+                        crate::task_metrics::broker_reconnected();
+                    }
                     backoff = Duration::from_millis(100);
                     for d in deliveries {
                         self.spawn_handler(d);
                     }
                 }
                 Err(e) => {
+                    failing = true;
+                    crate::task_metrics::broker_error("claim");
                     tracing::error!(error = %e, retry_in = ?backoff, "claim failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -286,14 +292,22 @@ impl Worker {
         let tag = d.tag.clone();
         let held = inner.ledger.hold(d);
         let reserved = inner.slots.reserve();
-        tokio::spawn(async move {
+        // The task's span: its id and name are recorded once the message
+        // is decoded (`name_span`).
+        let span = tracing::info_span!(
+            "task",
+            task_id = tracing::field::Empty,
+            task = tracing::field::Empty
+        );
+        let handler = async move {
             {
                 let mut slot = reserved.into_slot(&inner.slots);
                 handle(&inner, held, &mut slot).await;
             }
             inner.ledger.close(&tag);
             inner.slots.wake();
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(handler, span));
     }
 }
 
@@ -431,6 +445,13 @@ fn report(inner: &Inner, ev: &TaskEvent<'_>, decision: &Decision) {
         }
         Decision::GiveBack { lost: None } | Decision::Retry(_) => {}
     }
+}
+
+/// Records the task's id and name on its span (from the message, escaped).
+pub(crate) fn name_span(msg: &celeriac_core::Message) {
+    let span = tracing::Span::current();
+    span.record("task_id", tracing::field::display(Escaped(msg.id())));
+    span.record("task", tracing::field::display(Escaped(msg.task())));
 }
 
 /// Logs the signatures of a task's canvas that cannot be sent on.

@@ -108,6 +108,7 @@ pub use celeriac_worker::{
     DEFAULT_PREFETCH_MULTIPLIER, Observer, RevokedBy, TaskEvent, TaskLog, Worker, WorkerBuilder,
     WorkerStats,
 };
+pub use celeriac_worker::{TaskMetrics, UNREGISTERED};
 
 /// Turns a function into a task.
 ///

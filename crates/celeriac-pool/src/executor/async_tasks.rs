@@ -61,7 +61,9 @@ impl Executor for AsyncExecutor {
         let hard = ctx.time_limit();
         let timer = soft_timer(ctx.soft_time_limit(), ctx.cancel_token());
         let id = ctx.id().to_string();
-        let handle = tokio::spawn(task.invoke_async(ctx, args));
+        let handle = tokio::spawn(tracing::Instrument::in_current_span(
+            task.invoke_async(ctx, args),
+        ));
         let abort = handle.abort_handle();
         let _running = self.running.enter(&id, abort.clone());
         let joined = match hard {

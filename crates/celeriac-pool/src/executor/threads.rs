@@ -66,7 +66,10 @@ impl Executor for ThreadExecutor {
         let _running = self.running.enter(ctx.id(), ctx.cancel_token().clone());
         let (tx, rx) = oneshot::channel();
         let task = Arc::clone(task);
+        // The task's span (the worker's), entered on the pool thread too.
+        let span = tracing::Span::current();
         let spawned = self.pool.spawn(move || {
+            let _span = span.enter();
             let start = Instant::now();
             let out =
                 catch_unwind(AssertUnwindSafe(|| task.invoke(&ctx, args))).unwrap_or_else(|p| {

@@ -2,7 +2,7 @@
 # The whole benchmark suite (issue 6) in one command: celeriac beside its
 # Python peers, against ONE private redis-server.
 #
-#   bench/run.sh [--quick]
+#   bench/run.sh [--quick] [--only W6,...]
 #
 # 1. builds target/release/celeriac and target/release/celeriac-bench
 #    (cargo build --release -p celeriac-cli -p celeriac-bench);
@@ -11,12 +11,16 @@
 #    system Redis on 6379 is never used);
 # 4. W5 bench/peers/redis_ceiling.sh; celeriac W1+W2 (celeriac-bench,
 #    worker -P threads and -P processes); Celery W1+W2 (prefork, threads);
-#    celeriac W3+W4; Python W3+W4 (bench/peers/local_bench.py). Redis is
-#    flushed between steps;
+#    celeriac W3+W4; Python W3+W4 (bench/peers/local_bench.py); W6 canvas
+#    (a group and a chord of 10,000 adds from one Python Celery client,
+#    bench/peers/canvas_bench.py) to a celeriac worker and to Celery
+#    prefork. Redis is flushed between steps;
 # 5. all JSON lines go to bench/out/results.jsonl, and the Markdown table
 #    (celeriac beside the peers, with ratios) to bench/out/table.md and
 #    stdout.
-# --quick uses small N (about a minute); the full run takes about 4-5 minutes.
+# --quick uses small N (about a minute); the full run takes about 6-7 minutes.
+# --only W1,W6 runs only the steps of those workloads (W1W2, W3W4 count for
+# both of theirs).
 # Every process started here is stopped on exit, error or Ctrl-C. The exit
 # status is non-zero if any step failed (the other steps still run).
 # Environment: BENCH_OUT (default bench/out), CARGO (default cargo).
@@ -25,12 +29,16 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 peers="$here/peers"
 quick=0
-for arg in "$@"; do
-    case "$arg" in
+only=""
+while [ $# -gt 0 ]; do
+    case "$1" in
         --quick) quick=1 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
-        *) echo "unknown argument: $arg" >&2; exit 2 ;;
+        --only) only="${2:?--only takes a list such as W1,W6}"; shift ;;
+        --only=*) only="${1#--only=}" ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
+    shift
 done
 
 outdir="${BENCH_OUT:-$here/out}"
@@ -81,12 +89,14 @@ if [ "$quick" = 1 ]; then
     local_args=(--quick)
     bench_args=(--quick)
     step_limit=240
+    canvas_n=2000
 else
     redis_n=200000
     celery_args=(--n 5000 --latency-n 2000)
     local_args=()
     bench_args=()
     step_limit=420
+    canvas_n=10000
 fi
 
 failed=()
@@ -96,6 +106,13 @@ failed=()
 # stall the suite.
 run_step() {
     local name="$1"; shift
+    if [ -n "$only" ]; then
+        local w want=0
+        for w in ${only//,/ }; do
+            case "$name" in *"$w"*) want=1 ;; esac
+        done
+        [ "$want" = 1 ] || return 0
+    fi
     say "$name: $*"
     local t0=$SECONDS rc=0
     timeout --kill-after=30 "$step_limit" "$@" >>"$results" 2> >(tee -a "$logfile" >&2) &
@@ -118,6 +135,14 @@ for pool in prefork threads; do
     run_step "W1W2-celery-$pool" "$py" "$peers/celery_bench.py" --redis "$url" --pool "$pool" \
         --concurrency 2 "${celery_args[@]}" --worker-pidfile "$tmp/celery-worker.pid"
 done
+# W6: the same Python client and canvas for both; celeriac first, then
+# Celery prefork, in the same run.
+flush
+run_step W6-celeriac "$py" "$peers/canvas_bench.py" --redis "$url" --system celeriac \
+    --celeriac-bin "$celeriac_bin" --n "$canvas_n" --worker-pidfile "$tmp/worker.pid"
+flush
+run_step W6-celery-prefork "$py" "$peers/canvas_bench.py" --redis "$url" --system celery-prefork \
+    --n "$canvas_n" --worker-pidfile "$tmp/celery-worker.pid"
 flush
 run_step W3W4-celeriac "$bench_bin" run "${bench_args[@]}" --only W3,W4
 run_step W3W4-python "$py" "$peers/local_bench.py" "${local_args[@]}"

@@ -23,3 +23,9 @@ app.conf.update(
 def add(x, y):
     """Return x + y (the no-op-sized task of W1/W2)."""
     return x + y
+
+
+@app.task(name="celeriac.echo")
+def echo(value):
+    """Return the value unchanged (the chord callback of W6)."""
+    return value

@@ -448,6 +448,63 @@ fn w5(rows: &Rows, out: &mut String) {
     table(out, &["command", "-P 1 ops/s", "-P 32 ops/s"], &body);
 }
 
+fn w6(rows: &Rows, out: &mut String) {
+    let systems = rows.systems("W6");
+    if systems.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## W6: canvas through Redis\n\n\
+         A group of n `celeriac.add`s, and a chord of n adds into one \
+         `celeriac.echo` callback, sent by the same Python Celery 5.7 client \
+         (`bench/peers/canvas_bench.py`) to a worker of concurrency 2. \
+         *drain*: the canvas is published to a queue no worker reads, then \
+         moved onto the worker's queue with one `RENAME`; the clock runs from \
+         there to the last result (group: every member's; chord: the \
+         callback's), so it measures the workers. *live*: the worker \
+         consumes while the client publishes, clock from the first send; \
+         the Python client's publish rate (last column) bounds it.\n"
+    );
+    let celery = |m: &str| rows.value("W6", "celery-prefork", m, &[]);
+    let body: Vec<Vec<String>> = systems
+        .iter()
+        .map(|s| {
+            let v = |m: &str| rows.value("W6", s, m, &[]);
+            let mut row = vec![
+                format!("`{s}`"),
+                int(rows.find("W6", s, "group_drain", &[]), "n"),
+            ];
+            for m in ["group_drain", "group_live", "chord_drain", "chord_live"] {
+                row.push(cell(v(m)));
+                row.push(ratio(v(m), celery(m)));
+            }
+            row.push(cell(
+                rows.find("W6", s, "group_live", &[])
+                    .and_then(|r| r["client_publish_rate"].as_f64()),
+            ));
+            row
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "system",
+            "n",
+            "group drain tasks/s",
+            "÷ celery",
+            "group live tasks/s",
+            "÷ celery",
+            "chord drain tasks/s",
+            "÷ celery",
+            "chord live tasks/s",
+            "÷ celery",
+            "client publish tasks/s",
+        ],
+        &body,
+    );
+}
+
 /// Renders the Markdown report of `rows`.
 fn render(rows: &Rows) -> String {
     let mut out = String::new();
@@ -456,6 +513,7 @@ fn render(rows: &Rows) -> String {
     w3(rows, &mut out);
     w4(rows, &mut out);
     w5(rows, &mut out);
+    w6(rows, &mut out);
     out
 }
 

@@ -6,6 +6,7 @@ mod demo;
 mod dlq;
 mod events;
 mod inspect;
+mod logging;
 mod map;
 mod parse;
 mod probe;
@@ -311,7 +312,7 @@ fn main() -> ExitCode {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    init_logging(
+    logging::init(
         cli.loglevel.as_deref().unwrap_or(default_level),
         cli.log_format == "json",
     );
@@ -324,43 +325,6 @@ fn main() -> ExitCode {
     };
     telemetry::flush();
     code
-}
-
-fn init_logging(level: &str, json: bool) {
-    use tracing_subscriber::field::MakeExt as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    if json {
-        // JSON escapes every string itself: a message cannot forge a line.
-        let sub = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_current_span(false)
-            .finish();
-        telemetry::install_subscriber(sub);
-        return;
-    }
-    // Every field and message escaped: text from a message (a task name,
-    // an error) can neither forge a log line nor reach the terminal as
-    // escape sequences, whichever crate logs it.
-    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-        if field.name() == "message" {
-            write!(w, "{}", Escaped(format_args!("{value:?}")))
-        } else {
-            write!(w, "{field}={}", Escaped(format_args!("{value:?}")))
-        }
-    })
-    .delimited(" ");
-    // Colours only on a terminal: a log file gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let sub = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .fmt_fields(fields)
-        .finish();
-    telemetry::install_subscriber(sub);
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -102,6 +102,11 @@ pub enum BrokerError {
     /// The broker has been closed.
     #[error("broker is closed")]
     Closed,
+    /// The broker cannot do this (yet): for example revocations on AMQP,
+    /// which has no shared store for them. The text names the broker and
+    /// the capability.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 /// A result backend operation failed.
@@ -452,8 +457,13 @@ impl TaskError {
             return TaskError::new(err.to_string());
         }
         let boxed: Box<dyn std::any::Any> = Box::new(err);
-        match boxed.downcast::<TaskError>() {
-            Ok(te) => *te,
+        let boxed = match boxed.downcast::<TaskError>() {
+            Ok(te) => return *te,
+            Err(other) => other,
+        };
+        // A subtask's failure keeps the subtask's own error.
+        match boxed.downcast::<crate::subtask::SubtaskError>() {
+            Ok(se) => (*se).into(),
             Err(other) => {
                 // Not a TaskError: we still own it as `E` behind the Any.
                 let err = other

@@ -21,6 +21,8 @@
 //!   and its pool.
 //! - [`canvas`]: Celery's canvas signatures ([`Signature`]) and the
 //!   messages a worker publishes from them.
+//! - [`subtask`]: tasks that submit subtasks and wait for them without
+//!   deadlock ([`TaskContext::submit`], [`TaskContext::wait`]).
 //! - [`sign`]: opt-in shared-secret signing of task messages ([`Secret`]).
 //! - [`error`]: typed errors for each of the above.
 //!
@@ -39,6 +41,7 @@ pub mod rate;
 pub mod result;
 pub mod routes;
 pub mod sign;
+pub mod subtask;
 pub mod task;
 pub mod time;
 
@@ -59,6 +62,7 @@ pub use rate::RateLimit;
 pub use result::{ExceptionInfo, ResultMeta, State};
 pub use routes::Routes;
 pub use sign::{EmptySecret, Secret, SignatureError};
+pub use subtask::{Subtask, SubtaskError, Subtasks};
 pub use task::{
     Args, AsyncRunFn, Call, CancelToken, IntoArgs, RegisteredTask, Registry, Task, TaskContext,
     TaskDef, TaskFuture,

@@ -235,6 +235,9 @@ pub struct TaskContext {
     timelimit: (Option<f64>, Option<f64>),
     #[serde(skip)]
     cancel: CancelToken,
+    /// How this task submits and waits for subtasks (set by the worker).
+    #[serde(skip)]
+    subtasks: Option<Arc<dyn crate::subtask::Subtasks>>,
 }
 
 impl TaskContext {
@@ -250,6 +253,7 @@ impl TaskContext {
             group: msg.headers.group.clone(),
             timelimit: msg.headers.timelimit,
             cancel: CancelToken::new(),
+            subtasks: None,
         }
     }
 
@@ -265,6 +269,7 @@ impl TaskContext {
             group: None,
             timelimit: (None, None),
             cancel: CancelToken::new(),
+            subtasks: None,
         }
     }
 
@@ -318,6 +323,18 @@ impl TaskContext {
     /// time limit.
     pub fn cancel_token(&self) -> &CancelToken {
         &self.cancel
+    }
+
+    /// Gives this task a way to submit and wait for subtasks; a worker
+    /// calls it before running the task (see [`crate::subtask`]).
+    pub fn set_subtasks(&mut self, subtasks: Arc<dyn crate::subtask::Subtasks>) {
+        self.subtasks = Some(subtasks);
+    }
+
+    /// The worker's [`Subtasks`](crate::subtask::Subtasks), if this task
+    /// runs where it can submit and wait.
+    pub fn subtasks(&self) -> Option<&dyn crate::subtask::Subtasks> {
+        self.subtasks.as_deref()
     }
 
     /// Whether the task should stop now: its soft time limit has passed.

@@ -14,6 +14,8 @@
 //!   and reported as [`Panicked`].
 //! - [`ThreadPool::set_threads`] grows the pool at once and shrinks it
 //!   between tasks, never dropping queued work.
+//! - [`ThreadPool::blocking_section`] lets a task that waits for other
+//!   tasks of the same pool lend its place to a new thread meanwhile.
 //! - [`ThreadPool::shutdown`] stops accepting work, runs what is queued and
 //!   joins the threads; later submissions return the closure in a
 //!   [`ShutdownError`].
@@ -45,6 +47,7 @@
 //! pool.shutdown();
 //! ```
 
+mod blocking;
 mod error;
 pub mod executor;
 mod job;
@@ -53,6 +56,7 @@ pub mod process;
 mod shared;
 mod spin;
 
+pub use blocking::BlockingSection;
 pub use error::{BuildError, Panicked, ResizeError, ShutdownError};
 pub use executor::{AsyncExecutor, ProcessExecutor, ThreadExecutor};
 pub use job::TaskHandle;

@@ -21,7 +21,7 @@ static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
 
 thread_local! {
     /// Id of the pool whose worker this thread is (0: not a worker).
-    static CURRENT_POOL: Cell<usize> = const { Cell::new(0) };
+    pub(crate) static CURRENT_POOL: Cell<usize> = const { Cell::new(0) };
 }
 
 /// A resizable pool of worker threads running closures in FIFO order.
@@ -117,7 +117,7 @@ fn worker_main(shared: Arc<Shared>) {
     }
 }
 
-fn spawn_worker(shared: &Arc<Shared>) -> io::Result<()> {
+pub(crate) fn spawn_worker(shared: &Arc<Shared>) -> io::Result<()> {
     let index = shared.next_index.fetch_add(1, Ordering::Relaxed);
     let mut builder = thread::Builder::new().name(format!("{}-{index}", shared.thread_name));
     if let Some(size) = shared.stack_size {
@@ -627,6 +627,13 @@ impl ThreadPool {
             let _ = handle.join();
         }
         true
+    }
+}
+
+impl ThreadPool {
+    /// The state the handles and workers share.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
     }
 }
 

@@ -83,6 +83,10 @@ struct QueueState {
     target: usize,
     /// Threads started (or being started) and not yet retired.
     live: usize,
+    /// Workers blocked in a [`BlockingSection`](crate::BlockingSection):
+    /// the pool keeps `target + blocked` threads, so that blocked ones do
+    /// not take execution capacity away.
+    blocked: usize,
 }
 
 /// Task counters, off the queue's cache line.
@@ -111,6 +115,7 @@ impl Shared {
                 closed: false,
                 target: threads,
                 live: threads,
+                blocked: 0,
             }),
             queued_hint: AtomicUsize::new(0),
             spinning: AtomicBool::new(false),
@@ -171,7 +176,7 @@ impl Shared {
         }
         let mut spun = false;
         loop {
-            if st.live > st.target || (st.closed && st.jobs.is_empty()) {
+            if st.live > st.target + st.blocked || (st.closed && st.jobs.is_empty()) {
                 st.live -= 1;
                 if claimed {
                     self.spinning.store(false, Ordering::Relaxed);
@@ -257,12 +262,46 @@ impl Shared {
             return Err(ResizeError::ShutDown);
         }
         st.target = threads;
-        let to_spawn = threads.saturating_sub(st.live);
+        let to_spawn = (threads + st.blocked).saturating_sub(st.live);
         st.live += to_spawn;
-        if st.live > st.target {
+        if st.live > st.target + st.blocked {
             self.wake_all(&mut st);
         }
         Ok(to_spawn)
+    }
+
+    /// A worker is about to block: the pool keeps one more thread. Returns
+    /// whether the caller must start one (already counted as live); false
+    /// when the pool is closed (no new work needs a thread) or a surplus
+    /// thread is still alive.
+    pub(crate) fn block(&self) -> bool {
+        let mut st = self.state.lock();
+        st.blocked += 1;
+        if st.closed || st.live >= st.target + st.blocked {
+            return false;
+        }
+        st.live += 1;
+        true
+    }
+
+    /// The compensating thread of a [`block`](Self::block) could not be
+    /// started.
+    pub(crate) fn block_spawn_failed(&self) {
+        self.state.lock().live -= 1;
+    }
+
+    /// A worker blocked with [`block`](Self::block) runs again: the surplus
+    /// thread retires when it next looks for work.
+    pub(crate) fn unblock(&self) {
+        let mut st = self.state.lock();
+        st.blocked = st.blocked.saturating_sub(1);
+        if st.live > st.target + st.blocked {
+            self.wake_all(&mut st);
+        }
+    }
+
+    pub(crate) fn blocked(&self) -> usize {
+        self.state.lock().blocked
     }
 
     /// `unstarted` threads counted as live could not be started. The target

@@ -54,6 +54,11 @@ impl Executors {
         })
     }
 
+    /// The thread pool blocking tasks run on.
+    pub(crate) fn threads(&self) -> &ThreadPool {
+        self.threads.pool()
+    }
+
     /// The worker's pool kind.
     pub(crate) fn kind(&self) -> PoolKind {
         self.kind

@@ -48,6 +48,7 @@
 //!  observe.rs  counters and observers, told at each transition
 //!  events.rs   Celery's worker and task events (an observer + a chore)
 //!  control.rs  revokes of reserved messages, terminate of running tasks
+//!  subtasks.rs a task's subtasks: submit, and wait with its slot given up
 //!  task_metrics.rs  metrics (counters, histograms, gauges) via `metrics`
 //!  chores.rs   heartbeat, lease renewal, autoscale
 //!  config.rs   WorkerBuilder and the immutable Config
@@ -66,6 +67,7 @@ mod line;
 mod meta;
 mod observe;
 mod settle;
+mod subtasks;
 mod task_log;
 mod task_metrics;
 mod worker;

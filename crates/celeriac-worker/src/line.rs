@@ -167,6 +167,60 @@ impl Reservations {
         Reserved { ticket, wake }
     }
 
+    /// A running task gives its execution slot and its reservation up
+    /// while it waits for its subtasks, so that another message (one of
+    /// them, say) runs in its place. It must [`resume`](Self::resume) (or
+    /// [`resume_now`](Self::resume_now)) before its run ends.
+    pub(crate) fn suspend(&self) {
+        self.executing.fetch_sub(1, Ordering::SeqCst);
+        self.reserved.fetch_sub(1, Ordering::SeqCst);
+        self.line.lock().wake_front();
+        self.freed.notify_waiters();
+    }
+
+    /// Takes the slot given up with [`suspend`](Self::suspend) back: the
+    /// next one free, before any reserved message waiting in line. A
+    /// shutdown does not stop it (the task is running and must finish).
+    pub(crate) async fn resume(&self) {
+        let wake = Arc::new(Notify::new());
+        let ticket = self.line.lock().enter(&wake, true);
+        // Leaves the line if this future is dropped while it waits.
+        struct InLine<'a>(&'a Reservations, Option<u64>);
+        impl Drop for InLine<'_> {
+            fn drop(&mut self) {
+                if let Some(t) = self.1 {
+                    self.0.line.lock().leave(t);
+                }
+            }
+        }
+        let mut in_line = InLine(self, Some(ticket));
+        loop {
+            {
+                let mut line = self.line.lock();
+                let target = self.target();
+                if line.is_first(ticket) && self.executing.load(Ordering::SeqCst) < target {
+                    line.pop_front();
+                    in_line.1 = None;
+                    self.reserved.fetch_add(1, Ordering::SeqCst);
+                    let running = self.executing.fetch_add(1, Ordering::SeqCst) + 1;
+                    if running < target {
+                        line.wake_front();
+                    }
+                    return;
+                }
+            }
+            wake.notified().await;
+        }
+    }
+
+    /// Takes the slot given up with [`suspend`](Self::suspend) back at
+    /// once, over the concurrency if need be: for a wait that ends without
+    /// [`resume`](Self::resume) (its task was aborted meanwhile).
+    pub(crate) fn resume_now(&self) {
+        self.reserved.fetch_add(1, Ordering::SeqCst);
+        self.executing.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// How many messages to reserve per slot: as many as are expected to
     /// start within [`PREFETCH_WAIT`], between 1 and `prefetch`. Until a
     /// task has finished, nothing is known: 1.
@@ -197,45 +251,71 @@ impl Reservations {
 /// The line of reserved messages waiting to start: they start in the order
 /// they joined it (the order of their claim), as slots free up. Only the
 /// first in line is woken when a slot frees, not every waiting message.
+/// Tasks taking their slot back after a wait for subtasks
+/// ([`Reservations::resume`]) go before every reserved message.
 #[derive(Debug, Default)]
 struct Line {
     waiting: VecDeque<(u64, Arc<Notify>)>,
+    /// Running tasks that gave their slot up and want it back.
+    resuming: VecDeque<(u64, Arc<Notify>)>,
     next: u64,
 }
 
 impl Line {
     fn join(&mut self, wake: &Arc<Notify>) -> u64 {
+        self.enter(wake, false)
+    }
+
+    fn enter(&mut self, wake: &Arc<Notify>, resuming: bool) -> u64 {
         let ticket = self.next;
         self.next += 1;
-        self.waiting.push_back((ticket, wake.clone()));
-        if self.waiting.len() == 1 {
+        let queue = if resuming {
+            &mut self.resuming
+        } else {
+            &mut self.waiting
+        };
+        queue.push_back((ticket, wake.clone()));
+        if self.is_first(ticket) {
             wake.notify_one();
         }
         ticket
     }
 
+    fn front(&self) -> Option<&(u64, Arc<Notify>)> {
+        self.resuming.front().or(self.waiting.front())
+    }
+
+    fn pop_front(&mut self) {
+        if self.resuming.pop_front().is_none() {
+            self.waiting.pop_front();
+        }
+    }
+
     fn leave(&mut self, ticket: u64) {
-        if let Some(at) = self.waiting.iter().position(|(t, _)| *t == ticket) {
-            self.waiting.remove(at);
-            if at == 0 {
-                self.wake_front();
+        let was_first = self.is_first(ticket);
+        for queue in [&mut self.resuming, &mut self.waiting] {
+            if let Some(at) = queue.iter().position(|(t, _)| *t == ticket) {
+                queue.remove(at);
             }
+        }
+        if was_first {
+            self.wake_front();
         }
     }
 
     fn is_first(&self, ticket: u64) -> bool {
-        self.waiting.front().is_some_and(|(t, _)| *t == ticket)
+        self.front().is_some_and(|(t, _)| *t == ticket)
     }
 
     /// Wakes the first in line (a permit is kept if it is not waiting yet).
     fn wake_front(&self) {
-        if let Some((_, wake)) = self.waiting.front() {
+        if let Some((_, wake)) = self.front() {
             wake.notify_one();
         }
     }
 
     fn wake_all(&self) {
-        for (_, wake) in &self.waiting {
+        for (_, wake) in self.resuming.iter().chain(&self.waiting) {
             wake.notify_one();
         }
     }
@@ -307,7 +387,7 @@ impl Slot<'_> {
                 let first = self.ticket.is_some_and(|t| line.is_first(t));
                 let target = res.target();
                 if first && res.executing.load(Ordering::SeqCst) < target {
-                    line.waiting.pop_front();
+                    line.pop_front();
                     self.ticket = None;
                     let running = res.executing.fetch_add(1, Ordering::SeqCst) + 1;
                     self.executing = true;
@@ -381,6 +461,52 @@ mod tests {
         assert!(second.start().await);
         drop(second);
         assert_eq!((res.reserved(), res.executing()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_suspended_task_lets_the_next_start_and_resumes_before_the_line() {
+        let res = Reservations::new(1, 1);
+        let mut waiter = res.reserve().into_slot(&res);
+        assert!(waiter.start().await);
+        let mut sub = res.reserve().into_slot(&res);
+        let mut queued = res.reserve().into_slot(&res);
+        assert_eq!((res.reserved(), res.executing()), (3, 1));
+        res.suspend();
+        assert_eq!((res.reserved(), res.executing()), (2, 0));
+        assert!(sub.start().await, "the suspended task's slot is free");
+        // The waiter wants its slot back: it goes before `queued`.
+        let resumed = res.resume();
+        tokio::pin!(resumed);
+        let early = tokio::time::timeout(Duration::from_millis(30), resumed.as_mut()).await;
+        assert!(early.is_err(), "the slot is busy: resume waits");
+        sub.release();
+        resumed.await;
+        assert_eq!(res.executing(), 1);
+        let later = tokio::time::timeout(Duration::from_millis(30), queued.start()).await;
+        assert!(later.is_err(), "the resumed task holds the slot");
+        waiter.release();
+        assert!(queued.start().await);
+        drop(queued);
+        assert_eq!((res.reserved(), res.executing()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_resume_leaves_the_line_and_the_counts_balance() {
+        let res = Reservations::new(1, 1);
+        let mut waiter = res.reserve().into_slot(&res);
+        assert!(waiter.start().await);
+        res.suspend();
+        let mut other = res.reserve().into_slot(&res);
+        assert!(other.start().await);
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), res.resume()).await;
+        assert!(gave_up.is_err());
+        res.resume_now();
+        assert_eq!((res.reserved(), res.executing()), (2, 2));
+        drop(other);
+        drop(waiter);
+        assert_eq!((res.reserved(), res.executing()), (0, 0));
+        let mut next = res.reserve().into_slot(&res);
+        assert!(next.start().await, "no stale resumer blocks the line");
     }
 
     #[tokio::test]

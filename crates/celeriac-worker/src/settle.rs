@@ -261,7 +261,7 @@ pub(crate) async fn apply(
 /// The outgoing form of a message the worker publishes again (a retry,
 /// or a message acked early given back): signed anew when the worker has a
 /// secret, since its headers (retries, eta) or its body's bytes changed.
-fn outgoing(inner: &Inner, msg: &Message) -> Result<Outgoing, CodecError> {
+pub(crate) fn outgoing(inner: &Inner, msg: &Message) -> Result<Outgoing, CodecError> {
     match &inner.config.secret {
         None => Outgoing::from_message(msg),
         Some(secret) => {

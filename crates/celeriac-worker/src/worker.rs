@@ -312,7 +312,7 @@ impl Worker {
 }
 
 /// One message's lifecycle.
-async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
+async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
     let admitted = match admit::admit(inner, held.delivery()).await {
         Admission::Run(a) => a,
         Admission::Skip { msg, disposition } => {
@@ -374,6 +374,8 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
         .or(remote_soft)
         .or(inner.config.soft_time_limit);
     ctx.set_time_limits(hard, soft);
+    let subtasks = crate::subtasks::TaskSubtasks::new(inner);
+    ctx.set_subtasks(subtasks.clone());
     let args = Args::new(msg.args.clone(), msg.kwargs.clone());
     // acks_late = false (Celery's default, not ours): ack as the task
     // starts; a crash from here on loses it, as the task asked.
@@ -392,6 +394,7 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
         .executors
         .run(&task, ctx, args, inner.slots.target())
         .await;
+    subtasks.finish();
     slot.release();
     if let Some(ran) = &ran {
         inner.slots.record_runtime(ran.runtime);
@@ -404,7 +407,8 @@ async fn handle(inner: &Inner, mut held: Held, slot: &mut Slot<'_>) {
         meta: inner.config.meta_facts(),
         max_result: inner.config.max_result,
     };
-    let decision = decide::after_run(facts, ran, random_unit(), unix_now());
+    let mut decision = decide::after_run(facts, ran, random_unit(), unix_now());
+    subtasks.add_children(&mut decision);
     report(inner, &ev, &decision);
     let disposition = decision.into_disposition(msg.headers.ignore_result == Some(true));
     settle::apply(inner, held, Some(&msg), disposition).await;

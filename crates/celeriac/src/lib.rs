@@ -48,16 +48,17 @@ pub use celeriac_core::{
 pub use celeriac_core::{Control, ControlInbox, ControlReply, ControlRequest};
 pub use celeriac_core::{Enforces, Executor, PoolKind, Ran};
 pub use celeriac_core::{QueueNameError, validate_queue_name};
+pub use celeriac_core::{Subtask, SubtaskError, Subtasks};
 pub use celeriac_core::{escape, events, message, time};
 pub use celeriac_embedded::{
     MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker, default_db_path,
 };
-pub use celeriac_pool::ThreadPool;
 pub use celeriac_pool::process::{
     Outcome, PoolClosed, ProcessJob, ProcessPool, ProcessPoolBuilder, ProcessPoolError,
     ProcessPoolStats,
 };
 pub use celeriac_pool::{AsyncExecutor, ProcessExecutor, ThreadExecutor};
+pub use celeriac_pool::{BlockingSection, ThreadPool};
 pub use celeriac_server::{
     Apply, GroupResult, Job, JobError, NodeStats, ResultRef, Server, ServerBuilder, ServerError,
     Stats, Template,

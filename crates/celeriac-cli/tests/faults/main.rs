@@ -9,6 +9,7 @@
 //! | Module | Fault |
 //! |---|---|
 //! | `worker_kill` | `kill -9` of a worker holding tasks, default visibility timeout |
+//! | `chord_kill` | `kill -9` of a worker in the middle of a 200-part chord sent by Python Celery |
 //! | `redis_restart` | `redis-server` restarts mid-run, with and without persistence |
 //! | `lost_reply` | the reply to a claim is lost (a proxy cuts the connection) |
 //! | `reserved_queue` | a queue named like the broker's own bookkeeping keys |
@@ -18,6 +19,7 @@
 //! (`crash_and_kill_9_of_a_child_fail_one_task_each_and_the_pool_heals`), on
 //! the file broker, since the child's fate does not depend on the broker.
 
+mod chord_kill;
 mod lost_reply;
 mod redis_restart;
 mod reserved_queue;

@@ -11,6 +11,7 @@ mod map;
 mod parse;
 mod probe;
 mod purge;
+mod result;
 mod telemetry;
 
 use parse::{parse_json_list, parse_json_object, parse_seconds, queue_name, signal_name};
@@ -110,7 +111,7 @@ enum Command {
     Map(map::MapArgs),
     /// Print a task's result as JSON (non-zero exit if it failed or is not
     /// ready).
-    Result(ResultArgs),
+    Result(result::ResultArgs),
     /// Revoke tasks: every celeriac worker, including ones started later,
     /// records them as REVOKED instead of running them. On Redis, Python
     /// Celery workers get Celery's own revoke broadcast too (they remember
@@ -300,21 +301,6 @@ struct CallArgs {
 /// countdown.
 const CALL_WAIT: f64 = 60.0;
 
-#[derive(Debug, ClapArgs)]
-struct ResultArgs {
-    /// The task id.
-    id: String,
-    /// Wait until the result is ready.
-    #[arg(long)]
-    wait: bool,
-    /// With --wait, give up after this many seconds.
-    #[arg(long, value_parser = parse_seconds)]
-    timeout: Option<f64>,
-    /// Print the whole stored document instead of the value.
-    #[arg(long)]
-    meta: bool,
-}
-
 /// Exit codes: 0 ok, 1 the task failed (or a worker replied with an
 /// error), 2 usage or setup error, 3 timed out, 4 result not ready, 69 no
 /// worker replied (as Celery).
@@ -373,7 +359,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Worker(args) => worker(&cli.conn, args),
         Command::Call(args) => call(&cli.conn, args),
         Command::Map(args) => map::run(&cli.conn, args),
-        Command::Result(args) => result(&cli.conn, args),
+        Command::Result(args) => result::result(&cli.conn, args),
         Command::Dlq { command } => dlq::dlq(&cli.conn, command),
         Command::Inspect(args) => inspect::inspect(&cli.conn, args),
         Command::Control(args) => inspect::control(&cli.conn, args),
@@ -643,39 +629,5 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
             }
         };
         Ok(print_outcome(&meta, false))
-    })
-}
-
-fn result(conn: &Conn, args: ResultArgs) -> Result<ExitCode> {
-    let rt = runtime()?;
-    rt.block_on(async {
-        let (_broker, backend) = conn.open()?;
-        let meta = if args.wait {
-            let watch = backend.watch(&args.id).await?;
-            match args.timeout {
-                Some(t) => {
-                    match tokio::time::timeout(Duration::from_secs_f64(t.max(0.0)), watch).await {
-                        Ok(r) => Some(r?),
-                        Err(_) => {
-                            eprintln!(
-                                "timed out after {t} s waiting for task {}",
-                                Escaped(&args.id)
-                            );
-                            return Ok(ExitCode::from(3));
-                        }
-                    }
-                }
-                None => Some(watch.await?),
-            }
-        } else {
-            backend.get(&args.id).await?
-        };
-        match meta {
-            Some(m) => Ok(print_outcome(&m, args.meta)),
-            None => {
-                eprintln!("task {} is PENDING (no result stored)", Escaped(&args.id));
-                Ok(ExitCode::from(4))
-            }
-        }
     })
 }

@@ -64,8 +64,10 @@ class Worker:
         self.logfile = tempfile.NamedTemporaryFile(
             prefix="canvas-bench-worker-", suffix=".log", delete=False)
         if args.system == "celeriac":
-            cmd = [args.celeriac_bin, "worker", "--broker", args.redis, "-c",
-                   str(args.concurrency), "-Q", queue, "-n", f"{queue}@bench"]
+            # Warnings only, as the Celery worker below (-l WARNING): no
+            # log line per task on either side.
+            cmd = [args.celeriac_bin, "--loglevel", "warn", "worker", "--broker", args.redis,
+                   "-c", str(args.concurrency), "-Q", queue, "-n", f"{queue}@bench"]
         else:
             cmd = [sys.executable, "-m", "celery", "-A", "celery_peer_tasks", "worker",
                    "-P", "prefork", "-c", str(args.concurrency),
@@ -199,6 +201,7 @@ def measure(args, app, rds, worker, queue, kind, mode):
     staging = f"{queue}.staging"
     header_queue = staging if mode == "drain" else queue
     canvas = build(app, kind, n, header_queue, queue)
+    cpu_live = (cpu_seconds(worker.proc.pid), redis_cpu(rds), client_cpu())
     t_send = time.perf_counter()
     res = canvas.apply_async()
     t_sent = time.perf_counter()
@@ -216,7 +219,7 @@ def measure(args, app, rds, worker, queue, kind, mode):
         rds.rename(staging, queue)
     else:
         t0 = t_send
-        cpu0 = (cpu_seconds(worker.proc.pid), redis_cpu(rds), client_cpu())
+        cpu0 = cpu_live
 
     def check_add(i, m):
         if m.get("status") != "SUCCESS" or m.get("result") != 2 * i:

@@ -54,6 +54,8 @@ def parse_args():
     p.add_argument("--canvases", default="group,chord", help="group,chord")
     p.add_argument("--timeout", type=float, default=600.0, help="per measurement, s")
     p.add_argument("--worker-pidfile", help="write the worker's PID here")
+    p.add_argument("--rust-client", help="celeriac-bench: also send the canvases with "
+                   "celeriac's own client (`celeriac-bench canvas-client`), live")
     return p.parse_args()
 
 
@@ -250,6 +252,18 @@ def measure(args, app, rds, worker, queue, kind, mode):
          client_cpu_s=used[2])
 
 
+def rust_client(args, queue, kind):
+    """The same canvas sent by celeriac's client (the Rust canvas API) to
+    the same worker; its JSON line goes to stdout as is."""
+    cmd = [args.rust_client, "canvas-client", "--redis", args.redis, "--queue", queue,
+           "--n", str(args.n), "--kind", kind, "--system", f"{args.system}+rust-client"]
+    log("running: " + " ".join(cmd))
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, timeout=args.timeout, check=True)
+    for line in out.stdout.decode().splitlines():
+        if line.startswith("{"):
+            print(line, flush=True)
+
+
 def warm_up(app, rds, worker, queue, timeout=60.0):
     from celery import signature
     results = [signature("celeriac.add", args=(i, 1), app=app, queue=queue).apply_async()
@@ -288,6 +302,8 @@ def main():
         for kind in args.canvases.split(","):
             for mode in args.modes.split(","):
                 measure(args, app, rds, worker, queue, kind, mode)
+            if args.rust_client:
+                rust_client(args, queue, kind)
     except KeyboardInterrupt as e:
         log(f"interrupted ({e})")
         return 130

@@ -17,6 +17,7 @@ fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 run_dir="$(mktemp -d -t celeriac-test-XXXXXX)"
 cleanup() {
   if [ -f "$run_dir/redis.pid" ]; then kill "$(cat "$run_dir/redis.pid")" 2>/dev/null || true; fi
+  if [ -x "$run_dir/rabbit/stop" ]; then "$run_dir/rabbit/stop"; fi
   rm -rf "$run_dir"
 }
 trap cleanup EXIT
@@ -63,6 +64,16 @@ done
 export CELERIAC_TEST_REDIS_URL="redis://127.0.0.1:$port/0"
 echo "redis-server on 127.0.0.1:$port"
 
+say "private rabbitmq-server (starting in the background)"
+# Never the machine's own RabbitMQ on 5672: a node of our own, with its own
+# name, ports and data under $run_dir, stopped at exit.
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || apt_install rabbitmq-server \
+  || fail "rabbitmq-server is not installed: install it (e.g. apt-get install rabbitmq-server) or run this script as root"
+mkdir -p "$run_dir/rabbit"
+rabbit_started=$SECONDS
+scripts/rabbitmq-private.sh "$run_dir/rabbit" $$ > "$run_dir/rabbit.url" &
+rabbit_pid=$!
+
 say "python venv with celery"
 venv="$root/.venv"
 req="$root/tests/python/requirements.txt"
@@ -91,11 +102,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 say "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
+wait "$rabbit_pid" || fail "the private rabbitmq-server did not start"
+export CELERIAC_TEST_AMQP_URL="$(cat "$run_dir/rabbit.url")"
+export CELERIAC_TEST_AMQP_DIR="$run_dir/rabbit"
+echo "rabbitmq-server at $CELERIAC_TEST_AMQP_URL (up $((SECONDS - rabbit_started)) s after its start)"
+
 say "cargo test (unit, integration, doc)"
 cargo test --workspace --locked --no-fail-fast
 
 say "examples"
-for ex in thread_pool job_server worker_and_client celery_messages redis_server task_semantics process_pool async_tasks observer canvas remote_control metrics subtasks; do
+for ex in thread_pool job_server worker_and_client celery_messages redis_server task_semantics process_pool async_tasks observer canvas remote_control metrics events subtasks; do
   echo "-- example $ex"
   CELERIAC_BROKER_URL="${CELERIAC_TEST_REDIS_URL%/0}/4" \
     cargo run --quiet --locked -p celeriac-examples --example "$ex" >/dev/null

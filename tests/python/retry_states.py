@@ -5,6 +5,7 @@ import sys
 import time
 
 from celery import Celery
+from celery.states import READY_STATES
 
 url = sys.argv[1]
 app = Celery("retries", broker=url, backend=url)
@@ -15,7 +16,9 @@ while time.time() < deadline:
     state = result.state
     if not states or states[-1] != state:
         states.append(state)
-    if result.ready():
+    # The state just read, not a second read: the task may finish between
+    # the two, and the SUCCESS would be missed.
+    if state in READY_STATES:
         break
     time.sleep(0.005)
 print(json.dumps({"states": states, "result": result.get(timeout=5), "retries": result.retries}))

@@ -65,6 +65,25 @@ pub(crate) fn tree_sum(root: u32, field: &str) -> (u64, usize) {
         .fold((0, 0), |(sum, n), b| (sum + b, n + 1))
 }
 
+/// CPU seconds (user + system) used so far by `root` and its live
+/// descendants, from `/proc/<pid>/stat` (in Linux's USER_HZ, 100 a second).
+pub(crate) fn tree_cpu_secs(root: u32) -> f64 {
+    let ticks: u64 = tree(root)
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let after = &stat[stat.rfind(')')? + 1..];
+            let mut fields = after.split_whitespace();
+            // utime and stime are the 14th and 15th fields; `after` starts
+            // at the 3rd.
+            let utime: u64 = fields.nth(11)?.parse().ok()?;
+            let stime: u64 = fields.next()?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .sum();
+    ticks as f64 / 100.0
+}
+
 /// Bytes to MiB, one decimal (as the peers report).
 pub(crate) fn mib(bytes: u64) -> f64 {
     crate::emit::round(bytes as f64 / (1024.0 * 1024.0), 1)

@@ -20,7 +20,7 @@ use celeriac_redis::{RedisBackend, RedisBroker};
 use serde_json::{Value, json};
 
 use crate::emit::{Measurement, emit, log, median, percentile, round, samples};
-use crate::procfs::{RssSampler, mib, tree_sum};
+use crate::procfs::{RssSampler, mib, tree_cpu_secs, tree_sum};
 
 /// Messages per `publish_batch` call and task ids per `watch_many` call.
 const CHUNK: usize = 1000;
@@ -424,6 +424,7 @@ async fn measure(
         // A sample walks /proc; sampled more often, it competes with the run
         // for CPU (VmHWM in the JSON line gives the exact peak).
         let sampler = RssSampler::start(worker.pid(), Duration::from_millis(250));
+        let cpu_before = tree_cpu_secs(worker.pid());
         let mut enq = Vec::new();
         let mut e2e = Vec::new();
         for run in 0..cfg.repeat {
@@ -437,6 +438,7 @@ async fn measure(
             enq.push(t_enq);
             e2e.push(t_last);
         }
+        let cpu = tree_cpu_secs(worker.pid()) - cpu_before;
         let (peak, peak_procs) = sampler.stop();
         let (hwm, _) = tree_sum(worker.pid(), "VmHWM");
         let n = cfg.n as f64;
@@ -457,6 +459,21 @@ async fn measure(
         ));
         emit(common(
             rate("throughput", &e2e).param("collect", "watch_many"),
+            pool,
+            c,
+        ));
+        // CPU the worker's tree used per task: less sensitive than a rate to
+        // what else the machine runs (the RSS sampler's walks included).
+        emit(common(
+            Measurement::new(
+                "W1",
+                system,
+                "worker_cpu_per_task",
+                round(cpu * 1e6 / (n * cfg.repeat as f64), 2),
+                "us",
+            )
+            .param("n", cfg.n as u64)
+            .param("runs", cfg.repeat as u64),
             pool,
             c,
         ));

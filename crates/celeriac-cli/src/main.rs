@@ -4,11 +4,14 @@
 mod banner;
 mod demo;
 mod dlq;
+mod events;
 mod inspect;
+mod logging;
 mod map;
 mod parse;
 mod probe;
 mod purge;
+mod result;
 mod telemetry;
 
 use parse::{parse_json_list, parse_json_object, parse_seconds, queue_name, signal_name};
@@ -108,7 +111,7 @@ enum Command {
     Map(map::MapArgs),
     /// Print a task's result as JSON (non-zero exit if it failed or is not
     /// ready).
-    Result(ResultArgs),
+    Result(result::ResultArgs),
     /// Revoke tasks: every celeriac worker, including ones started later,
     /// records them as REVOKED instead of running them. On Redis, Python
     /// Celery workers get Celery's own revoke broadcast too (they remember
@@ -146,6 +149,10 @@ enum Command {
     Status(inspect::StatusArgs),
     /// Delete every message waiting on queues (asks first unless -f).
     Purge(purge::PurgeArgs),
+    /// Follow the workers' events (celeriac and Python Celery workers):
+    /// a live view of workers, tasks by state, tasks per second and recent
+    /// tasks, or `--dump` to print each event, as `celery events`.
+    Events(events::EventsArgs),
     /// List the tasks this binary can run.
     Tasks {
         /// Include the diagnostic tasks.
@@ -199,6 +206,10 @@ struct WorkerArgs {
     /// Also register celeriac.fail, .panic, .crash, .alloc and .flaky.
     #[arg(long)]
     diagnostic_tasks: bool,
+    /// Send Celery's task events (task-received, task-succeeded, ...) for
+    /// monitors: `celeriac events`, `celery events`, Flower.
+    #[arg(short = 'E', long)]
+    events: bool,
     /// Largest message body accepted, in bytes; larger ones are dead-lettered.
     #[arg(long, default_value = "67108864")]
     max_body: NonZeroUsize,
@@ -290,21 +301,6 @@ struct CallArgs {
 /// countdown.
 const CALL_WAIT: f64 = 60.0;
 
-#[derive(Debug, ClapArgs)]
-struct ResultArgs {
-    /// The task id.
-    id: String,
-    /// Wait until the result is ready.
-    #[arg(long)]
-    wait: bool,
-    /// With --wait, give up after this many seconds.
-    #[arg(long, value_parser = parse_seconds)]
-    timeout: Option<f64>,
-    /// Print the whole stored document instead of the value.
-    #[arg(long)]
-    meta: bool,
-}
-
 /// Exit codes: 0 ok, 1 the task failed (or a worker replied with an
 /// error), 2 usage or setup error, 3 timed out, 4 result not ready, 69 no
 /// worker replied (as Celery).
@@ -316,7 +312,7 @@ fn main() -> ExitCode {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    init_logging(
+    logging::init(
         cli.loglevel.as_deref().unwrap_or(default_level),
         cli.log_format == "json",
     );
@@ -329,43 +325,6 @@ fn main() -> ExitCode {
     };
     telemetry::flush();
     code
-}
-
-fn init_logging(level: &str, json: bool) {
-    use tracing_subscriber::field::MakeExt as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    if json {
-        // JSON escapes every string itself: a message cannot forge a line.
-        let sub = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_current_span(false)
-            .finish();
-        telemetry::install_subscriber(sub);
-        return;
-    }
-    // Every field and message escaped: text from a message (a task name,
-    // an error) can neither forge a log line nor reach the terminal as
-    // escape sequences, whichever crate logs it.
-    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-        if field.name() == "message" {
-            write!(w, "{}", Escaped(format_args!("{value:?}")))
-        } else {
-            write!(w, "{field}={}", Escaped(format_args!("{value:?}")))
-        }
-    })
-    .delimited(" ");
-    // Colours only on a terminal: a log file gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let sub = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .fmt_fields(fields)
-        .finish();
-    telemetry::install_subscriber(sub);
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -400,12 +359,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Worker(args) => worker(&cli.conn, args),
         Command::Call(args) => call(&cli.conn, args),
         Command::Map(args) => map::run(&cli.conn, args),
-        Command::Result(args) => result(&cli.conn, args),
+        Command::Result(args) => result::result(&cli.conn, args),
         Command::Dlq { command } => dlq::dlq(&cli.conn, command),
         Command::Inspect(args) => inspect::inspect(&cli.conn, args),
         Command::Control(args) => inspect::control(&cli.conn, args),
         Command::Status(args) => inspect::status(&cli.conn, args),
         Command::Purge(args) => purge::purge(&cli.conn, args),
+        Command::Events(args) => events::run(&cli.conn, args),
         Command::Revoke {
             ids,
             ttl,
@@ -464,6 +424,7 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             .max_deliveries(args.max_deliveries)
             .prefetch_multiplier(args.prefetch_multiplier)
             .result_extended(args.result_extended)
+            .events(args.events)
             .pool_kind(pool);
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);
@@ -668,39 +629,5 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
             }
         };
         Ok(print_outcome(&meta, false))
-    })
-}
-
-fn result(conn: &Conn, args: ResultArgs) -> Result<ExitCode> {
-    let rt = runtime()?;
-    rt.block_on(async {
-        let (_broker, backend) = conn.open()?;
-        let meta = if args.wait {
-            let watch = backend.watch(&args.id).await?;
-            match args.timeout {
-                Some(t) => {
-                    match tokio::time::timeout(Duration::from_secs_f64(t.max(0.0)), watch).await {
-                        Ok(r) => Some(r?),
-                        Err(_) => {
-                            eprintln!(
-                                "timed out after {t} s waiting for task {}",
-                                Escaped(&args.id)
-                            );
-                            return Ok(ExitCode::from(3));
-                        }
-                    }
-                }
-                None => Some(watch.await?),
-            }
-        } else {
-            backend.get(&args.id).await?
-        };
-        match meta {
-            Some(m) => Ok(print_outcome(&m, args.meta)),
-            None => {
-                eprintln!("task {} is PENDING (no result stored)", Escaped(&args.id));
-                Ok(ExitCode::from(4))
-            }
-        }
     })
 }

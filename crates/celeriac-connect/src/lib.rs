@@ -10,6 +10,7 @@
 //! | `memory://[NAME]` | in this process | `celeriac-embedded` |
 //! | `sqlite://PATH` | a file shared by processes on one machine | `celeriac-embedded` |
 //! | `redis://`, `rediss://`, `redis+unix://` | Redis | `celeriac-redis` |
+//! | `amqp://`, `amqps://` | RabbitMQ (broker only; pair it with a Redis or SQLite backend) | `celeriac-amqp` |
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
         "memory" => Ok(MemoryBroker::open(url)?),
         "sqlite" => Ok(SqliteBroker::open(url)?),
         "redis" | "rediss" | "redis+unix" => Ok(RedisBroker::open(url)?),
+        "amqp" | "amqps" => Ok(celeriac_amqp::AmqpBroker::open(url)?),
         _ => Err(BrokerError::InvalidUrl {
             url: redact(url),
             reason: format!(
@@ -50,6 +52,12 @@ pub fn open_backend(url: &str) -> Result<Arc<dyn ResultBackend>, BackendError> {
         "memory" => Ok(MemoryBackend::open(url)?),
         "sqlite" => Ok(SqliteBackend::open(url)?),
         "redis" | "rediss" | "redis+unix" => Ok(RedisBackend::open(url)?),
+        "amqp" | "amqps" | "rpc" => Err(BackendError::InvalidUrl {
+            url: redact(url),
+            reason: "no result backend on RabbitMQ yet (rpc:// is not implemented); \
+                     use a redis:// or sqlite:// result backend with an amqp:// broker"
+                .to_string(),
+        }),
         _ => Err(BackendError::InvalidUrl {
             url: redact(url),
             reason: format!(

@@ -102,6 +102,11 @@ pub enum BrokerError {
     /// The broker has been closed.
     #[error("broker is closed")]
     Closed,
+    /// The broker cannot do this (yet): for example revocations on AMQP,
+    /// which has no shared store for them. The text names the broker and
+    /// the capability.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 /// A result backend operation failed.

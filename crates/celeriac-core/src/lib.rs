@@ -32,6 +32,7 @@ pub mod broker;
 pub mod canvas;
 pub mod error;
 pub mod escape;
+pub mod events;
 pub mod execute;
 pub mod message;
 pub mod names;
@@ -46,8 +47,8 @@ pub mod time;
 
 pub use broker::{
     Broker, ChordJoin, Control, ControlInbox, ControlReply, ControlRequest, DeadLetter,
-    DeadLetters, Delivery, NodeInfo, Nodes, Outgoing, RateLimits, ResultBackend, ResultWatch,
-    Revocations, Transport, Waiters,
+    DeadLetters, Delivery, EventMessage, Events, NodeInfo, Nodes, Outgoing, RateLimits,
+    ResultBackend, ResultWatch, Revocations, Transport, Waiters,
 };
 pub use canvas::Signature;
 pub use error::{

@@ -296,6 +296,15 @@ fn truncate_repr(mut s: String) -> String {
     s
 }
 
+/// Python's `repr()` of a JSON value (`None`, `True`, `'text'`, `[1, 2]`,
+/// `{'k': 1}`), truncated as Celery's `saferepr` truncates (1024 chars):
+/// what Celery's events carry as a task's `result`.
+pub fn value_repr(v: &Value) -> String {
+    let mut out = String::new();
+    py_repr(v, &mut out);
+    truncate_repr(out)
+}
+
 /// `argsrepr` for positional args: a Python tuple repr.
 pub fn args_repr(args: &[Value]) -> String {
     let mut out = String::from("(");

@@ -18,6 +18,8 @@ use celeriac_core::{
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+mod events;
+
 #[derive(Debug)]
 struct Entry {
     queue: String,
@@ -151,6 +153,7 @@ pub struct MemoryBroker {
     state: Mutex<BrokerState>,
     notify: Notify,
     control: control::Mailboxes,
+    events: events::Bus,
 }
 
 fn named<T, F: FnOnce() -> Arc<T>>(
@@ -210,6 +213,7 @@ impl MemoryBroker {
             state: Mutex::new(BrokerState::default()),
             notify: Notify::new(),
             control: control::Mailboxes::default(),
+            events: events::Bus::default(),
         }
     }
 

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::url::{SqliteOptions, parse_sqlite_url};
 
 mod chord;
+mod events;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -76,6 +77,13 @@ CREATE TABLE IF NOT EXISTS nodes (
     concurrency INTEGER NOT NULL,
     pid INTEGER NOT NULL,
     last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sent_at REAL NOT NULL,
+    routing_key TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    body BLOB NOT NULL
 );
 ";
 

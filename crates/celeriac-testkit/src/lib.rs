@@ -13,6 +13,7 @@ pub mod executor;
 pub mod process;
 pub mod proxy;
 pub mod python;
+pub mod rabbit_server;
 pub mod redis_server;
 
 pub use control::{

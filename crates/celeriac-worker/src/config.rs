@@ -148,8 +148,11 @@ impl WorkerBuilder {
     }
 
     /// Sends task events (`task-received`, `task-started`, ...; Celery's
-    /// `-E`). Default off, as in Celery; a monitor's `enable_events`
+    /// `-E`) for monitors such as `celeriac events`, `celery events` and
+    /// Flower. Default off, as in Celery; a monitor's `enable_events`
     /// (Flower sends it every 5 s) turns them on while the worker runs.
+    /// Worker events (`worker-online`, `worker-heartbeat`,
+    /// `worker-offline`) are always sent.
     pub fn events(self, on: bool) -> Self {
         self.events_enabled.store(on, Ordering::SeqCst);
         self

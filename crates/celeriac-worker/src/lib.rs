@@ -46,6 +46,7 @@
 //!              or publishes a retry (batched where the broker gains)
 //!
 //!  observe.rs  counters and observers, told at each transition
+//!  events.rs   Celery's worker and task events (an observer + a chore)
 //!  control.rs  revokes of reserved messages, terminate of running tasks
 //!  subtasks.rs a task's subtasks: submit, and wait with its slot given up
 //!  task_metrics.rs  metrics (counters, histograms, gauges) via `metrics`
@@ -60,6 +61,7 @@ mod chores;
 mod config;
 mod control;
 mod decide;
+mod events;
 mod execute;
 mod line;
 mod meta;

@@ -37,8 +37,9 @@ pub const UNREGISTERED: &str = "<unregistered>";
 /// memory should a transition go unreported).
 const MAX_WAITING: usize = 100_000;
 
-/// Emits the per-task metrics of a worker (see the [module
-/// docs](self) for the list) through the [`metrics`] facade; add it with
+/// Emits the per-task metrics of a worker (`celeriac_tasks_total`, the
+/// runtime and queue-wait histograms, the gauges) through the [`metrics`]
+/// facade; add it with
 /// [`WorkerBuilder::observer`](crate::WorkerBuilder::observer), and call
 /// [`TaskMetrics::sample`] now and then for the gauges.
 ///

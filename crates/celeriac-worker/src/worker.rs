@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) rates: LocalRates,
     /// `observe`: counters and observers.
     pub(crate) notify: Notifier,
+    /// `events`: Celery's worker and task events (also an observer).
+    pub(crate) events: Arc<crate::events::Events>,
 }
 
 /// A worker: consumes task messages and runs them. Cheap to clone; clones
@@ -107,6 +109,10 @@ impl Worker {
     pub(crate) fn from_parts(p: Parts) -> Result<Worker, WorkerError> {
         let executors = Executors::new(p.kind, p.threads, p.procs, p.concurrency)?;
         let control = ControlState::new(&p.config.queues, p.config.autoscale);
+        let events =
+            crate::events::Events::new(&p.config.nodename, p.config.events_enabled.clone());
+        let mut observers = p.observers;
+        observers.push(events.clone());
         Ok(Worker {
             inner: Arc::new(Inner {
                 celery_tasks: crate::celery_tasks::registry(&p.registry, &p.backend),
@@ -121,7 +127,8 @@ impl Worker {
                 waiting: Waiting::default(),
                 control,
                 rates: LocalRates::default(),
-                notify: Notifier::new(p.observers),
+                notify: Notifier::new(observers),
+                events,
             }),
         })
     }
@@ -208,6 +215,7 @@ impl Worker {
             tokio::spawn(chores::heartbeat(inner.clone())),
             tokio::spawn(chores::renew(inner.clone())),
             tokio::spawn(control::watch(inner.clone())),
+            tokio::spawn(crate::events::run(inner.clone())),
         ];
         if inner.config.autoscale.is_some() {
             chores.push(tokio::spawn(chores::autoscale(self.clone())));
@@ -267,6 +275,7 @@ impl Worker {
             chore.abort();
         }
         inner.executors.shutdown().await;
+        crate::events::offline(inner).await;
         if let Err(e) = inner.broker.node_gone(&inner.config.nodename).await {
             tracing::warn!(error = %e, "could not remove node record");
         }

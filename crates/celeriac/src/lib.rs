@@ -38,6 +38,7 @@ pub mod builtins;
 pub use celeriac_connect::{default_backend_url, open_backend, open_broker};
 pub use celeriac_core::CancelToken;
 pub use celeriac_core::broker::prelude;
+pub use celeriac_core::broker::{EventMessage, EventStream, Events};
 pub use celeriac_core::{
     Args, BackendError, BoxError, Broker, BrokerError, Call, CodecError, DeadLetter, DeadLetters,
     Delivery, Message, NodeInfo, Nodes, Outgoing, RateLimit, RateLimits, Registry, RegistryError,
@@ -48,7 +49,7 @@ pub use celeriac_core::{Control, ControlInbox, ControlReply, ControlRequest};
 pub use celeriac_core::{Enforces, Executor, PoolKind, Ran};
 pub use celeriac_core::{QueueNameError, validate_queue_name};
 pub use celeriac_core::{Subtask, SubtaskError, Subtasks};
-pub use celeriac_core::{escape, message, time};
+pub use celeriac_core::{escape, events, message, time};
 pub use celeriac_embedded::{
     MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker, default_db_path,
 };

@@ -27,8 +27,9 @@
 //! | [`RateLimits`] | `rate_limits.rs` | rate-limit buckets shared by workers |
 //! | [`Nodes`] | `nodes.rs` | the node registry (heartbeats) |
 //! | [`Control`] | `control.rs` | remote control (Celery's pidbox), purge |
+//! | [`Events`] | `events.rs` | Celery's monitoring events (`celeryev`) |
 //!
-//! [`Broker`] is all six together, implemented for every type that
+//! [`Broker`] is all seven together, implemented for every type that
 //! implements them, so workers hold an `Arc<dyn Broker>`. A backend that
 //! lacks a capability does not compile as a `Broker`: no method has a
 //! default that silently does nothing. Methods on `dyn Broker` are callable
@@ -45,6 +46,7 @@
 
 mod control;
 mod dead_letters;
+mod events;
 mod nodes;
 mod rate_limits;
 mod result_backend;
@@ -58,6 +60,7 @@ pub use control::{
     ReplyTo, glob_match,
 };
 pub use dead_letters::DeadLetters;
+pub use events::{EventMessage, EventStream, Events};
 pub use nodes::Nodes;
 pub use rate_limits::RateLimits;
 pub use result_backend::{ChordJoin, ResultBackend, ResultWatch, Waiters};
@@ -152,7 +155,7 @@ pub struct NodeInfo {
 /// [module docs](self) for the contract.
 ///
 /// It has no methods of its own and is implemented for every type that
-/// implements the six capability traits, so implement those; an
+/// implements the seven capability traits, so implement those; an
 /// `Arc<dyn Broker>` then offers all their methods.
 ///
 /// # Examples
@@ -167,9 +170,15 @@ pub struct NodeInfo {
 /// }
 /// # let _ = lease_secs;
 /// ```
-pub trait Broker: Transport + DeadLetters + Revocations + RateLimits + Nodes + Control {}
+pub trait Broker:
+    Transport + DeadLetters + Revocations + RateLimits + Nodes + Control + Events
+{
+}
 
-impl<T> Broker for T where T: Transport + DeadLetters + Revocations + RateLimits + Nodes + Control {}
+impl<T> Broker for T where
+    T: Transport + DeadLetters + Revocations + RateLimits + Nodes + Control + Events
+{
+}
 
 /// Brings every broker and result-backend trait into scope, for calling
 /// their methods on concrete types (`Arc<MemoryBroker>`, ...).
@@ -187,6 +196,7 @@ impl<T> Broker for T where T: Transport + DeadLetters + Revocations + RateLimits
 /// ```
 pub mod prelude {
     pub use super::{
-        Broker, Control, DeadLetters, Nodes, RateLimits, ResultBackend, Revocations, Transport,
+        Broker, Control, DeadLetters, Events, Nodes, RateLimits, ResultBackend, Revocations,
+        Transport,
     };
 }

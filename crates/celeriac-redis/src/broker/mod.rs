@@ -9,12 +9,15 @@
 //!   buckets, the node registry;
 //! - `remote.rs`: remote control ([`Control`](celeriac_core::Control)) on
 //!   Celery's pidbox wire, and purge.
+//! - `events.rs`: Celery's events ([`Events`](celeriac_core::Events)) on
+//!   kombu's `celeryev` fanout.
 //!
 //! The Lua scripts are in `../lua/`, one file per operation.
 
 mod claim;
 mod control;
 mod dead_letters;
+mod events;
 mod remote;
 
 use std::collections::HashMap;

@@ -216,6 +216,11 @@ pub(crate) async fn start(worker: Worker) -> tokio::task::JoinHandle<()> {
     let node = inner.config.nodename.clone();
     let first = match tokio::time::timeout(LISTEN_WAIT, inner.broker.listen(&node)).await {
         Ok(Ok(inbox)) => Some(inbox),
+        Ok(Err(e @ celeriac_core::BrokerError::Unsupported(_))) => {
+            // Not a fault that passes: this broker has no remote control.
+            tracing::info!(error = %e, "running without remote control");
+            return tokio::spawn(async {});
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "remote control unavailable for now; retrying");
             None

@@ -1,0 +1,103 @@
+//! A private RabbitMQ node for the tests, never the machine's own on 5672.
+//!
+//! `scripts/test.sh` starts one node for the whole run
+//! (`scripts/rabbitmq-private.sh`) and exports `CELERIAC_TEST_AMQP_URL` and
+//! `CELERIAC_TEST_AMQP_DIR`. Without them (a single `cargo test`), the
+//! first test in a process starts a node itself, stopped when that process
+//! exits. Each test gets a vhost of its own ([`vhost_url`]), so tests
+//! share no queues.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Whether RabbitMQ can be run here. Under `scripts/test.sh`
+/// (`CELERIAC_REQUIRE_INTEROP=1`) its absence is a failure, not a skip.
+pub fn available() -> bool {
+    let ok = std::env::var_os("CELERIAC_TEST_AMQP_URL").is_some()
+        || std::path::Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists();
+    if !ok {
+        assert!(
+            std::env::var("CELERIAC_REQUIRE_INTEROP").as_deref() != Ok("1"),
+            "rabbitmq-server is required under scripts/test.sh"
+        );
+        eprintln!("skipped: rabbitmq-server is not installed");
+    }
+    ok
+}
+
+/// The node's URL (no vhost) and its directory.
+fn node() -> &'static (String, PathBuf) {
+    static NODE: OnceLock<(String, PathBuf)> = OnceLock::new();
+    NODE.get_or_init(|| {
+        if let (Ok(url), Ok(dir)) = (
+            std::env::var("CELERIAC_TEST_AMQP_URL"),
+            std::env::var("CELERIAC_TEST_AMQP_DIR"),
+        ) {
+            return (url, PathBuf::from(dir));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("celeriac-rabbit-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rabbitmq-private.sh");
+        let started = std::time::Instant::now();
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .arg(std::process::id().to_string())
+            .output()
+            .expect("run scripts/rabbitmq-private.sh");
+        assert!(
+            out.status.success(),
+            "private RabbitMQ did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        eprintln!(
+            "private RabbitMQ at {url} started in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        (url, dir)
+    })
+}
+
+/// The URL of a vhost no other test uses (one of the node's `t0`..`t99`,
+/// claimed with a lock file in the node's directory).
+pub fn vhost_url() -> String {
+    let (url, dir) = node();
+    let locks = dir.join("vhosts");
+    std::fs::create_dir_all(&locks).expect("vhost lock dir");
+    for i in 0..100 {
+        let lock = locks.join(format!("t{i}"));
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+            .is_ok()
+        {
+            return format!("{url}/t{i}");
+        }
+    }
+    panic!("all 100 test vhosts of the private RabbitMQ are taken");
+}
+
+/// Runs `rabbitmqctl` against the private node (e.g. `close_all_connections`).
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let (_, dir) = node();
+    let name = std::fs::read_to_string(dir.join("node")).expect("node name");
+    let out = Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+        .env("HOME", dir.join("home"))
+        .args(["-q", "-n", name.trim()])
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -139,7 +139,8 @@ done
 # Celery prefork, in the same run.
 flush
 run_step W6-celeriac "$py" "$peers/canvas_bench.py" --redis "$url" --system celeriac \
-    --celeriac-bin "$celeriac_bin" --n "$canvas_n" --worker-pidfile "$tmp/worker.pid"
+    --celeriac-bin "$celeriac_bin" --rust-client "$bench_bin" --n "$canvas_n" \
+    --worker-pidfile "$tmp/worker.pid"
 flush
 run_step W6-celery-prefork "$py" "$peers/canvas_bench.py" --redis "$url" --system celery-prefork \
     --n "$canvas_n" --worker-pidfile "$tmp/celery-worker.pid"

@@ -54,6 +54,8 @@ def parse_args():
     p.add_argument("--canvases", default="group,chord", help="group,chord")
     p.add_argument("--timeout", type=float, default=600.0, help="per measurement, s")
     p.add_argument("--worker-pidfile", help="write the worker's PID here")
+    p.add_argument("--rust-client", help="celeriac-bench: also send the canvases with "
+                   "celeriac's own client (`celeriac-bench canvas-client`), live")
     return p.parse_args()
 
 
@@ -64,8 +66,10 @@ class Worker:
         self.logfile = tempfile.NamedTemporaryFile(
             prefix="canvas-bench-worker-", suffix=".log", delete=False)
         if args.system == "celeriac":
-            cmd = [args.celeriac_bin, "worker", "--broker", args.redis, "-c",
-                   str(args.concurrency), "-Q", queue, "-n", f"{queue}@bench"]
+            # Warnings only, as the Celery worker below (-l WARNING): no
+            # log line per task on either side.
+            cmd = [args.celeriac_bin, "--loglevel", "warn", "worker", "--broker", args.redis,
+                   "-c", str(args.concurrency), "-Q", queue, "-n", f"{queue}@bench"]
         else:
             cmd = [sys.executable, "-m", "celery", "-A", "celery_peer_tasks", "worker",
                    "-P", "prefork", "-c", str(args.concurrency),
@@ -199,6 +203,7 @@ def measure(args, app, rds, worker, queue, kind, mode):
     staging = f"{queue}.staging"
     header_queue = staging if mode == "drain" else queue
     canvas = build(app, kind, n, header_queue, queue)
+    cpu_live = (cpu_seconds(worker.proc.pid), redis_cpu(rds), client_cpu())
     t_send = time.perf_counter()
     res = canvas.apply_async()
     t_sent = time.perf_counter()
@@ -216,7 +221,7 @@ def measure(args, app, rds, worker, queue, kind, mode):
         rds.rename(staging, queue)
     else:
         t0 = t_send
-        cpu0 = (cpu_seconds(worker.proc.pid), redis_cpu(rds), client_cpu())
+        cpu0 = cpu_live
 
     def check_add(i, m):
         if m.get("status") != "SUCCESS" or m.get("result") != 2 * i:
@@ -245,6 +250,18 @@ def measure(args, app, rds, worker, queue, kind, mode):
          unit="tasks/s", n=n, seconds=round(secs, 4), client_publish_rate=round(send_rate, 1),
          concurrency=args.concurrency, worker_cpu_s=used[0], redis_cpu_s=used[1],
          client_cpu_s=used[2])
+
+
+def rust_client(args, queue, kind):
+    """The same canvas sent by celeriac's client (the Rust canvas API) to
+    the same worker; its JSON line goes to stdout as is."""
+    cmd = [args.rust_client, "canvas-client", "--redis", args.redis, "--queue", queue,
+           "--n", str(args.n), "--kind", kind, "--system", f"{args.system}+rust-client"]
+    log("running: " + " ".join(cmd))
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, timeout=args.timeout, check=True)
+    for line in out.stdout.decode().splitlines():
+        if line.startswith("{"):
+            print(line, flush=True)
 
 
 def warm_up(app, rds, worker, queue, timeout=60.0):
@@ -285,6 +302,8 @@ def main():
         for kind in args.canvases.split(","):
             for mode in args.modes.split(","):
                 measure(args, app, rds, worker, queue, kind, mode)
+            if args.rust_client:
+                rust_client(args, queue, kind)
     except KeyboardInterrupt as e:
         log(f"interrupted ({e})")
         return 130

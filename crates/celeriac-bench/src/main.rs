@@ -3,6 +3,7 @@
 //! ```text
 //! celeriac-bench run [--quick] [--redis URL] [--only W1,W2,W3,W4] [--pools threads,processes] ...
 //! celeriac-bench report FILE.jsonl... [--markdown OUT.md]
+//! celeriac-bench canvas-client --redis URL --queue Q --n N --kind group|chord
 //! ```
 //!
 //! `run` prints one JSON line per measurement on stdout, with the keys of
@@ -18,10 +19,15 @@
 //! - **W4** per-task overhead of no-op tasks on the thread pool, the job
 //!   server and the process pool.
 //!
+//! `canvas-client` is W6's celeriac client: a group or chord of n adds
+//! sent through the Rust canvas API to the workers of a queue (see
+//! `bench/peers/canvas_bench.py`, which runs the Python client's W6).
+//!
 //! `report` merges JSON lines (ours, the peers', `redis_ceiling.sh`'s) into
 //! a Markdown table with celeriac beside the peers. `bench/run.sh` runs the
 //! whole suite against one private `redis-server`.
 
+mod canvas_client;
 mod emit;
 mod local;
 mod procfs;
@@ -55,6 +61,25 @@ enum Cmd {
         /// Also write the table to this file.
         #[arg(long)]
         markdown: Option<PathBuf>,
+    },
+    /// W6 with celeriac's client: one group or chord of n adds to the
+    /// workers of a queue; one JSON line on stdout.
+    CanvasClient {
+        /// Broker and result backend URL.
+        #[arg(long)]
+        redis: String,
+        /// The queue the workers consume.
+        #[arg(long)]
+        queue: String,
+        /// Canvas size.
+        #[arg(long, default_value_t = 10_000)]
+        n: i64,
+        /// `group` or `chord`.
+        #[arg(long)]
+        kind: String,
+        /// The system label of the JSON line.
+        #[arg(long, default_value = "celeriac+rust-client")]
+        system: String,
     },
 }
 
@@ -121,6 +146,19 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Cmd::Run(args) => run(*args),
         Cmd::Report { files, markdown } => report::run(&files, markdown.as_deref()),
+        Cmd::CanvasClient {
+            redis,
+            queue,
+            n,
+            kind,
+            system,
+        } => canvas_client::run(&canvas_client::CanvasConfig {
+            url: redis,
+            queue,
+            n,
+            kind,
+            system,
+        }),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

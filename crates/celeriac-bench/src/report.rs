@@ -464,7 +464,10 @@ fn w6(rows: &Rows, out: &mut String) {
          there to the last result (group: every member's; chord: the \
          callback's), so it measures the workers. *live*: the worker \
          consumes while the client publishes, clock from the first send; \
-         the Python client's publish rate (last column) bounds it.\n"
+         the Python client's publish rate (last column) bounds it. \
+         `celeriac+rust-client` sends the same canvases live with celeriac's \
+         own client (the Rust canvas API, `Server::apply`), to the same \
+         celeriac worker.\n"
     );
     let celery = |m: &str| rows.value("W6", "celery-prefork", m, &[]);
     let body: Vec<Vec<String>> = systems
@@ -473,7 +476,11 @@ fn w6(rows: &Rows, out: &mut String) {
             let v = |m: &str| rows.value("W6", s, m, &[]);
             let mut row = vec![
                 format!("`{s}`"),
-                int(rows.find("W6", s, "group_drain", &[]), "n"),
+                int(
+                    rows.find("W6", s, "group_drain", &[])
+                        .or_else(|| rows.find("W6", s, "group_live", &[])),
+                    "n",
+                ),
             ];
             for m in ["group_drain", "group_live", "chord_drain", "chord_live"] {
                 row.push(cell(v(m)));

@@ -31,8 +31,6 @@
 //!                 "priority": 0, "body_encoding": "base64", "delivery_tag": "<uuid4>"}}
 //! ```
 
-use std::io;
-
 use base64::Engine as _;
 use celeriac_core::broker::{ControlReply, ControlRequest, REPLY_EXCHANGE, ReplyTo};
 use serde::Serialize;
@@ -254,39 +252,11 @@ struct DeliveryInfo<'a> {
     routing_key: &'a str,
 }
 
-/// JSON with the separators of Python's `json.dumps` (`", "` and `": "`).
+/// JSON with the separators of Python's `json.dumps` (`", "` and `": "`),
+/// as kombu writes envelopes ([`celeriac_core::events::python_json`]).
 fn python_json<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonSeparators);
     // Plain structs of strings, numbers and bools always serialize.
-    value
-        .serialize(&mut ser)
-        .expect("a control message serializes");
-    out
-}
-
-struct PythonSeparators;
-
-impl serde_json::ser::Formatter for PythonSeparators {
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first { Ok(()) } else { w.write_all(b", ") }
-    }
-
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first { Ok(()) } else { w.write_all(b", ") }
-    }
-
-    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        w.write_all(b": ")
-    }
+    celeriac_core::events::python_json(value).expect("a control message serializes")
 }
 
 #[cfg(test)]

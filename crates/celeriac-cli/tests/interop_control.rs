@@ -295,16 +295,23 @@ fn celeriac_inspects_and_controls_a_python_worker() {
         celeriac_json(&url, &["control", "pool_grow", "1"]),
         json!({PY_NODE: {"ok": "pool will grow"}})
     );
-    // Prefork grows its processes (its `max-concurrency` stays as it was).
-    let stats = celeriac_json(&url, &["inspect", "stats"]);
-    assert_eq!(
-        stats[PY_NODE]["pool"]["processes"]
+    // Prefork grows its processes (its `max-concurrency` stays as it was),
+    // in the background: ask until the new child shows, for up to 20 s.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = celeriac_json(&url, &["inspect", "stats"]);
+        let processes = stats[PY_NODE]["pool"]["processes"]
             .as_array()
-            .unwrap()
-            .len(),
-        2,
-        "{stats}"
-    );
+            .map_or(0, Vec::len);
+        if processes == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool did not grow to 2 processes: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     assert_eq!(
         celeriac_json(&url, &["control", "add_consumer", "extra"]),
         json!({PY_NODE: {"ok": "add consumer extra"}})

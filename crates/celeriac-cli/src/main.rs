@@ -153,6 +153,9 @@ enum Command {
     /// a live view of workers, tasks by state, tasks per second and recent
     /// tasks, or `--dump` to print each event, as `celery events`.
     Events(events::EventsArgs),
+    /// Serve a live web dashboard of the workers (celeriac and Python
+    /// Celery), their queues, tasks and dead letters, with actions.
+    Dashboard(celeriac_dashboard::DashboardArgs),
     /// List the tasks this binary can run.
     Tasks {
         /// Include the diagnostic tasks.
@@ -366,6 +369,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => inspect::status(&cli.conn, args),
         Command::Purge(args) => purge::purge(&cli.conn, args),
         Command::Events(args) => events::run(&cli.conn, args),
+        Command::Dashboard(args) => runtime()?
+            .block_on(celeriac_dashboard::run(
+                args,
+                &cli.conn.broker_url(),
+                Some(&cli.conn.backend_url()),
+            ))
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
         Command::Revoke {
             ids,
             ttl,

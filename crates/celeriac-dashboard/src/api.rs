@@ -202,8 +202,12 @@ pub(crate) async fn task(State(hub): State<Arc<Hub>>, Path(id): Path<String>) ->
     }
 }
 
-/// `GET /api/queues`: each queue a worker consumes (and each queue with
-/// dead letters), with its depth and its consumers.
+/// Queue names remembered at most (the first seen stay).
+const MAX_QUEUES: usize = 1000;
+
+/// `GET /api/queues`: each queue seen consumed by a worker or holding
+/// dead letters (since the dashboard started), with its depth (waiting
+/// and delayed messages) and its consumers now.
 pub(crate) async fn queues(State(hub): State<Arc<Hub>>) -> Reply {
     let mut consumers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (node, n) in hub
@@ -217,13 +221,28 @@ pub(crate) async fn queues(State(hub): State<Arc<Hub>>) -> Reply {
             consumers.entry(q.clone()).or_default().push(node.clone());
         }
     }
-    consumers.entry("celery".into()).or_default();
-    for d in hub.broker.dead_letters(1000).await.map_err(broker_failed)? {
-        consumers.entry(d.queue).or_default();
-    }
-    let mut out = Vec::with_capacity(consumers.len());
-    for (name, nodes) in consumers {
+    let dead = hub.broker.dead_letters(1000).await.map_err(broker_failed)?;
+    let names: Vec<String> = {
+        let mut seen = hub
+            .collected
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for q in consumers
+            .keys()
+            .cloned()
+            .chain(dead.into_iter().map(|d| d.queue))
+        {
+            if seen.len() < MAX_QUEUES {
+                seen.insert(q);
+            }
+        }
+        seen.iter().cloned().collect()
+    };
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
         let depth = hub.broker.queue_len(&name).await.map_err(broker_failed)?;
+        let nodes = consumers.remove(&name).unwrap_or_default();
         out.push(json!({"name": name, "depth": depth, "consumers": nodes}));
     }
     Ok(Json(json!(out)))

@@ -31,7 +31,8 @@ const POLL_EVERY: Duration = Duration::from_secs(3);
 /// How long a poll waits for the next reply.
 const POLL_WAIT: Duration = Duration::from_millis(800);
 
-/// How often `enable_events` is broadcast (Flower's habit).
+/// How often `enable_events` is broadcast to every worker (Flower's
+/// habit); a worker seen for the first time is asked at the next poll.
 const ENABLE_EVERY: Duration = Duration::from_secs(30);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -86,7 +87,12 @@ pub(crate) struct Collected {
     pub(crate) monitor: Mutex<Monitor>,
     pub(crate) nodes: Mutex<BTreeMap<String, NodeInfo>>,
     pub(crate) series: Mutex<VecDeque<Sample>>,
+    /// Every queue seen consumed or holding dead letters, so that a queue
+    /// stays listed when its consumers go away.
+    pub(crate) queues: Mutex<std::collections::BTreeSet<String>>,
     tick: Mutex<Tick>,
+    /// Wakes the poller early when a worker is seen for the first time.
+    new_worker: tokio::sync::Notify,
 }
 
 impl Collected {
@@ -95,7 +101,9 @@ impl Collected {
             monitor: Mutex::new(monitor),
             nodes: Mutex::new(BTreeMap::new()),
             series: Mutex::new(VecDeque::with_capacity(SAMPLES)),
+            queues: Mutex::new(std::collections::BTreeSet::from(["celery".to_string()])),
             tick: Mutex::new(Tick::default()),
+            new_worker: tokio::sync::Notify::new(),
         }
     }
 
@@ -103,6 +111,7 @@ impl Collected {
     fn take(&self, evs: &[celeriac::events::Event], now: f64) {
         let mut tick = lock(&self.tick);
         let mut m = lock(&self.monitor);
+        let workers = m.workers().count();
         for ev in evs {
             m.apply(ev, now);
             match ev.get("type").and_then(Value::as_str) {
@@ -113,6 +122,9 @@ impl Collected {
             if let Some(r) = ev.get("runtime").and_then(Value::as_f64) {
                 tick.runtimes.push_back((now, r));
             }
+        }
+        if m.workers().count() > workers {
+            self.new_worker.notify_one();
         }
     }
 
@@ -274,14 +286,23 @@ async fn ticks(hub: Arc<Hub>) {
 
 async fn poll(hub: Arc<Hub>) {
     let mut last_enable: Option<tokio::time::Instant> = None;
+    let mut known: std::collections::BTreeSet<String> = Default::default();
     loop {
-        if hub.enable_events && last_enable.is_none_or(|t| t.elapsed() >= ENABLE_EVERY) {
-            last_enable = Some(tokio::time::Instant::now());
-            if let Err(e) = hub
-                .broker
-                .broadcast(&ControlRequest::new("enable_events"))
-                .await
-            {
+        let seen: Vec<String> = lock(&hub.collected.monitor)
+            .workers()
+            .filter(|w| !known.contains(&w.hostname))
+            .map(|w| w.hostname.clone())
+            .collect();
+        known.extend(seen.iter().cloned());
+        let every = last_enable.is_none_or(|t| t.elapsed() >= ENABLE_EVERY);
+        if hub.enable_events && (every || !seen.is_empty()) {
+            let mut req = ControlRequest::new("enable_events");
+            if every {
+                last_enable = Some(tokio::time::Instant::now());
+            } else {
+                req = req.to_nodes(seen);
+            }
+            if let Err(e) = hub.broker.broadcast(&req).await {
                 tracing::warn!(error = %e, "dashboard: enable_events");
             }
         }
@@ -327,7 +348,8 @@ async fn poll(hub: Arc<Hub>) {
                 Err(e) => tracing::warn!(error = %e, "dashboard: active_queues"),
             }
         }
-        tokio::time::sleep(POLL_EVERY).await;
+        // A new worker's pool and queues are asked at once.
+        let _ = tokio::time::timeout(POLL_EVERY, hub.collected.new_worker.notified()).await;
     }
 }
 

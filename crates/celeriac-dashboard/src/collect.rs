@@ -32,7 +32,7 @@ const POLL_EVERY: Duration = Duration::from_secs(3);
 const POLL_WAIT: Duration = Duration::from_millis(800);
 
 /// How often `enable_events` is broadcast to every worker (Flower's
-/// habit); a worker seen for the first time is asked at the next poll.
+/// habit); a worker is also asked when it first answers a poll.
 const ENABLE_EVERY: Duration = Duration::from_secs(30);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -286,70 +286,79 @@ async fn ticks(hub: Arc<Hub>) {
 
 async fn poll(hub: Arc<Hub>) {
     let mut last_enable: Option<tokio::time::Instant> = None;
-    let mut known: std::collections::BTreeSet<String> = Default::default();
     loop {
-        let seen: Vec<String> = lock(&hub.collected.monitor)
-            .workers()
-            .filter(|w| !known.contains(&w.hostname))
-            .map(|w| w.hostname.clone())
-            .collect();
-        known.extend(seen.iter().cloned());
-        let every = last_enable.is_none_or(|t| t.elapsed() >= ENABLE_EVERY);
-        if hub.enable_events && (every || !seen.is_empty()) {
-            let mut req = ControlRequest::new("enable_events");
-            if every {
-                last_enable = Some(tokio::time::Instant::now());
-            } else {
-                req = req.to_nodes(seen);
-            }
-            if let Err(e) = hub.broker.broadcast(&req).await {
-                tracing::warn!(error = %e, "dashboard: enable_events");
-            }
-        }
         let (stats, queues) = tokio::join!(
             hub.broker
                 .call(ControlRequest::new("stats"), POLL_WAIT, None),
             hub.broker
                 .call(ControlRequest::new("active_queues"), POLL_WAIT, None),
         );
-        let now = unix_now();
-        {
-            let mut nodes = lock(&hub.collected.nodes);
-            match stats {
-                Ok(replies) => {
-                    for (node, reply) in replies.into_iter().flatten() {
-                        let n = nodes.entry(node).or_default();
-                        n.replied = now;
-                        let pool = &reply["pool"];
-                        n.pool = pool["implementation"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string();
-                        n.concurrency = pool["max-concurrency"].as_u64();
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "dashboard: stats"),
+        let stats = stats.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "dashboard: stats");
+            Vec::new()
+        });
+        let queues = queues.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "dashboard: active_queues");
+            Vec::new()
+        });
+        // A worker that answers for the first time has its control
+        // mailbox up: ask it for task events now, before it is shown.
+        let new: Vec<String> = {
+            let nodes = lock(&hub.collected.nodes);
+            stats
+                .iter()
+                .flat_map(|r| r.keys())
+                .filter(|n| !nodes.contains_key(*n))
+                .cloned()
+                .collect()
+        };
+        let every = last_enable.is_none_or(|t| t.elapsed() >= ENABLE_EVERY);
+        if hub.enable_events && (every || !new.is_empty()) {
+            let mut req = ControlRequest::new("enable_events");
+            if every {
+                last_enable = Some(tokio::time::Instant::now());
+            } else {
+                req = req.to_nodes(new);
             }
-            match queues {
-                Ok(replies) => {
-                    for (node, reply) in replies.into_iter().flatten() {
-                        let n = nodes.entry(node).or_default();
-                        n.replied = now;
-                        n.queues = reply
-                            .as_array()
-                            .map(|qs| {
-                                qs.iter()
-                                    .filter_map(|q| q["name"].as_str().map(str::to_string))
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "dashboard: active_queues"),
+            if let Err(e) = hub.broker.broadcast(&req).await {
+                tracing::warn!(error = %e, "dashboard: enable_events");
             }
         }
+        record(&hub, stats, queues);
         // A new worker's pool and queues are asked at once.
         let _ = tokio::time::timeout(POLL_EVERY, hub.collected.new_worker.notified()).await;
+    }
+}
+
+/// Keeps each worker's pool and queues from its replies.
+fn record(
+    hub: &Hub,
+    stats: Vec<serde_json::Map<String, Value>>,
+    queues: Vec<serde_json::Map<String, Value>>,
+) {
+    let now = unix_now();
+    let mut nodes = lock(&hub.collected.nodes);
+    for (node, reply) in stats.into_iter().flatten() {
+        let n = nodes.entry(node).or_default();
+        n.replied = now;
+        let pool = &reply["pool"];
+        n.pool = pool["implementation"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        n.concurrency = pool["max-concurrency"].as_u64();
+    }
+    for (node, reply) in queues.into_iter().flatten() {
+        let n = nodes.entry(node).or_default();
+        n.replied = now;
+        n.queues = reply
+            .as_array()
+            .map(|qs| {
+                qs.iter()
+                    .filter_map(|q| q["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
     }
 }
 

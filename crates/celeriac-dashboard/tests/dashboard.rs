@@ -340,6 +340,15 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
     .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(broker.revoked(&later).await.unwrap(), later);
+    assert!(broker.terminations(&later).await.unwrap().is_empty());
+    let (code, body) = post_json(
+        &served,
+        &format!("/api/tasks/{}/revoke", ids[0]),
+        json!({"terminate": true, "signal": "KILL"}),
+    )
+    .await;
+    assert_eq!((code, &body["terminate"]), (200, &json!(true)), "{body}");
+    assert_eq!(broker.terminations(&ids[..1]).await.unwrap(), ids[..1]);
 
     // Dead letters: listed, and requeued onto their queue.
     let parked = dead_letter(&broker, "parked").await;

@@ -44,6 +44,15 @@ pub enum ServerError {
     /// The async runtime could not be started.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// A node did not resize: it did not answer, or refused (see
+    /// [`Server::set_node_workers`]).
+    #[error("node {node}: {reason}")]
+    Node {
+        /// The node's name.
+        node: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 type CallbackJob = Box<dyn FnOnce() + Send>;
@@ -164,7 +173,7 @@ impl ServerCore {
 
     /// Runs a future on the server's runtime and blocks for its output;
     /// works from any thread, including inside another runtime.
-    fn block<F>(&self, fut: F) -> F::Output
+    pub(crate) fn block<F>(&self, fut: F) -> F::Output
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,

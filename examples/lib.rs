@@ -13,3 +13,8 @@
 //! - `fibonacci`: the book's Fibonacci job on the same five layers.
 
 pub mod book;
+
+/// The concepts guide, `docs/concepts.md`: its snippets are this crate's
+/// doctests.
+#[doc = include_str!("../docs/concepts.md")]
+pub mod concepts {}

@@ -15,8 +15,8 @@ pub const EXIT_WITH_PARENT: &str = "--exit-with-parent";
 
 /// Runs a worker on `broker` with `concurrency` thread slots and every
 /// task linked into this binary, until Ctrl-C (or, with
-/// `exit_with_parent`, until stdin closes). The worker announces itself
-/// on stderr with its node name.
+/// `exit_with_parent`, until stdin closes). It claims one message per
+/// free slot, and announces itself on stderr with its node name.
 pub fn run_worker(broker: &str, concurrency: usize, exit_with_parent: bool) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -32,6 +32,8 @@ pub fn run_worker(broker: &str, concurrency: usize, exit_with_parent: bool) -> a
         );
         let worker = Worker::builder(b, backend, Arc::new(Registry::linked(false)?))
             .concurrency(concurrency.max(1))
+            // One message per free slot: idle workers get the waiting jobs.
+            .prefetch_multiplier(1)
             .nodename(nodename)
             .build()?;
         eprintln!("worker {} ready on {broker}", worker.nodename());
@@ -95,7 +97,14 @@ impl Drop for WorkerProcesses {
             // Closing stdin asks for a warm shutdown.
             drop(c.stdin.take());
         }
+        // A worker still running after 10 s (a task that will not end) is
+        // killed: its unacknowledged messages go back to the queue.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         for c in &mut self.children {
+            while matches!(c.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = c.kill();
             let _ = c.wait();
         }
     }

@@ -19,6 +19,7 @@ use celeriac_examples::book::Layer;
 use celeriac_examples::book::crawl::{CrawlOptions, Summary, crawl};
 use celeriac_examples::book::fib::{FibOptions, fib_iter, run};
 use celeriac_examples::book::workers::{EXIT_WITH_PARENT, WorkerProcesses, run_worker};
+use celeriac_testkit::redis_server::RedisServer;
 
 /// A small site on 127.0.0.1 that counts the requests of each path.
 struct Site {
@@ -310,6 +311,36 @@ fn fib_on(layer: Layer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// pp's cluster with the book's job: the server layer on Redis with no
+/// local worker, every job on remote worker processes (ppservers).
+fn fib_server_on_redis_nodes() -> anyhow::Result<()> {
+    if !RedisServer::available() {
+        return Ok(());
+    }
+    let redis = RedisServer::start();
+    let url = redis.url("");
+    let nodes = WorkerProcesses::spawn(&url, 2, 1)?;
+    let opts = FibOptions {
+        broker: Some(url),
+        workers: 0,
+        inputs: vec![20, 21, 22, 23, 24, 25],
+        ..FibOptions::new(Layer::Server)
+    };
+    let r = run(&opts)?;
+    let expected: Vec<(u64, u64)> = opts.inputs.iter().map(|&n| (n, fib_iter(n))).collect();
+    ensure!(r.results == expected, "{:?}", r.results);
+    let names: Vec<String> = nodes.pids().iter().map(|p| format!("book-{p}@")).collect();
+    ensure!(
+        r.nodes
+            .keys()
+            .all(|n| names.iter().any(|p| n.starts_with(p.as_str()))),
+        "every job ran on a remote node: {:?}",
+        r.nodes
+    );
+    r.print_stats();
+    Ok(())
+}
+
 type Check = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
 
 fn main() {
@@ -341,6 +372,10 @@ fn main() {
         Box::new(shared_crawl),
     ));
     checks.push(("crawl_max_pages".into(), Box::new(crawl_max_pages)));
+    checks.push((
+        "fib_server_on_redis_nodes".into(),
+        Box::new(fib_server_on_redis_nodes),
+    ));
     checks.retain(|(name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())));
 
     let started = Instant::now();

@@ -22,9 +22,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
 /// message per slot (so that idle nodes get the waiting jobs).
 fn node(url: &str, dir: &Path, name: &str, slots: usize, secret: Option<&str>) -> LoggedChild {
     let mut cmd = Command::new(BIN);
-    cmd.args(["worker", "--broker", url, "-n", name, "--prefetch-multiplier", "1"])
-        .args(["-c", &slots.to_string()])
-        .env_remove("CELERIAC_SECRET");
+    cmd.args([
+        "worker",
+        "--broker",
+        url,
+        "-n",
+        name,
+        "--prefetch-multiplier",
+        "1",
+    ])
+    .args(["-c", &slots.to_string()])
+    .env_remove("CELERIAC_SECRET");
     if let Some(s) = secret {
         cmd.env("CELERIAC_SECRET", s);
     }
@@ -125,7 +133,11 @@ fn nodes_join_take_work_resize_and_a_kill_9_loses_no_job() {
     node_b.child.wait().unwrap();
     wait_all(&batch);
     let total = jobs_of(&server, a) + jobs_of(&server, b);
-    assert_eq!(total, 12 + 24 + 16, "every job of every batch finished once");
+    assert_eq!(
+        total,
+        12 + 24 + 16,
+        "every job of every batch finished once"
+    );
 
     // print_stats: one line per node with its job count.
     server.print_stats();
@@ -149,7 +161,15 @@ fn lock_down(redis: &RedisServer, user: &str, password: &str) {
         .get_connection()
         .unwrap();
     redis::cmd("ACL")
-        .arg(&["SETUSER", user, "on", &format!(">{password}"), "~*", "&*", "+@all"])
+        .arg(&[
+            "SETUSER",
+            user,
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "&*",
+            "+@all",
+        ])
         .exec(&mut conn)
         .unwrap();
     redis::cmd("ACL")
@@ -200,7 +220,10 @@ fn nodes_authenticate_with_an_acl_user_over_tls_and_run_only_signed_jobs() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "a worker logged in with {bad}: {err}");
+        assert!(
+            !out.status.success(),
+            "a worker logged in with {bad}: {err}"
+        );
         let refused = rt
             .block_on(RedisBroker::open(&bad).unwrap().queue_len("celery"))
             .unwrap_err()
@@ -209,7 +232,11 @@ fn nodes_authenticate_with_an_acl_user_over_tls_and_run_only_signed_jobs() {
     }
     // Plain TCP to the TLS port is no way in either.
     let plain = Command::new(BIN)
-        .args(["worker", "--broker", &url.replace("rediss://", "redis://").replace(&query, "")])
+        .args([
+            "worker",
+            "--broker",
+            &url.replace("rediss://", "redis://").replace(&query, ""),
+        ])
         .env_remove("CELERIAC_SECRET")
         .output()
         .unwrap();
@@ -229,10 +256,16 @@ fn nodes_authenticate_with_an_acl_user_over_tls_and_run_only_signed_jobs() {
         {
             break d.reason.clone();
         }
-        assert!(Instant::now() < deadline, "the unsigned job was not refused");
+        assert!(
+            Instant::now() < deadline,
+            "the unsigned job was not refused"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(reason.contains("signature") || reason.contains("unsigned"), "{reason}");
+    assert!(
+        reason.contains("signature") || reason.contains("unsigned"),
+        "{reason}"
+    );
     assert!(!forged.ready(), "the unsigned job never ran");
     assert_eq!(jobs_of(&server, "signed@cluster"), 1);
 }

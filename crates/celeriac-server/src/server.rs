@@ -134,8 +134,18 @@ impl ServerState {
     }
 
     fn settle(&self, state: &JobState, outcome: JobEnd) {
+        // Out of `pending` before the completion wakes anyone: stats taken
+        // right after a wait count the job finished, not active.
+        {
+            let mut pending = self.pending.lock();
+            if pending
+                .get(&state.id)
+                .is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), state))
+            {
+                pending.remove(&state.id);
+            }
+        }
         if state.complete(outcome) {
-            self.pending.lock().remove(&state.id);
             let mut groups = self.groups.lock();
             if let Some(n) = groups.get_mut(&state.group) {
                 *n -= 1;

@@ -253,10 +253,12 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// One host's request slots for async fetches.
+type HostSemaphore = Arc<tokio::sync::Semaphore>;
+
 /// The per-host semaphore for async fetches (one per host and limit).
-fn host_semaphore(host: &str, limit: usize) -> Arc<tokio::sync::Semaphore> {
-    static SEMAPHORES: OnceLock<Mutex<HashMap<(String, usize), Arc<tokio::sync::Semaphore>>>> =
-        OnceLock::new();
+fn host_semaphore(host: &str, limit: usize) -> HostSemaphore {
+    static SEMAPHORES: OnceLock<Mutex<HashMap<(String, usize), HostSemaphore>>> = OnceLock::new();
     SEMAPHORES
         .get_or_init(Default::default)
         .lock()

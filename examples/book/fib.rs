@@ -1,6 +1,6 @@
 //! The book's Fibonacci job (naive `fib(n)` over a list of inputs) on
 //! every layer. The job itself is celeriac's built-in `celeriac.fib`
-//! ([`celeriac::builtins::fib`]), the one `celeriac demo` runs and every
+//! ([`celeriac::builtins::fib()`]), the one `celeriac demo` runs and every
 //! `celeriac worker` knows, so remote workers can take it.
 
 use std::collections::BTreeMap;

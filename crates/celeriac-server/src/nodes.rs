@@ -24,7 +24,7 @@ impl Server {
     /// within 2 s, or refuses (a node with autoscale, or `n == 0`).
     ///
     /// ```
-    /// use celeriac::Server;
+    /// use celeriac_server::Server;
     /// let server = Server::builder().workers(2).build().unwrap();
     /// server.set_node_workers("local", 3).unwrap();
     /// assert_eq!(server.active_nodes()["local"], 3);

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use celeriac_examples::book::Layer;
 use celeriac_examples::book::crawl::{CrawlOptions, crawl};
-use celeriac_examples::book::workers::run_worker;
+use celeriac_examples::book::workers::WorkerArgs;
 use clap::{Parser, Subcommand};
 
 /// The book's web crawler on every celeriac layer.
@@ -34,7 +34,8 @@ struct Cli {
     /// What runs the pages: threads, processes, async, server or queue.
     #[arg(long, default_value = "threads")]
     layer: Layer,
-    /// The queue layer's broker (default: a temporary SQLite file).
+    /// The queue layer's broker (default: a temporary SQLite file), or the
+    /// server layer's (default: in process).
     #[arg(long)]
     broker: Option<String>,
     /// Fetch at most this many URLs.
@@ -67,29 +68,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run pages of crawls on a broker until Ctrl-C.
-    Worker {
-        /// The broker of the crawl to join.
-        #[arg(long)]
-        broker: String,
-        /// Pages at once.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// Exit when stdin closes (for workers the crawler starts).
-        #[arg(long, hide = true)]
-        exit_with_parent: bool,
-    },
+    Worker(WorkerArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     celeriac::init();
     let cli = Cli::parse();
-    if let Some(Command::Worker {
-        broker,
-        concurrency,
-        exit_with_parent,
-    }) = cli.command
-    {
-        run_worker(&broker, concurrency, exit_with_parent)?;
+    if let Some(Command::Worker(worker)) = cli.command {
+        worker.run()?;
         return Ok(ExitCode::SUCCESS);
     }
     let Some(url) = cli.url else {

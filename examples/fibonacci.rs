@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use celeriac_examples::book::Layer;
 use celeriac_examples::book::fib::{FibOptions, run};
-use celeriac_examples::book::workers::run_worker;
+use celeriac_examples::book::workers::WorkerArgs;
 use clap::{Parser, Subcommand};
 
 /// The book's Fibonacci job on every celeriac layer.
@@ -43,30 +43,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the queue layer's jobs on a broker until Ctrl-C.
-    Worker {
-        /// The broker.
-        #[arg(long)]
-        broker: String,
-        /// Jobs at once.
-        #[arg(long, default_value_t = 2)]
-        concurrency: usize,
-        /// Exit when stdin closes (for workers the example starts).
-        #[arg(long, hide = true)]
-        exit_with_parent: bool,
-    },
+    /// Run the jobs of the queue or server layer on a broker until Ctrl-C.
+    Worker(WorkerArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     celeriac::init();
     let cli = Cli::parse();
-    if let Some(Command::Worker {
-        broker,
-        concurrency,
-        exit_with_parent,
-    }) = cli.command
-    {
-        run_worker(&broker, concurrency, exit_with_parent)?;
+    if let Some(Command::Worker(worker)) = cli.command {
+        worker.run()?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut opts = FibOptions::new(cli.layer);

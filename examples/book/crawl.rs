@@ -8,16 +8,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use celeriac::{
-    Args, AsyncExecutor, Executor, ProcessJob, ProcessPool, Registry, Server, TaskContext,
-    ThreadPool, task,
-};
+use celeriac::{ProcessJob, ProcessPool, Server, ThreadPool, task};
 use serde_json::json;
 use url::Url;
 
-use super::Layer;
 use super::fetch::{Limits, Page, Report, fetch_async, fetch_blocking};
 use super::workers::WorkerProcesses;
+use super::{AsyncTask, Layer};
 
 /// Fetches one page (blocking client): the task of the threads, processes,
 /// server and queue layers.
@@ -50,7 +47,9 @@ fn limits(timeout_ms: u64, per_host: usize) -> Limits {
 pub struct CrawlOptions {
     /// What runs the pages.
     pub layer: Layer,
-    /// The queue layer's broker; `None` for a temporary SQLite file.
+    /// The queue layer's broker (`None`: a temporary SQLite file); the
+    /// server layer's, to share its pages with `crawler worker` nodes
+    /// (`None`: in process).
     pub broker: Option<String>,
     /// Fetch at most this many URLs (pages, failures and redirects).
     pub max_pages: usize,
@@ -275,25 +274,11 @@ pub fn crawl(start: &str, opts: &CrawlOptions) -> anyhow::Result<Summary> {
             summary
         }
         Layer::Async => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            let registry = Registry::linked(false)?;
-            let task = registry
-                .get("examples.crawl.fetch_async")
-                .context("examples.crawl.fetch_async is not linked")?
-                .clone();
-            let exec = AsyncExecutor::new();
+            let fetch = AsyncTask::new("examples.crawl.fetch_async")?;
             drive(frontier, n, stall, &mut |url, tx| {
-                let (task, exec, host) = (task.clone(), exec.clone(), host.clone());
-                rt.spawn(async move {
-                    let args = Args::new(
-                        vec![json!(url), json!(host), json!(ms), json!(per_host)],
-                        Default::default(),
-                    );
-                    let ctx = TaskContext::detached("examples.crawl.fetch_async");
-                    let report = match exec.execute(&task, ctx, args).await {
+                let run = fetch.call(vec![json!(url), json!(host), json!(ms), json!(per_host)]);
+                fetch.runtime().spawn(async move {
+                    let report = match run.await {
                         Some(ran) => report_of(&url, ran.result),
                         None => Report::failed(url, "the async executor is shut down"),
                     };
@@ -304,7 +289,12 @@ pub fn crawl(start: &str, opts: &CrawlOptions) -> anyhow::Result<Summary> {
         Layer::Server => {
             // pp's submit(fetch, callback=...): the callback hands each
             // report to the frontier.
-            let server = Server::builder().workers(n).build()?;
+            // On --broker, `crawler worker` nodes elsewhere share the pages.
+            let mut builder = Server::builder().workers(n);
+            if let Some(url) = &opts.broker {
+                builder = builder.broker(url);
+            }
+            let server = builder.build()?;
             let summary = drive(frontier, n, stall, &mut |url, tx| {
                 let call = fetch_page::call(url.clone(), host.clone(), ms, per_host);
                 server

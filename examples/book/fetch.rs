@@ -147,9 +147,16 @@ fn classify(
     }
 }
 
-/// Whether a response's content type is worth parsing for links.
-fn is_html(content_type: Option<&str>) -> bool {
-    content_type.is_none_or(|t| t.contains("html"))
+/// What the crawler reads of a response's head: the status, the
+/// redirect target, and whether the body is HTML worth parsing for links.
+fn head(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+) -> (u16, Option<String>, bool) {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let location = header(reqwest::header::LOCATION).map(str::to_string);
+    let html = header(reqwest::header::CONTENT_TYPE).is_none_or(|t| t.contains("html"));
+    (status.as_u16(), location, html)
 }
 
 /// An error with its causes, one line (`error sending request: ...:
@@ -299,10 +306,7 @@ fn get_blocking(url: &Url, host: &str, timeout: Duration) -> Page {
         Ok(r) => r,
         Err(e) => return failed(&e),
     };
-    let status = resp.status().as_u16();
-    let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
-    let location = header(reqwest::header::LOCATION).map(str::to_string);
-    let html = is_html(header(reqwest::header::CONTENT_TYPE));
+    let (status, location, html) = head(resp.status(), resp.headers());
     let mut body = Vec::new();
     if status == 200 && html {
         // A body cut by the timeout is a failed page, as a refused one is.
@@ -353,10 +357,7 @@ async fn get_async(url: &Url, host: &str, timeout: Duration) -> Page {
         Ok(r) => r,
         Err(e) => return failed(&e),
     };
-    let status = resp.status().as_u16();
-    let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
-    let location = header(reqwest::header::LOCATION).map(str::to_string);
-    let html = is_html(header(reqwest::header::CONTENT_TYPE));
+    let (status, location, html) = head(resp.status(), resp.headers());
     let mut body = Vec::new();
     if status == 200 && html {
         loop {

@@ -9,14 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use celeriac::builtins::fib;
-use celeriac::{
-    Args, AsyncExecutor, Executor, ProcessJob, ProcessPool, Registry, Server, TaskContext,
-    ThreadPool, task,
-};
+use celeriac::{ProcessJob, ProcessPool, Server, ThreadPool, task};
 use serde_json::json;
 
-use super::Layer;
 use super::workers::WorkerProcesses;
+use super::{AsyncTask, Layer};
 
 /// The book's inputs (ch. 6, pp's SMP example).
 pub const BOOK_INPUTS: [u64; 5] = [4, 3, 8, 6, 10];
@@ -251,28 +248,16 @@ fn on_processes(inputs: &[u64], processes: usize) -> anyhow::Result<Vec<Done>> {
 }
 
 fn on_async(inputs: &[u64], at_once: usize) -> anyhow::Result<Vec<Done>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let registry = Registry::linked(false)?;
-    let task = registry
-        .get("examples.fib_async")
-        .context("examples.fib_async is not linked")?
-        .clone();
-    let exec = AsyncExecutor::new();
+    let fib_task = AsyncTask::new("examples.fib_async")?;
     let limit = Arc::new(tokio::sync::Semaphore::new(at_once));
-    rt.block_on(async {
+    fib_task.runtime().block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for &n in inputs {
-            let (task, exec, limit) = (task.clone(), exec.clone(), limit.clone());
+            let run = fib_task.call(vec![json!(n)]);
+            let limit = limit.clone();
             set.spawn(async move {
                 let _permit = limit.acquire_owned().await.expect("never closed");
-                let ctx = TaskContext::detached("examples.fib_async");
-                let ran = exec
-                    .execute(&task, ctx, Args::new(vec![json!(n)], Default::default()))
-                    .await;
-                (n, ran)
+                (n, run.await)
             });
         }
         let mut done = Vec::with_capacity(inputs.len());

@@ -4,7 +4,13 @@
 //! `tests/book_layers.rs` runs every layer of both.
 
 use std::fmt;
+use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use celeriac::{Args, AsyncExecutor, Executor, Ran, Registry, TaskContext};
+use serde_json::Value;
 
 pub mod crawl;
 pub mod fetch;
@@ -61,5 +67,51 @@ impl FromStr for Layer {
             .ok_or_else(|| {
                 format!("unknown layer {s:?}: threads, processes, async, server or queue")
             })
+    }
+}
+
+/// A linked `async fn` task on the async executor, with a runtime of its
+/// own: what the async layers of both examples run.
+#[derive(Debug)]
+pub struct AsyncTask {
+    rt: tokio::runtime::Runtime,
+    registry: Arc<Registry>,
+    exec: AsyncExecutor,
+    name: &'static str,
+}
+
+impl AsyncTask {
+    /// The task `name`, which must be linked into this binary.
+    pub fn new(name: &'static str) -> anyhow::Result<Self> {
+        let registry = Registry::linked(false)?;
+        registry
+            .get(name)
+            .with_context(|| format!("{name} is not linked"))?;
+        Ok(AsyncTask {
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?,
+            registry: Arc::new(registry),
+            exec: AsyncExecutor::new(),
+            name,
+        })
+    }
+
+    /// The runtime to run [`AsyncTask::call`]s on.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    /// One run of the task with positional `args`, as the executor runs it
+    /// (time limits, panics caught); `None` if the executor is shut down.
+    pub fn call(&self, args: Vec<Value>) -> impl Future<Output = Option<Ran>> + Send + 'static {
+        let (registry, exec, name) = (self.registry.clone(), self.exec.clone(), self.name);
+        async move {
+            let task = registry.get(name).expect("checked by AsyncTask::new");
+            let ctx = TaskContext::detached(name);
+            exec.execute(task, ctx, Args::new(args, Default::default()))
+                .await
+        }
     }
 }

@@ -13,6 +13,28 @@ use celeriac::{Registry, Worker, default_backend_url, open_backend, open_broker}
 /// is a pipe from the parent; end of file means the parent is gone).
 pub const EXIT_WITH_PARENT: &str = "--exit-with-parent";
 
+/// `crawler worker` and `fibonacci worker`: run jobs of the queue layers
+/// (and of the server layer on a shared broker) until Ctrl-C.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// The broker to serve (the crawl's or the job server's).
+    #[arg(long)]
+    pub broker: String,
+    /// Jobs at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Exit when stdin closes (for workers an example starts itself).
+    #[arg(long, hide = true)]
+    pub exit_with_parent: bool,
+}
+
+impl WorkerArgs {
+    /// Runs the worker ([`run_worker`]).
+    pub fn run(&self) -> anyhow::Result<()> {
+        run_worker(&self.broker, self.concurrency, self.exit_with_parent)
+    }
+}
+
 /// Runs a worker on `broker` with `concurrency` thread slots and every
 /// task linked into this binary, until Ctrl-C (or, with
 /// `exit_with_parent`, until stdin closes). It claims one message per

@@ -8,3 +8,4 @@
 //! - `task_semantics`: retries, idempotency keys, revoke, expiry, rate limits.
 //! - `process_pool`: crash isolation, time limits, batching, a server on processes.
 //! - `async_tasks`: `#[task] async fn` on the async pool.
+//! - `beat`: periodic tasks with leader election (two beats, one leader).

@@ -10,7 +10,7 @@
 //! - **The lease carries a fencing token**, and the publish is checked
 //!   against it in the same atomic step as it happens (a Lua script on
 //!   Redis, a transaction on SQLite), so a beat that lost the lease cannot
-//!   publish. See [`BeatStore`](celeriac_core::broker::BeatStore).
+//!   publish. See [`BeatStore`].
 //! - **Durable last runs.** That same step records each entry's slot, and
 //!   a slot not later than the recorded one is never published again: a
 //!   restart neither re-runs a slot nor, with [`CatchUp::All`], skips one.

@@ -56,7 +56,7 @@ impl Timing {
     /// run instead.)
     pub fn every(interval: Duration) -> Result<Self, TimingError> {
         let ms = interval.as_millis();
-        if ms == 0 || interval.subsec_nanos() % 1_000_000 != 0 {
+        if ms == 0 || !interval.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(TimingError(format!(
                 "an interval must be a positive whole number of milliseconds, got {interval:?}"
             )));

@@ -1,6 +1,7 @@
 //! The contract of [`BeatStore`]: an exclusive lease whose fencing tokens
 //! only grow, a publish fenced by the token, and each slot published at
-//! most once. Each broker crate runs it with [`beat_store_contract!`].
+//! most once. Each broker crate runs it with
+//! [`beat_store_contract!`](crate::beat_store_contract).
 
 use std::any::Any;
 use std::collections::HashSet;

@@ -502,3 +502,69 @@ fn celeriac_workers_run_what_python_celery_beat_publishes() {
         worker.count_lines(&["celeriac.add", "succeeded", "32"]) >= 2
     });
 }
+
+#[test]
+fn two_beats_on_rabbitmq_keep_the_lease_in_the_result_store() {
+    if !celeriac_testkit::rabbit_server::available() {
+        return;
+    }
+    let amqp = celeriac_testkit::rabbit_server::vhost_url();
+    let home = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/results.db", home.path().display());
+    // Without a result store of its own, a beat on AMQP says what it needs.
+    let schedule = every_second(home.path(), "celeriac.add", "[1, 2]", "beats");
+    let out = Command::new(BIN)
+        .args(["beat", "--broker", &amqp, "--schedule", &schedule])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("result backend"));
+    let args = [
+        "--broker",
+        &amqp,
+        "--result-backend",
+        &store,
+        "--schedule",
+        &schedule,
+        "--lock-ttl",
+        "1s",
+    ];
+    let mut beats = [beat(home.path(), &args), beat(home.path(), &args)];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = celeriac::open_broker(&amqp).unwrap();
+    let mut msgs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while msgs.len() < 5 {
+        assert!(Instant::now() < deadline, "five beats on RabbitMQ");
+        let got = rt
+            .block_on(broker.claim(
+                "test",
+                &["beats".to_string()],
+                100,
+                Duration::from_millis(500),
+            ))
+            .unwrap();
+        for d in &got {
+            msgs.push(Message::decode(&d.payload).unwrap());
+        }
+        rt.block_on(broker.ack_many(&got)).unwrap();
+    }
+    for b in &mut beats {
+        terminate(b);
+    }
+    let got = rt
+        .block_on(broker.claim(
+            "test",
+            &["beats".to_string()],
+            100,
+            Duration::from_millis(500),
+        ))
+        .unwrap();
+    msgs.extend(got.iter().map(|d| Message::decode(&d.payload).unwrap()));
+    each_slot_once(&msgs, true);
+    let leaders = beats
+        .iter()
+        .filter(|b| b.log().contains("leader of group default"))
+        .count();
+    assert_eq!(leaders, 1);
+}

@@ -146,20 +146,41 @@ fn each_slot_once(msgs: &[Message], contiguous: bool) -> Vec<f64> {
     slots.iter().map(|s| *s as f64 / 1000.0).collect()
 }
 
-/// Two beats on one schedule for 10 s, then the published messages.
-fn two_beats_for_ten_seconds(home: &Path, broker: &[&str]) -> (Vec<LoggedChild>, usize) {
+/// Two beats on one schedule for 10 s. Returns them, after asserting
+/// that both ran, one led, and one stood by (a hand-over under a loaded
+/// machine may make both lead in turn).
+fn two_beats_for_ten_seconds(home: &Path, broker: &[&str]) -> Vec<LoggedChild> {
     let schedule = every_second(home, "celeriac.add", "[1, 2]", "beats");
-    let args: Vec<&str> = [broker, &["--schedule", &schedule, "--lock-ttl", "1s"]].concat();
+    // `all`: a hand-over (a stalled leader on a loaded machine) skips no
+    // slot either, so the slots must be every second.
+    let args: Vec<&str> = [
+        broker,
+        &[
+            "--schedule",
+            &schedule,
+            "--lock-ttl",
+            "3s",
+            "--catch-up",
+            "all",
+        ],
+    ]
+    .concat();
     let mut beats = vec![beat(home, &args), beat(home, &args)];
     std::thread::sleep(Duration::from_secs(10));
     for b in &mut beats {
         terminate(b);
     }
-    let leaders = beats
-        .iter()
-        .filter(|b| b.log().contains("leader of group default"))
-        .count();
-    (beats, leaders)
+    let logs: Vec<String> = beats.iter().map(LoggedChild::log).collect();
+    assert!(
+        logs.iter().all(|l| l.contains("beat: starting")),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("leader of group default")),
+        "{logs:?}"
+    );
+    assert!(logs.iter().any(|l| l.contains("standing by")), "{logs:?}");
+    beats
 }
 
 #[test]
@@ -170,11 +191,10 @@ fn two_beats_on_redis_publish_each_slot_exactly_once() {
     let redis = RedisServer::start();
     let url = redis.url("");
     let home = tempfile::tempdir().unwrap();
-    let (beats, leaders) = two_beats_for_ten_seconds(home.path(), &["--broker", &url]);
+    let beats = two_beats_for_ten_seconds(home.path(), &["--broker", &url]);
     let msgs = redis_messages(&url, "beats");
     let slots = each_slot_once(&msgs, true);
     assert!(slots.len() >= 7, "10 s of a 1 s schedule: {slots:?}");
-    assert_eq!(leaders, 1, "one leader, one standby");
     let sent: usize = beats
         .iter()
         .map(|b| b.count_lines(&["Sending due task tick"]))
@@ -185,11 +205,15 @@ fn two_beats_on_redis_publish_each_slot_exactly_once() {
 #[test]
 fn two_beats_on_the_default_sqlite_broker_publish_each_slot_exactly_once() {
     let home = tempfile::tempdir().unwrap();
-    let (_beats, leaders) = two_beats_for_ten_seconds(home.path(), &[]);
+    let beats = two_beats_for_ten_seconds(home.path(), &[]);
     let msgs = sqlite_messages(home.path(), "beats");
     let slots = each_slot_once(&msgs, true);
     assert!(slots.len() >= 7, "10 s of a 1 s schedule: {slots:?}");
-    assert_eq!(leaders, 1, "one leader, one standby");
+    let sent: usize = beats
+        .iter()
+        .map(|b| b.count_lines(&["Sending due task tick"]))
+        .sum();
+    assert_eq!(sent, msgs.len(), "each logged send is one message");
 }
 
 #[test]
@@ -527,7 +551,9 @@ fn two_beats_on_rabbitmq_keep_the_lease_in_the_result_store() {
         "--schedule",
         &schedule,
         "--lock-ttl",
-        "1s",
+        "3s",
+        "--catch-up",
+        "all",
     ];
     let mut beats = [beat(home.path(), &args), beat(home.path(), &args)];
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -562,9 +588,10 @@ fn two_beats_on_rabbitmq_keep_the_lease_in_the_result_store() {
         .unwrap();
     msgs.extend(got.iter().map(|d| Message::decode(&d.payload).unwrap()));
     each_slot_once(&msgs, true);
-    let leaders = beats
-        .iter()
-        .filter(|b| b.log().contains("leader of group default"))
-        .count();
-    assert_eq!(leaders, 1);
+    assert!(
+        beats
+            .iter()
+            .any(|b| b.log().contains("leader of group default"))
+    );
+    assert!(beats.iter().any(|b| b.log().contains("standing by")));
 }

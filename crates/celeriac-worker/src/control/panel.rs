@@ -127,8 +127,7 @@ pub(crate) async fn dispatch(worker: &Worker, req: &ControlRequest) -> Outcome {
             false,
             node
         ))),
-        // ETA messages wait in the broker, never in the worker's memory.
-        "scheduled" | "dump_schedule" => Outcome::Reply(json!([])),
+        "scheduled" | "dump_schedule" => scheduled(worker).await,
         "revoked" | "dump_revoked" => Outcome::Reply(json!(inner.control.revoked_ids())),
         "registered" | "dump_tasks" => Outcome::Reply(info::registered(
             inner,
@@ -224,6 +223,29 @@ pub(crate) async fn dispatch(worker: &Worker, req: &ControlRequest) -> Outcome {
         "election" => Outcome::Reply(Value::Null),
         "pool_restart" => nok_exception("ValueError", "Pool restarts not enabled"),
         other => nok_exception("KeyError", other),
+    }
+}
+
+/// The most entries `scheduled` lists.
+const SCHEDULED_MAX: usize = 10_000;
+
+/// `scheduled`: a celeriac worker never holds an eta message in memory
+/// (the broker keeps it until due), so it lists the delayed messages of
+/// the queues it consumes, in Celery's shape. Every worker consuming a
+/// queue lists the same ones: whichever claims one when due runs it.
+async fn scheduled(worker: &Worker) -> Outcome {
+    let inner = worker.inner();
+    let queues = inner.control.queues();
+    match inner.broker.delayed(&queues, SCHEDULED_MAX).await {
+        Ok(found) => Outcome::Reply(Value::Array(
+            found
+                .into_iter()
+                .filter_map(|(eta, queue, payload)| {
+                    super::requests::scheduled(eta, &queue, payload, &inner.config.nodename)
+                })
+                .collect(),
+        )),
+        Err(e) => nok(format!("could not list the delayed messages: {e}")),
     }
 }
 

@@ -344,13 +344,20 @@ fn python_worker(python: &str, url: &str, node: &str, mingle: bool) -> LoggedChi
     let mut cmd = Command::new(python);
     cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P", "solo"])
         .args(["--loglevel", "INFO", "-n", node])
-        .args(if mingle { &[][..] } else { &["--without-mingle"][..] })
+        .args(if mingle {
+            &[][..]
+        } else {
+            &["--without-mingle"][..]
+        })
         .current_dir(python_dir())
         .env("BROKER", url)
         .env("PYTHONPATH", python_dir());
     let w = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-mingle-worker");
     let log = w.wait_for_log(" ready.");
-    assert!(log.contains(" ready."), "the Python worker did not start:\n{log}");
+    assert!(
+        log.contains(" ready."),
+        "the Python worker did not start:\n{log}"
+    );
     w
 }
 
@@ -374,7 +381,9 @@ fn mingle_shares_revoked_ids_between_celeriac_and_python_workers() {
     );
 
     let mut cmd = Command::new(BIN);
-    cmd.args(["worker", "--broker", &url, "-c", "1", "-n", NODE, "-Q", "mingleq"]);
+    cmd.args([
+        "worker", "--broker", &url, "-c", "1", "-n", NODE, "-Q", "mingleq",
+    ]);
     let mut worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "celeriac-mingle-worker");
     let log = worker.wait_for_log("worker ready");
     assert!(log.contains("mingle: sync with 1 nodes"), "{log}");
@@ -408,7 +417,11 @@ fn mingle_shares_revoked_ids_between_celeriac_and_python_workers() {
     exits(&mut py);
     let py2_node = "py2@localhost";
     let mut py2 = python_worker(&python, &url, py2_node, true);
-    assert!(py2.log().contains("mingle: sync with 1 nodes"), "{}", py2.log());
+    assert!(
+        py2.log().contains("mingle: sync with 1 nodes"),
+        "{}",
+        py2.log()
+    );
     assert_eq!(
         celeriac_json(&url, &["inspect", "revoked", "-d", py2_node]),
         json!({py2_node: ["mingle-x"]})

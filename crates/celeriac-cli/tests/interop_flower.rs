@@ -82,7 +82,15 @@ fn flower_shows_and_steers_a_celeriac_worker() {
     let port = free_port();
     let flower_log = tempfile::NamedTempFile::new().unwrap();
     let mut flower = Command::new(&python)
-        .args(["-m", "celery", "-A", "flower_app", "--broker", &url, "flower"])
+        .args([
+            "-m",
+            "celery",
+            "-A",
+            "flower_app",
+            "--broker",
+            &url,
+            "flower",
+        ])
         .arg("--address=127.0.0.1")
         .arg(format!("--port={port}"))
         .env("FLOWER_UNAUTHENTICATED_API", "true")

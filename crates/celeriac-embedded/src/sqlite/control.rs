@@ -315,7 +315,11 @@ impl Control for SqliteBroker {
                 let now = unix_now();
                 for q in &queues {
                     let rows = stmt.query_map(params![q, now, limit], |r| {
-                        Ok((r.get::<_, f64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?))
+                        Ok((
+                            r.get::<_, f64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                        ))
                     })?;
                     for row in rows {
                         out.push(row?);

@@ -79,7 +79,14 @@ impl Revocations for RedisBroker {
     /// Only the durable keys celeriac workers check (no broadcast: the
     /// Python workers that told us know already); existing keys are kept.
     async fn merge_revoked(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
-        revoke_keys(&mut self.conn().await?, &self.opts.prefix, task_ids, ttl, false).await
+        revoke_keys(
+            &mut self.conn().await?,
+            &self.opts.prefix,
+            task_ids,
+            ttl,
+            false,
+        )
+        .await
     }
 
     async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {

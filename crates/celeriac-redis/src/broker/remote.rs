@@ -279,7 +279,11 @@ impl Control for RedisBroker {
     ) -> Result<Vec<(f64, String, Vec<u8>)>, BrokerError> {
         let lists: Vec<(String, &String)> = queues
             .iter()
-            .flat_map(|q| PRIORITY_STEPS.iter().map(move |s| (self.list_key(q, *s), q)))
+            .flat_map(|q| {
+                PRIORITY_STEPS
+                    .iter()
+                    .map(move |s| (self.list_key(q, *s), q))
+            })
             .collect();
         let mut conn = self.conn().await?;
         let delayed: Vec<(String, f64)> = conn

@@ -10,7 +10,8 @@ It waits (up to 60 s each) for:
   and the fields of its worker-heartbeat events (sw_ident, freq, ...);
 then calls Flower's actions: pool grow and shrink (reading the pool size
 back), the rate limit of celeriac.add (reading it back from the worker's
-registered tasks), the time limits of celeriac.echo, and revoke.
+registered tasks), the time limits of celeriac.echo, and revoke of
+REVOKE_ID (an eta task, first looked for on the worker's page).
 Exits non-zero with a message on the first thing that does not hold.
 """
 
@@ -24,9 +25,13 @@ import urllib.request
 BASE, WORKER, REVOKE_ID = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
-def get(path):
+def get_text(path):
     with urllib.request.urlopen(BASE + path, timeout=10) as r:
-        return json.loads(r.read().decode())
+        return r.read().decode()
+
+
+def get(path):
+    return json.loads(get_text(path))
 
 
 def post(path, form=None):
@@ -134,5 +139,11 @@ seen["registered_after_rate_limit"] = until(
     "the rate limit in the registered tasks", limited, timeout=20)
 seen["time_limit"] = list(post(
     "/api/task/timeout/celeriac.echo", {"soft": "30", "hard": "60", "workername": WORKER}))
+# The eta task on the worker's page (its `scheduled` list; the page is
+# served from Flower's cache and refreshed behind it: ask again).
+seen["scheduled_on_page"] = bool(until(
+    "the eta task on the worker page",
+    lambda: REVOKE_ID in get_text(f"/worker/{urllib.parse.quote(WORKER)}"),
+    timeout=20))
 seen["revoke"] = list(post(f"/api/task/revoke/{REVOKE_ID}"))
 print(json.dumps(seen))

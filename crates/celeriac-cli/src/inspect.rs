@@ -56,7 +56,8 @@ enum Inspect {
     },
     /// The tasks reserved (claimed, waiting for a slot).
     Reserved,
-    /// The tasks held until their ETA.
+    /// The tasks waiting for their ETA (celeriac workers: the delayed
+    /// messages of their queues, which wait in the broker, not in a worker)
     Scheduled,
     /// The registered tasks.
     Registered {

@@ -234,6 +234,7 @@ fn flower_shows_and_steers_a_celeriac_worker() {
         "{seen}"
     );
     assert_eq!(seen["time_limit"][0], 200, "{seen}");
+    assert_eq!(seen["scheduled_on_page"], true, "{seen}");
     assert_eq!(seen["revoke"][0], 200, "{seen}");
     // The revoke holds: the task that was due later ends REVOKED at once.
     let r = celeriac(

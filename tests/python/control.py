@@ -34,6 +34,7 @@ for _ in range(100):
     if (out["scheduled"] or {}).get(node):
         break
     time.sleep(0.1)
+out["query_later"] = inspect.query_task(later.id)
 
 slow = app.send_task("celeriac.sleep", args=(2,))
 active = None

@@ -75,7 +75,7 @@ enum Inspect {
     Report,
     /// The logical clock.
     Clock,
-    /// Where these task ids are (active, reserved).
+    /// Where these task ids are (active, reserved, scheduled).
     QueryTask {
         /// Task ids.
         #[arg(required = true)]

@@ -147,6 +147,11 @@ fn python_app_control_gets_celerys_replies_from_a_celeriac_worker() {
     assert_eq!(request["args"], json!([7]), "{v}");
     assert_eq!(request["hostname"], NODE, "{v}");
     assert_eq!(request["time_start"], Value::Null, "{v}");
+    assert_eq!(
+        v["query_later"][NODE][v["later_id"].as_str().unwrap()][0],
+        "scheduled",
+        "{v}"
+    );
 
     let active = &v["active"][NODE][0];
     assert_eq!(active["name"], "celeriac.sleep", "{v}");
@@ -244,20 +249,7 @@ fn celeriac_inspects_and_controls_a_python_worker() {
     let Some(python) = python() else { return };
     let redis = RedisServer::start();
     let url = redis.url("");
-    let mut cmd = Command::new(&python);
-    cmd.args([
-        "-m", "celery", "-A", "pytasks", "worker", "-P", "prefork", "-c", "1",
-    ])
-    .args(["--loglevel", "INFO", "-n", PY_NODE, "--without-mingle"])
-    .current_dir(python_dir())
-    .env("BROKER", &url)
-    .env("PYTHONPATH", python_dir());
-    let mut worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-control-worker");
-    let log = worker.wait_for_log(" ready.");
-    assert!(
-        log.contains(" ready."),
-        "the Python worker did not start:\n{log}"
-    );
+    let mut worker = python_worker(&python, &url, PY_NODE, &["prefork", "-c", "1"], false);
 
     assert_eq!(
         celeriac_json(&url, &["inspect", "ping"]),
@@ -338,11 +330,12 @@ fn celeriac_inspects_and_controls_a_python_worker() {
     exits(&mut worker);
 }
 
-/// A Python worker started with `-P solo` on `url` as `node`, with or
-/// without mingle.
-fn python_worker(python: &str, url: &str, node: &str, mingle: bool) -> LoggedChild {
+/// A Python worker of `pytasks` on `url` as `node`, with pool arguments
+/// `pool` (`-P` first), with or without mingle.
+fn python_worker(python: &str, url: &str, node: &str, pool: &[&str], mingle: bool) -> LoggedChild {
     let mut cmd = Command::new(python);
-    cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P", "solo"])
+    cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P"])
+        .args(pool)
         .args(["--loglevel", "INFO", "-n", node])
         .args(if mingle {
             &[][..]
@@ -352,7 +345,7 @@ fn python_worker(python: &str, url: &str, node: &str, mingle: bool) -> LoggedChi
         .current_dir(python_dir())
         .env("BROKER", url)
         .env("PYTHONPATH", python_dir());
-    let w = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-mingle-worker");
+    let w = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-worker");
     let log = w.wait_for_log(" ready.");
     assert!(
         log.contains(" ready."),
@@ -370,7 +363,7 @@ fn mingle_shares_revoked_ids_between_celeriac_and_python_workers() {
     let Some(python) = python() else { return };
     let redis = RedisServer::start();
     let url = redis.url("");
-    let mut py = python_worker(&python, &url, PY_NODE, false);
+    let mut py = python_worker(&python, &url, PY_NODE, &["solo"], false);
     // Only the Python worker hears this revoke: no celeriac process is
     // on the broker to record it.
     let o = celery(&python, &url, &["control", "revoke", "mingle-x"]);
@@ -416,7 +409,7 @@ fn mingle_shares_revoked_ids_between_celeriac_and_python_workers() {
     celeriac(&url, &["control", "shutdown", "-d", PY_NODE]);
     exits(&mut py);
     let py2_node = "py2@localhost";
-    let mut py2 = python_worker(&python, &url, py2_node, true);
+    let mut py2 = python_worker(&python, &url, py2_node, &["solo"], true);
     assert!(
         py2.log().contains("mingle: sync with 1 nodes"),
         "{}",

@@ -138,9 +138,7 @@ pub(crate) async fn dispatch(worker: &Worker, req: &ControlRequest) -> Outcome {
         "conf" | "dump_conf" => Outcome::Reply(info::conf(worker)),
         "report" => ok(info::report(inner)),
         "clock" => Outcome::Reply(json!({"clock": inner.control.clock()})),
-        "query_task" => Outcome::Reply(Value::Object(
-            inner.control.requests.query(&arg_list(args, "ids"), node),
-        )),
+        "query_task" => query_task(worker, &arg_list(args, "ids")).await,
         "hello" => {
             let from = arg_str(args, "from_node").unwrap_or_default();
             if from == node {
@@ -247,6 +245,32 @@ async fn scheduled(worker: &Worker) -> Outcome {
         )),
         Err(e) => nok(format!("could not list the delayed messages: {e}")),
     }
+}
+
+/// `query_task`: `{id: [state, request]}` for the ids held here (`active`,
+/// `reserved`), then for those waiting in the broker on this worker's
+/// queues (`scheduled`, as `scheduled` lists them).
+async fn query_task(worker: &Worker, ids: &[String]) -> Outcome {
+    let inner = worker.inner();
+    let node = inner.config.nodename.as_str();
+    let mut found = inner.control.requests.query(ids, node);
+    if found.len() < ids.len() {
+        let queues = inner.control.queues();
+        if let Ok(delayed) = inner.broker.delayed(&queues, SCHEDULED_MAX).await {
+            for (eta, queue, payload) in delayed {
+                let Some(entry) = super::requests::scheduled(eta, &queue, payload, node) else {
+                    continue;
+                };
+                let Some(id) = entry["request"]["id"].as_str().map(str::to_string) else {
+                    continue;
+                };
+                if ids.contains(&id) && !found.contains_key(&id) {
+                    found.insert(id, json!(["scheduled", entry["request"]]));
+                }
+            }
+        }
+    }
+    Outcome::Reply(Value::Object(found))
 }
 
 /// The reply Celery's dispatcher gives when a handler raises.

@@ -152,7 +152,10 @@ pub(crate) async fn dispatch(worker: &Worker, req: &ControlRequest) -> Outcome {
             }))
         }
         "heartbeat" => {
-            inner.control.heartbeat_wanted.notify_waiters();
+            // A permit is kept if the events chore is busy (publishing task
+            // events) rather than waiting: the heartbeat follows as soon as
+            // it is free, instead of at the next interval.
+            inner.control.heartbeat_wanted.notify_one();
             Outcome::Reply(Value::Null)
         }
         "enable_events" => {

@@ -217,6 +217,11 @@ struct WorkerArgs {
     /// monitors: `celeriac events`, `celery events`, Flower.
     #[arg(short = 'E', long)]
     events: bool,
+    /// Do not sync with the other workers at startup (Celery's
+    /// `--without-mingle`): no `hello`, so the task ids they hold as
+    /// revoked are not merged.
+    #[arg(long)]
+    without_mingle: bool,
     /// Largest message body accepted, in bytes; larger ones are dead-lettered.
     #[arg(long, default_value = "67108864")]
     max_body: NonZeroUsize,
@@ -302,6 +307,10 @@ struct CallArgs {
     /// 60 seconds after the countdown.
     #[arg(long, value_parser = parse_seconds)]
     timeout: Option<f64>,
+    /// Also send Celery's task-sent event (Celery's
+    /// `task_send_sent_event`), so that monitors show the task as SENT.
+    #[arg(long)]
+    sent_event: bool,
     #[command(flatten)]
     signing: Signing,
 }
@@ -447,6 +456,7 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             .prefetch_multiplier(args.prefetch_multiplier)
             .result_extended(args.result_extended)
             .events(args.events)
+            .mingle(!args.without_mingle)
             .pool_kind(pool);
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);
@@ -636,6 +646,9 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
             .publish(celeriac::Outgoing::from_message(&msg)?)
             .await
             .context("publishing the task")?;
+        if args.sent_event {
+            events::send_sent(&broker, std::slice::from_ref(&msg)).await;
+        }
         let Some(watch) = watch else {
             println!("{}", msg.id());
             return Ok(ExitCode::SUCCESS);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use celeriac::escape::{Escaped, EscapedLines};
-use celeriac::events::Event;
+use celeriac::events::{self, Event};
 use celeriac::time::unix_now;
 use clap::Args as ClapArgs;
 use futures::StreamExt;

@@ -3,8 +3,6 @@
 mod chord;
 mod control;
 
-pub(crate) use control::revoke_of;
-
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};

@@ -138,3 +138,66 @@ fn on_amqp_a_queue_deleted_under_the_worker_is_reported_and_the_others_served() 
         "the deleted queue is declared and consumed again"
     );
 }
+
+/// Celery holds a countdown's message unacked in the worker until it is
+/// due, which RabbitMQ's `consumer_timeout` (30 min by default) punishes
+/// by closing the channel. A celeriac worker holds none: the message waits
+/// in a durable delay queue, so no consumer timeout can apply to it,
+/// however long the countdown.
+#[test]
+fn on_amqp_a_long_countdown_waits_in_rabbitmq_not_in_the_worker() {
+    if !rabbit_server::available() || !RedisServer::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let results = redis.url("");
+    let broker = rabbit_server::vhost_url();
+    let logs = tempfile::tempdir().unwrap();
+    let _w = worker(&broker, &results, logs.path(), "eta@amqp", &[]);
+    // As Python sends it: the eta in the headers, published to `celery`;
+    // the worker takes it, sees it is not due, and moves it out.
+    let client = Client::with_backend(&broker, &results);
+    let due = celeriac_core::time::unix_now() + 3600.0;
+    let mut m = celeriac::Call::<serde_json::Value>::new("celeriac.add")
+        .arg(1)
+        .arg(2)
+        .to_message()
+        .unwrap();
+    m.headers.eta = Some(celeriac_core::time::iso_from_unix(due));
+    let mut out = celeriac::Outgoing::from_message(&m).unwrap();
+    out.eta = None;
+    client.rt.block_on(client.broker.publish(out)).unwrap();
+    let vhost = broker.rsplit('/').next().unwrap();
+    let queues = || {
+        rabbit_server::rabbitmqctl(&[
+            "list_queues",
+            "-p",
+            vhost,
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let text = queues();
+        let delayed = text
+            .lines()
+            .any(|l| l.starts_with("celeriac.delay.") && l.ends_with("\t1\t0"));
+        if delayed || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("celeriac.delay.") && l.ends_with("\t1\t0")),
+        "the message waits, ready, in a delay queue:\n{listed}"
+    );
+    assert!(
+        listed.lines().any(|l| l == "celery\t0\t0"),
+        "nothing is held unacked on the task queue:\n{listed}"
+    );
+}

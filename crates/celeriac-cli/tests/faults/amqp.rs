@@ -201,3 +201,44 @@ fn on_amqp_a_long_countdown_waits_in_rabbitmq_not_in_the_worker() {
         "nothing is held unacked on the task queue:\n{listed}"
     );
 }
+
+#[test]
+fn on_amqp_a_rabbitmq_restart_mid_run_loses_nothing() {
+    if !rabbit_server::available() || !RedisServer::available() {
+        return;
+    }
+    // A node of its own: the shared one serves the other tests meanwhile.
+    let node = rabbit_server::PrivateNode::start();
+    let redis = RedisServer::start();
+    let results = redis.url("");
+    let broker = node.url.clone();
+    let logs = tempfile::tempdir().unwrap();
+    let w = worker(&broker, &results, logs.path(), "r@amqp", &[]);
+    let client = Client::with_backend(&broker, &results);
+    let first = client.send_adds(0, 5_000);
+    // A publisher keeps sending through the restart: each batch returns
+    // only once RabbitMQ confirmed it, and is sent again if it did not.
+    let (b, r) = (broker.clone(), results.clone());
+    let publisher =
+        std::thread::spawn(move || Client::with_backend(&b, &r).send_adds(5_000, 5_000));
+    std::thread::sleep(Duration::from_millis(500));
+    node.restart(Duration::from_secs(2));
+    let restarted = Instant::now();
+    let mut tasks = first;
+    tasks.extend(publisher.join().expect("the publisher"));
+    let tally = client.tally(&tasks, Duration::from_secs(240));
+    eprintln!(
+        "faults/amqp restart: {tally:?}; every task had run {:.1} s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        (tally.lost, tally.wrong),
+        (0, 0),
+        "confirmed publishes survive the restart and run: {tally:?}"
+    );
+    assert!(
+        w.log().contains("AMQP connection recovered"),
+        "the restart happened under the worker:\n{}",
+        w.log()
+    );
+}

@@ -14,7 +14,7 @@
 //! | `lost_reply` | the reply to a claim is lost (a proxy cuts the connection) |
 //! | `reserved_queue` | a queue named like the broker's own bookkeeping keys |
 //! | `result_store` | the result backend refuses writes (a Redis at its `maxmemory`) |
-//! | `amqp` | on RabbitMQ: `kill -9` with prefetched messages, every connection closed by the server, a queue deleted under the worker |
+//! | `amqp` | on RabbitMQ: `kill -9` with prefetched messages, a RabbitMQ restart in the middle of 10,000 tasks, every connection closed by the server, a queue deleted under the worker, an hour's countdown |
 //!
 //! `kill -9` of a process-pool child is in `cli_process_pool.rs`
 //! (`crash_and_kill_9_of_a_child_fail_one_task_each_and_the_pool_heals`), on

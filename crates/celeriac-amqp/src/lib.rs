@@ -4,7 +4,8 @@
 //! 5.7 (kombu's `pyamqp` transport) talks to RabbitMQ, so Celery clients
 //! and workers share queues with celeriac ones. URLs:
 //! `amqp://USER:PASS@HOST[:PORT]/VHOST` and `amqps://...` (TLS, rustls),
-//! plus `?prefetch_count=N` (default 16) and lapin's `heartbeat=SECS`.
+//! plus `?prefetch_count=N` (default 16), `?max_priority=N` and lapin's
+//! `heartbeat=SECS`.
 //!
 //! ## Topology and format (as kombu)
 //!
@@ -63,8 +64,16 @@
 //! that sees them and rate limits are per process, as Celery keeps both,
 //! and listing nodes is [`Unsupported`](celeriac_core::BrokerError::Unsupported).
 //!
-//! Not on AMQP yet (issue 14): priorities (no `x-max-priority` queues)
-//! and the `rpc://` result backend.
+//! ## Priorities
+//!
+//! `?max_priority=N` declares task queues with `x-max-priority` N, as
+//! Celery's `task_queue_max_priority` does; RabbitMQ then delivers the
+//! highest priority first (the AMQP sense: 9 over 0). Without it queues
+//! have no priorities, as Celery's default. A queue that exists with
+//! other arguments is used as it is, with a warning.
+//!
+//! Not on AMQP yet (issue 14): Celery's `rpc://` result backend and
+//! quorum queues.
 
 mod broker;
 mod control;

@@ -503,3 +503,55 @@ print(json.dumps(out))
         String::from_utf8_lossy(&list.stderr)
     );
 }
+
+/// RabbitMQ only: priorities need an `x-max-priority` queue there (on
+/// Redis, 0 is the highest and every queue has them). A Python client
+/// with `task_queue_max_priority = 10` declares its queue so; a celeriac
+/// worker with `?max_priority=10` declares it the same way and gets the
+/// messages highest priority first.
+#[test]
+fn on_amqp_python_priorities_run_highest_first() {
+    let Some(env) = interop() else { return };
+    let Some(site) = Site::amqp() else { return };
+    let code = r#"
+import json, os, sys
+from celery import Celery
+app = Celery("prio", broker=sys.argv[1], backend=os.environ["BACKEND"])
+app.conf.task_queue_max_priority = 10
+app.conf.task_default_queue = "prio"
+print(json.dumps([app.send_task("celeriac.echo", args=(p,), priority=p).id for p in (1, 9, 5, 3, 7)]))
+"#;
+    let ids = python_json(&env, &site, &["-c", code], &[]);
+    let broker = format!("{}?max_priority=10&prefetch_count=1", site.broker);
+    let w = celeriac_worker_on(&site, &broker, &["-c", "1", "-Q", "prio"]);
+    let mut done: Vec<(f64, i64)> = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| {
+            let out = celeriac_at(
+                &site,
+                &[
+                    "result",
+                    id.as_str().unwrap(),
+                    "--wait",
+                    "--timeout",
+                    "60",
+                    "--meta",
+                ],
+            );
+            let meta: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", w.log()));
+            let at = celeriac_core::time::parse_iso(meta["date_done"].as_str().unwrap()).unwrap();
+            (at, meta["result"].as_i64().unwrap())
+        })
+        .collect();
+    done.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let order: Vec<i64> = done.iter().map(|(_, p)| *p).collect();
+    assert_eq!(order, [9, 7, 5, 3, 1], "highest priority first");
+    assert!(
+        !w.log().contains("other arguments"),
+        "the worker declared the queue as Python did:\n{}",
+        w.log()
+    );
+}

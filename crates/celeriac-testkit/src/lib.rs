@@ -7,6 +7,7 @@
 //! celeriac_testkit::broker_contract!(memory_broker, make_memory_fixture);
 //! ```
 
+pub mod beat_store;
 pub mod chord_join;
 pub mod control;
 pub mod executor;

@@ -137,7 +137,7 @@ async fn eta_messages_wait_in_a_delay_queue() {
     }
     let url = rabbit_server::vhost_url();
     let b = AmqpBroker::open(&url).unwrap();
-    let (o, id) = out("celery", 0, Some(unix_now() + 0.6));
+    let (o, id) = out("celery", 0, Some(unix_now() + 3.0));
     b.publish(o).await.unwrap();
     assert!(
         b.claim("w", &q(&["celery"]), 1, Duration::from_millis(200))
@@ -147,7 +147,7 @@ async fn eta_messages_wait_in_a_delay_queue() {
         "not delivered before its eta"
     );
     let got = b
-        .claim("w", &q(&["celery"]), 1, Duration::from_secs(5))
+        .claim("w", &q(&["celery"]), 1, Duration::from_secs(15))
         .await
         .unwrap();
     assert_eq!(id_of(&got[0]), id);

@@ -2,13 +2,14 @@
 every inspect and control reply as Python's `app.control` returns it,
 printed as JSON."""
 import json
+import os
 import sys
 import time
 
 from celery import Celery
 
 url, node = sys.argv[1], sys.argv[2]
-app = Celery("control", broker=url, backend=url)
+app = Celery("control", broker=url, backend=os.environ.get("BACKEND", url))
 inspect = app.control.inspect(timeout=2, destination=[node])
 ctl = app.control
 out = {}

@@ -24,7 +24,7 @@ use std::num::NonZeroUsize;
 
 use anyhow::{Context, Result, bail};
 use celeriac::escape::{Escaped, EscapedLines};
-use celeriac::{Broker, Call, Registry, ResultBackend, Worker, open_backend, open_broker};
+use celeriac::{Broker, Call, Registry, ResultBackend, Worker, open_backend, open_broker_for};
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde_json::Value;
@@ -88,8 +88,8 @@ impl Conn {
                 );
             }
         }
-        let broker = open_broker(&b).with_context(|| format!("opening broker {b}"))?;
         let r = self.backend_url();
+        let broker = open_broker_for(&b, &r).with_context(|| format!("opening broker {b}"))?;
         let backend = open_backend(&r).with_context(|| format!("opening result backend {r}"))?;
         Ok((broker, backend))
     }

@@ -45,6 +45,40 @@ pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
     }
 }
 
+/// Opens the broker at `broker_url` for use with the result backend at
+/// `backend_url`. The same as [`open_broker`], except that an `amqp://`
+/// broker keeps its revocations, rate-limit buckets and node registry in
+/// the result store when that is Redis or SQLite (RabbitMQ has no place
+/// for them): they are then shared by every worker and survive restarts.
+/// With another backend the AMQP broker keeps them per process, as
+/// Celery does.
+///
+/// # Examples
+///
+/// ```
+/// let results = format!("sqlite://{}/celeriac-doc-results.db", std::env::temp_dir().display());
+/// let b = celeriac_connect::open_broker_for("amqp://127.0.0.1:1/v", &results).unwrap();
+/// assert_eq!(b.url(), "amqp://127.0.0.1:1/v");
+/// ```
+pub fn open_broker_for(
+    broker_url: &str,
+    backend_url: &str,
+) -> Result<Arc<dyn Broker>, BrokerError> {
+    let scheme = broker_url.split("://").next().unwrap_or_default();
+    if !matches!(scheme, "amqp" | "amqps") {
+        return open_broker(broker_url);
+    }
+    let registry: Arc<dyn celeriac_amqp::Registry> =
+        match backend_url.split("://").next().unwrap_or_default() {
+            "sqlite" => SqliteBroker::open(backend_url)?,
+            "redis" | "rediss" | "redis+unix" => RedisBroker::open(backend_url)?,
+            _ => return Ok(celeriac_amqp::AmqpBroker::open(broker_url)?),
+        };
+    Ok(celeriac_amqp::AmqpBroker::open_with_registry(
+        broker_url, registry,
+    )?)
+}
+
 /// Opens the store of `celeriac beat`'s leader lease and last runs
 /// ([`BeatStore`]) from a broker URL: `memory://[NAME]` (the same instance
 /// as [`open_broker`]'s), `sqlite://PATH` or `redis://...`, whose fenced

@@ -4,8 +4,6 @@ mod beat;
 mod chord;
 mod control;
 
-pub(crate) use control::revoke_of;
-
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};

@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod python;
 pub mod rabbit_server;
 pub mod redis_server;
+pub mod site;
 
 pub use control::{
     a_broadcast_revoke_is_recorded, control_calls_reach_every_listener_and_collect_their_replies,

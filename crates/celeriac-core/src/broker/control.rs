@@ -152,6 +152,36 @@ impl ControlRequest {
     pub fn wants_reply(&self) -> bool {
         self.reply_to.is_some()
     }
+
+    /// The task ids a `revoke` (or `terminate`) request names, and whether
+    /// it terminates; `None` for any other method. Brokers that record
+    /// revokes durably read broadcasts with it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use celeriac_core::broker::ControlRequest;
+    ///
+    /// let r = ControlRequest::new("revoke").arg("task_id", "a").arg("terminate", true);
+    /// assert_eq!(r.revoke(), Some((vec!["a".to_string()], true)));
+    /// assert_eq!(ControlRequest::new("ping").revoke(), None);
+    /// ```
+    pub fn revoke(&self) -> Option<(Vec<String>, bool)> {
+        if self.method != "revoke" && self.method != "terminate" {
+            return None;
+        }
+        let ids = match self.arguments.get("task_id") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let terminate = self.method == "terminate"
+            || self.arguments.get("terminate") == Some(&Value::Bool(true));
+        Some((ids, terminate))
+    }
 }
 
 /// One node's reply to a request: `body` is `{node: value}`.

@@ -18,7 +18,6 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use super::{SqliteBroker, blocking, storage};
-use crate::memory::revoke_of;
 
 const SCHEMA: &str = "
 BEGIN IMMEDIATE;
@@ -93,7 +92,7 @@ impl Control for SqliteBroker {
     async fn broadcast(&self, request: &ControlRequest) -> Result<(), BrokerError> {
         self.check_open()?;
         self.control_schema().await?;
-        if let Some((ids, terminate)) = revoke_of(request) {
+        if let Some((ids, terminate)) = request.revoke() {
             if terminate {
                 self.revoke_terminate(&ids, REVOKE_TTL).await?;
             } else {

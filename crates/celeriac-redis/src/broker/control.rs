@@ -268,7 +268,7 @@ pub(super) async fn pidbox(
                 tracing::warn!("ignoring a malformed remote-control message");
                 continue;
             };
-            if let Some((ids, terminate)) = super::remote::revoke_of(&request) {
+            if let Some((ids, terminate)) = request.revoke() {
                 match revoke_keys(&mut conn, &prefix, &ids, REVOKE_TTL, terminate).await {
                     Ok(()) => tracing::info!(?ids, "revoked by remote control"),
                     Err(e) => tracing::error!(error = %e, ?ids, "could not record a revoke"),

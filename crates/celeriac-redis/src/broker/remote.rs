@@ -80,7 +80,7 @@ impl Control for RedisBroker {
     /// recorded durably for celeriac workers, in the same round trip.
     async fn broadcast(&self, request: &ControlRequest) -> Result<(), BrokerError> {
         let mut pipe = redis::pipe();
-        if let Some((ids, terminate)) = revoke_of(request) {
+        if let Some((ids, terminate)) = request.revoke() {
             super::control::revoke_keys_into(
                 &mut pipe,
                 &self.opts.prefix,
@@ -356,23 +356,4 @@ async fn subscribe(
     let mut ps = client.get_async_pubsub().await?;
     ps.subscribe(channel).await?;
     Ok(ps)
-}
-
-/// The task ids a `revoke` (or `terminate`) request names, and whether it
-/// terminates.
-pub(super) fn revoke_of(request: &ControlRequest) -> Option<(Vec<String>, bool)> {
-    if request.method != "revoke" && request.method != "terminate" {
-        return None;
-    }
-    let ids = match request.arguments.get("task_id") {
-        Some(serde_json::Value::String(s)) => vec![s.clone()],
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    };
-    let terminate = request.method == "terminate"
-        || request.arguments.get("terminate") == Some(&serde_json::Value::Bool(true));
-    Some((ids, terminate))
 }

@@ -86,6 +86,27 @@ try:
 except Exception as exc:
     out["chord_failing"] = {"error": f"{type(exc).__name__}: {exc}", "state": r.state}
 
+# A revoked header part: REVOKED under its id, and the chord fails with
+# ChordError on the body instead of waiting forever (Celery's
+# mark_as_revoked joins the part). The revoke is sent, and acknowledged by
+# the workers, before the chord is.
+doomed = sig("celeriac.add", 2, 2)
+doomed_id = doomed.freeze().id
+workers = 2 if len(sys.argv) > 2 and sys.argv[2] == "mixed" else 1
+replies = app.control.revoke(doomed_id, reply=True, timeout=10, limit=workers)
+r = chord([sig("celeriac.add", 1, 1), doomed, sig("celeriac.add", 3, 3)], sig("celeriac.echo")).apply_async()
+try:
+    r.get(timeout=60)
+    out["chord_revoked"] = "no exception"
+except Exception as exc:
+    out["chord_revoked"] = {
+        "error": f"{type(exc).__name__}: {exc}",
+        "state": r.state,
+        "part_state": AsyncResult(doomed_id, app=app).state,
+        "part_id": doomed_id,
+        "replies": len(replies),
+    }
+
 # map, starmap and chunks: Celery's built-in tasks, looped inline.
 from celery.canvas import chunks, xmap, xstarmap  # noqa: E402
 

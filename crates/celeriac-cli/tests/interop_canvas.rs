@@ -8,6 +8,7 @@ use std::process::Command;
 use celeriac_testkit::process::LoggedChild;
 use celeriac_testkit::python::{interop_python as python, python_dir};
 use celeriac_testkit::redis_server::RedisServer;
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
 
@@ -78,6 +79,45 @@ fn python_canvas_runs_on_celeriac_workers_and_across_python() {
         v["link_error"]["errback_got"], v["link_error"]["failed"],
         "the errback is called with the failed task's id: {v}"
     );
+    assert_eq!(
+        v["group_10"],
+        json!((0..10).map(|i| 2 * i).collect::<Vec<_>>()),
+        "{v}"
+    );
+    assert_eq!(v["group_restored"], true, "GroupResult.restore: {v}");
+    assert_eq!(v["group_ids"], json!([v["group_id"]]), "{v}");
+    assert_eq!(v["group_1000_sum"], 500_500, "{v}");
+    assert_eq!(v["chord"], json!([0, 2, 4]), "{v}");
+    assert_eq!(
+        v["chord_200"],
+        json!([200, 20_100, true]),
+        "every part, in header order: {v}"
+    );
+    let failing = &v["chord_failing"];
+    assert_eq!(failing["state"], "FAILURE", "{v}");
+    assert!(
+        failing["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("ChordError: Dependency") && e.contains("bad header")),
+        "a failed header part fails the body with ChordError: {v}"
+    );
+    let revoked = &v["chord_revoked"];
+    assert_eq!(revoked["part_state"], "REVOKED", "{v}");
+    assert_eq!(revoked["state"], "FAILURE", "{v}");
+    let part_id = revoked["part_id"].as_str().unwrap_or("?");
+    assert_eq!(
+        revoked["error"],
+        format!("ChordError: Dependency {part_id} raised TaskRevokedError('revoked')"),
+        "a revoked header part fails the chord, as Celery's: {v}"
+    );
+    assert_eq!(v["map"], json!([1, "two", null]), "{v}");
+    assert_eq!(v["starmap"], json!([3, 7]), "{v}");
+    assert_eq!(
+        v["chunks"],
+        json!([[0, 2, 4], [6, 8, 10], [12, 14, 16], [18]]),
+        "{v}"
+    );
+    assert_eq!(v["mixed_chord"], json!([2, 4, 6]), "{v}");
     assert_eq!(
         v["mixed"], 35,
         "(1 + 2) * 10 + 5 across Python and celeriac: {v}"

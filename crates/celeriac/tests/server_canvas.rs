@@ -196,7 +196,12 @@ fn a_chord_runs_or_is_refused_at_once_by_a_backend_without_a_join() {
 
 #[test]
 fn a_group_result_is_saved_and_restored_on_memory() {
-    let s = server();
+    // A named store, whose results stay to be read again (see above).
+    let s = Server::builder()
+        .broker("memory://server-canvas-groups")
+        .workers(4)
+        .build()
+        .unwrap();
     let g = s.apply(group((0..3).map(|i| add::call(i, i))));
     assert_eq!(g.wait_timeout(WAIT).unwrap(), vec![0, 2, 4]);
     g.save().unwrap();

@@ -33,7 +33,7 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 SENT_IDS = []
 # Seconds between result polls that found something (--poll-ms).
-POLL_S = 0.005
+POLL_S = 0.0
 
 
 def log(msg):
@@ -56,9 +56,9 @@ def parse_args():
     p.add_argument("--canvases", default="group,chord", help="group,chord")
     p.add_argument("--timeout", type=float, default=600.0, help="per measurement, s")
     p.add_argument("--worker-pidfile", help="write the worker's PID here")
-    p.add_argument("--poll-ms", type=float, default=5.0,
-                   help="ms between result polls that found something (default 5; 0 polls "
-                        "flat out while results come)")
+    p.add_argument("--poll-ms", type=float, default=0.0,
+                   help="ms between result polls that found something (default 0: poll "
+                        "flat out while results come; 5 measured no different, BENCHMARKS.md W6)")
     p.add_argument("--rust-client", help="celeriac-bench: also send the canvases with "
                    "celeriac's own client (`celeriac-bench canvas-client`), live")
     return p.parse_args()
@@ -130,17 +130,15 @@ def wait_keys(rds, keys, worker, timeout, check):
     """Polls `keys` with MGET until every one holds a ready result; returns
     (time the last was seen, metas). Light on CPU, since the client shares
     the machine with the worker it measures: it reads a window of at most
-    500 keys from the head of the pending list (results come roughly in
-    order), waits POLL_S between polls that found something (so that a
-    fast worker is not met by a client polling flat out on the same two
-    CPUs: the clock's resolution stays within POLL_S of the last result),
+    200 keys from the head of the pending list (results come roughly in
+    order), waits POLL_S (--poll-ms) between polls that found something,
     and sleeps 10 ms whenever a poll finds nothing new."""
     pending = list(enumerate(keys))
     metas = [None] * len(keys)
     deadline = time.monotonic() + timeout
     last_seen = time.perf_counter()
     while pending:
-        head = pending[:500]
+        head = pending[:200]
         values = rds.mget([k for _, k in head])
         now = time.perf_counter()
         still = []
@@ -152,7 +150,7 @@ def wait_keys(rds, keys, worker, timeout, check):
             metas[i] = meta
             last_seen = now
         progressed = len(still) < len(head)
-        pending = still + pending[500:]
+        pending = still + pending[200:]
         if pending and progressed and POLL_S > 0:
             time.sleep(POLL_S)
         if pending and not progressed:

@@ -2,7 +2,6 @@
 //! Python Celery workers alike (same wire), as `celery events` does: a
 //! live terminal view, or `--dump` to print them line by line.
 
-mod state;
 mod view;
 
 use std::io::Write as _;
@@ -20,7 +19,7 @@ use serde_json::Value;
 
 use crate::Conn;
 use crate::parse::parse_seconds;
-use state::Monitor;
+use celeriac::monitor::{self, Monitor};
 
 /// `celeriac events` options.
 #[derive(Debug, ClapArgs)]
@@ -102,9 +101,8 @@ impl Stop {
     }
 }
 
-/// The events of each message from the stream, with `local_received` set
-/// and the timestamp moved to local time as Celery's receiver does.
-/// `None` when the stream ended.
+/// The events of each message from the stream, as a monitor takes them
+/// ([`monitor::received`]). `None` when the stream ended.
 async fn next_events(stream: &mut celeriac::EventStream) -> Option<Vec<Event>> {
     loop {
         let msg = match stream.next().await? {
@@ -114,29 +112,12 @@ async fn next_events(stream: &mut celeriac::EventStream) -> Option<Vec<Event>> {
                 continue;
             }
         };
-        match events::decode(&msg.body) {
-            Ok(mut evs) => {
-                let now = unix_now();
-                let here = events::utcoffset();
-                for ev in &mut evs {
-                    localize(ev, here);
-                    ev.insert("local_received".into(), now.into());
-                }
-                return Some(evs);
-            }
+        match monitor::received(&msg.body, unix_now()) {
+            Ok(evs) => return Some(evs),
             Err(e) => {
                 tracing::warn!(routing_key = %Escaped(&msg.routing_key), error = %Escaped(&e), "ignoring a malformed event message");
             }
         }
-    }
-}
-
-/// Celery's `adjust_timestamp`: a sender's timestamp in this host's time
-/// zone.
-fn localize(ev: &mut Event, here: f64) {
-    let offset = ev.get("utcoffset").and_then(Value::as_f64);
-    if let (Some(ts), Some(offset)) = (ev.get("timestamp").and_then(Value::as_f64), offset) {
-        ev.insert("timestamp".into(), (ts - (offset - here) * 3600.0).into());
     }
 }
 
@@ -364,6 +345,28 @@ fn ui_loop(
     result
 }
 
+/// Sends Celery's `task-sent` event for each of `msgs`, just published
+/// (`call --sent-event`, `map --sent-event`). Events are for monitoring:
+/// one the broker refuses is logged, and the tasks go on.
+pub(crate) async fn send_sent(
+    broker: &std::sync::Arc<dyn celeriac::Broker>,
+    msgs: &[celeriac::Message],
+) {
+    // This process's Lamport clock for the events it sends.
+    static CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = unix_now();
+    let sent: Vec<_> = msgs
+        .iter()
+        .map(|m| {
+            let clock = CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            events::task_sent(m, clock, now)
+        })
+        .collect();
+    if let Err(e) = broker.send_events(&sent).await {
+        tracing::warn!(error = %e, "could not send the task-sent events");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -407,15 +410,5 @@ mod tests {
             dump_line(offline, &mut names)
                 .starts_with(r"w\n2 [1970-01-01 00:00:00.000000+00:00] shutdown")
         );
-    }
-
-    #[test]
-    fn timestamps_are_moved_to_local_time() {
-        let mut e = ev(json!({"timestamp": 1000.0, "utcoffset": -1.0}));
-        localize(&mut e, 0.0);
-        assert_eq!(e["timestamp"], 4600.0);
-        let mut e = ev(json!({"timestamp": 1000.0}));
-        localize(&mut e, 0.0);
-        assert_eq!(e["timestamp"], 1000.0);
     }
 }

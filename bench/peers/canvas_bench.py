@@ -32,6 +32,8 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SENT_IDS = []
+# Seconds between result polls that found something (--poll-ms).
+POLL_S = 0.0
 
 
 def log(msg):
@@ -54,6 +56,9 @@ def parse_args():
     p.add_argument("--canvases", default="group,chord", help="group,chord")
     p.add_argument("--timeout", type=float, default=600.0, help="per measurement, s")
     p.add_argument("--worker-pidfile", help="write the worker's PID here")
+    p.add_argument("--poll-ms", type=float, default=0.0,
+                   help="ms between result polls that found something (default 0: poll "
+                        "flat out while results come; 5 measured no different, BENCHMARKS.md W6)")
     p.add_argument("--rust-client", help="celeriac-bench: also send the canvases with "
                    "celeriac's own client (`celeriac-bench canvas-client`), live")
     return p.parse_args()
@@ -126,7 +131,8 @@ def wait_keys(rds, keys, worker, timeout, check):
     (time the last was seen, metas). Light on CPU, since the client shares
     the machine with the worker it measures: it reads a window of at most
     200 keys from the head of the pending list (results come roughly in
-    order) and sleeps 10 ms whenever a poll finds nothing new."""
+    order), waits POLL_S (--poll-ms) between polls that found something,
+    and sleeps 10 ms whenever a poll finds nothing new."""
     pending = list(enumerate(keys))
     metas = [None] * len(keys)
     deadline = time.monotonic() + timeout
@@ -145,6 +151,8 @@ def wait_keys(rds, keys, worker, timeout, check):
             last_seen = now
         progressed = len(still) < len(head)
         pending = still + pending[200:]
+        if pending and progressed and POLL_S > 0:
+            time.sleep(POLL_S)
         if pending and not progressed:
             if not worker.alive():
                 raise RuntimeError("the worker exited:\n" + worker.tail())
@@ -249,7 +257,7 @@ def measure(args, app, rds, worker, queue, kind, mode):
     emit(workload="W6", system=args.system, metric=f"{kind}_{mode}", value=round(rate, 1),
          unit="tasks/s", n=n, seconds=round(secs, 4), client_publish_rate=round(send_rate, 1),
          concurrency=args.concurrency, worker_cpu_s=used[0], redis_cpu_s=used[1],
-         client_cpu_s=used[2])
+         client_cpu_s=used[2], poll_ms=args.poll_ms)
 
 
 def rust_client(args, queue, kind):
@@ -278,7 +286,9 @@ def warm_up(app, rds, worker, queue, timeout=60.0):
 
 
 def main():
+    global POLL_S
     args = parse_args()
+    POLL_S = args.poll_ms / 1000.0
     if args.system == "celeriac" and not args.celeriac_bin:
         sys.exit("--celeriac-bin is required for --system celeriac")
     os.environ["CELERIAC_PEERS_REDIS"] = args.redis

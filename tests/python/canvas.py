@@ -81,11 +81,32 @@ r = chord([sig("celeriac.add", i, 1) for i in range(200)], sig("celeriac.echo"))
 got = r.get(timeout=120)
 out["chord_200"] = [len(got), sum(got), got == sorted(got)]
 r = chord([sig("celeriac.add", 1, 1), sig("celeriac.fail", "bad header").set(immutable=True)], sig("celeriac.echo")).apply_async()
-try:
-    r.get(timeout=60)
-    out["chord_failing"] = "no exception"
-except Exception as exc:
-    out["chord_failing"] = {"error": f"{type(exc).__name__}: {exc}", "state": r.state}
+
+
+def body_outcome(r):
+    """The chord body's own outcome (`get()` would raise the failed header
+    part's error first, from the parent GroupResult)."""
+    exc = r.get(timeout=60, propagate=False)
+    return {"error": f"{type(exc).__name__}: {exc}", "state": r.state}
+
+
+out["chord_failing"] = body_outcome(r)
+
+# A revoked header part: REVOKED under its id, and the chord fails with
+# ChordError on the body instead of waiting forever (Celery's
+# mark_as_revoked joins the part). The revoke is sent, and acknowledged by
+# the workers, before the chord is.
+doomed = sig("celeriac.add", 2, 2)
+doomed_id = doomed.freeze().id
+workers = 2 if len(sys.argv) > 2 and sys.argv[2] == "mixed" else 1
+replies = app.control.revoke(doomed_id, reply=True, timeout=10, limit=workers)
+r = chord([sig("celeriac.add", 1, 1), doomed, sig("celeriac.add", 3, 3)], sig("celeriac.echo")).apply_async()
+out["chord_revoked"] = dict(
+    body_outcome(r),
+    part_state=AsyncResult(doomed_id, app=app).state,
+    part_id=doomed_id,
+    replies=len(replies),
+)
 
 # map, starmap and chunks: Celery's built-in tasks, looped inline.
 from celery.canvas import chunks, xmap, xstarmap  # noqa: E402

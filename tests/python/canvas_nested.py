@@ -142,8 +142,12 @@ else:
     out["unlock_failing_body"] = {"status": meta["status"], "result": str(meta["result"])}
 
     # A header part that takes two seconds: the unlock waits (retries).
+    # chord_unlock ignores its result: nothing, not even a RETRY, is
+    # stored under its id (as Celery's worker).
+    before = len(unlocks)
     r = chord([add(1, 1), sig("celeriac.sleep", 2.0)], echo()).apply_async()
     out["unlock_waits"] = outcome(r)
+    out["unlock_waits_stored"] = [app.backend.get_task_meta(u)["status"] for u in unlocks[before:]]
 
     # A chain containing a chord, on a backend without a join: the worker
     # expands it and joins it itself.

@@ -9,6 +9,7 @@ use std::process::Command;
 use celeriac_testkit::process::LoggedChild;
 use celeriac_testkit::python::{interop_python as python, python_dir};
 use celeriac_testkit::site::Site;
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
 
@@ -70,7 +71,7 @@ fn canvas_on(python: &str, site: &Site) {
     let _python = python_worker(python, site);
     let v = canvas_client(python, site, "mixed");
     assert_eq!(v["chain"], 113, "((1 + 2) + 10) + 100: {v}");
-    assert_eq!(v["chain_parents"], serde_json::json!([13, 3]), "{v}");
+    assert_eq!(v["chain_parents"], json!([13, 3]), "{v}");
     assert_eq!(v["chain_100"], 100, "{v}");
     let failing = &v["failing_middle"];
     assert!(
@@ -84,7 +85,7 @@ fn canvas_on(python: &str, site: &Site) {
     assert_eq!(failing["first"], 3, "{v}");
     assert_eq!(
         v["link"],
-        serde_json::json!([4, 14]),
+        json!([4, 14]),
         "the callback got 4 prepended: {v}"
     );
     assert_eq!(
@@ -92,46 +93,47 @@ fn canvas_on(python: &str, site: &Site) {
         "the errback is called with the failed task's id: {v}"
     );
     assert_eq!(
+        v["group_10"],
+        json!((0..10).map(|i| 2 * i).collect::<Vec<_>>()),
+        "{v}"
+    );
+    assert_eq!(v["group_restored"], true, "GroupResult.restore: {v}");
+    assert_eq!(v["group_ids"], json!([v["group_id"]]), "{v}");
+    assert_eq!(v["group_1000_sum"], 500_500, "{v}");
+    assert_eq!(v["chord"], json!([0, 2, 4]), "{v}");
+    assert_eq!(
+        v["chord_200"],
+        json!([200, 20_100, true]),
+        "every part, in header order: {v}"
+    );
+    let failing = &v["chord_failing"];
+    assert_eq!(failing["state"], "FAILURE", "{v}");
+    assert!(
+        failing["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("ChordError: Dependency") && e.contains("bad header")),
+        "a failed header part fails the body with ChordError: {v}"
+    );
+    let revoked = &v["chord_revoked"];
+    assert_eq!(revoked["part_state"], "REVOKED", "{v}");
+    assert_eq!(revoked["state"], "FAILURE", "{v}");
+    let part_id = revoked["part_id"].as_str().unwrap_or("?");
+    assert_eq!(
+        revoked["error"],
+        format!("ChordError: Dependency {part_id} raised TaskRevokedError('revoked')"),
+        "a revoked header part fails the chord, as Celery's: {v}"
+    );
+    assert_eq!(v["map"], json!([1, "two", null]), "{v}");
+    assert_eq!(v["starmap"], json!([3, 7]), "{v}");
+    assert_eq!(
+        v["chunks"],
+        json!([[0, 2, 4], [6, 8, 10], [12, 14, 16], [18]]),
+        "{v}"
+    );
+    assert_eq!(v["mixed_chord"], json!([2, 4, 6]), "{v}");
+    assert_eq!(
         v["mixed"], 35,
         "(1 + 2) * 10 + 5 across Python and celeriac: {v}"
     );
     assert_eq!(v["mixed_parent_worker"], 30, "{v}");
-    assert_eq!(
-        v["group_10"],
-        serde_json::json!([0, 2, 4, 6, 8, 10, 12, 14, 16, 18]),
-        "{v}"
-    );
-    assert_eq!(v["group_restored"], true, "GroupResult.save/restore: {v}");
-    assert_eq!(v["group_ids"], serde_json::json!([v["group_id"]]), "{v}");
-    assert_eq!(v["group_1000_sum"], 500_500, "{v}");
-    assert_eq!(
-        v["chord"],
-        serde_json::json!([0, 2, 4]),
-        "the body got the header results in order: {v}"
-    );
-    assert_eq!(
-        v["chord_200"],
-        serde_json::json!([200, 20_100, true]),
-        "{v}"
-    );
-    // Python's `.get()` raises the failed header's error (it checks the
-    // parents first), before the body's ChordError may be stored.
-    assert!(
-        v["chord_failing"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("bad header")),
-        "{v}"
-    );
-    assert_eq!(v["map"], serde_json::json!([1, "two", null]), "{v}");
-    assert_eq!(v["starmap"], serde_json::json!([3, 7]), "{v}");
-    assert_eq!(
-        v["chunks"],
-        serde_json::json!([[0, 2, 4], [6, 8, 10], [12, 14, 16], [18]]),
-        "{v}"
-    );
-    assert_eq!(
-        v["mixed_chord"],
-        serde_json::json!([2, 4, 6]),
-        "a chord across both: {v}"
-    );
 }

@@ -110,6 +110,11 @@ fn chords_sent_with_chord_unlock_are_joined_by_the_celeriac_worker() {
         "ChordError under the body's id: {v}"
     );
     assert_eq!(ok(&v, "unlock_waits"), json!([2, 2.0]), "{v}");
+    assert_eq!(
+        v["unlock_waits_stored"],
+        json!(["PENDING"]),
+        "celery.chord_unlock stores no RETRY (it ignores its result): {v}"
+    );
     assert!(
         worker.count_lines(&["task retry", "task=celery.chord_unlock"]) >= 1,
         "the unlock waited (retried) for the slow part:\n{}",

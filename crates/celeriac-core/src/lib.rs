@@ -50,7 +50,7 @@ pub mod time;
 
 pub use broker::{
     Broker, ChordJoin, Control, ControlInbox, ControlReply, ControlRequest, DeadLetter,
-    DeadLetters, Delivery, EventMessage, Events, NodeInfo, Nodes, Outgoing, RateLimits,
+    DeadLetters, Delivery, EventMessage, Events, NodeInfo, Nodes, Outgoing, PartReturn, RateLimits,
     ResultBackend, ResultWatch, Revocations, Transport, Waiters,
 };
 pub use canvas::Signature;

@@ -577,6 +577,8 @@ pub struct MemoryBackend {
     results: Mutex<HashMap<String, (ResultMeta, Instant)>>,
     keys: Mutex<HashMap<String, (String, Instant)>>,
     chords: Mutex<chord::Chords>,
+    /// Saved group results (`GroupResult.save`), with their expiry.
+    groups: Mutex<HashMap<String, (serde_json::Value, Instant)>>,
     waiters: Waiters,
 }
 
@@ -594,6 +596,7 @@ impl MemoryBackend {
             results: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
             chords: Mutex::new(chord::Chords::default()),
+            groups: Mutex::new(HashMap::new()),
             waiters: Waiters::default(),
         }
     }
@@ -693,6 +696,30 @@ impl ResultBackend for MemoryBackend {
     async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
         self.results.lock().remove(task_id);
         Ok(())
+    }
+
+    /// Kept for the result TTL (Celery's `GroupResult.save`).
+    async fn save_group(
+        &self,
+        group_id: &str,
+        meta: &serde_json::Value,
+    ) -> Result<(), BackendError> {
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
+        groups.retain(|_, (_, exp)| *exp > now);
+        groups.insert(group_id.to_string(), (meta.clone(), now + self.ttl));
+        Ok(())
+    }
+
+    async fn restore_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<serde_json::Value>, BackendError> {
+        let groups = self.groups.lock();
+        Ok(groups
+            .get(group_id)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(meta, _)| meta.clone()))
     }
 
     async fn claim_key(

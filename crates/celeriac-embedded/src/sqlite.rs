@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS results (
     seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_seq ON results(seq);
+CREATE TABLE IF NOT EXISTS group_results (
+    group_id TEXT PRIMARY KEY,
+    meta TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT PRIMARY KEY,
     task_id TEXT NOT NULL,
@@ -1214,5 +1219,57 @@ impl ResultBackend for SqliteBackend {
             backend_storage,
         )
         .await
+    }
+
+    /// One row of `group_results`, kept for the result TTL (Celery's
+    /// `GroupResult.save`).
+    async fn save_group(
+        &self,
+        group_id: &str,
+        meta: &serde_json::Value,
+    ) -> Result<(), BackendError> {
+        let group_id = group_id.to_string();
+        let json = meta.to_string();
+        let expires = unix_now() + self.ttl.as_secs_f64();
+        blocking(
+            &self.shared.db,
+            move |conn| {
+                let now = unix_now();
+                conn.execute(
+                    "DELETE FROM group_results WHERE expires_at <= ?1",
+                    params![now],
+                )?;
+                conn.execute(
+                    "INSERT INTO group_results (group_id, meta, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(group_id) DO UPDATE SET meta = excluded.meta, expires_at = excluded.expires_at",
+                    params![group_id, json, expires],
+                )
+                .map(|_| ())
+            },
+            backend_storage,
+        )
+        .await
+    }
+
+    async fn restore_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<serde_json::Value>, BackendError> {
+        let group_id = group_id.to_string();
+        let raw: Option<String> = blocking(
+            &self.shared.db,
+            move |conn| {
+                conn.query_row(
+                    "SELECT meta FROM group_results WHERE group_id = ?1 AND expires_at > ?2",
+                    params![group_id, unix_now()],
+                    |r| r.get(0),
+                )
+                .optional()
+            },
+            backend_storage,
+        )
+        .await?;
+        raw.map(|s| serde_json::from_str(&s).map_err(|e| BackendError::Malformed(e.to_string())))
+            .transpose()
     }
 }

@@ -15,37 +15,15 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use celeriac_core::{BackendError, ChordJoin};
+use celeriac_core::{BackendError, ChordJoin, PartReturn};
 use redis::Script;
 use serde_json::Value;
 
 use crate::backend::RedisBackend;
 
-/// Records a part and says whether it completes the chord.
-/// KEYS: K.j, K.t, K.s, K.d, K.c. ARGV: id, part, index score, expires,
-/// claim ttl, claim token. Returns the parts in index order to the winner,
-/// an empty list to everyone else.
-const PART_RETURN: &str = r#"
-if redis.call('GET', KEYS[5]) == 'done' then return {} end
-local member = ARGV[1] .. ':' .. ARGV[3]
-if redis.call('SISMEMBER', KEYS[4], member) == 0 then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
-  redis.call('SADD', KEYS[4], member)
-end
-local count = redis.call('ZCOUNT', KEYS[1], '-inf', '+inf')
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
-local size = tonumber(redis.call('GET', KEYS[3]))
-local extra = tonumber(redis.call('GET', KEYS[2])) or 0
-if size and count >= size + extra then
-  if redis.call('SET', KEYS[5], ARGV[6], 'NX', 'EX', tonumber(ARGV[5])) then
-    return redis.call('ZRANGE', KEYS[1], 0, -1)
-  end
-end
-return {}
-"#;
-
 /// The script, hashed once.
-static PART_RETURN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PART_RETURN));
+static PART_RETURN_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/chord_part_return.lua")));
 
 /// How long the winner's claim holds before another part may take over.
 const CLAIM_TTL_SECS: u64 = 6;
@@ -65,13 +43,14 @@ impl ChordJoin for RedisBackend {
     async fn set_size(&self, group_id: &str, size: u64) -> Result<(), BackendError> {
         let [_, _, s, _, c] = self.chord_keys(group_id);
         let mut conn = self.connection().await?;
-        redis::pipe()
-            .atomic()
-            .del(c)
-            .ignore()
-            .set_ex(s, size, self.result_expires_secs())
-            .ignore()
-            .query_async::<()>(&mut conn)
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(c).ignore();
+        match self.result_expires_secs() {
+            // Results that never expire: neither does the size.
+            0 => pipe.set(s, size).ignore(),
+            ttl => pipe.set_ex(s, size, ttl).ignore(),
+        };
+        pipe.query_async::<()>(&mut conn)
             .await
             .map_err(crate::backend::backend_err)
     }
@@ -83,28 +62,46 @@ impl ChordJoin for RedisBackend {
         group_index: Option<u64>,
         part: &Value,
     ) -> Result<Option<Vec<Value>>, BackendError> {
+        let one = PartReturn {
+            task_id,
+            group_index,
+            part,
+        };
+        self.part_return_many(group_id, &[one]).await
+    }
+
+    /// One script call for all of `parts` (`lua/chord_part_return.lua`).
+    async fn part_return_many(
+        &self,
+        group_id: &str,
+        parts: &[PartReturn<'_>],
+    ) -> Result<Option<Vec<Value>>, BackendError> {
+        if parts.is_empty() {
+            return Ok(None);
+        }
         let keys = self.chord_keys(group_id);
-        let score = group_index.map_or_else(|| "+inf".to_string(), |i| i.to_string());
-        let mut conn = self.connection().await?;
         let mut inv = PART_RETURN_SCRIPT.prepare_invoke();
         for k in &keys {
             inv.key(k);
         }
-        inv.arg(task_id)
-            .arg(part.to_string())
-            .arg(&score)
-            .arg(self.result_expires_secs())
+        inv.arg(self.result_expires_secs())
             .arg(CLAIM_TTL_SECS)
             .arg(uuid::Uuid::new_v4().to_string());
-        let parts: Vec<String> = inv
+        for p in parts {
+            let score = p
+                .group_index
+                .map_or_else(|| "+inf".to_string(), |i| i.to_string());
+            inv.arg(p.task_id).arg(p.part.to_string()).arg(score);
+        }
+        let mut conn = self.connection().await?;
+        let all: Vec<String> = inv
             .invoke_async(&mut conn)
             .await
             .map_err(crate::backend::backend_err)?;
-        if parts.is_empty() {
+        if all.is_empty() {
             return Ok(None);
         }
-        parts
-            .iter()
+        all.iter()
             .map(|p| {
                 serde_json::from_str(p)
                     .map_err(|e| BackendError::Malformed(format!("chord part {p:?}: {e}")))

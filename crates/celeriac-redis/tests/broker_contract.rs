@@ -45,6 +45,30 @@ celeriac_testkit::broker_contract!(redis_broker, super::redis);
 celeriac_testkit::beat_store_contract!(redis_beat_store, super::redis_beat);
 celeriac_testkit::chord_join_contract!(redis_chord_join, super::redis);
 
+/// With results that never expire (`result_expires=0`), the join's keys
+/// do not expire either: `EXPIRE key 0` would delete them, and the chord
+/// would never complete (Celery's #5237).
+#[tokio::test]
+async fn a_chord_joins_when_results_never_expire() {
+    let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    let url = format!("{}?result_expires=0&global_keyprefix={prefix}", redis_url());
+    let backend = RedisBackend::open(&url).unwrap();
+    let join = celeriac_testkit::chord_join::join(&*backend);
+    let g = celeriac_testkit::chord_join::fresh_group();
+    join.set_size(&g, 2).await.unwrap();
+    let part = celeriac_testkit::chord_join::part;
+    let first = join
+        .part_return(&g, "h0", Some(0), &part(0, serde_json::json!(0)))
+        .await
+        .unwrap();
+    assert_eq!(first, None);
+    let all = join
+        .part_return(&g, "h1", Some(1), &part(1, serde_json::json!(1)))
+        .await
+        .unwrap();
+    assert_eq!(all.map(|p| p.len()), Some(2), "the chord completes");
+}
+
 /// The claim script reads a message's task id and delivery tag without
 /// decoding it when each key occurs once; a message where `"id"` also
 /// occurs in a nested header takes the full decode, and its revoke is

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use celeriac_core::time::unix_now;
-use celeriac_core::{ChordJoin, ResultBackend};
+use celeriac_core::{ChordJoin, PartReturn, ResultBackend};
 use serde_json::{Value, json};
 
 use crate::{Fixture, LONG};
@@ -174,6 +174,53 @@ pub async fn chord_join_concurrent_parts_make_exactly_one_winner(make: fn(Durati
     }
 }
 
+/// Contract: `chord_join_many_parts_in_one_call`.
+pub async fn chord_join_many_parts_in_one_call(make: fn(Duration) -> Fixture) {
+    let f = make(LONG);
+    let (a, b) = (join(&*f.backend), join(&*f.other_backend));
+    let g = fresh_group();
+    a.set_size(&g, 5).await.unwrap();
+    let records: Vec<(String, Value)> = (0..5)
+        .map(|i| (format!("h{i}"), part(i, json!(i * 10))))
+        .collect();
+    let many = |idx: &[u64]| -> Vec<PartReturn<'_>> {
+        idx.iter()
+            .map(|&i| PartReturn {
+                task_id: &records[i as usize].0,
+                group_index: Some(i),
+                part: &records[i as usize].1,
+            })
+            .collect()
+    };
+    assert_eq!(
+        a.part_return_many(&g, &many(&[3, 0])).await.unwrap(),
+        None,
+        "2 of 5"
+    );
+    // h0 again (redelivered) with h1 and h1 twice in one call: 4 of 5.
+    assert_eq!(
+        b.part_return_many(&g, &many(&[0, 1, 1])).await.unwrap(),
+        None,
+        "a part is counted once, within a call and across calls"
+    );
+    assert_eq!(a.part_return_many(&g, &[]).await.unwrap(), None);
+    let all = b
+        .part_return_many(&g, &many(&[4, 2]))
+        .await
+        .unwrap()
+        .expect("the call whose parts complete the chord wins");
+    assert_eq!(
+        all,
+        (0..5).map(|i| part(i, json!(i * 10))).collect::<Vec<_>>(),
+        "every part once, in group_index order"
+    );
+    assert_eq!(
+        a.part_return_many(&g, &many(&[2])).await.unwrap(),
+        None,
+        "one winner"
+    );
+}
+
 /// Runs every chord-join contract function against fixtures made by
 /// `$make`, one `#[tokio::test]` each, in a module called `$module`.
 #[macro_export]
@@ -188,6 +235,7 @@ macro_rules! chord_join_contract {
                 chord_join_abandoned_chord_never_completes,
                 chord_join_a_part_without_an_index_sorts_last,
                 chord_join_concurrent_parts_make_exactly_one_winner,
+                chord_join_many_parts_in_one_call,
             );
         }
     };

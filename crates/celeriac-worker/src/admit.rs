@@ -267,7 +267,16 @@ fn revoked(inner: &Inner, ev: &TaskEvent<'_>, by: RevokedBy) -> Disposition {
         ResultMeta::failure(msg.id(), &TaskError::revoked(why)),
         None,
     );
-    Disposition::Done { result: Some(meta) }
+    // A revoked chord header part still joins its chord, as REVOKED, so
+    // that the chord fails with ChordError instead of waiting forever
+    // (Celery's `mark_as_revoked` calls `on_chord_part_return`).
+    match crate::canvas::rejoin(msg, &meta) {
+        Some(canvas) => Disposition::Continue {
+            result: Some(meta),
+            canvas: Box::new(canvas),
+        },
+        None => Disposition::Done { result: Some(meta) },
+    }
 }
 
 fn requeue_in(now: f64, secs: f64, why: &'static str) -> Disposition {

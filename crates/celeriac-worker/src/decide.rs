@@ -56,8 +56,8 @@ pub(crate) enum Disposition {
     /// Celery's retry: store RETRY, publish `next` (the same task id, one
     /// more retry, an eta `countdown` seconds away), then acknowledge.
     Retry {
-        /// The RETRY result.
-        result: ResultMeta,
+        /// The RETRY result (none when the task ignores its result).
+        result: Option<ResultMeta>,
         /// The next attempt.
         next: Box<Message>,
         /// Seconds until it is due.
@@ -246,12 +246,14 @@ fn cap_result(f: RunFacts<'_>, decision: Decision, limit: usize) -> Decision {
             countdown,
             error,
         }) => {
-            let size = encoded_size(&result);
-            if size > limit {
-                let err = what(size, "retry request");
-                result.result =
-                    serde_json::to_value(err.to_exception_info()).unwrap_or(Value::Null);
-                result.traceback = None;
+            if let Some(result) = &mut result {
+                let size = encoded_size(result);
+                if size > limit {
+                    let err = what(size, "retry request");
+                    result.result =
+                        serde_json::to_value(err.to_exception_info()).unwrap_or(Value::Null);
+                    result.traceback = None;
+                }
             }
             Decision::Retry(Disposition::Retry {
                 result,
@@ -283,6 +285,19 @@ impl Decision {
                     }
                 }
             }
+            // As Celery 5.7's `handle_retry`: no RETRY stored for a task
+            // that ignores its result (`celery.chord_unlock` among them).
+            Decision::Retry(Disposition::Retry {
+                result,
+                next,
+                countdown,
+                error,
+            }) => Disposition::Retry {
+                result: result.and_then(keep),
+                next,
+                countdown,
+                error,
+            },
             Decision::Retry(d) => d,
             Decision::GiveBack { lost } => Disposition::Requeue {
                 not_before: None,
@@ -344,7 +359,7 @@ fn retry(
     next.properties.delivery_tag = uuid::Uuid::new_v4().to_string();
     next.set_queue(f.queue);
     Disposition::Retry {
-        result,
+        result: Some(result),
         next: Box::new(next),
         countdown,
         error: err,
@@ -411,6 +426,25 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_of_a_task_that_ignores_its_result_stores_no_retry() {
+        // Celery 5.7's handle_retry stores RETRY only with store_errors,
+        // which ignore_result turns off (celery.chord_unlock's retries).
+        let m = msg();
+        let retry = || TaskError::retry(Some(Duration::from_secs(1)));
+        let d = decide(&m, &TaskOptions::new(), false, Err(retry()));
+        let Disposition::Retry { result, next, .. } = d.into_disposition(true) else {
+            panic!("a retry")
+        };
+        assert!(result.is_none(), "no RETRY stored");
+        assert_eq!(next.headers.retries, 1, "the retry is still sent");
+        let d = decide(&m, &TaskOptions::new(), false, Err(retry()));
+        let Disposition::Retry { result, .. } = d.into_disposition(false) else {
+            panic!("a retry")
+        };
+        assert_eq!(result.map(|r| r.status), Some(State::Retry));
+    }
+
+    #[test]
     fn an_error_is_a_failure_and_a_retry_request_a_retry_until_max_retries() {
         let m = msg();
         let opts = TaskOptions::new().max_retries(Some(2));
@@ -432,7 +466,7 @@ mod tests {
             panic!("{d:?}")
         };
         assert_eq!(countdown, 5.0);
-        assert_eq!(result.status, State::Retry);
+        assert_eq!(result.map(|r| r.status), Some(State::Retry));
         assert_eq!(next.id(), m.id(), "a retry keeps the task id");
         assert_eq!(next.headers.retries, 1);
         assert_eq!(next.headers.parent_id.as_deref(), Some(m.id()));
@@ -618,7 +652,12 @@ mod tests {
 
         let retry = TaskError::retry(None).with_traceback("t".repeat(5000));
         let d = decide_capped(&m, &opts, 1000, Err(retry));
-        let Decision::Retry(Disposition::Retry { result, next, .. }) = &d else {
+        let Decision::Retry(Disposition::Retry {
+            result: Some(result),
+            next,
+            ..
+        }) = &d
+        else {
             panic!("{d:?}")
         };
         assert_eq!(result.status, State::Retry, "a retry still retries");

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use celeriac_core::escape::Escaped;
 use celeriac_core::time::unix_now;
-use celeriac_core::{BrokerError, CodecError, Delivery, Message, Outgoing, ResultMeta};
+use celeriac_core::{
+    BrokerError, ChordJoin, CodecError, Delivery, Message, Outgoing, PartReturn, ResultMeta,
+};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -108,19 +110,36 @@ pub(crate) struct Batches {
 }
 
 /// A finished task to settle: its result to store (none with
-/// `ignore_result`), then its message to ack.
+/// `ignore_result`), its chord to join, then its message to ack.
 #[derive(Debug)]
 struct ToSettle {
     meta: Option<ResultMeta>,
     delivery: Delivery,
+    /// A chord header part: joined once its result is stored, before its
+    /// message is acked.
+    join: Option<Box<Join>>,
     /// Told when it is settled, with its result back if that could not be
     /// stored (none when its own handler settles it).
-    done: Option<oneshot::Sender<Unstored>>,
+    done: Option<oneshot::Sender<Option<Unstored>>>,
+}
+
+/// A chord header part to join, and the message that ran it (the body's
+/// parent, if this part completes the chord).
+#[derive(Debug)]
+struct Join {
+    chord: ChordPart,
+    msg: Message,
 }
 
 /// A result the batch could not store, handed back to its handler with
-/// its message (still held, not acked), to store again on its own.
-type Unstored = Option<(ResultMeta, Delivery)>;
+/// its message (still held, not acked) and its chord join (not joined), to
+/// store again on its own.
+#[derive(Debug)]
+struct Unstored {
+    meta: ResultMeta,
+    delivery: Delivery,
+    join: Option<Box<Join>>,
+}
 
 /// Carries out `disposition` for `held`; `msg` is the decoded message, if
 /// it could be decoded (for a retry's log line and an early-acked give-back).
@@ -133,7 +152,7 @@ pub(crate) async fn apply(
     let d = held.delivery;
     match disposition {
         Disposition::Done { result } => finish(inner, held.acked, result, d).await,
-        Disposition::Continue { result, canvas } => {
+        Disposition::Continue { result, mut canvas } => {
             let id = msg.map(Message::id).unwrap_or_default();
             // As Celery does: the next steps are published before this
             // task's result is stored (its `children` names them), and the
@@ -154,33 +173,40 @@ pub(crate) async fn apply(
                     return;
                 }
             }
-            let mut result = store_beside(inner, result, &canvas.also_store).await;
-            // A chord header part joins once its own result is stored and
-            // before its message is acked: a worker that dies in between
-            // leaves the message to come back, and it joins again (the
-            // join counts a part once).
-            let part = canvas.chord.as_ref().zip(msg);
-            if part.is_some()
-                && let Some(meta) = result.take()
-                && !store(inner, &meta).await
-            {
-                result = Some(meta);
-            }
-            let joined = match part {
-                Some((chord, m)) if result.is_none() => {
-                    join_chord(inner, m, chord).await;
-                    true
+            let result = store_beside(inner, result, &canvas.also_store).await;
+            let part = canvas.chord.take().zip(msg);
+            match part {
+                // A chord header part joins once its own result is stored
+                // and before its message is acked: a worker that dies in
+                // between leaves the message to come back, and it joins
+                // again (the join counts a part once). In the settle
+                // batch: the parts of one chord that finish together join
+                // in one call.
+                Some((chord, m)) if !held.acked => {
+                    let join = Box::new(Join {
+                        chord,
+                        msg: m.clone(),
+                    });
+                    if let Some(back) = settle(inner, result, d, Some(join)).await {
+                        // Its result could not be stored: stored again
+                        // (and acked), then joined.
+                        keep_storing(inner, back.meta, Some(back.delivery)).await;
+                        if let Some(join) = back.join {
+                            join_chord(inner, &join.msg, &join.chord).await;
+                        }
+                    }
                 }
-                _ => false,
-            };
-            finish(inner, held.acked, result, d).await;
+                Some((chord, m)) => {
+                    // Acked as it started: stored (again until it is),
+                    // then joined.
+                    finish(inner, true, result, d).await;
+                    join_chord(inner, m, &chord).await;
+                }
+                None => finish(inner, held.acked, result, d).await,
+            }
             // Errbacks, once the FAILURE is stored.
             if let Err(e) = publish_all(inner, &canvas.after).await {
                 tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the errbacks of a failed task");
-            }
-            // A part whose result had to be stored again joins now.
-            if let Some((chord, m)) = part.filter(|_| !joined) {
-                join_chord(inner, m, chord).await;
             }
         }
         Disposition::Requeue { not_before, why } => {
@@ -219,8 +245,11 @@ pub(crate) async fn apply(
             error,
         } => {
             // RETRY first: stored after the next attempt, it could
-            // overwrite that attempt's final state.
-            store(inner, &result).await;
+            // overwrite that attempt's final state. None for a task that
+            // ignores its result.
+            if let Some(result) = &result {
+                store(inner, result).await;
+            }
             inner.ledger.forget(&d.tag);
             let published = match outgoing(inner, &next) {
                 Ok(out) => inner.broker.publish(out).await.map_err(|e| e.to_string()),
@@ -283,8 +312,8 @@ async fn finish(inner: &Inner, acked: bool, result: Option<ResultMeta>, d: Deliv
         {
             keep_storing(inner, meta, None).await;
         }
-    } else if let Some((meta, d)) = settle(inner, result, d).await {
-        keep_storing(inner, meta, Some(d)).await;
+    } else if let Some(back) = settle(inner, result, d, None).await {
+        keep_storing(inner, back.meta, Some(back.delivery)).await;
     }
 }
 
@@ -295,7 +324,6 @@ async fn finish(inner: &Inner, acked: bool, result: Option<ResultMeta>, d: Deliv
 /// backend, the chord's `celery.chord_unlock` joins it, and a part does
 /// nothing here (as Celery's base backend).
 ///
-/// [`ChordJoin`]: celeriac_core::ChordJoin
 async fn join_chord(inner: &Inner, msg: &Message, chord: &ChordPart) {
     let id = msg.id();
     let group = chord.group_id.as_str();
@@ -304,16 +332,29 @@ async fn join_chord(inner: &Inner, msg: &Message, chord: &ChordPart) {
             "a chord header part finished; this backend has no chord join, so the chord's celery.chord_unlock joins it");
         return;
     };
-    let parts = match join.part_return(group, id, chord.index, &chord.part).await {
-        Ok(Some(parts)) => parts,
-        Ok(None) => return,
+    match join.part_return(group, id, chord.index, &chord.part).await {
+        Ok(Some(parts)) => complete_chord(inner, join, msg, chord, &parts).await,
+        Ok(None) => {}
         Err(e) => {
             tracing::error!(task_id = %Escaped(id), group = %Escaped(group), error = %Escaped(&e), "could not record a chord header part");
-            return;
         }
-    };
-    // The last part is in: this worker completes the chord.
-    match crate::canvas::chord_complete(chord, msg, &parts) {
+    }
+}
+
+/// Completes a chord whose last part is in (`parts`, in header order), as
+/// the part `msg` that completed it: publishes the body with every header
+/// result, or, if a part failed, stores the body's ChordError and calls
+/// its errbacks.
+async fn complete_chord(
+    inner: &Inner,
+    join: &dyn ChordJoin,
+    msg: &Message,
+    chord: &ChordPart,
+    parts: &[serde_json::Value],
+) {
+    let id = msg.id();
+    let group = chord.group_id.as_str();
+    match crate::canvas::chord_complete(chord, msg, parts) {
         Ok(Completion::Body(body)) => {
             let sent = match start_chords(inner, &body.chords).await {
                 Ok(()) => publish_all(inner, &body.messages).await,
@@ -466,13 +507,19 @@ async fn store(inner: &Inner, meta: &ResultMeta) -> bool {
 /// every one queued meanwhile, and again until none is left. So a lone task
 /// is settled by its own handler without a hand-off to another task, and a
 /// busy worker makes two round trips per batch instead of two per task.
-async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) -> Unstored {
+async fn settle(
+    inner: &Inner,
+    meta: Option<ResultMeta>,
+    delivery: Delivery,
+    join: Option<Box<Join>>,
+) -> Option<Unstored> {
     if !inner.broker.batch_settles() {
         // In-process: a batch saves no round trip, and waiting for another
         // handler's batch would add a wake-up.
         let one = ToSettle {
             meta,
             delivery,
+            join,
             done: None,
         };
         return settle_batch(inner, vec![one]).await.pop();
@@ -482,6 +529,7 @@ async fn settle(inner: &Inner, meta: Option<ResultMeta>, delivery: Delivery) -> 
     batches.queue.lock().push(ToSettle {
         meta,
         delivery,
+        join,
         done: Some(done),
     });
     loop {
@@ -591,17 +639,20 @@ impl Drop for ClearOnDrop<'_> {
     }
 }
 
-/// Stores a batch's results and acks the messages whose result is stored.
-/// A task whose result could not be stored is not acked: it gets its result
-/// and message back, through its `done` channel, or in the returned list
-/// when it has none.
-async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) -> Vec<(ResultMeta, Delivery)> {
+/// Stores a batch's results, joins the chord header parts among them, and
+/// acks the messages whose result is stored and whose part (if any) is
+/// joined. A task whose result could not be stored is neither joined nor
+/// acked: it gets its result, message and join back, through its `done`
+/// channel, or in the returned list when it has none. A part whose join
+/// failed is not acked either: its message comes back when its lease
+/// lapses, and joins again (counted once).
+async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) -> Vec<Unstored> {
     // Taken apart without copies: the results to store, and for each task
-    // whether it had one, its delivery and whom to tell.
+    // whether it had one, its delivery, its join and whom to tell.
     let mut metas = Vec::with_capacity(batch.len());
     let mut tasks = Vec::with_capacity(batch.len());
     for s in batch {
-        tasks.push((s.meta.is_some(), s.delivery, s.done));
+        tasks.push((s.meta.is_some(), s.delivery, s.join, s.done));
         metas.extend(s.meta);
     }
     // Whether each result is stored.
@@ -617,25 +668,42 @@ async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) -> Vec<(ResultMeta, D
         }
     };
     let mut metas = metas.into_iter().zip(stored);
-    let mut acks = Vec::with_capacity(tasks.len());
-    let mut dones = Vec::with_capacity(tasks.len());
+    let mut settled = Vec::with_capacity(tasks.len());
     let mut unstored = Vec::new();
-    for (has_meta, delivery, done) in tasks {
+    for (has_meta, delivery, join, done) in tasks {
         let failed = if has_meta {
             metas.next().and_then(|(m, ok)| (!ok).then_some(m))
         } else {
             None
         };
-        match (failed, done) {
-            (None, done) => {
-                acks.push(delivery);
-                dones.extend(done);
+        let Some(meta) = failed else {
+            settled.push((delivery, join, done));
+            continue;
+        };
+        let back = Unstored {
+            meta,
+            delivery,
+            join,
+        };
+        match done {
+            Some(done) => {
+                let _ = done.send(Some(back));
             }
-            (Some(meta), Some(done)) => {
-                let _ = done.send(Some((meta, delivery)));
-            }
-            (Some(meta), None) => unstored.push((meta, delivery)),
+            None => unstored.push(back),
         }
+    }
+    let joined = join_batch(
+        inner,
+        settled.iter().map(|(_, j, _)| j.as_deref()).collect(),
+    )
+    .await;
+    let mut acks = Vec::with_capacity(settled.len());
+    let mut dones = Vec::with_capacity(settled.len());
+    for ((delivery, _, done), joined) in settled.into_iter().zip(joined) {
+        if joined {
+            acks.push(delivery);
+        }
+        dones.extend(done);
     }
     match inner.broker.ack_many(&acks).await {
         Ok(held) => {
@@ -653,4 +721,58 @@ async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) -> Vec<(ResultMeta, D
         let _ = done.send(None);
     }
     unstored
+}
+
+/// Joins the chord header parts of a settle batch (`None` for a task that
+/// is no part), the parts of each chord in one call, and completes the
+/// chords they complete. Says, for each task, whether its message may be
+/// acked: not when its join failed.
+async fn join_batch(inner: &Inner, joins: Vec<Option<&Join>>) -> Vec<bool> {
+    let mut ok = vec![true; joins.len()];
+    if joins.iter().all(Option::is_none) {
+        return ok;
+    }
+    let Some(join) = inner.backend.chord_join() else {
+        tracing::debug!(backend = %inner.backend.url(),
+            "chord header parts finished; this backend has no chord join, so their chords' celery.chord_unlock joins them");
+        return ok;
+    };
+    // By chord, in the order of the batch.
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, j) in joins.iter().enumerate() {
+        let Some(j) = j else { continue };
+        let group = j.chord.group_id.as_str();
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((group, vec![i])),
+        }
+    }
+    for (group, members) in groups {
+        let parts: Vec<&Join> = members.iter().filter_map(|&i| joins[i]).collect();
+        let records: Vec<PartReturn<'_>> = parts
+            .iter()
+            .map(|j| PartReturn {
+                task_id: j.msg.id(),
+                group_index: j.chord.index,
+                part: &j.chord.part,
+            })
+            .collect();
+        match join.part_return_many(group, &records).await {
+            Ok(None) => {}
+            Ok(Some(all)) => {
+                // These parts complete the chord: the last of them is the
+                // body's parent.
+                let last = parts.last().expect("a chord's parts in the batch");
+                complete_chord(inner, join, &last.msg, &last.chord, &all).await;
+            }
+            Err(e) => {
+                tracing::error!(group = %Escaped(group), parts = members.len(), error = %Escaped(&e),
+                    "could not record chord header parts; their messages are not acked, and join again when they come back");
+                for i in members {
+                    ok[i] = false;
+                }
+            }
+        }
+    }
+    ok
 }

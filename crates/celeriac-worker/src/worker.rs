@@ -410,7 +410,15 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
     let mut decision = decide::after_run(facts, ran, random_unit(), unix_now());
     subtasks.add_children(&mut decision);
     report(inner, &ev, &decision);
-    let disposition = decision.into_disposition(msg.headers.ignore_result == Some(true));
+    // The message's `ignore_result`, or when it has none (Celery's
+    // `send_task` sends null), the task's: of the built-ins, only
+    // `celery.chord_unlock` ignores its result (Celery 5.7's
+    // `get_actual_ignore_result`).
+    let ignore_result = msg
+        .headers
+        .ignore_result
+        .unwrap_or(msg.task() == crate::canvas::unlock::CHORD_UNLOCK);
+    let disposition = decision.into_disposition(ignore_result);
     settle::apply(inner, held, Some(&msg), disposition).await;
 }
 

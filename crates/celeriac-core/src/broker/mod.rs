@@ -69,7 +69,7 @@ pub use dead_letters::DeadLetters;
 pub use events::{EventMessage, EventStream, Events};
 pub use nodes::Nodes;
 pub use rate_limits::RateLimits;
-pub use result_backend::{ChordJoin, ResultBackend, ResultWatch, Waiters};
+pub use result_backend::{ChordJoin, PartReturn, ResultBackend, ResultWatch, Waiters};
 pub use revocations::Revocations;
 pub use transport::Transport;
 

@@ -207,6 +207,18 @@ impl Waiters {
     }
 }
 
+/// One finished chord header part, as
+/// [`ChordJoin::part_return_many`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct PartReturn<'a> {
+    /// The part's task id.
+    pub task_id: &'a str,
+    /// Its place in the header (`group_index`).
+    pub group_index: Option<u64>,
+    /// Celery's part record: `[1, task_id, state, result]`.
+    pub part: &'a serde_json::Value,
+}
+
 /// Joins chords the way Celery 5.x does on this backend: each finished
 /// header part is recorded once (a redelivered part is not counted twice),
 /// and exactly one caller learns that the last part is in.
@@ -231,6 +243,33 @@ pub trait ChordJoin: Send + Sync + fmt::Debug {
         group_index: Option<u64>,
         part: &serde_json::Value,
     ) -> Result<Option<Vec<serde_json::Value>>, BackendError>;
+
+    /// Records several finished parts of chord `group_id` at once, each as
+    /// [`part_return`](Self::part_return) does (a redelivered part counted
+    /// once). Returns every part of the chord, in `group_index` order, to
+    /// the one caller whose parts complete it; `None` to everyone else.
+    ///
+    /// A backend that can records them in one round trip (Redis: one
+    /// script call); the default records them one by one. After an error,
+    /// some of the parts may be recorded: returning them again counts each
+    /// once, so a caller that does not acknowledge their messages stays
+    /// correct.
+    async fn part_return_many(
+        &self,
+        group_id: &str,
+        parts: &[PartReturn<'_>],
+    ) -> Result<Option<Vec<serde_json::Value>>, BackendError> {
+        let mut all = None;
+        for p in parts {
+            if let Some(won) = self
+                .part_return(group_id, p.task_id, p.group_index, p.part)
+                .await?
+            {
+                all = Some(won);
+            }
+        }
+        Ok(all)
+    }
 
     /// The chord's body was sent (or its failure stored): drops the join's
     /// state and marks the chord done, so a late or redelivered part

@@ -223,9 +223,11 @@ pub(crate) fn on_failure(msg: &Message, result: &ResultMeta) -> Continuation {
     c
 }
 
-/// A chord header part delivered again after it finished (its worker died
-/// before the ack): what joins it again, from its stored result. `None`
-/// for a message that is no chord header part.
+/// A chord header part that joins with `stored` and runs nothing: one
+/// delivered again after it finished (its worker died before the ack),
+/// from its stored result, or one revoked or expired (REVOKED), so that
+/// its chord fails instead of waiting forever. `None` for a message that
+/// is no chord header part.
 pub(crate) fn rejoin(msg: &Message, stored: &ResultMeta) -> Option<Continuation> {
     let mut c = Continuation::default();
     c.chord = chord_part(msg, &stored.result, stored.status.as_str(), &mut c.problems);

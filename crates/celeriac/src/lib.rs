@@ -34,6 +34,8 @@
 extern crate self as celeriac;
 
 pub mod builtins;
+#[cfg(feature = "cli")]
+pub mod cli;
 
 pub use celeriac_connect::{default_backend_url, open_backend, open_broker};
 pub use celeriac_core::CancelToken;

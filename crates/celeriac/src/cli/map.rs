@@ -26,8 +26,8 @@ use clap::builder::NonEmptyStringValueParser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value, json};
 
-use crate::parse::{exact_integers, parse_seconds, queue_name};
-use crate::{Conn, Signing, probe};
+use crate::cli::parse::{exact_integers, parse_seconds, queue_name};
+use crate::cli::{Conn, Signing, probe};
 
 /// How many calls are published (and watched) in one round trip.
 const BATCH: usize = 500;
@@ -168,7 +168,7 @@ pub(crate) fn run(conn: &Conn, args: MapArgs) -> Result<ExitCode> {
         }
         messages.push(msg);
     }
-    crate::runtime()?.block_on(submit_and_wait(conn, &args, messages))
+    crate::cli::runtime()?.block_on(submit_and_wait(conn, &args, messages))
 }
 
 async fn submit_and_wait(conn: &Conn, args: &MapArgs, messages: Vec<Message>) -> Result<ExitCode> {

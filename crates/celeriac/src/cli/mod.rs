@@ -1,5 +1,27 @@
-//! The `celeriac` command: `demo`, `worker`, `call`, `map`, `result`, `revoke`,
-//! `dlq`, `tasks`, `inspect`, `control`, `status`, `purge`.
+//! The `celeriac` command line, as a library: [`main`] turns any program
+//! into the full CLI (`worker`, `call`, `map`, `result`, `revoke`, `dlq`,
+//! `tasks`, `inspect`, `control`, `status`, `purge`, `events`, `demo`),
+//! serving the `#[task]`s linked into that program, as `celery -A proj`
+//! does for a Python project. The `celeriac` binary is one such program.
+//!
+//! ```no_run
+//! use celeriac::task;
+//!
+//! #[task(name = "proj.add")]
+//! fn add(x: i64, y: i64) -> i64 {
+//!     x + y
+//! }
+//!
+//! fn main() {
+//!     celeriac::cli::main()
+//! }
+//! ```
+//!
+//! `cargo run -- worker` then runs a worker with `proj.add` (and the
+//! built-in `celeriac.*` tasks); `cargo run -- worker -P processes` runs
+//! them in child processes, which re-execute the same program.
+//!
+//! Behind the `cli` feature (on by default).
 
 mod banner;
 mod demo;
@@ -301,13 +323,49 @@ struct CallArgs {
 /// countdown.
 const CALL_WAIT: f64 = 60.0;
 
+/// Runs the command line of this program (its arguments from
+/// `std::env::args_os`) and exits the process with its status.
+///
+/// Call it as the whole of `main`: a process-pool child re-executes this
+/// program, and `main` first turns such a child into a task server
+/// ([`celeriac::init`]). Everything `main` does before it also runs in
+/// every child.
+///
 /// Exit codes: 0 ok, 1 the task failed (or a worker replied with an
 /// error), 2 usage or setup error, 3 timed out, 4 result not ready, 69 no
 /// worker replied (as Celery).
-fn main() -> ExitCode {
+pub fn main() -> ! {
     // A process pool child re-executes this binary: serve tasks and exit.
     celeriac::init();
-    let cli = Cli::parse();
+    let code = run_args(std::env::args_os());
+    std::process::exit(i32::from(code))
+}
+
+/// Runs the command line given by `args` (the first is the program's
+/// name) and returns the exit status, without exiting.
+///
+/// [`main`] is [`celeriac::init`] and then this; call this directly to
+/// run the CLI from a program that does more around it.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    ExitCode::from(run_args(args))
+}
+
+fn run_args<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
     let default_level = match cli.command {
         Command::Demo(_) => "warn",
         _ => "info",
@@ -316,15 +374,23 @@ fn main() -> ExitCode {
         cli.loglevel.as_deref().unwrap_or(default_level),
         cli.log_format == "json",
     );
-    let code = match run(cli) {
-        Ok(code) => code,
+    let code = match dispatch(cli) {
+        Ok(code) => status_of(code),
         Err(e) => {
             eprintln!("error: {}", EscapedLines(format_args!("{e:#}")));
-            ExitCode::from(2)
+            2
         }
     };
     telemetry::flush();
     code
+}
+
+/// The number behind an [`ExitCode`] (std keeps it opaque; every code
+/// here is made from a `u8`).
+fn status_of(code: ExitCode) -> u8 {
+    (0..=u8::MAX)
+        .find(|&n| ExitCode::from(n) == code)
+        .unwrap_or(1)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -353,7 +419,7 @@ fn worker_runtime(pool: celeriac::PoolKind) -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Worker(args) => worker(&cli.conn, args),

@@ -52,6 +52,7 @@ pub struct WorkerBuilder {
     secret: Option<Secret>,
     max_result: Option<usize>,
     events_enabled: Arc<AtomicBool>,
+    track_started: bool,
 }
 
 /// Settings of the worker's process pool.
@@ -85,6 +86,8 @@ pub(crate) struct Config {
     /// Whether task events are sent (`-E`; remote control's
     /// `enable_events` and `disable_events` flip it while the worker runs).
     pub(crate) events_enabled: Arc<AtomicBool>,
+    /// Store STARTED when any task starts (Celery's `task_track_started`).
+    pub(crate) track_started: bool,
 }
 
 impl Config {
@@ -144,6 +147,7 @@ impl WorkerBuilder {
             secret: None,
             max_result: None,
             events_enabled: Arc::new(AtomicBool::new(false)),
+            track_started: false,
         }
     }
 
@@ -346,6 +350,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Store the STARTED state when any task starts (Celery's
+    /// `task_track_started`); `#[task(track_started)]` asks it for one
+    /// task. Default: off, as Celery.
+    pub fn track_started(mut self, on: bool) -> Self {
+        self.track_started = on;
+        self
+    }
+
     /// The largest result stored, in bytes of JSON: the returned value
     /// (or a failure's exception document and traceback). A larger one is
     /// not stored; a FAILURE `ResultTooLarge` that names both sizes takes
@@ -422,6 +434,7 @@ impl WorkerBuilder {
                 secret: self.secret,
                 max_result: self.max_result,
                 events_enabled: self.events_enabled,
+                track_started: self.track_started,
             },
             kind: self.kind,
             threads,

@@ -45,7 +45,8 @@ pub use celeriac_core::{
     Args, BackendError, BoxError, Broker, BrokerError, Call, CodecError, DeadLetter, DeadLetters,
     Delivery, Message, NodeInfo, Nodes, Outgoing, RateLimit, RateLimits, Registry, RegistryError,
     ResultBackend, ResultMeta, RetryDecision, Revocations, Routes, Secret, SignatureError, State,
-    Task, TaskContext, TaskDef, TaskError, TaskErrorKind, TaskFuture, TaskOptions, Transport,
+    StateError, Task, TaskContext, TaskDef, TaskError, TaskErrorKind, TaskFuture, TaskOptions,
+    Transport,
 };
 pub use celeriac_core::{Control, ControlInbox, ControlReply, ControlRequest};
 pub use celeriac_core::{Enforces, Executor, PoolKind, Ran};

@@ -42,9 +42,10 @@ pub(crate) struct MapArgs {
     /// with "args" and "kwargs". `-` reads standard input.
     #[arg(long, value_name = "FILE")]
     args_file: PathBuf,
-    /// Queue to send to.
-    #[arg(long, short = 'q', default_value = "celery", value_parser = queue_name)]
-    queue: String,
+    /// Queue to send to. Default: the task's route in celeriac.toml, else
+    /// `celery`.
+    #[arg(long, short = 'q', value_parser = queue_name)]
+    queue: Option<String>,
     /// Give up waiting after this many seconds: the calls not finished by
     /// then are printed as errors of state PENDING (exit code 3).
     #[arg(long, value_parser = parse_seconds)]
@@ -153,7 +154,9 @@ fn progress(n: usize, hidden: bool) -> ProgressBar {
 
 /// Runs `celeriac map`. Exit codes: 0 all succeeded, 1 some failed, 3
 /// some had no result before `--timeout`.
-pub(crate) fn run(conn: &Conn, args: MapArgs) -> Result<ExitCode> {
+pub(crate) fn run(conn: &Conn, mut args: MapArgs) -> Result<ExitCode> {
+    args.queue = Some(conn.queue_for(args.queue.as_deref(), &args.name));
+    let queue = args.queue.clone().unwrap_or_default();
     let calls = read_lines(&args.args_file)?;
     let secret = args.signing.secret()?;
     let mut messages = Vec::with_capacity(calls.len());
@@ -161,7 +164,7 @@ pub(crate) fn run(conn: &Conn, args: MapArgs) -> Result<ExitCode> {
         let mut msg: Message = Call::<Value>::new(args.name.clone())
             .with_args(a)
             .with_kwargs(k)
-            .queue(args.queue.clone())
+            .queue(queue.clone())
             .to_message()?;
         if let Some(s) = &secret {
             s.sign(&mut msg)?;
@@ -178,7 +181,7 @@ async fn submit_and_wait(conn: &Conn, args: &MapArgs, messages: Vec<Message>) ->
         &backend,
         &conn.broker_url(),
         &conn.backend_url(),
-        &args.queue,
+        args.queue.as_deref().unwrap_or("celery"),
         probe::STARTUP_DEADLINE,
     )
     .await?;
@@ -253,7 +256,7 @@ async fn submit_and_wait(conn: &Conn, args: &MapArgs, messages: Vec<Message>) ->
     if timed_out {
         eprintln!(
             "timed out: {unfinished} of {n} tasks had no result (is a worker consuming queue {:?}?)",
-            args.queue
+            args.queue.as_deref().unwrap_or("celery")
         );
         return Ok(ExitCode::from(3));
     }

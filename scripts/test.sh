@@ -117,4 +117,7 @@ for ex in thread_pool job_server worker_and_client celery_messages redis_server 
     cargo run --quiet --locked -p celeriac-examples --example "$ex" >/dev/null
 done
 
+echo "-- example user-project"
+cargo run --quiet --locked -p user-project -- tasks | grep -qx proj.add
+
 say "all checks passed"

@@ -5,10 +5,12 @@
 //! `AsyncResult.state` and `.info`, `celeriac result --meta`.
 //!
 //! The worker's side is the [`TaskStates`] trait; a worker gives each
-//! task's context one. **Where it works:** tasks on a worker's thread pool
-//! and `async fn` tasks (use [`TaskContext::update_state_async`] there). A
-//! task running in a child process of the process pool, or one called
-//! directly with a detached context, gets [`StateError::Unavailable`].
+//! task's context one. **Where it works:** every task a worker runs: on
+//! its thread pool, in `async fn` tasks (use
+//! [`TaskContext::update_state_async`] there), and in the process pool's
+//! children, which send the state to the worker to store. A task called
+//! directly with a detached context, or run by a pool that has no result
+//! store (the job server), gets [`StateError::Unavailable`].
 
 use std::fmt;
 
@@ -104,4 +106,4 @@ impl TaskContext {
 }
 
 /// Why a context has no [`TaskStates`].
-const UNAVAILABLE: &str = "this task is not running on a worker's thread pool or async executor (a process-pool child, or a detached context)";
+const UNAVAILABLE: &str = "this task is not running on a worker with a result backend (a detached context, or the job server)";

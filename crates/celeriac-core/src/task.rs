@@ -350,8 +350,8 @@ impl TaskContext {
 
     /// The worker's [`TaskStates`](crate::progress::TaskStates), if this
     /// task runs where it can store states.
-    pub fn states(&self) -> Option<&dyn crate::progress::TaskStates> {
-        self.states.as_deref()
+    pub fn states(&self) -> Option<&Arc<dyn crate::progress::TaskStates>> {
+        self.states.as_ref()
     }
 
     /// Whether the task should stop now: its soft time limit has passed.

@@ -32,10 +32,9 @@ fn whoami(ctx: &TaskContext) -> serde_json::Value {
 /// far it got as the custom state PROGRESS, which clients see while it
 /// runs (Python's `AsyncResult.state` and `.info`, `celeriac result
 /// --meta`). Marked `track_started`: it is STARTED before its first
-/// PROGRESS. It asks for the thread pool, where states can be stored
-/// (a process-pool child cannot store them yet), so it runs on threads
-/// on a `-P processes` worker too.
-#[task(name = "proj.count_words", track_started, pool = "threads")]
+/// PROGRESS. On `-P processes` it runs in a child, which hands its states
+/// to the worker to store.
+#[task(name = "proj.count_words", track_started)]
 fn count_words(ctx: &TaskContext, texts: Vec<String>, pause: f64) -> Result<usize, TaskError> {
     let mut words = 0;
     for (i, text) in texts.iter().enumerate() {

@@ -425,18 +425,36 @@ where
     if !matches!(cli.command, Command::Demo(_) | Command::Tasks { .. })
         && let Err(e) = cli.conn.load_settings()
     {
-        eprintln!("error: {}", EscapedLines(format_args!("{e:#}")));
+        eprintln!("error: {}", EscapedLines(causes(&e)));
         return 2;
     }
     let code = match dispatch(cli) {
         Ok(code) => status_of(code),
         Err(e) => {
-            eprintln!("error: {}", EscapedLines(format_args!("{e:#}")));
+            eprintln!("error: {}", EscapedLines(causes(&e)));
             2
         }
     };
     telemetry::flush();
     code
+}
+
+/// An error and its causes, `: `-separated, each said once: many errors
+/// repeat their source's text in their own, which `{:#}` would print
+/// again.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// The number behind an [`ExitCode`] (std keeps it opaque; every code
@@ -650,6 +668,9 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             backend: &urls.1,
             tasks: names.iter().map(String::as_str).collect(),
             autoscale: autoscale_bounds(args.autoscale.as_deref())?,
+            prefetch: args
+                .prefetch_multiplier
+                .unwrap_or(celeriac::DEFAULT_PREFETCH_MULTIPLIER),
         };
         println!("{}", banner::banner(&worker, &facts));
         let w = worker.clone();

@@ -266,7 +266,7 @@ fn celeriac_inspects_and_controls_a_python_worker() {
     assert_eq!(s["pid"], worker.id(), "{stats}");
     assert_eq!(
         celeriac_json(&url, &["inspect", "registered"]),
-        json!({PY_NODE: ["tasks.add", "tasks.boom", "tasks.mul", "tasks.sleep"]})
+        json!({PY_NODE: ["tasks.add", "tasks.boom", "tasks.mul", "tasks.progress", "tasks.sleep"]})
     );
     assert_eq!(
         celeriac_json(&url, &["inspect", "active"]),

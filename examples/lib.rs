@@ -8,3 +8,13 @@
 //! - `task_semantics`: retries, idempotency keys, revoke, expiry, rate limits.
 //! - `process_pool`: crash isolation, time limits, batching, a server on processes.
 //! - `async_tasks`: `#[task] async fn` on the async pool.
+//! - `crawler`: the book's web crawler on threads, processes, async, the
+//!   job server and the queue.
+//! - `fibonacci`: the book's Fibonacci job on the same five layers.
+
+pub mod book;
+
+/// The concepts guide, `docs/concepts.md`: its snippets are this crate's
+/// doctests.
+#[doc = include_str!("../docs/concepts.md")]
+pub mod concepts {}

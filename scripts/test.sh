@@ -116,6 +116,18 @@ for ex in thread_pool job_server worker_and_client celery_messages redis_server 
   CELERIAC_BROKER_URL="${CELERIAC_TEST_REDIS_URL%/0}/4" \
     cargo run --quiet --locked -p celeriac-examples --example "$ex" >/dev/null
 done
+# The book's examples (every layer of both runs in examples/tests/book_layers.rs;
+# here, the command lines, against nothing slower than a refused port).
+for layer in threads processes async server queue; do
+  echo "-- example fibonacci --layer $layer"
+  cargo run --quiet --locked -p celeriac-examples --example fibonacci -- --layer "$layer" --inputs 4,3,8,6,10 >/dev/null
+done
+echo "-- example fibonacci --layer server on Redis"
+cargo run --quiet --locked -p celeriac-examples --example fibonacci -- --layer server \
+  --broker "${CELERIAC_TEST_REDIS_URL%/0}/5" --inputs 4,3,8,6,10 >/dev/null
+echo "-- example crawler --layer queue"
+cargo run --quiet --locked -p celeriac-examples --example crawler -- --layer queue --timeout 2 http://127.0.0.1:9/ \
+  | grep -qx "crawled 0 pages, 1 failed"
 
 echo "-- example user-project"
 cargo run --quiet --locked -p user-project -- tasks | grep -qx proj.add

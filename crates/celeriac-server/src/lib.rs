@@ -10,7 +10,7 @@
 //! | `job()` | [`Job::wait`], [`Job::wait_timeout`], [`Job::ready`], [`Job::try_result`] |
 //! | `server.wait(group)` | [`Server::wait_group`], [`Server::wait`] |
 //! | `Template(server, f, …).submit(args)` | [`Template`] |
-//! | `set_ncpus` / `get_ncpus` | [`Server::set_workers`] / [`Server::workers`] |
+//! | `set_ncpus` / `get_ncpus` | [`Server::set_workers`] / [`Server::workers`]; any node: [`Server::set_node_workers`] |
 //! | `get_active_nodes()` | [`Server::active_nodes`] |
 //! | `get_stats()` / `print_stats()` | [`Server::stats`] / [`Server::print_stats`] |
 //! | Celery's `chain(...).apply_async()`, `group`, `chord` | [`Server::apply`] → [`Job`] / [`GroupResult`] |
@@ -27,6 +27,7 @@
 mod canvas;
 mod group;
 mod job;
+mod nodes;
 mod server;
 mod stats;
 

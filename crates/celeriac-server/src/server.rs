@@ -44,6 +44,15 @@ pub enum ServerError {
     /// The async runtime could not be started.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// A node did not resize: it did not answer, or refused (see
+    /// [`Server::set_node_workers`]).
+    #[error("node {node}: {reason}")]
+    Node {
+        /// The node's name.
+        node: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 type CallbackJob = Box<dyn FnOnce() + Send>;
@@ -125,8 +134,18 @@ impl ServerState {
     }
 
     fn settle(&self, state: &JobState, outcome: JobEnd) {
+        // Out of `pending` before the completion wakes anyone: stats taken
+        // right after a wait count the job finished, not active.
+        {
+            let mut pending = self.pending.lock();
+            if pending
+                .get(&state.id)
+                .is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), state))
+            {
+                pending.remove(&state.id);
+            }
+        }
         if state.complete(outcome) {
-            self.pending.lock().remove(&state.id);
             let mut groups = self.groups.lock();
             if let Some(n) = groups.get_mut(&state.group) {
                 *n -= 1;
@@ -164,7 +183,7 @@ impl ServerCore {
 
     /// Runs a future on the server's runtime and blocks for its output;
     /// works from any thread, including inside another runtime.
-    fn block<F>(&self, fut: F) -> F::Output
+    pub(crate) fn block<F>(&self, fut: F) -> F::Output
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,

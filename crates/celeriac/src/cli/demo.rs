@@ -38,6 +38,17 @@ fn fib_iter(n: u64) -> u64 {
     a
 }
 
+/// The parallel fraction `p` of Amdahl's law that a measured `speedup` on
+/// `n` workers implies: `S = 1 / ((1 - p) + p / n)`, solved for `p`.
+/// `None` for one worker (nothing to learn).
+fn amdahl_fraction(speedup: f64, n: usize) -> Option<f64> {
+    if n < 2 || !speedup.is_finite() || speedup <= 0.0 {
+        return None;
+    }
+    let n = n as f64;
+    Some(((1.0 - 1.0 / speedup) / (1.0 - 1.0 / n)).clamp(0.0, 1.0))
+}
+
 struct Run {
     wall: Duration,
     results: Vec<(u64, u64)>,
@@ -177,6 +188,13 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     println!(
         "effective parallelism of that {auto}-worker run: {parallelism:.2} (task execution time / wall time)"
     );
+    if let Some(p) = amdahl_fraction(speedup, auto) {
+        println!(
+            "Amdahl's law: a speedup of {speedup:.2}x on {auto} workers means a parallel fraction p = {p:.3}; \
+             no number of workers can beat {:.1}x",
+            1.0 / (1.0 - p).max(1e-9)
+        );
+    }
     println!();
     println!("pp statistics of that run:");
     parallel.server.print_stats();
@@ -184,4 +202,19 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::amdahl_fraction;
+
+    #[test]
+    fn amdahl_fraction_inverts_the_law() {
+        // p = 0.9 on 4 workers: S = 1 / (0.1 + 0.225) = 3.0769...
+        let s = 1.0 / (0.1 + 0.9 / 4.0);
+        assert!((amdahl_fraction(s, 4).unwrap() - 0.9).abs() < 1e-9);
+        assert_eq!(amdahl_fraction(2.0, 2), Some(1.0));
+        assert_eq!(amdahl_fraction(1.0, 2), Some(0.0));
+        assert_eq!(amdahl_fraction(3.0, 1), None);
+    }
 }

@@ -29,7 +29,11 @@ r = app.send_task("proj.count_words", args=(texts, 0.5))
 seen = []
 deadline = time.time() + 60
 while not r.ready() and time.time() < deadline:
+    # .state and .info each read the backend: keep a pair only if the
+    # state did not move in between.
     state, info = r.state, r.info
+    if r.state != state:
+        continue
     if not seen or seen[-1] != [state, info]:
         seen.append([state, info])
     time.sleep(0.02)

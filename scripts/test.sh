@@ -48,6 +48,11 @@ command -v python3 >/dev/null || apt_install python3 || fail "python3 is require
 
 command -v openssl >/dev/null || apt_install openssl || fail "openssl is required to make the TLS test's certificates"
 
+say "headless chromium (the dashboard's browser test)"
+{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver \
+  || fail "chromium and chromedriver are not installed: install them (e.g. apt-get install chromium chromium-driver) or run this script as root"
+chromedriver --version
+
 say "private redis-server"
 command -v redis-server >/dev/null || apt_install redis-server \
   || fail "redis-server is not installed: install it (e.g. apt-get install redis-server) or run this script as root"
@@ -111,7 +116,7 @@ say "cargo test (unit, integration, doc)"
 cargo test --workspace --locked --no-fail-fast
 
 say "examples"
-for ex in thread_pool job_server worker_and_client celery_messages redis_server task_semantics process_pool async_tasks observer canvas remote_control metrics events subtasks; do
+for ex in thread_pool job_server worker_and_client celery_messages redis_server task_semantics process_pool async_tasks observer canvas remote_control metrics events subtasks dashboard; do
   echo "-- example $ex"
   CELERIAC_BROKER_URL="${CELERIAC_TEST_REDIS_URL%/0}/4" \
     cargo run --quiet --locked -p celeriac-examples --example "$ex" >/dev/null

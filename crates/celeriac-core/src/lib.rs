@@ -23,6 +23,8 @@
 //!   messages a worker publishes from them.
 //! - [`subtask`]: tasks that submit subtasks and wait for them without
 //!   deadlock ([`TaskContext::submit`], [`TaskContext::wait`]).
+//! - [`monitor`]: what a monitor knows from Celery's events (workers,
+//!   tasks, counts), bounded, for `celeriac events` and the dashboard.
 //! - [`sign`]: opt-in shared-secret signing of task messages ([`Secret`]).
 //! - [`error`]: typed errors for each of the above.
 //!
@@ -35,6 +37,7 @@ pub mod escape;
 pub mod events;
 pub mod execute;
 pub mod message;
+pub mod monitor;
 pub mod names;
 pub mod options;
 pub mod progress;

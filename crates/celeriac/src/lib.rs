@@ -52,7 +52,7 @@ pub use celeriac_core::{Control, ControlInbox, ControlReply, ControlRequest};
 pub use celeriac_core::{Enforces, Executor, PoolKind, Ran};
 pub use celeriac_core::{QueueNameError, validate_queue_name};
 pub use celeriac_core::{Subtask, SubtaskError, Subtasks};
-pub use celeriac_core::{escape, events, message, time};
+pub use celeriac_core::{escape, events, message, monitor, time};
 pub use celeriac_embedded::{
     MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker, default_db_path,
 };

@@ -209,6 +209,9 @@ enum Command {
     /// Print the effective configuration (flags over environment over
     /// celeriac.toml over defaults), passwords masked.
     Config,
+    /// Serve a live web dashboard of the workers (celeriac and Python
+    /// Celery), their queues, tasks and dead letters, with actions.
+    Dashboard(celeriac_dashboard::DashboardArgs),
     /// List the tasks this binary can run.
     Tasks {
         /// Include the diagnostic tasks.
@@ -552,6 +555,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dashboard(args) => runtime()?
+            .block_on(celeriac_dashboard::run(
+                args,
+                &cli.conn.broker_url(),
+                Some(&cli.conn.backend_url()),
+            ))
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
         Command::Revoke {
             ids,
             ttl,

@@ -2,7 +2,6 @@
 //! Python Celery workers alike (same wire), as `celery events` does: a
 //! live terminal view, or `--dump` to print them line by line.
 
-mod state;
 mod view;
 
 use std::io::Write as _;
@@ -12,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use celeriac::escape::{Escaped, EscapedLines};
-use celeriac::events::{self, Event};
+use celeriac::events::Event;
 use celeriac::time::unix_now;
 use clap::Args as ClapArgs;
 use futures::StreamExt;
@@ -20,7 +19,7 @@ use serde_json::Value;
 
 use crate::cli::Conn;
 use crate::cli::parse::parse_seconds;
-use state::Monitor;
+use celeriac::monitor::{self, Monitor};
 
 /// `celeriac events` options.
 #[derive(Debug, ClapArgs)]
@@ -102,9 +101,8 @@ impl Stop {
     }
 }
 
-/// The events of each message from the stream, with `local_received` set
-/// and the timestamp moved to local time as Celery's receiver does.
-/// `None` when the stream ended.
+/// The events of each message from the stream, as a monitor takes them
+/// ([`monitor::received`]). `None` when the stream ended.
 async fn next_events(stream: &mut celeriac::EventStream) -> Option<Vec<Event>> {
     loop {
         let msg = match stream.next().await? {
@@ -114,29 +112,12 @@ async fn next_events(stream: &mut celeriac::EventStream) -> Option<Vec<Event>> {
                 continue;
             }
         };
-        match events::decode(&msg.body) {
-            Ok(mut evs) => {
-                let now = unix_now();
-                let here = events::utcoffset();
-                for ev in &mut evs {
-                    localize(ev, here);
-                    ev.insert("local_received".into(), now.into());
-                }
-                return Some(evs);
-            }
+        match monitor::received(&msg.body, unix_now()) {
+            Ok(evs) => return Some(evs),
             Err(e) => {
                 tracing::warn!(routing_key = %Escaped(&msg.routing_key), error = %Escaped(&e), "ignoring a malformed event message");
             }
         }
-    }
-}
-
-/// Celery's `adjust_timestamp`: a sender's timestamp in this host's time
-/// zone.
-fn localize(ev: &mut Event, here: f64) {
-    let offset = ev.get("utcoffset").and_then(Value::as_f64);
-    if let (Some(ts), Some(offset)) = (ev.get("timestamp").and_then(Value::as_f64), offset) {
-        ev.insert("timestamp".into(), (ts - (offset - here) * 3600.0).into());
     }
 }
 
@@ -407,15 +388,5 @@ mod tests {
             dump_line(offline, &mut names)
                 .starts_with(r"w\n2 [1970-01-01 00:00:00.000000+00:00] shutdown")
         );
-    }
-
-    #[test]
-    fn timestamps_are_moved_to_local_time() {
-        let mut e = ev(json!({"timestamp": 1000.0, "utcoffset": -1.0}));
-        localize(&mut e, 0.0);
-        assert_eq!(e["timestamp"], 4600.0);
-        let mut e = ev(json!({"timestamp": 1000.0}));
-        localize(&mut e, 0.0);
-        assert_eq!(e["timestamp"], 1000.0);
     }
 }

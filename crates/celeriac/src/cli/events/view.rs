@@ -8,7 +8,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 
-use super::state::{Monitor, STATES};
+use celeriac::monitor::{Monitor, STATES};
 
 /// Text from an event, safe for the terminal: control characters escaped.
 fn safe(s: &str) -> String {
@@ -124,10 +124,10 @@ pub(crate) fn draw(frame: &mut Frame<'_>, m: &mut Monitor, title: &str, now: f64
                 .map(|r| format!("{r:.4}s"))
                 .unwrap_or_default()
                 .into(),
-            safe(if t.outcome.is_empty() {
-                &t.args
+            safe(&if t.outcome.is_empty() {
+                format!("{} {}", t.args, t.kwargs)
             } else {
-                &t.outcome
+                t.outcome.clone()
             })
             .into(),
         ])

@@ -25,7 +25,16 @@ out["registered"] = inspect.registered()
 out["active_queues"] = inspect.active_queues()
 out["conf"] = inspect.conf()
 out["report"] = inspect.report()
-out["scheduled"] = inspect.scheduled()
+# An eta task: the celeriac worker claims it and leaves it waiting in the
+# broker; `scheduled` lists it (asked until it has been claimed).
+later = app.send_task("celeriac.echo", args=[7], countdown=300)
+out["later_id"] = later.id
+for _ in range(100):
+    out["scheduled"] = inspect.scheduled()
+    if (out["scheduled"] or {}).get(node):
+        break
+    time.sleep(0.1)
+out["query_later"] = inspect.query_task(later.id)
 
 slow = app.send_task("celeriac.sleep", args=(2,))
 active = None

@@ -131,7 +131,27 @@ fn python_app_control_gets_celerys_replies_from_a_celeriac_worker() {
             .unwrap()
             .contains("celeriac")
     );
-    assert_eq!(v["scheduled"], json!({NODE: []}));
+    // The eta task waits in the broker, listed in Celery's shape.
+    let scheduled = &v["scheduled"][NODE];
+    assert_eq!(scheduled.as_array().map(Vec::len), Some(1), "{v}");
+    assert!(
+        scheduled[0]["eta"]
+            .as_str()
+            .is_some_and(|e| celeriac::time::parse_iso(e).is_some()),
+        "{v}"
+    );
+    assert_eq!(scheduled[0]["priority"], 6, "{v}");
+    let request = &scheduled[0]["request"];
+    assert_eq!(request["id"], v["later_id"], "{v}");
+    assert_eq!(request["name"], "celeriac.echo", "{v}");
+    assert_eq!(request["args"], json!([7]), "{v}");
+    assert_eq!(request["hostname"], NODE, "{v}");
+    assert_eq!(request["time_start"], Value::Null, "{v}");
+    assert_eq!(
+        v["query_later"][NODE][v["later_id"].as_str().unwrap()][0],
+        "scheduled",
+        "{v}"
+    );
 
     let active = &v["active"][NODE][0];
     assert_eq!(active["name"], "celeriac.sleep", "{v}");
@@ -229,20 +249,7 @@ fn celeriac_inspects_and_controls_a_python_worker() {
     let Some(python) = python() else { return };
     let redis = RedisServer::start();
     let url = redis.url("");
-    let mut cmd = Command::new(&python);
-    cmd.args([
-        "-m", "celery", "-A", "pytasks", "worker", "-P", "prefork", "-c", "1",
-    ])
-    .args(["--loglevel", "INFO", "-n", PY_NODE, "--without-mingle"])
-    .current_dir(python_dir())
-    .env("BROKER", &url)
-    .env("PYTHONPATH", python_dir());
-    let mut worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-control-worker");
-    let log = worker.wait_for_log(" ready.");
-    assert!(
-        log.contains(" ready."),
-        "the Python worker did not start:\n{log}"
-    );
+    let mut worker = python_worker(&python, &url, PY_NODE, &["prefork", "-c", "1"], false);
 
     assert_eq!(
         celeriac_json(&url, &["inspect", "ping"]),
@@ -321,4 +328,98 @@ fn celeriac_inspects_and_controls_a_python_worker() {
     let o = celeriac(&url, &["control", "shutdown", "-d", PY_NODE]);
     assert!(o.status.success(), "{}", text(&o));
     exits(&mut worker);
+}
+
+/// A Python worker of `pytasks` on `url` as `node`, with pool arguments
+/// `pool` (`-P` first), with or without mingle.
+fn python_worker(python: &str, url: &str, node: &str, pool: &[&str], mingle: bool) -> LoggedChild {
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P"])
+        .args(pool)
+        .args(["--loglevel", "INFO", "-n", node])
+        .args(if mingle {
+            &[][..]
+        } else {
+            &["--without-mingle"][..]
+        })
+        .current_dir(python_dir())
+        .env("BROKER", url)
+        .env("PYTHONPATH", python_dir());
+    let w = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-worker");
+    let log = w.wait_for_log(" ready.");
+    assert!(
+        log.contains(" ready."),
+        "the Python worker did not start:\n{log}"
+    );
+    w
+}
+
+/// Mingle both ways: a celeriac worker starting beside a Python worker
+/// learns the ids the Python worker holds as revoked (and skips such a
+/// task), and a Python worker starting later learns them from the
+/// celeriac worker.
+#[test]
+fn mingle_shares_revoked_ids_between_celeriac_and_python_workers() {
+    let Some(python) = python() else { return };
+    let redis = RedisServer::start();
+    let url = redis.url("");
+    let mut py = python_worker(&python, &url, PY_NODE, &["solo"], false);
+    // Only the Python worker hears this revoke: no celeriac process is
+    // on the broker to record it.
+    let o = celery(&python, &url, &["control", "revoke", "mingle-x"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        celeriac_json(&url, &["inspect", "revoked", "-d", PY_NODE]),
+        json!({PY_NODE: ["mingle-x"]})
+    );
+
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "worker", "--broker", &url, "-c", "1", "-n", NODE, "-Q", "mingleq",
+    ]);
+    let mut worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "celeriac-mingle-worker");
+    let log = worker.wait_for_log("worker ready");
+    assert!(log.contains("mingle: sync with 1 nodes"), "{log}");
+    assert_eq!(
+        celeriac_json(&url, &["inspect", "revoked", "-d", NODE]),
+        json!({NODE: ["mingle-x"]})
+    );
+    // A task with that id, sent by Python to the celeriac worker's queue:
+    // discarded as revoked, not run.
+    let o = Command::new(&python)
+        .args([
+            "-c",
+            "import sys; from celery import Celery; \
+             Celery('s', broker=sys.argv[1]).send_task('celeriac.add', args=(1, 2), \
+             task_id='mingle-x', queue='mingleq')",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let log = worker.wait_for_log("mingle-x");
+    assert!(
+        log.contains("Discarding revoked task: celeriac.add[mingle-x]"),
+        "{log}"
+    );
+    assert!(!log.contains("succeeded"), "{log}");
+
+    // The Python worker goes; a new one learns the id from the celeriac
+    // worker's answer to its hello.
+    celeriac(&url, &["control", "shutdown", "-d", PY_NODE]);
+    exits(&mut py);
+    let py2_node = "py2@localhost";
+    let mut py2 = python_worker(&python, &url, py2_node, &["solo"], true);
+    assert!(
+        py2.log().contains("mingle: sync with 1 nodes"),
+        "{}",
+        py2.log()
+    );
+    assert_eq!(
+        celeriac_json(&url, &["inspect", "revoked", "-d", py2_node]),
+        json!({py2_node: ["mingle-x"]})
+    );
+    celeriac(&url, &["control", "shutdown"]);
+    exits(&mut py2);
+    assert!(exits(&mut worker).success());
 }

@@ -152,6 +152,23 @@ fn celerys_receiver_sees_every_event_of_a_celeriac_worker() {
             None,
         );
     }
+    // celeriac's client with Celery's task_send_sent_event.
+    let by_client = celeriac(
+        &[
+            "call",
+            "celeriac.echo",
+            "--args",
+            "[\"hi\"]",
+            "--sent-event",
+            "--wait",
+            "--broker",
+            &url,
+        ],
+        None,
+    );
+    assert!(by_client.status.success());
+    // `--wait` prints the result; the id is in the task-sent event.
+    assert_eq!(String::from_utf8_lossy(&by_client.stdout).trim(), "\"hi\"");
     // Past a heartbeat, then a warm shutdown: worker-offline ends the capture.
     std::thread::sleep(Duration::from_millis(2500));
     let worker_pid = u64::from(worker.id());
@@ -162,6 +179,32 @@ fn celerys_receiver_sees_every_event_of_a_celeriac_worker() {
     let log = receiver.log();
     assert!(log.contains("DONE"), "{log}");
     let events: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let sent = events
+        .iter()
+        .find(|e| e["type"] == "task-sent" && e["name"] == "celeriac.echo")
+        .unwrap_or_else(|| panic!("no task-sent: {events:?}"));
+    let by_client = sent["uuid"].as_str().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "task-succeeded" && e["uuid"] == by_client),
+        "the worker ran the task the client sent"
+    );
+    assert!(
+        sent["hostname"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("gen") && h.contains('@')),
+        "{sent}"
+    );
+    assert_eq!(sent["name"], "celeriac.echo", "{sent}");
+    assert_eq!(sent["args"], "('hi',)", "{sent}");
+    assert_eq!(sent["kwargs"], "{}", "{sent}");
+    assert_eq!(sent["root_id"], by_client, "{sent}");
+    assert_eq!(sent["retries"], 0, "{sent}");
+    assert_eq!(sent["queue"], "celery", "{sent}");
+    assert_eq!(sent["routing_key"], "celery", "{sent}");
+    assert_eq!(sent["exchange"], "", "{sent}");
+    assert!(sent["local_received"].as_f64().is_some(), "{sent}");
     let events: Vec<Value> = events
         .into_iter()
         .filter(|e| e["hostname"] == node)
@@ -187,7 +230,7 @@ fn celerys_receiver_sees_every_event_of_a_celeriac_worker() {
         assert!(beat[key].is_u64(), "{key}: {beat}");
     }
     assert_eq!(beat["freq"], 2.0);
-    assert_eq!(beat["processed"], 4, "add, fail, flaky twice: {beat}");
+    assert_eq!(beat["processed"], 5, "add, fail, flaky twice, echo: {beat}");
     assert_eq!(beat["loadavg"].as_array().map(Vec::len), Some(3));
     assert_eq!(beat["sw_ident"], "celeriac");
     assert_eq!(beat["sw_sys"], "Linux");

@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use celeriac_core::broker::BeatStore;
 use celeriac_core::{BackendError, Broker, BrokerError, ResultBackend};
 use celeriac_embedded::{MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker};
 use celeriac_redis::{RedisBackend, RedisBroker};
@@ -35,6 +36,41 @@ pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
         "sqlite" => Ok(SqliteBroker::open(url)?),
         "redis" | "rediss" | "redis+unix" => Ok(RedisBroker::open(url)?),
         "amqp" | "amqps" => Ok(celeriac_amqp::AmqpBroker::open(url)?),
+        _ => Err(BrokerError::InvalidUrl {
+            url: redact(url),
+            reason: format!(
+                "unsupported scheme {scheme:?}; expected memory://, sqlite:// or redis://"
+            ),
+        }),
+    }
+}
+
+/// Opens the store of `celeriac beat`'s leader lease and last runs
+/// ([`BeatStore`]) from a broker URL: `memory://[NAME]` (the same instance
+/// as [`open_broker`]'s), `sqlite://PATH` or `redis://...`, whose fenced
+/// publish goes onto that broker's queues. AMQP has no such store: a beat
+/// on RabbitMQ keeps it in its result store (a Redis or SQLite URL) and
+/// publishes through the broker; this returns
+/// [`BrokerError::Unsupported`] for `amqp://` to say so.
+///
+/// # Examples
+///
+/// ```
+/// let store = celeriac_connect::open_beat_store("memory://").unwrap();
+/// assert!(format!("{store:?}").contains("MemoryBroker"));
+/// assert!(celeriac_connect::open_beat_store("amqp://localhost").is_err());
+/// ```
+pub fn open_beat_store(url: &str) -> Result<Arc<dyn BeatStore>, BrokerError> {
+    let scheme = url.split("://").next().unwrap_or_default();
+    match scheme {
+        "memory" => Ok(MemoryBroker::open(url)?),
+        "sqlite" => Ok(SqliteBroker::open(url)?),
+        "redis" | "rediss" | "redis+unix" => Ok(RedisBroker::open(url)?),
+        "amqp" | "amqps" => Err(BrokerError::Unsupported(
+            "a beat lease on an AMQP broker; keep it in the result store \
+             (a redis:// or sqlite:// result backend URL)"
+                .to_string(),
+        )),
         _ => Err(BrokerError::InvalidUrl {
             url: redact(url),
             reason: format!(

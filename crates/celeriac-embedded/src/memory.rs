@@ -1,5 +1,6 @@
 //! `memory://`: a broker and result store inside one process.
 
+mod beat;
 mod chord;
 mod control;
 
@@ -53,6 +54,8 @@ struct BrokerState {
     revoked: HashMap<String, Instant>,
     terminate: HashMap<String, Instant>,
     rate: HashMap<String, f64>,
+    /// Beat leases and last runs (`beat.rs`).
+    beat: beat::Tables,
     seq: u64,
     closed: bool,
 }
@@ -72,6 +75,17 @@ impl BrokerState {
             level.push_back(entry);
         }
         q.len += 1;
+    }
+
+    fn push_outgoing(&mut self, m: Outgoing) {
+        let entry = Entry {
+            queue: m.queue,
+            priority: m.priority,
+            task_id: m.task_id,
+            payload: m.payload,
+            deliveries: 0,
+        };
+        self.push(entry, m.eta);
     }
 
     fn push(&mut self, entry: Entry, eta: Option<f64>) {
@@ -316,14 +330,7 @@ impl Transport for MemoryBroker {
                 return Err(BrokerError::Closed);
             }
             for m in msgs {
-                let entry = Entry {
-                    queue: m.queue,
-                    priority: m.priority,
-                    task_id: m.task_id,
-                    payload: m.payload,
-                    deliveries: 0,
-                };
-                st.push(entry, m.eta);
+                st.push_outgoing(m);
             }
         }
         self.notify.notify_waiters();

@@ -53,6 +53,7 @@ pub struct WorkerBuilder {
     max_result: Option<usize>,
     events_enabled: Arc<AtomicBool>,
     track_started: bool,
+    mingle: bool,
 }
 
 /// Settings of the worker's process pool.
@@ -88,6 +89,8 @@ pub(crate) struct Config {
     pub(crate) events_enabled: Arc<AtomicBool>,
     /// Store STARTED when any task starts (Celery's `task_track_started`).
     pub(crate) track_started: bool,
+    /// Whether the worker says `hello` to the others as it starts.
+    pub(crate) mingle: bool,
 }
 
 impl Config {
@@ -148,7 +151,20 @@ impl WorkerBuilder {
             max_result: None,
             events_enabled: Arc::new(AtomicBool::new(false)),
             track_started: false,
+            mingle: true,
         }
+    }
+
+    /// Whether the worker syncs with the other workers as it starts
+    /// (Celery's mingle; default on, `--without-mingle` turns it off): it
+    /// broadcasts `hello` before it claims anything and records the task
+    /// ids the others (Python Celery workers included) hold as revoked, so
+    /// that it skips them too. It waits for the nodes the broker knows to
+    /// be listening, at most one second, as Celery does; alone, it does
+    /// not wait.
+    pub fn mingle(mut self, on: bool) -> Self {
+        self.mingle = on;
+        self
     }
 
     /// Sends task events (`task-received`, `task-started`, ...; Celery's
@@ -435,6 +451,7 @@ impl WorkerBuilder {
                 max_result: self.max_result,
                 events_enabled: self.events_enabled,
                 track_started: self.track_started,
+                mingle: self.mingle,
             },
             kind: self.kind,
             threads,

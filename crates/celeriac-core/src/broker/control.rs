@@ -238,6 +238,37 @@ pub trait Control: Send + Sync + fmt::Debug {
     /// those held by a worker); returns how many were deleted.
     async fn purge(&self, queue: &str) -> Result<usize, BrokerError>;
 
+    /// The node names bound to the remote-control fanout now, where the
+    /// broker records them (kombu binds `<node>.celery.pidbox` on Redis,
+    /// Python workers included), so that a worker's `hello` at startup
+    /// knows whom to wait for. By default
+    /// [`BrokerError::Unsupported`]: the brokers only celeriac workers use
+    /// know their nodes from [`Nodes`](super::Nodes).
+    async fn listeners(&self) -> Result<Vec<String>, BrokerError> {
+        Err(BrokerError::Unsupported(
+            "this broker does not record remote-control listeners".into(),
+        ))
+    }
+
+    /// The messages of `queues` waiting for their eta in the broker
+    /// (delayed), soonest first, at most `limit`: what a worker reports as
+    /// `inspect scheduled`. Each is `(eta as unix time, queue, envelope)`.
+    ///
+    /// celeriac workers never hold an eta message in memory (the broker
+    /// keeps it until due), so these are the queues' delayed messages, the
+    /// same for every worker consuming them. By default
+    /// [`BrokerError::Unsupported`].
+    async fn delayed(
+        &self,
+        queues: &[String],
+        limit: usize,
+    ) -> Result<Vec<(f64, String, Vec<u8>)>, BrokerError> {
+        let _ = (queues, limit);
+        Err(BrokerError::Unsupported(
+            "this broker does not list its delayed messages".into(),
+        ))
+    }
+
     /// Broadcasts `request` with a fresh reply mailbox and collects the
     /// replies, as kombu's `Mailbox._broadcast(reply=True)`: until `limit`
     /// replies came (by default one per `destination` node, if it names

@@ -156,4 +156,20 @@ impl Control for MemoryBroker {
         n += before - st.delayed.len();
         Ok(n)
     }
+
+    /// The messages of `queues` held back until their eta.
+    async fn delayed(
+        &self,
+        queues: &[String],
+        limit: usize,
+    ) -> Result<Vec<(f64, String, Vec<u8>)>, BrokerError> {
+        let st = self.state.lock();
+        Ok(st
+            .delayed
+            .iter()
+            .filter(|(_, e)| queues.contains(&e.queue))
+            .take(limit)
+            .map(|((bits, _), e)| (f64::from_bits(*bits), e.queue.clone(), e.payload.clone()))
+            .collect())
+    }
 }

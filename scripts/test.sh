@@ -134,4 +134,7 @@ echo "-- example crawler --layer queue"
 cargo run --quiet --locked -p celeriac-examples --example crawler -- --layer queue --timeout 2 http://127.0.0.1:9/ \
   | grep -qx "crawled 0 pages, 1 failed"
 
+echo "-- example user-project"
+cargo run --quiet --locked -p user-project -- tasks | grep -qx proj.add
+
 say "all checks passed"

@@ -29,3 +29,12 @@ def boom(message):
 def sleep(seconds):
     time.sleep(seconds)
     return seconds
+
+
+@app.task(name="tasks.progress", bind=True)
+def progress(self, steps, pause):
+    """Reports PROGRESS after each step, as Celery's docs show."""
+    for i in range(steps):
+        time.sleep(pause)
+        self.update_state(state="PROGRESS", meta={"current": i + 1, "total": steps})
+    return steps

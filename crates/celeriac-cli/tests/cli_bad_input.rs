@@ -445,3 +445,204 @@ print(json.dumps({
     let out = call_wait(home.path(), &url, "celeriac.add", "[2, 3]");
     assert_eq!(stdout(&out), "5\n", "{}\n{}", stderr(&out), w.log());
 }
+
+/// `celeriac ARGS` in `dir` (where a celeriac.toml may be) with `env`.
+fn celeriac_in(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env("CELERIAC_HOME", dir)
+        .env_remove("CELERIAC_BROKER_URL")
+        .env_remove("CELERIAC_RESULT_BACKEND")
+        .env_remove("CELERIAC_CONFIG")
+        .env_remove("CELERIAC_SECRET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run celeriac")
+}
+
+#[test]
+fn configuration_precedence_is_flags_then_environment_then_file_then_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file_db = format!("sqlite://{}/file.db", d.display());
+    std::fs::write(
+        d.join("celeriac.toml"),
+        format!(
+            "broker_url = \"{file_db}\"\n[worker]\nconcurrency = 3\nqueues = [\"fromfile\"]\n\
+             [routes]\n\"celeriac.*\" = \"routed\"\n"
+        ),
+    )
+    .unwrap();
+    let config = |env: &[(&str, &str)], args: &[&str]| {
+        let mut all = vec!["config"];
+        all.extend_from_slice(args);
+        let out = celeriac_in(d, env, &all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    // The file over the defaults.
+    let plain = config(&[], &[]);
+    assert!(
+        plain.contains(&format!("broker_url = \"{file_db}\"")),
+        "{plain}"
+    );
+    assert!(plain.contains("concurrency = 3\n"), "{plain}");
+    assert!(plain.contains("queues = [\"fromfile\"]"), "{plain}");
+    assert!(
+        plain.contains("prefetch_multiplier = 4\n"),
+        "a default:\n{plain}"
+    );
+    // The environment over the file.
+    let env_db = format!("sqlite://{}/env.db", d.display());
+    let env = [
+        ("CELERIAC_BROKER_URL", env_db.as_str()),
+        ("CELERIAC_WORKER_CONCURRENCY", "5"),
+    ];
+    let from_env = config(&env, &[]);
+    assert!(
+        from_env.contains(&format!("broker_url = \"{env_db}\"")),
+        "{from_env}"
+    );
+    assert!(from_env.contains("concurrency = 5\n"), "{from_env}");
+    // A flag over the environment.
+    let flag_db = format!("sqlite://{}/flag.db", d.display());
+    let from_flag = config(&env, &["--broker", &flag_db]);
+    assert!(
+        from_flag.contains(&format!("broker_url = \"{flag_db}\"")),
+        "{from_flag}"
+    );
+
+    // The worker reads the same layers: -c beats the file, the queues come
+    // from the file.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["worker", "-c", "2"])
+        .current_dir(d)
+        .env("CELERIAC_HOME", d)
+        .env_remove("CELERIAC_BROKER_URL")
+        .env_remove("CELERIAC_CONFIG")
+        .env_remove("RUST_LOG");
+    let w = LoggedChild::spawn(cmd, d, "config-worker");
+    let log = w.wait_for_log("worker ready");
+    assert!(log.contains("queues=[\"fromfile\"]"), "{log}");
+    assert!(log.contains("concurrency=2"), "{log}");
+    assert!(log.contains("file.db"), "{log}");
+    drop(w);
+    // `call` routes by the file's [routes] when -q is not given: the
+    // message waits on queue `routed`, in the file's broker.
+    let out = celeriac_in(d, &[], &["call", "celeriac.add", "--args", "[1, 2]"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let purge = celeriac_in(d, &[], &["purge", "-f", "-Q", "routed"]);
+    assert!(
+        stdout(&purge).contains("1 message"),
+        "the call went to queue routed: {}{}",
+        stdout(&purge),
+        stderr(&purge)
+    );
+
+    // --config and CELERIAC_CONFIG name another file, which must exist.
+    let other = d.join("other.toml");
+    std::fs::write(&other, "[worker]\nconcurrency = 9\n").unwrap();
+    let other = other.to_str().unwrap();
+    assert!(config(&[], &["--config", other]).contains("concurrency = 9\n"));
+    assert!(config(&[("CELERIAC_CONFIG", other)], &[]).contains("concurrency = 9\n"));
+}
+
+#[test]
+fn a_bad_configuration_names_the_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (toml, names) in [
+        ("[worker]\nconcurency = 3\n", &["concurency", "worker"][..]),
+        ("brokr_url = \"redis://x\"\n", &["brokr_url"][..]),
+        (
+            "[worker]\nconcurrency = \"many\"\n",
+            &["worker.concurrency", "celeriac.toml"][..],
+        ),
+        (
+            "[worker]\npool = \"gevent\"\n",
+            &["worker.pool", "gevent"][..],
+        ),
+        (
+            "[rate_limits]\n\"a.b\" = \"fast\"\n",
+            &["rate_limits.\"a.b\""][..],
+        ),
+        ("broker_url = [\n", &["celeriac.toml"][..]),
+    ] {
+        std::fs::write(d.join("celeriac.toml"), toml).unwrap();
+        for cmd in [
+            &["config"][..],
+            &["worker"][..],
+            &["call", "celeriac.add"][..],
+        ] {
+            let out = celeriac_in(d, &[], cmd);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{toml} {cmd:?}:\n{err}");
+            for n in names {
+                assert!(err.contains(n), "{toml} {cmd:?}: names {n}:\n{err}");
+            }
+        }
+    }
+    std::fs::remove_file(d.join("celeriac.toml")).unwrap();
+    let out = celeriac_in(d, &[("CELERIAC_WORKER_CONCURRENCY", "lots")], &["config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("CELERIAC_WORKER_CONCURRENCY"),
+        "{}",
+        stderr(&out)
+    );
+    let out = celeriac_in(
+        d,
+        &[],
+        &["config", "--config", "/nonexistent/celeriac.toml"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/celeriac.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn celeriac_config_masks_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("celeriac.toml"),
+        "broker_url = \"redis://app:hunter2@127.0.0.1:1/0\"\n",
+    )
+    .unwrap();
+    let out = celeriac_in(d, &[("CELERIAC_SECRET", "sign-me")], &["config"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !text.contains("hunter2") && !text.contains("sign-me"),
+        "{text}"
+    );
+    assert!(text.contains("redis://app:***@127.0.0.1:1/0"), "{text}");
+    assert!(text.contains("secret: set"), "{text}");
+}
+
+#[test]
+fn demo_and_tasks_help_leave_out_the_flags_they_ignore() {
+    let help = |sub: &str| stdout(&Command::new(BIN).args([sub, "--help"]).output().unwrap());
+    for sub in ["demo", "tasks"] {
+        let h = help(sub);
+        for flag in ["--broker", "--result-backend", "--config"] {
+            assert!(!h.contains(flag), "{sub} --help shows {flag}:\n{h}");
+        }
+    }
+    assert!(!help("tasks").contains("--loglevel"));
+    let w = help("worker");
+    for flag in [
+        "--broker",
+        "--result-backend",
+        "--config",
+        "--loglevel",
+        "--track-started",
+    ] {
+        assert!(w.contains(flag), "worker --help shows {flag}:\n{w}");
+    }
+}

@@ -110,6 +110,8 @@ fn inspect_control_and_status_reach_a_worker_on_the_default_broker() {
         ".> results:     sqlite://",
         ".> concurrency: 2 (threads)",
         ".> task events: OFF",
+        ".> app:         celeriac\n",
+        ".> prefetch:    4 per slot\n",
         ".> celery           exchange=celery(direct) key=celery",
         "[tasks]\n  . celeriac.add\n",
     ] {

@@ -162,27 +162,37 @@ fn python_app_control_gets_celerys_replies_from_a_celeriac_worker(python: &str, 
             .unwrap()
             .contains("celeriac")
     );
-    // The eta task waits in the broker, listed in Celery's shape.
-    let scheduled = &v["scheduled"][NODE];
-    assert_eq!(scheduled.as_array().map(Vec::len), Some(1), "{v}");
-    assert!(
-        scheduled[0]["eta"]
-            .as_str()
-            .is_some_and(|e| celeriac::time::parse_iso(e).is_some()),
-        "{v}"
-    );
-    assert_eq!(scheduled[0]["priority"], 6, "{v}");
-    let request = &scheduled[0]["request"];
-    assert_eq!(request["id"], v["later_id"], "{v}");
-    assert_eq!(request["name"], "celeriac.echo", "{v}");
-    assert_eq!(request["args"], json!([7]), "{v}");
-    assert_eq!(request["hostname"], NODE, "{v}");
-    assert_eq!(request["time_start"], Value::Null, "{v}");
-    assert_eq!(
-        v["query_later"][NODE][v["later_id"].as_str().unwrap()][0],
-        "scheduled",
-        "{v}"
-    );
+    // The eta task waits in the broker, listed in Celery's shape. RabbitMQ
+    // keeps it in a delay queue that cannot be browsed: the reply says so.
+    if site.is_redis() {
+        let scheduled = &v["scheduled"][NODE];
+        assert_eq!(scheduled.as_array().map(Vec::len), Some(1), "{v}");
+        assert!(
+            scheduled[0]["eta"]
+                .as_str()
+                .is_some_and(|e| celeriac::time::parse_iso(e).is_some()),
+            "{v}"
+        );
+        assert_eq!(scheduled[0]["priority"], 6, "{v}");
+        let request = &scheduled[0]["request"];
+        assert_eq!(request["id"], v["later_id"], "{v}");
+        assert_eq!(request["name"], "celeriac.echo", "{v}");
+        assert_eq!(request["args"], json!([7]), "{v}");
+        assert_eq!(request["hostname"], NODE, "{v}");
+        assert_eq!(request["time_start"], Value::Null, "{v}");
+        assert_eq!(
+            v["query_later"][NODE][v["later_id"].as_str().unwrap()][0],
+            "scheduled",
+            "{v}"
+        );
+    } else {
+        assert!(
+            v["scheduled"][NODE]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("does not list its delayed messages")),
+            "{v}"
+        );
+    }
 
     let active = &v["active"][NODE][0];
     assert_eq!(active["name"], "celeriac.sleep", "{v}");
@@ -300,7 +310,7 @@ fn celeriac_inspects_and_controls_a_python_worker(python: &str, site: &Site) {
     assert_eq!(s["pid"], worker.id(), "{stats}");
     assert_eq!(
         celeriac_json(site, &["inspect", "registered"]),
-        json!({PY_NODE: ["tasks.add", "tasks.boom", "tasks.mul", "tasks.sleep"]})
+        json!({PY_NODE: ["tasks.add", "tasks.boom", "tasks.mul", "tasks.progress", "tasks.sleep"]})
     );
     assert_eq!(
         celeriac_json(site, &["inspect", "active"]),

@@ -395,3 +395,46 @@ fn a_celeriac_worker_holds_an_eta_task_durably_and_runs_it_once() {
         assert_eq!(n, 0, "{key} is empty");
     }
 }
+
+#[test]
+fn a_python_tasks_update_state_is_seen_by_celeriac_result() {
+    let Some(python) = python() else { return };
+    let redis = RedisServer::start();
+    let url = redis.url("");
+    let py = python_worker(&python, &url, "solo", &[], false);
+    let out = celeriac(&[
+        "call",
+        "tasks.progress",
+        "--args",
+        "[3, 0.5]",
+        "--broker",
+        &url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = stdout(&out);
+    let mut seen = Vec::new();
+    let progressed = eventually(|| {
+        let out = celeriac(&["result", &id, "--meta", "--broker", &url]);
+        let Ok(meta) = serde_json::from_str::<Value>(&stdout(&out)) else {
+            return false;
+        };
+        if meta["status"] == "PROGRESS" {
+            // Not ready: exit code 4, the document printed all the same.
+            assert_eq!(out.status.code(), Some(4), "{meta}");
+            seen.push(meta["result"].clone());
+        }
+        meta["status"] == "SUCCESS"
+    });
+    assert!(progressed, "tasks.progress finished:\n{}", py.log());
+    assert!(!seen.is_empty(), "PROGRESS seen by celeriac result");
+    assert!(
+        seen.iter()
+            .all(|m| m["total"] == 3 && m["current"].is_u64()),
+        "the meta Python stored: {seen:?}"
+    );
+    assert_eq!(wait_meta(&url, &id)["result"], 3);
+}

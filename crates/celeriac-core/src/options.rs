@@ -39,6 +39,7 @@ pub struct TaskOptions {
     pool: Option<PoolKind>,
     reject_on_worker_lost: bool,
     acks_late: bool,
+    track_started: bool,
 }
 
 /// Which pool runs tasks: the worker's pool (`celeriac worker -P ...`), or
@@ -140,6 +141,7 @@ impl TaskOptions {
         pool: None,
         reject_on_worker_lost: false,
         acks_late: true,
+        track_started: false,
     };
 
     /// The defaults.
@@ -216,6 +218,20 @@ impl TaskOptions {
     pub const fn acks_late(mut self, on: bool) -> Self {
         self.acks_late = on;
         self
+    }
+
+    /// Celery's `track_started`: store the STARTED state (with the worker's
+    /// pid and host name) when the task starts, so that a client sees it
+    /// running rather than PENDING (default off, as Celery; a worker's
+    /// `--track-started` turns it on for every task).
+    pub const fn track_started(mut self, on: bool) -> Self {
+        self.track_started = on;
+        self
+    }
+
+    /// Whether the task asked for `track_started`.
+    pub fn tracks_started(&self) -> bool {
+        self.track_started
     }
 
     /// Whether the message is acknowledged after the task (the default).

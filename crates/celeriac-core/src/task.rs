@@ -238,6 +238,9 @@ pub struct TaskContext {
     /// How this task submits and waits for subtasks (set by the worker).
     #[serde(skip)]
     subtasks: Option<Arc<dyn crate::subtask::Subtasks>>,
+    /// Where this task's custom states go (set by the worker).
+    #[serde(skip)]
+    states: Option<Arc<dyn crate::progress::TaskStates>>,
 }
 
 impl TaskContext {
@@ -254,6 +257,7 @@ impl TaskContext {
             timelimit: msg.headers.timelimit,
             cancel: CancelToken::new(),
             subtasks: None,
+            states: None,
         }
     }
 
@@ -270,6 +274,7 @@ impl TaskContext {
             timelimit: (None, None),
             cancel: CancelToken::new(),
             subtasks: None,
+            states: None,
         }
     }
 
@@ -335,6 +340,18 @@ impl TaskContext {
     /// runs where it can submit and wait.
     pub fn subtasks(&self) -> Option<&dyn crate::subtask::Subtasks> {
         self.subtasks.as_deref()
+    }
+
+    /// Gives this task a way to store states of its own; a worker calls it
+    /// before running the task (see [`crate::progress`]).
+    pub fn set_states(&mut self, states: Arc<dyn crate::progress::TaskStates>) {
+        self.states = Some(states);
+    }
+
+    /// The worker's [`TaskStates`](crate::progress::TaskStates), if this
+    /// task runs where it can store states.
+    pub fn states(&self) -> Option<&Arc<dyn crate::progress::TaskStates>> {
+        self.states.as_ref()
     }
 
     /// Whether the task should stop now: its soft time limit has passed.

@@ -13,9 +13,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use celeriac::ControlRequest;
-use celeriac::monitor::{Monitor, TaskRow};
-use celeriac::time::unix_now;
+use celeriac_core::ControlRequest;
+use celeriac_core::monitor::{Monitor, TaskRow};
+use celeriac_core::time::unix_now;
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -264,7 +264,7 @@ pub(crate) async fn dlq(State(hub): State<Arc<Hub>>, Query(q): Query<DlqQuery>) 
     let out: Vec<Value> = letters
         .into_iter()
         .map(|d| {
-            let msg = celeriac::Message::decode(&d.payload).ok();
+            let msg = celeriac_core::Message::decode(&d.payload).ok();
             json!({
                 "id": d.id,
                 "queue": d.queue,
@@ -286,7 +286,7 @@ pub(crate) async fn requeue(State(hub): State<Arc<Hub>>, Path(id): Path<String>)
         .await
         .map_err(broker_failed)?
     {
-        tracing::info!(id = %celeriac::escape::Escaped(&id), "dashboard: requeued a dead letter");
+        tracing::info!(id = %celeriac_core::escape::Escaped(&id), "dashboard: requeued a dead letter");
         Ok(Json(json!({"requeued": id})))
     } else {
         Err(fail(StatusCode::NOT_FOUND, "no dead letter with that id"))
@@ -320,7 +320,7 @@ pub(crate) async fn revoke(
         (_, false) => hub.broker.revoke(&ids, REVOKE_TTL).await,
     };
     done.map_err(broker_failed)?;
-    tracing::info!(id = %celeriac::escape::Escaped(&id), terminate = body.terminate, "dashboard: revoked");
+    tracing::info!(id = %celeriac_core::escape::Escaped(&id), terminate = body.terminate, "dashboard: revoked");
     Ok(Json(json!({"revoked": id, "terminate": body.terminate})))
 }
 

@@ -26,7 +26,7 @@ pub struct DashboardArgs {
     pub insecure_no_auth: bool,
     /// Tasks remembered (the least recently changed are forgotten); the
     /// page says how many.
-    #[arg(long, default_value_t = celeriac::monitor::DEFAULT_MAX_TASKS)]
+    #[arg(long, default_value_t = celeriac_core::monitor::DEFAULT_MAX_TASKS)]
     pub max_tasks: usize,
     /// Do not ask the workers to send task events (by default
     /// `enable_events` is broadcast at start and every 30 s, as Flower
@@ -55,19 +55,21 @@ pub async fn run(
             });
         }
     }
-    let broker = celeriac::open_broker(broker_url).map_err(|e| DashboardError::Open {
+    let broker = celeriac_connect::open_broker(broker_url).map_err(|e| DashboardError::Open {
         what: "broker",
         url: broker_url.to_string(),
         source: e.into(),
     })?;
     let backend = match backend_url {
-        Some(url) => Some(
-            celeriac::open_backend(url).map_err(|e| DashboardError::Open {
-                what: "result backend",
-                url: url.to_string(),
-                source: e.into(),
-            })?,
-        ),
+        Some(url) => {
+            Some(
+                celeriac_connect::open_backend(url).map_err(|e| DashboardError::Open {
+                    what: "result backend",
+                    url: url.to_string(),
+                    source: e.into(),
+                })?,
+            )
+        }
         None => None,
     };
     let dashboard = Dashboard::builder(broker)

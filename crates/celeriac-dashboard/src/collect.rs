@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use celeriac::ControlRequest;
-use celeriac::monitor::{self, Monitor, STATES};
-use celeriac::time::unix_now;
+use celeriac_core::ControlRequest;
+use celeriac_core::monitor::{self, Monitor, STATES};
+use celeriac_core::time::unix_now;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -108,7 +108,7 @@ impl Collected {
     }
 
     /// Takes in the events of one message.
-    fn take(&self, evs: &[celeriac::events::Event], now: f64) {
+    fn take(&self, evs: &[celeriac_core::events::Event], now: f64) {
         let mut tick = lock(&self.tick);
         let mut m = lock(&self.monitor);
         let workers = m.workers().count();
@@ -227,7 +227,7 @@ pub(crate) async fn start(hub: Arc<Hub>) -> Vec<JoinHandle<()>> {
     ]
 }
 
-async fn subscribe(hub: &Hub) -> Option<celeriac::EventStream> {
+async fn subscribe(hub: &Hub) -> Option<celeriac_core::broker::EventStream> {
     match hub.broker.subscribe_events().await {
         Ok(s) => {
             // As Celery's receiver (wakeup=True): every worker heartbeats
@@ -248,7 +248,7 @@ async fn subscribe(hub: &Hub) -> Option<celeriac::EventStream> {
     }
 }
 
-async fn events(hub: Arc<Hub>, mut stream: Option<celeriac::EventStream>) {
+async fn events(hub: Arc<Hub>, mut stream: Option<celeriac_core::broker::EventStream>) {
     loop {
         if let Some(s) = stream.as_mut() {
             while let Some(msg) = s.next().await {
@@ -256,7 +256,7 @@ async fn events(hub: Arc<Hub>, mut stream: Option<celeriac::EventStream>) {
                     Ok(msg) => match monitor::received(&msg.body, unix_now()) {
                         Ok(evs) => hub.collected.take(&evs, unix_now()),
                         Err(e) => tracing::warn!(
-                            routing_key = %celeriac::escape::Escaped(&msg.routing_key),
+                            routing_key = %celeriac_core::escape::Escaped(&msg.routing_key),
                             error = %e,
                             "dashboard: ignoring a malformed event message"
                         ),

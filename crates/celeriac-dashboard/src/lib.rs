@@ -3,7 +3,7 @@
 //! `celeriac dashboard`: a live web dashboard of the workers on a broker,
 //! celeriac and Python Celery alike, served by celeriac itself (Flower's
 //! job, in one static binary). Everything it shows comes from Celery's
-//! monitoring events ([`celeriac::monitor`], the same state
+//! monitoring events ([`celeriac_core::monitor`], the same state
 //! `celeriac events` draws) and from remote-control replies (`stats`,
 //! `active_queues`), so any worker that speaks Celery's wire appears.
 //!
@@ -31,7 +31,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let broker = celeriac::open_broker("redis://127.0.0.1:6379/0")?;
+//! let broker = celeriac_connect::open_broker("redis://127.0.0.1:6379/0")?;
 //! let dashboard = celeriac_dashboard::Dashboard::builder(broker)
 //!     .max_tasks(5_000)
 //!     .token(Some("s3cret".to_string()))

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::middleware;
 use axum::routing::{get, post};
-use celeriac::monitor::Monitor;
-use celeriac::{Broker, ResultBackend};
+use celeriac_core::monitor::Monitor;
+use celeriac_core::{Broker, ResultBackend};
 use tokio::net::TcpListener;
 
 use crate::DashboardError;
@@ -114,7 +114,7 @@ impl Dashboard {
         DashboardBuilder {
             broker,
             backend: None,
-            max_tasks: celeriac::monitor::DEFAULT_MAX_TASKS,
+            max_tasks: celeriac_core::monitor::DEFAULT_MAX_TASKS,
             token: None,
             insecure_no_auth: false,
             enable_events: true,

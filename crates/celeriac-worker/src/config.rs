@@ -52,6 +52,7 @@ pub struct WorkerBuilder {
     secret: Option<Secret>,
     max_result: Option<usize>,
     events_enabled: Arc<AtomicBool>,
+    track_started: bool,
     mingle: bool,
 }
 
@@ -86,6 +87,8 @@ pub(crate) struct Config {
     /// Whether task events are sent (`-E`; remote control's
     /// `enable_events` and `disable_events` flip it while the worker runs).
     pub(crate) events_enabled: Arc<AtomicBool>,
+    /// Store STARTED when any task starts (Celery's `task_track_started`).
+    pub(crate) track_started: bool,
     /// Whether the worker says `hello` to the others as it starts.
     pub(crate) mingle: bool,
 }
@@ -147,6 +150,7 @@ impl WorkerBuilder {
             secret: None,
             max_result: None,
             events_enabled: Arc::new(AtomicBool::new(false)),
+            track_started: false,
             mingle: true,
         }
     }
@@ -362,6 +366,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Store the STARTED state when any task starts (Celery's
+    /// `task_track_started`); `#[task(track_started)]` asks it for one
+    /// task. Default: off, as Celery.
+    pub fn track_started(mut self, on: bool) -> Self {
+        self.track_started = on;
+        self
+    }
+
     /// The largest result stored, in bytes of JSON: the returned value
     /// (or a failure's exception document and traceback). A larger one is
     /// not stored; a FAILURE `ResultTooLarge` that names both sizes takes
@@ -438,6 +450,7 @@ impl WorkerBuilder {
                 secret: self.secret,
                 max_result: self.max_result,
                 events_enabled: self.events_enabled,
+                track_started: self.track_started,
                 mingle: self.mingle,
             },
             kind: self.kind,

@@ -67,6 +67,7 @@ mod line;
 mod meta;
 mod observe;
 mod settle;
+mod states;
 mod subtasks;
 mod task_log;
 mod task_metrics;

@@ -376,6 +376,8 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
     ctx.set_time_limits(hard, soft);
     let subtasks = crate::subtasks::TaskSubtasks::new(inner);
     ctx.set_subtasks(subtasks.clone());
+    let states = crate::states::TaskStateSink::new(inner, &msg, &held.delivery().queue);
+    ctx.set_states(states.clone());
     let args = Args::new(msg.args.clone(), msg.kwargs.clone());
     // acks_late = false (Celery's default, not ours): ack as the task
     // starts; a crash from here on loses it, as the task asked.
@@ -388,6 +390,11 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
         delivery: held.delivery(),
         hostname: &inner.config.nodename,
     };
+    if (inner.config.track_started || options.tracks_started())
+        && msg.headers.ignore_result != Some(true)
+    {
+        states.started(&inner.config.nodename).await;
+    }
     inner.notify.started(&ev);
     tracked.started();
     let ran = inner

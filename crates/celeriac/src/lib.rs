@@ -34,6 +34,8 @@
 extern crate self as celeriac;
 
 pub mod builtins;
+#[cfg(feature = "cli")]
+pub mod cli;
 
 pub use celeriac_connect::{default_backend_url, open_backend, open_broker, open_broker_for};
 pub use celeriac_core::CancelToken;
@@ -43,7 +45,8 @@ pub use celeriac_core::{
     Args, BackendError, BoxError, Broker, BrokerError, Call, CodecError, DeadLetter, DeadLetters,
     Delivery, Message, NodeInfo, Nodes, Outgoing, RateLimit, RateLimits, Registry, RegistryError,
     ResultBackend, ResultMeta, RetryDecision, Revocations, Routes, Secret, SignatureError, State,
-    Task, TaskContext, TaskDef, TaskError, TaskErrorKind, TaskFuture, TaskOptions, Transport,
+    StateError, Task, TaskContext, TaskDef, TaskError, TaskErrorKind, TaskFuture, TaskOptions,
+    Transport,
 };
 pub use celeriac_core::{Control, ControlInbox, ControlReply, ControlRequest};
 pub use celeriac_core::{Enforces, Executor, PoolKind, Ran};

@@ -1,5 +1,7 @@
 //! Retries with Celery's semantics: same task id, `retries + 1`, a RETRY
-//! state, backoff, `max_retries`, `autoretry_for` and retryable errors.
+//! state, backoff, `max_retries`, `autoretry_for` and retryable errors; and
+//! the other states a task stores before its outcome (STARTED, and its own
+//! with `update_state`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -152,6 +154,99 @@ async fn the_retry_state_is_stored_between_attempts_with_the_same_id() {
     assert_eq!(seen.first(), Some(&State::Retry));
     assert_eq!(seen.last(), Some(&State::Success));
     assert_eq!(worker.stats().retried, 3);
+    worker.shutdown();
+    running.await.unwrap();
+}
+
+/// Set by the test once it has seen the PROGRESS a task stored.
+static PROGRESS_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+async fn until_progress_seen() {
+    let deadline = Instant::now() + WAIT;
+    while !PROGRESS_SEEN.load(Ordering::SeqCst) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Stores PROGRESS from an async task, then says whether the blocking form
+/// was refused on the runtime's thread and a final state refused.
+#[task(name = "states.report_async")]
+async fn report_async(ctx: &TaskContext, step: u32) -> Result<(bool, bool), TaskError> {
+    ctx.update_state_async("PROGRESS", serde_json::json!({"step": step}))
+        .await?;
+    until_progress_seen().await;
+    let blocked = matches!(
+        ctx.update_state("PROGRESS", serde_json::json!({})),
+        Err(celeriac::StateError::WouldBlock)
+    );
+    let final_refused = matches!(
+        ctx.update_state_async("SUCCESS", serde_json::json!(1))
+            .await,
+        Err(celeriac::StateError::Final(_))
+    );
+    Ok((blocked, final_refused))
+}
+
+/// Stores PROGRESS from a blocking task on the thread pool.
+#[task(name = "states.report")]
+fn report(ctx: &TaskContext, step: u32) -> Result<u32, TaskError> {
+    ctx.update_state("PROGRESS", serde_json::json!({"step": step}))?;
+    let deadline = Instant::now() + WAIT;
+    while !PROGRESS_SEEN.load(Ordering::SeqCst) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(step)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_state_is_stored_while_the_task_runs_and_the_result_replaces_it() {
+    let broker = Arc::new(MemoryBroker::new());
+    let backend = Arc::new(MemoryBackend::new());
+    let mut registry = Registry::new();
+    registry.register::<report_async>().unwrap();
+    registry.register::<report>().unwrap();
+    let worker = Worker::builder(broker.clone(), backend.clone(), Arc::new(registry))
+        .concurrency(2)
+        .track_started(true)
+        .build()
+        .unwrap();
+    let running = tokio::spawn({
+        let w = worker.clone();
+        async move { w.run().await }
+    });
+    for (call, step, result) in [
+        (
+            report_async::call(7).cast(),
+            7,
+            serde_json::json!([true, true]),
+        ),
+        (report::call(8).cast(), 8, serde_json::json!(8)),
+    ] {
+        PROGRESS_SEEN.store(false, Ordering::SeqCst);
+        let call: Call<serde_json::Value> = call;
+        let msg = call.to_message().unwrap();
+        let watch = backend.watch(msg.id()).await.unwrap();
+        broker
+            .publish(Outgoing::from_message(&msg).unwrap())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        let progress = loop {
+            let meta = backend.get(msg.id()).await.unwrap();
+            if let Some(m) = meta.filter(|m| m.status == State::Custom("PROGRESS".into())) {
+                break m;
+            }
+            assert!(Instant::now() < deadline, "no PROGRESS for {}", msg.task());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(progress.result["step"], step, "{progress:?}");
+        assert!(progress.date_done.is_none(), "not ready: {progress:?}");
+        assert_eq!(progress.name.as_deref(), Some(msg.task()), "{progress:?}");
+        PROGRESS_SEEN.store(true, Ordering::SeqCst);
+        let done = tokio::time::timeout(WAIT, watch).await.unwrap().unwrap();
+        assert_eq!(done.status, State::Success);
+        assert_eq!(done.result, result);
+    }
     worker.shutdown();
     running.await.unwrap();
 }

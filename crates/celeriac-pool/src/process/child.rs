@@ -8,11 +8,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use celeriac_core::{Args, CancelToken, Registry, TaskContext, TaskError};
+use celeriac_core::{
+    Args, CancelToken, Registry, State, StateError, TaskContext, TaskError, TaskStates,
+};
 use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
 
-use super::frame::{self, BatchFrame, DoneBatchFrame, DoneFrame, RunFrame, ToChild, ToParent};
+use super::frame::{
+    self, BatchFrame, DoneBatchFrame, DoneFrame, RunFrame, StateFrame, ToChild, ToParent,
+};
 use super::{ENV_CHILD, ENV_PARENT, ENV_RSS};
 use crate::Panicked;
 
@@ -45,6 +49,10 @@ fn run(registry: Registry) -> io::Result<()> {
     // The parent hands us one end of a socket pair as standard input.
     let stream = UnixStream::from(io::stdin().as_fd().try_clone_to_owned()?);
     let reader = stream.try_clone()?;
+    // A running task's states go straight to the socket: the buffered
+    // writer below is flushed after every frame, so it is empty while a
+    // task runs.
+    let states_out = Arc::new(Mutex::new(stream.try_clone()?));
     let mut out = BufWriter::new(stream);
     let report_rss = std::env::var_os(ENV_RSS).is_some();
     frame::write(
@@ -75,7 +83,15 @@ fn run(registry: Registry) -> io::Result<()> {
         };
         match f {
             ToChild::Run(r) => {
-                let RunFrame { name, ctx, args } = *r;
+                let RunFrame {
+                    name,
+                    mut ctx,
+                    args,
+                    states,
+                } = *r;
+                if states {
+                    ctx.set_states(ToParentStates::new(seq, &states_out));
+                }
                 let start = Instant::now();
                 let result = run_one(&registry, &timer, &name, &ctx, args, start);
                 let done = DoneFrame {
@@ -87,7 +103,15 @@ fn run(registry: Registry) -> io::Result<()> {
                 frame::write(&mut out, &ToParent::Done(done))?;
             }
             ToChild::RunBatch(b) => {
-                let BatchFrame { name, ctx, items } = *b;
+                let BatchFrame {
+                    name,
+                    mut ctx,
+                    items,
+                    states,
+                } = *b;
+                if states {
+                    ctx.set_states(ToParentStates::new(seq, &states_out));
+                }
                 let start = Instant::now();
                 let results = items
                     .into_iter()
@@ -106,6 +130,42 @@ fn run(registry: Registry) -> io::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// A child's task states: sent to the parent, which stores them through
+/// the task's context there (its worker's result backend).
+#[derive(Debug)]
+struct ToParentStates {
+    seq: u64,
+    out: Arc<Mutex<UnixStream>>,
+}
+
+impl ToParentStates {
+    fn new(seq: u64, out: &Arc<Mutex<UnixStream>>) -> Arc<Self> {
+        Arc::new(ToParentStates {
+            seq,
+            out: Arc::clone(out),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl TaskStates for ToParentStates {
+    fn store(&self, state: &State, meta: Value) -> Result<(), StateError> {
+        let f = ToParent::State(StateFrame {
+            seq: self.seq,
+            state: state.to_string(),
+            meta,
+        });
+        let mut out = self.out.lock();
+        frame::write(&mut *out, &f)
+            .and_then(|()| out.flush())
+            .map_err(|e| StateError::Backend(format!("sending the state to the pool: {e}")))
+    }
+
+    async fn store_async(&self, state: &State, meta: Value) -> Result<(), StateError> {
+        self.store(state, meta)
+    }
 }
 
 fn nanos(start: Instant) -> u64 {

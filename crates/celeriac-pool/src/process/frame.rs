@@ -33,6 +33,9 @@ pub(crate) struct RunFrame {
     pub(crate) name: String,
     pub(crate) ctx: TaskContext,
     pub(crate) args: Args,
+    /// Whether the parent stores the task's states (`update_state`).
+    #[serde(default)]
+    pub(crate) states: bool,
 }
 
 /// Many calls of one task in one frame (`ProcessPool::map`).
@@ -41,6 +44,9 @@ pub(crate) struct BatchFrame {
     pub(crate) name: String,
     pub(crate) ctx: TaskContext,
     pub(crate) items: Vec<Args>,
+    /// Whether the parent stores the task's states (`update_state`).
+    #[serde(default)]
+    pub(crate) states: bool,
 }
 
 /// Child → parent.
@@ -52,6 +58,17 @@ pub(crate) enum ToParent {
     Done(DoneFrame),
     /// A batch finished: one result per item, in order.
     DoneBatch(DoneBatchFrame),
+    /// A running task set a state of its own (`update_state`).
+    State(StateFrame),
+}
+
+/// A state a running task set, for the parent to store.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StateFrame {
+    /// The task's frame.
+    pub(crate) seq: u64,
+    pub(crate) state: String,
+    pub(crate) meta: Value,
 }
 
 /// A finished batch.

@@ -730,6 +730,7 @@ struct BatchRef<'a> {
     name: &'a str,
     ctx: &'a TaskContext,
     items: &'a [Args],
+    states: bool,
 }
 
 #[derive(Serialize)]
@@ -737,6 +738,7 @@ struct RunRef<'a> {
     name: &'a str,
     ctx: &'a TaskContext,
     args: &'a Args,
+    states: bool,
 }
 
 /// Frames up to this size may queue behind a running task in a child's
@@ -752,11 +754,13 @@ fn encode(job: &ProcessJob) -> io::Result<Vec<u8>> {
             name: &job.name,
             ctx: &job.ctx,
             items,
+            states: job.ctx.states().is_some(),
         }),
         None => ToChildRef::Run(RunRef {
             name: &job.name,
             ctx: &job.ctx,
             args: &job.args,
+            states: job.ctx.states().is_some(),
         }),
     };
     serde_json::to_vec(&frame).map_err(io::Error::other)
@@ -972,6 +976,7 @@ fn read_child(shared: &Arc<PoolCore>, id: u64, mut child: Child, stream: UnixStr
                     peak_rss: d.peak_rss,
                 },
             ),
+            Ok(Some(ToParent::State(s))) => on_state(shared, id, s),
             Ok(None) => break,
             Err(e) => {
                 tracing::error!(pid = child.id(), error = %e, "bad frame from pool child; killing it");
@@ -981,6 +986,30 @@ fn read_child(shared: &Arc<PoolCore>, id: u64, mut child: Child, stream: UnixStr
         }
     }
     on_exit(shared, id, child);
+}
+
+/// Stores a state a child's running task set, through its job's context
+/// (on this reader thread, so before the task's result, which the child
+/// sends after it).
+fn on_state(shared: &Arc<PoolCore>, id: u64, s: frame::StateFrame) {
+    let sink = {
+        let st = shared.state.lock();
+        st.children
+            .get(&id)
+            .and_then(|c| c.inflight.iter().find(|r| r.seq == s.seq))
+            .and_then(|r| r.job.ctx.states().cloned())
+    };
+    let Some(sink) = sink else {
+        tracing::warn!(
+            seq = s.seq,
+            "a pool child sent a state for a task with no state store"
+        );
+        return;
+    };
+    let state: celeriac_core::State = s.state.parse().unwrap_or_else(|e| match e {});
+    if let Err(e) = sink.store(&state, s.meta) {
+        tracing::warn!(state = %state, error = %e, "could not store a pool child's task state");
+    }
 }
 
 /// A finished task or batch, as a child reported it.

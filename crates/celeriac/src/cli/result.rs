@@ -7,8 +7,8 @@ use anyhow::Result;
 use celeriac::escape::Escaped;
 use clap::Args as ClapArgs;
 
-use crate::parse::parse_seconds;
-use crate::{Conn, print_outcome, runtime};
+use crate::cli::parse::parse_seconds;
+use crate::cli::{Conn, print_outcome, runtime};
 
 /// `celeriac result` options.
 #[derive(Debug, ClapArgs)]

@@ -3,7 +3,7 @@
 
 use celeriac::escape::Escaped;
 
-use crate::telemetry;
+use crate::cli::telemetry;
 
 /// Installs the log subscriber: `level` (or `RUST_LOG`), text or JSON.
 pub(crate) fn init(level: &str, json: bool) {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use celeriac::escape::Escaped;
 use clap::Subcommand;
 
-use crate::{Conn, runtime};
+use crate::cli::{Conn, runtime};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DlqCommand {

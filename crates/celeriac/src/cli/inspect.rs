@@ -12,8 +12,8 @@ use celeriac::{Broker, ControlRequest};
 use clap::{Args as ClapArgs, Subcommand};
 use serde_json::{Map, Value, json};
 
-use crate::Conn;
-use crate::parse::{parse_seconds, queue_name};
+use crate::cli::Conn;
+use crate::cli::parse::{parse_seconds, queue_name};
 
 /// Exit code when no worker replied (Celery's `EX_UNAVAILABLE`).
 const NO_REPLY: u8 = 69;
@@ -239,7 +239,7 @@ fn ask(conn: &Conn, mut req: ControlRequest, remote: &Remote, show: bool) -> Res
     }
     let timeout = Duration::from_secs_f64(remote.timeout);
     let method = req.method.clone();
-    let replies = crate::runtime()?.block_on(async {
+    let replies = crate::cli::runtime()?.block_on(async {
         let (broker, _) = conn.open()?;
         let broker: std::sync::Arc<dyn Broker> = broker;
         Ok::<_, anyhow::Error>(broker.call(req, timeout, None).await?)

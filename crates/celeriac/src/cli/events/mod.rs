@@ -17,8 +17,8 @@ use clap::Args as ClapArgs;
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::Conn;
-use crate::parse::parse_seconds;
+use crate::cli::Conn;
+use crate::cli::parse::parse_seconds;
 use celeriac::monitor::{self, Monitor};
 
 /// `celeriac events` options.
@@ -42,7 +42,7 @@ pub(crate) struct EventsArgs {
 
 /// Runs `celeriac events`.
 pub(crate) fn run(conn: &Conn, args: EventsArgs) -> Result<ExitCode> {
-    let rt = crate::runtime()?;
+    let rt = crate::cli::runtime()?;
     rt.block_on(async {
         let url = conn.broker_url();
         let broker =

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use celeriac::escape::Escaped;
 use clap::Args as ClapArgs;
 
-use crate::Conn;
-use crate::parse::queue_name;
+use crate::cli::Conn;
+use crate::cli::parse::queue_name;
 
 /// `celeriac purge`.
 #[derive(Debug, ClapArgs)]
@@ -64,7 +64,7 @@ pub(crate) fn purge(conn: &Conn, args: PurgeArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     }
-    let purged = crate::runtime()?.block_on(async {
+    let purged = crate::cli::runtime()?.block_on(async {
         let (broker, _) = conn.open()?;
         let mut n = 0;
         for q in &names {

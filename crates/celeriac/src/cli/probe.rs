@@ -88,7 +88,7 @@ pub(crate) async fn wait_until_reachable(
             Err(e) => {
                 tracing::warn!(
                     "{}; trying again in {:.1} s",
-                    celeriac::escape::EscapedLines(format_args!("{e:#}")),
+                    celeriac::escape::EscapedLines(super::causes(&e)),
                     pause.as_secs_f64()
                 );
                 tokio::time::sleep(pause).await;

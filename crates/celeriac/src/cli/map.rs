@@ -26,8 +26,8 @@ use clap::builder::NonEmptyStringValueParser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value, json};
 
-use crate::parse::{exact_integers, parse_seconds, queue_name};
-use crate::{Conn, Signing, probe};
+use crate::cli::parse::{exact_integers, parse_seconds, queue_name};
+use crate::cli::{Conn, Signing, probe};
 
 /// How many calls are published (and watched) in one round trip.
 const BATCH: usize = 500;
@@ -42,9 +42,10 @@ pub(crate) struct MapArgs {
     /// with "args" and "kwargs". `-` reads standard input.
     #[arg(long, value_name = "FILE")]
     args_file: PathBuf,
-    /// Queue to send to.
-    #[arg(long, short = 'q', default_value = "celery", value_parser = queue_name)]
-    queue: String,
+    /// Queue to send to. Default: the task's route in celeriac.toml, else
+    /// `celery`.
+    #[arg(long, short = 'q', value_parser = queue_name)]
+    queue: Option<String>,
     /// Give up waiting after this many seconds: the calls not finished by
     /// then are printed as errors of state PENDING (exit code 3).
     #[arg(long, value_parser = parse_seconds)]
@@ -157,7 +158,9 @@ fn progress(n: usize, hidden: bool) -> ProgressBar {
 
 /// Runs `celeriac map`. Exit codes: 0 all succeeded, 1 some failed, 3
 /// some had no result before `--timeout`.
-pub(crate) fn run(conn: &Conn, args: MapArgs) -> Result<ExitCode> {
+pub(crate) fn run(conn: &Conn, mut args: MapArgs) -> Result<ExitCode> {
+    args.queue = Some(conn.queue_for(args.queue.as_deref(), &args.name));
+    let queue = args.queue.clone().unwrap_or_default();
     let calls = read_lines(&args.args_file)?;
     let secret = args.signing.secret()?;
     let mut messages = Vec::with_capacity(calls.len());
@@ -165,14 +168,14 @@ pub(crate) fn run(conn: &Conn, args: MapArgs) -> Result<ExitCode> {
         let mut msg: Message = Call::<Value>::new(args.name.clone())
             .with_args(a)
             .with_kwargs(k)
-            .queue(args.queue.clone())
+            .queue(queue.clone())
             .to_message()?;
         if let Some(s) = &secret {
             s.sign(&mut msg)?;
         }
         messages.push(msg);
     }
-    crate::runtime()?.block_on(submit_and_wait(conn, &args, messages))
+    crate::cli::runtime()?.block_on(submit_and_wait(conn, &args, messages))
 }
 
 async fn submit_and_wait(conn: &Conn, args: &MapArgs, messages: Vec<Message>) -> Result<ExitCode> {
@@ -182,7 +185,7 @@ async fn submit_and_wait(conn: &Conn, args: &MapArgs, messages: Vec<Message>) ->
         &backend,
         &conn.broker_url(),
         &conn.backend_url(),
-        &args.queue,
+        args.queue.as_deref().unwrap_or("celery"),
         probe::STARTUP_DEADLINE,
     )
     .await?;
@@ -201,7 +204,7 @@ async fn submit_and_wait(conn: &Conn, args: &MapArgs, messages: Vec<Message>) ->
             .await
             .context("publishing the tasks")?;
         if args.sent_event {
-            crate::events::send_sent(&broker, chunk).await;
+            crate::cli::events::send_sent(&broker, chunk).await;
         }
         for (j, w) in watches.into_iter().enumerate() {
             let tx = tx.clone();
@@ -260,7 +263,7 @@ async fn submit_and_wait(conn: &Conn, args: &MapArgs, messages: Vec<Message>) ->
     if timed_out {
         eprintln!(
             "timed out: {unfinished} of {n} tasks had no result (is a worker consuming queue {:?}?)",
-            args.queue
+            args.queue.as_deref().unwrap_or("celery")
         );
         return Ok(ExitCode::from(3));
     }

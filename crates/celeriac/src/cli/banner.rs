@@ -15,6 +15,8 @@ pub(crate) struct Facts<'a> {
     pub(crate) tasks: Vec<&'a str>,
     /// Autoscale bounds `(min, max)`, if any.
     pub(crate) autoscale: Option<(usize, usize)>,
+    /// Messages reserved per execution slot.
+    pub(crate) prefetch: usize,
 }
 
 /// The banner of `worker`.
@@ -41,11 +43,13 @@ pub(crate) fn banner(worker: &Worker, facts: &Facts<'_>) -> String {
         "OFF (enable -E to monitor tasks in this worker)".to_string()
     };
     let mut out = format!(
-        " \n -------------- {node} v{version} (rust)\n--- ***** ----- \n-- ******* ---- {platform} {when}\n- *** --- * --- \n- ** ---------- [config]\n- ** ---------- .> app:         celeriac\n- ** ---------- .> transport:   {broker}\n- ** ---------- .> results:     {backend}\n- *** --- * --- .> concurrency: {concurrency}\n-- ******* ---- .> task events: {events}\n--- ***** ----- \n -------------- [queues]\n",
+        " \n -------------- {node} v{version} (rust)\n--- ***** ----- \n-- ******* ---- {platform} {when}\n- *** --- * --- \n- ** ---------- [config]\n- ** ---------- .> app:         {app}\n- ** ---------- .> transport:   {broker}\n- ** ---------- .> results:     {backend}\n- *** --- * --- .> concurrency: {concurrency}\n-- ******* ---- .> task events: {events}\n--- ***** ----- .> prefetch:    {prefetch} per slot\n -------------- [queues]\n",
         node = worker.nodename(),
         version = env!("CARGO_PKG_VERSION"),
         broker = facts.broker,
         backend = facts.backend,
+        app = program(),
+        prefetch = facts.prefetch,
     );
     for q in worker.queues() {
         out.push_str(&format!(
@@ -57,6 +61,19 @@ pub(crate) fn banner(worker: &Worker, facts: &Facts<'_>) -> String {
         out.push_str(&format!("  . {t}\n"));
     }
     out
+}
+
+/// This program's name: `celeriac`, or the user's binary that runs
+/// `celeriac::cli::main()`.
+fn program() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .and_then(|p| std::path::Path::new(p).file_name())
+        .map_or_else(
+            || "celeriac".into(),
+            |n| celeriac::escape::Escaped(&n.to_string_lossy()).to_string(),
+        )
 }
 
 fn capitalized(s: &str) -> String {

@@ -1,7 +1,31 @@
-//! The `celeriac` command: `demo`, `worker`, `call`, `map`, `result`, `revoke`,
-//! `dlq`, `tasks`, `inspect`, `control`, `status`, `purge`, `beat`.
+//! The `celeriac` command line, as a library: [`main`] turns any program
+//! into the full CLI (`worker`, `call`, `map`, `result`, `revoke`, `dlq`,
+//! `tasks`, `inspect`, `control`, `status`, `purge`, `events`, `beat`,
+//! `dashboard`, `config`, `demo`),
+//! serving the `#[task]`s linked into that program, as `celery -A proj`
+//! does for a Python project. The `celeriac` binary is one such program.
+//!
+//! ```no_run
+//! use celeriac::task;
+//!
+//! #[task(name = "proj.add")]
+//! fn add(x: i64, y: i64) -> i64 {
+//!     x + y
+//! }
+//!
+//! fn main() {
+//!     celeriac::cli::main()
+//! }
+//! ```
+//!
+//! `cargo run -- worker` then runs a worker with `proj.add` (and the
+//! built-in `celeriac.*` tasks); `cargo run -- worker -P processes` runs
+//! them in child processes, which re-execute the same program.
+//!
+//! Behind the `cli` feature (on by default).
 
 mod banner;
+mod config;
 mod demo;
 mod dlq;
 mod events;
@@ -26,7 +50,7 @@ use anyhow::{Context, Result, bail};
 use celeriac::escape::{Escaped, EscapedLines};
 use celeriac::{Broker, Call, Registry, ResultBackend, Worker, open_backend, open_broker_for};
 use clap::builder::NonEmptyStringValueParser;
-use clap::{Args as ClapArgs, Parser, Subcommand};
+use clap::{Args as ClapArgs, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::Value;
 
 /// celeriac: parallel, concurrent and distributed task execution,
@@ -52,26 +76,56 @@ struct Cli {
 #[derive(Debug, ClapArgs)]
 struct Conn {
     /// Broker URL (sqlite:///path.db, redis://host:port/db, rediss://...;
-    /// memory:// only for `demo`). Default: the file
-    /// broker at $CELERIAC_HOME/celeriac.db or ~/.local/share/celeriac/celeriac.db.
-    #[arg(long, short = 'b', global = true, env = "CELERIAC_BROKER_URL")]
+    /// memory:// only for `demo`). Also CELERIAC_BROKER_URL or `broker_url`
+    /// in celeriac.toml. Default: the file broker at
+    /// $CELERIAC_HOME/celeriac.db or ~/.local/share/celeriac/celeriac.db.
+    #[arg(long, short = 'b', global = true)]
     broker: Option<String>,
-    /// Result backend URL. Default: the broker's own store.
-    #[arg(long, global = true, env = "CELERIAC_RESULT_BACKEND")]
+    /// Result backend URL. Also CELERIAC_RESULT_BACKEND or `result_backend`
+    /// in celeriac.toml. Default: the broker's own store.
+    #[arg(long, global = true)]
     result_backend: Option<String>,
+    /// The configuration file. Default: celeriac.toml in the working
+    /// directory, if there is one.
+    #[arg(long, global = true, env = "CELERIAC_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// What celeriac.toml and the environment say (flags win).
+    #[arg(skip)]
+    settings: config::Settings,
+    /// The configuration file read, if any.
+    #[arg(skip)]
+    config_file: Option<std::path::PathBuf>,
 }
 
 impl Conn {
     fn broker_url(&self) -> String {
         self.broker
             .clone()
+            .or_else(|| self.settings.broker_url.clone())
             .unwrap_or_else(|| format!("sqlite://{}", celeriac::default_db_path().display()))
     }
 
     fn backend_url(&self) -> String {
         self.result_backend
             .clone()
+            .or_else(|| self.settings.result_backend.clone())
             .unwrap_or_else(|| celeriac::default_backend_url(&self.broker_url()))
+    }
+
+    /// Reads celeriac.toml and the environment under the flags.
+    fn load_settings(&mut self) -> Result<()> {
+        let cwd = std::env::current_dir().context("the working directory")?;
+        let (settings, file) = config::load(self.config.as_deref(), &cwd, std::env::vars())?;
+        self.settings = settings;
+        self.config_file = file;
+        Ok(())
+    }
+
+    /// The queue for task `name`: `flag`, else its route, else `celery`.
+    fn queue_for(&self, flag: Option<&str>, name: &str) -> String {
+        flag.map(str::to_string)
+            .or_else(|| self.settings.routes().queue_for(name).map(str::to_string))
+            .unwrap_or_else(|| "celery".to_string())
     }
 
     fn open(&self) -> Result<(Arc<dyn Broker>, Arc<dyn ResultBackend>)> {
@@ -153,6 +207,9 @@ enum Command {
     /// a live view of workers, tasks by state, tasks per second and recent
     /// tasks, or `--dump` to print each event, as `celery events`.
     Events(events::EventsArgs),
+    /// Print the effective configuration (flags over environment over
+    /// celeriac.toml over defaults), passwords masked.
+    Config,
     /// Serve a live web dashboard of the workers (celeriac and Python
     /// Celery), their queues, tasks and dead letters, with actions.
     Dashboard(celeriac_dashboard::DashboardArgs),
@@ -176,20 +233,23 @@ struct WorkerArgs {
     #[arg(long)]
     retry_on_startup: bool,
     /// Concurrency (threads, child processes, or async tasks at once).
-    /// Default: the number of CPUs (100 for -P async).
+    /// Default: `worker.concurrency` in celeriac.toml, else the number of
+    /// CPUs (100 for -P async).
     #[arg(short = 'c', long)]
     concurrency: Option<usize>,
     /// Pool kind: threads, processes (alias prefork) or async. `async fn`
-    /// tasks always run on the async executor.
-    #[arg(short = 'P', long, default_value = "threads")]
-    pool: String,
+    /// tasks always run on the async executor. Default: `worker.pool`,
+    /// else threads.
+    #[arg(short = 'P', long)]
+    pool: Option<String>,
     /// Scale concurrency with the queue depth: MAX,MIN (as Celery).
     #[arg(long, value_name = "MAX,MIN")]
     autoscale: Option<String>,
     /// Messages reserved per slot (Celery's worker_prefetch_multiplier);
     /// 1 for long tasks, so that waiting messages go to idle workers.
-    #[arg(long, default_value_t = celeriac::DEFAULT_PREFETCH_MULTIPLIER)]
-    prefetch_multiplier: usize,
+    /// Default: `worker.prefetch_multiplier`, else 4.
+    #[arg(long)]
+    prefetch_multiplier: Option<usize>,
     /// Process pool: retire a child after this many tasks.
     #[arg(long)]
     max_tasks_per_child: Option<u64>,
@@ -204,9 +264,14 @@ struct WorkerArgs {
     /// Default soft time limit in seconds: the task's context is cancelled.
     #[arg(long, value_parser = parse_seconds)]
     soft_time_limit: Option<f64>,
-    /// Queues to consume, comma-separated, in priority order.
-    #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery", value_parser = queue_name)]
+    /// Queues to consume, comma-separated, in priority order. Default:
+    /// `worker.queues`, else celery.
+    #[arg(short = 'Q', long, value_delimiter = ',', value_parser = queue_name)]
     queues: Vec<String>,
+    /// Store the STARTED state when a task starts, for every task (Celery's
+    /// task_track_started; `#[task(track_started)]` asks it for one task).
+    #[arg(long)]
+    track_started: bool,
     /// Node name. Default: `celeriac@HOSTNAME`.
     #[arg(short = 'n', long)]
     hostname: Option<String>,
@@ -283,9 +348,10 @@ struct CallArgs {
     /// Keyword arguments as a JSON object.
     #[arg(long, default_value = "{}")]
     kwargs: String,
-    /// Queue to send to.
-    #[arg(long, short = 'q', default_value = "celery", value_parser = queue_name)]
-    queue: String,
+    /// Queue to send to. Default: the task's route in celeriac.toml, else
+    /// `celery`.
+    #[arg(long, short = 'q', value_parser = queue_name)]
+    queue: Option<String>,
     /// Run no earlier than this many seconds from now. The message carries
     /// Celery's `eta` header; on Redis it goes on the queue as Celery
     /// publishes it, so Python workers run it too, and a celeriac worker
@@ -319,13 +385,53 @@ struct CallArgs {
 /// countdown.
 const CALL_WAIT: f64 = 60.0;
 
+/// Runs the command line of this program (its arguments from
+/// `std::env::args_os`) and exits the process with its status.
+///
+/// Call it as the whole of `main`: a process-pool child re-executes this
+/// program, and `main` first turns such a child into a task server
+/// ([`celeriac::init`]). Everything `main` does before it also runs in
+/// every child.
+///
 /// Exit codes: 0 ok, 1 the task failed (or a worker replied with an
 /// error), 2 usage or setup error, 3 timed out, 4 result not ready, 69 no
 /// worker replied (as Celery).
-fn main() -> ExitCode {
+#[allow(clippy::needless_doctest_main)] // `main` is the point of the example
+pub fn main() -> ! {
     // A process pool child re-executes this binary: serve tasks and exit.
     celeriac::init();
-    let cli = Cli::parse();
+    let code = run_args(std::env::args_os());
+    std::process::exit(i32::from(code))
+}
+
+/// Runs the command line given by `args` (the first is the program's
+/// name) and returns the exit status, without exiting.
+///
+/// [`main`] is `init` and then this; call this directly to run the CLI
+/// from a program that does more around it.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    ExitCode::from(run_args(args))
+}
+
+fn run_args<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let parsed = command()
+        .try_get_matches_from(args)
+        .and_then(|mut m| Cli::from_arg_matches_mut(&mut m));
+    let mut cli = match parsed {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
     let default_level = match cli.command {
         Command::Demo(_) => "warn",
         _ => "info",
@@ -334,15 +440,83 @@ fn main() -> ExitCode {
         cli.loglevel.as_deref().unwrap_or(default_level),
         cli.log_format == "json",
     );
-    let code = match run(cli) {
-        Ok(code) => code,
+    // `demo` runs in memory and `tasks` only lists; neither reads a config.
+    if !matches!(cli.command, Command::Demo(_) | Command::Tasks { .. })
+        && let Err(e) = cli.conn.load_settings()
+    {
+        eprintln!("error: {}", EscapedLines(causes(&e)));
+        return 2;
+    }
+    let code = match dispatch(cli) {
+        Ok(code) => status_of(code),
         Err(e) => {
-            eprintln!("error: {}", EscapedLines(format_args!("{e:#}")));
-            ExitCode::from(2)
+            eprintln!("error: {}", EscapedLines(causes(&e)));
+            2
         }
     };
     telemetry::flush();
     code
+}
+
+/// An error and its causes, `: `-separated, each said once: many errors
+/// repeat their source's text in their own, which `{:#}` would print
+/// again.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// The number behind an [`ExitCode`] (std keeps it opaque; every code
+/// here is made from a `u8`).
+fn status_of(code: ExitCode) -> u8 {
+    (0..=u8::MAX)
+        .find(|&n| ExitCode::from(n) == code)
+        .unwrap_or(1)
+}
+
+/// The global flags that `demo` (in memory, its own logging default) and
+/// `tasks` (a list) ignore: hidden from their help.
+const IGNORED_GLOBALS: [(&str, &[&str]); 2] = [
+    ("demo", &["broker", "result_backend", "config"]),
+    (
+        "tasks",
+        &[
+            "broker",
+            "result_backend",
+            "config",
+            "loglevel",
+            "log_format",
+        ],
+    ),
+];
+
+/// The command line, with the global flags hidden where ignored.
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    // Propagate the global flags first, then hide some copies.
+    cmd.build();
+    for (sub, ids) in IGNORED_GLOBALS {
+        cmd = cmd.mut_subcommand(sub, |c| {
+            c.mut_args(|a| {
+                if ids.contains(&a.get_id().as_str()) {
+                    a.hide(true)
+                } else {
+                    a
+                }
+            })
+        });
+    }
+    cmd
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -371,7 +545,7 @@ fn worker_runtime(pool: celeriac::PoolKind) -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Worker(args) => worker(&cli.conn, args),
@@ -384,6 +558,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => inspect::status(&cli.conn, args),
         Command::Purge(args) => purge::purge(&cli.conn, args),
         Command::Events(args) => events::run(&cli.conn, args),
+        Command::Config => {
+            let c = &cli.conn;
+            let secret = std::env::var_os("CELERIAC_SECRET").is_some();
+            let text = config::effective(
+                &c.settings,
+                &c.broker_url(),
+                &c.backend_url(),
+                c.config_file.as_deref(),
+                secret,
+            );
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dashboard(args) => runtime()?
             .block_on(celeriac_dashboard::run(
                 args,
@@ -434,7 +621,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
-    let pool: celeriac::PoolKind = args.pool.parse()?;
+    let args = args.under(&conn.settings);
+    let pool: celeriac::PoolKind = args.pool.as_deref().unwrap_or("threads").parse()?;
     let registry = Registry::linked(args.diagnostic_tasks).context("building the task registry")?;
     let metrics = telemetry::worker_metrics(args.metrics_addr.as_deref(), &registry)?;
     let rt = worker_runtime(pool)?;
@@ -453,7 +641,11 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             .queues(args.queues.clone())
             .max_body(args.max_body.get())
             .max_deliveries(args.max_deliveries)
-            .prefetch_multiplier(args.prefetch_multiplier)
+            .prefetch_multiplier(
+                args.prefetch_multiplier
+                    .unwrap_or(celeriac::DEFAULT_PREFETCH_MULTIPLIER),
+            )
+            .track_started(args.track_started)
             .result_extended(args.result_extended)
             .events(args.events)
             .mingle(!args.without_mingle)
@@ -509,6 +701,9 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             backend: &urls.1,
             tasks: names.iter().map(String::as_str).collect(),
             autoscale: autoscale_bounds(args.autoscale.as_deref())?,
+            prefetch: args
+                .prefetch_multiplier
+                .unwrap_or(celeriac::DEFAULT_PREFETCH_MULTIPLIER),
         };
         println!("{}", banner::banner(&worker, &facts));
         let w = worker.clone();
@@ -529,6 +724,34 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+impl WorkerArgs {
+    /// These flags over `settings` (celeriac.toml and the environment): a
+    /// flag given wins, a setting fills what no flag gave.
+    fn under(mut self, settings: &config::Settings) -> Self {
+        let w = &settings.worker;
+        self.pool = self.pool.or_else(|| w.pool.clone());
+        self.concurrency = self.concurrency.or(w.concurrency);
+        self.prefetch_multiplier = self.prefetch_multiplier.or(w.prefetch_multiplier);
+        if self.queues.is_empty() {
+            self.queues = w.queues.clone().unwrap_or_else(|| vec!["celery".into()]);
+        }
+        self.time_limit = self.time_limit.or(w.time_limit);
+        self.soft_time_limit = self.soft_time_limit.or(w.soft_time_limit);
+        self.track_started |= w.track_started == Some(true);
+        self.max_tasks_per_child = self.max_tasks_per_child.or(w.max_tasks_per_child);
+        self.max_memory_per_child = self.max_memory_per_child.or(w.max_memory_per_child);
+        // The file's first, so that a flag for the same task replaces it.
+        let mut rates: Vec<String> = settings
+            .rate_limits
+            .iter()
+            .map(|(task, rate)| format!("{task}={rate}"))
+            .collect();
+        rates.append(&mut self.rate_limit);
+        self.rate_limit = rates;
+        self
+    }
 }
 
 /// `--autoscale MAX,MIN` as `(min, max)`.
@@ -601,11 +824,13 @@ fn print_outcome(meta: &celeriac::ResultMeta, whole: bool) -> ExitCode {
     }
 }
 
-fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
+fn call(conn: &Conn, mut args: CallArgs) -> Result<ExitCode> {
+    let queue = conn.queue_for(args.queue.as_deref(), &args.name);
+    args.queue = Some(queue.clone());
     let mut call: Call<Value> = Call::new(args.name.clone())
         .with_args(parse_json_list(&args.args)?)
         .with_kwargs(parse_json_object(&args.kwargs)?)
-        .queue(args.queue.clone());
+        .queue(queue.clone());
     if let Some(c) = args.countdown {
         if !(c >= 0.0 && c.is_finite()) {
             bail!("--countdown must be a non-negative number of seconds");
@@ -633,7 +858,7 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
             &backend,
             &conn.broker_url(),
             &conn.backend_url(),
-            &args.queue,
+            &queue,
             probe::STARTUP_DEADLINE,
         )
         .await?;
@@ -662,7 +887,7 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
                 let id = msg.id();
                 eprintln!(
                     "timed out after {t} s waiting for task {id} (is a worker consuming queue {:?}?); it may still run: `celeriac result {id} --wait`",
-                    args.queue
+                    queue
                 );
                 return Ok(ExitCode::from(3));
             }

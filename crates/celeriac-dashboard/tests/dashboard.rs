@@ -314,7 +314,7 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
         );
     }
 
-    // Actions: pool grow on each worker, a rate limit, a revoke.
+    // Actions: pool grow and shrink, a rate limit, a revoke.
     let (code, body) = post_json(&served, "/api/workers/rs@dash/pool", json!({"grow": 1})).await;
     assert_eq!(code, 200, "{body}");
     assert!(body["replies"]["rs@dash"]["ok"].is_string(), "{body}");
@@ -322,7 +322,21 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
         find(w, "hostname", "rs@dash").is_some_and(|r| r["concurrency"] == 3)
     })
     .await;
+    let (code, body) = post_json(&served, "/api/workers/rs@dash/pool", json!({"shrink": 2})).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body["replies"]["rs@dash"]["ok"].is_string(), "{body}");
+    until(&served, "/api/workers", |w| {
+        find(w, "hostname", "rs@dash").is_some_and(|r| r["concurrency"] == 1)
+    })
+    .await;
     let (code, body) = post_json(&served, "/api/workers/rs@dash/pool", json!({})).await;
+    assert_eq!(code, 422, "{body}");
+    let (code, body) = post_json(
+        &served,
+        "/api/workers/rs@dash/pool",
+        json!({"grow": 1, "shrink": 1}),
+    )
+    .await;
     assert_eq!(code, 422, "{body}");
     let (code, body) = post_json(
         &served,

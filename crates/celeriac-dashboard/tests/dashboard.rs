@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use celeriac::canvas::{PlanContext, chain};
 use celeriac::{Broker, Call, Outgoing, Registry, TaskError, Worker};
 use celeriac_dashboard::{Dashboard, DashboardArgs, DashboardError};
 use celeriac_testkit::process::LoggedChild;
@@ -281,6 +282,62 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
             "{tb}"
         );
     }
+    // A chain, as Celery's client sends it: each step's detail names its
+    // parent and its children (the next step, sent by the worker).
+    let route = |_: &str| Some("rsq".to_string());
+    let plan = chain(Call::<i64>::new("t.add").arg(1).arg(2))
+        .then(Call::<i64>::new("t.add").arg(10).partial())
+        .then(Call::<i64>::new("t.add").arg(100).partial())
+        .plan(&PlanContext::new("dashboard-test").route(&route))
+        .unwrap();
+    let first = plan.messages().next().unwrap().id().to_string();
+    let last = plan.result.id().to_string();
+    let middle = plan.result.parent().unwrap().id().to_string();
+    for m in plan.messages() {
+        broker
+            .publish(Outgoing::from_message(m).unwrap())
+            .await
+            .unwrap();
+    }
+    until(&served, "/api/tasks?limit=50", |t| {
+        find(t, "id", &last).is_some_and(|t| t["state"] == "SUCCESS")
+    })
+    .await;
+    let step = get_json(&served, &format!("/api/tasks/{middle}")).await;
+    assert_eq!(
+        (&step["parent_id"], &step["root_id"], &step["outcome"]),
+        (&json!(first), &json!(first), &json!("13")),
+        "{step}"
+    );
+    assert_eq!(
+        (
+            &step["parent"]["id"],
+            &step["parent"]["name"],
+            &step["parent"]["state"]
+        ),
+        (&json!(first), &json!("t.add"), &json!("SUCCESS")),
+        "{step}"
+    );
+    assert_eq!(
+        step["children"],
+        json!([{"id": last, "name": "t.add", "state": "SUCCESS"}]),
+        "{step}"
+    );
+    let head = get_json(&served, &format!("/api/tasks/{first}")).await;
+    assert_eq!(head["parent"], Value::Null, "{head}");
+    assert_eq!(
+        head["children"].as_array().map(|c| c.len()),
+        Some(1),
+        "{head}"
+    );
+    assert_eq!(head["children"][0]["id"], json!(middle), "{head}");
+    let tail = get_json(&served, &format!("/api/tasks/{last}")).await;
+    assert_eq!(
+        (&tail["parent"]["id"], &tail["outcome"], &tail["children"]),
+        (&json!(middle), &json!("113"), &json!([])),
+        "{tail}"
+    );
+
     let summary = get_json(&served, "/api/summary").await;
     assert_eq!(summary["max_tasks"], 500);
     assert!(

@@ -345,24 +345,34 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
         "{summary}"
     );
 
-    // Queues: depth (a task due in five minutes waits on its queue) and
+    // Queues: depth in all and per priority (tasks due in five minutes
+    // wait on their queue; priority 7 in kombu's list for 6-8) and
     // consumers.
     let later = send_calls(
         &*broker,
-        vec![
-            Call::<Value>::new("t.add")
-                .arg(1)
-                .arg(1)
-                .queue("rsq")
-                .countdown(Duration::from_secs(300)),
-        ],
+        [0, 7, 7]
+            .into_iter()
+            .map(|p| {
+                Call::<Value>::new("t.add")
+                    .arg(1)
+                    .arg(1)
+                    .queue("rsq")
+                    .priority(p)
+                    .countdown(Duration::from_secs(300))
+            })
+            .collect(),
     )
     .await;
     let queues = until(&served, "/api/queues", |q| {
         find(q, "name", "rsq")
-            .is_some_and(|q| q["depth"] == 1 && q["consumers"] == json!(["rs@dash"]))
+            .is_some_and(|q| q["depth"] == 3 && q["consumers"] == json!(["rs@dash"]))
     })
     .await;
+    assert_eq!(
+        find(&queues, "name", "rsq").unwrap()["priorities"],
+        json!([{"priority": 0, "depth": 1}, {"priority": 6, "depth": 2}]),
+        "{queues}"
+    );
     if want_py {
         assert_eq!(
             find(&queues, "name", "pyq").unwrap()["consumers"],
@@ -410,8 +420,8 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
     )
     .await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(broker.revoked(&later).await.unwrap(), later);
-    assert!(broker.terminations(&later).await.unwrap().is_empty());
+    assert_eq!(broker.revoked(&later[..1]).await.unwrap(), later[..1]);
+    assert!(broker.terminations(&later[..1]).await.unwrap().is_empty());
     let (code, body) = post_json(
         &served,
         &format!("/api/tasks/{}/revoke", ids[0]),
@@ -808,6 +818,12 @@ async fn a_browser_sees_the_worker_tasks_and_chart_and_requeues_a_dead_letter() 
         &b,
         "the requeued message on its queue",
         r#"(document.querySelector('#queues tr[data-queue="parked"] td:nth-child(2)') || {}).textContent === '1'"#,
+    )
+    .await;
+    wait_js(
+        &b,
+        "the requeued message's priority",
+        r#"(document.querySelector('#queues tr[data-queue="parked"] td:nth-child(3)') || {}).textContent === '0: 1'"#,
     )
     .await;
 

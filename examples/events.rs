@@ -2,7 +2,8 @@
 //! `celeriac events`, `celery events` or Flower do, and watch a worker run
 //! tasks with task events on (`celeriac worker -E`). On Redis the same
 //! events reach Python monitors, and Python workers' events reach
-//! `celeriac events`.
+//! `celeriac events`. The client sends `task-sent` for what it publishes
+//! (Celery's `task_send_sent_event`; `celeriac call --sent-event`).
 //! Run: `cargo run -p celeriac-examples --example events`.
 
 use std::sync::Arc;
@@ -39,8 +40,10 @@ async fn main() -> anyhow::Result<()> {
     let add = Call::<Value>::new("demo.add").arg(2).arg(3).to_message()?;
     let fail = Call::<Value>::new("demo.fail").to_message()?;
     let done = backend.watch(fail.id()).await?;
-    for m in [&add, &fail] {
+    for (clock, m) in [&add, &fail].into_iter().enumerate() {
         broker.publish(Outgoing::from_message(m)?).await?;
+        let sent = events::task_sent(m, clock as u64 + 1, celeriac::time::unix_now());
+        broker.send_events(&[sent]).await?;
     }
     done.await?;
     worker.shutdown();
@@ -66,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
     }
     running.await?;
     for want in [
+        "task-sent",
         "worker-online",
         "task-received",
         "task-started",

@@ -11,6 +11,7 @@
 //! - `crawler`: the book's web crawler on threads, processes, async, the
 //!   job server and the queue.
 //! - `fibonacci`: the book's Fibonacci job on the same five layers.
+//! - `beat`: periodic tasks with leader election (two beats, one leader).
 
 pub mod book;
 

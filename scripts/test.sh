@@ -116,7 +116,7 @@ say "cargo test (unit, integration, doc)"
 cargo test --workspace --locked --no-fail-fast
 
 say "examples"
-for ex in thread_pool job_server worker_and_client celery_messages redis_server task_semantics process_pool async_tasks observer canvas remote_control metrics events subtasks dashboard; do
+for ex in thread_pool job_server worker_and_client celery_messages redis_server task_semantics process_pool async_tasks observer canvas remote_control metrics events subtasks dashboard beat; do
   echo "-- example $ex"
   CELERIAC_BROKER_URL="${CELERIAC_TEST_REDIS_URL%/0}/4" \
     cargo run --quiet --locked -p celeriac-examples --example "$ex" >/dev/null

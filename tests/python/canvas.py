@@ -2,13 +2,14 @@
 link_errors to celeriac workers (and, for the mixed chain, across a Python
 worker on queue `py`), and prints what Python's AsyncResult sees, as JSON."""
 import json
+import os
 import sys
 
 from celery import Celery, chain, signature
 from celery.result import AsyncResult
 
 url = sys.argv[1]
-app = Celery("canvas", broker=url, backend=url)
+app = Celery("canvas", broker=url, backend=os.environ.get("BACKEND", url))
 
 
 def sig(name, *args, **options):

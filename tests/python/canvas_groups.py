@@ -8,12 +8,13 @@ client test. Prints JSON.
                                        Python applied, waited on and saved
 """
 import json
+import os
 import sys
 
 from celery import Celery, group, signature
 
 url, mode = sys.argv[1], sys.argv[2]
-app = Celery("canvas_groups", broker=url, backend=url)
+app = Celery("canvas_groups", broker=url, backend=os.environ.get("BACKEND", url))
 
 if mode == "restore":
     restored = app.GroupResult.restore(sys.argv[3])

@@ -1,12 +1,13 @@
 """Python Celery client for the interop tests: sends tasks that a celeriac
 worker runs and prints what Python's AsyncResult sees, as JSON."""
 import json
+import os
 import sys
 
 from celery import Celery, signature
 
 url = sys.argv[1]
-app = Celery("client", broker=url, backend=url)
+app = Celery("client", broker=url, backend=os.environ.get("BACKEND", url))
 out = {}
 out["add"] = app.send_task("celeriac.add", args=(2, 3)).get(timeout=60)
 out["kwargs"] = app.send_task("celeriac.add", kwargs={"x": 40, "y": 2}).get(timeout=60)

@@ -2,13 +2,14 @@
 every inspect and control reply as Python's `app.control` returns it,
 printed as JSON."""
 import json
+import os
 import sys
 import time
 
 from celery import Celery
 
 url, node = sys.argv[1], sys.argv[2]
-app = Celery("control", broker=url, backend=url)
+app = Celery("control", broker=url, backend=os.environ.get("BACKEND", url))
 inspect = app.control.inspect(timeout=2, destination=[node])
 ctl = app.control
 out = {}
@@ -25,7 +26,16 @@ out["registered"] = inspect.registered()
 out["active_queues"] = inspect.active_queues()
 out["conf"] = inspect.conf()
 out["report"] = inspect.report()
-out["scheduled"] = inspect.scheduled()
+# An eta task: the celeriac worker claims it and leaves it waiting in the
+# broker; `scheduled` lists it (asked until it has been claimed).
+later = app.send_task("celeriac.echo", args=[7], countdown=300)
+out["later_id"] = later.id
+for _ in range(100):
+    out["scheduled"] = inspect.scheduled()
+    if (out["scheduled"] or {}).get(node):
+        break
+    time.sleep(0.1)
+out["query_later"] = inspect.query_task(later.id)
 
 slow = app.send_task("celeriac.sleep", args=(2,))
 active = None

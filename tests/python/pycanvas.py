@@ -7,7 +7,7 @@ import os
 
 from celery import Celery
 
-app = Celery("pycanvas", broker=os.environ["BROKER"], backend=os.environ["BROKER"])
+app = Celery("pycanvas", broker=os.environ["BROKER"], backend=os.environ.get("BACKEND", os.environ["BROKER"]))
 
 
 @app.task(name="canvas.add")

@@ -6,7 +6,7 @@ import time
 
 from celery import Celery
 
-app = Celery("pytasks", broker=os.environ["BROKER"], backend=os.environ["BROKER"])
+app = Celery("pytasks", broker=os.environ["BROKER"], backend=os.environ.get("BACKEND", os.environ["BROKER"]))
 app.conf.result_extended = os.environ.get("RESULT_EXTENDED") == "1"
 
 

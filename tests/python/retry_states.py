@@ -1,6 +1,7 @@
 """Sends celeriac.flaky(3) and prints, as JSON, the distinct states Python's
 AsyncResult reports while it runs, and the final result."""
 import json
+import os
 import sys
 import time
 
@@ -8,7 +9,7 @@ from celery import Celery
 from celery.states import READY_STATES
 
 url = sys.argv[1]
-app = Celery("retries", broker=url, backend=url)
+app = Celery("retries", broker=url, backend=os.environ.get("BACKEND", url))
 result = app.send_task("celeriac.flaky", args=(3,))
 states = []
 deadline = time.time() + 60

@@ -2,13 +2,14 @@
 app.control.revoke(id, terminate=True), and prints how it ended and how
 long that took, as JSON."""
 import json
+import os
 import sys
 import time
 
 from celery import Celery
 
 url = sys.argv[1]
-app = Celery("terminator", broker=url, backend=url)
+app = Celery("terminator", broker=url, backend=os.environ.get("BACKEND", url))
 time.sleep(1.0)  # let the celeriac worker subscribe to remote control
 slow = app.send_task("celeriac.sleep", args=(60,))
 time.sleep(1.5)  # let it start in a child process

@@ -18,6 +18,7 @@ use lapin::{Channel, Confirmation, ExchangeKind};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::Registry;
 use crate::link::{Link, Links};
 use crate::wire::{self, AmqpMessage, H_DELIVERIES};
 
@@ -37,9 +38,18 @@ pub(crate) struct Inner {
     redacted: String,
     state: Mutex<State>,
     notify: Notify,
-    /// Process-local rate-limit buckets: key -> unix time of the next
-    /// free start.
+    /// Process-local rate-limit buckets (without a registry): key -> unix
+    /// time of the next free start.
     pub(crate) rates: Mutex<HashMap<String, f64>>,
+    /// `x-max-priority` of the task queues this broker declares
+    /// (`?max_priority=N`, Celery's `task_queue_max_priority`).
+    max_priority: Option<u8>,
+    /// Where revocations, rate limits and nodes are kept, if anywhere.
+    pub(crate) registry: Option<Arc<dyn Registry>>,
+    /// Process-local revokes (without a registry): id -> (until, terminate).
+    pub(crate) revoked: Mutex<HashMap<String, (f64, bool)>>,
+    /// Open remote-control reply mailboxes, by oid.
+    pub(crate) mailboxes: Mutex<HashMap<String, crate::control::Mailbox>>,
 }
 
 /// What belongs to one link generation.
@@ -65,6 +75,31 @@ impl AmqpBroker {
     /// assert!(celeriac_amqp::AmqpBroker::open("amqp://h/?prefetch_count=x").is_err());
     /// ```
     pub fn open(url: &str) -> Result<Arc<Self>, BrokerError> {
+        Self::open_with(url, None)
+    }
+
+    /// Opens a broker for `url` that keeps revocations, rate-limit buckets
+    /// and the node registry in `registry` (RabbitMQ has no place for
+    /// them), so they are shared by every worker and survive restarts.
+    /// `celeriac-connect` passes the result store's Redis or SQLite
+    /// broker.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use celeriac_core::Transport;
+    /// let registry = celeriac_embedded::MemoryBroker::open("memory://amqp-doc").unwrap();
+    /// let b = celeriac_amqp::AmqpBroker::open_with_registry("amqp://h/v", registry).unwrap();
+    /// assert_eq!(b.url(), "amqp://h/v");
+    /// ```
+    pub fn open_with_registry(
+        url: &str,
+        registry: Arc<dyn Registry>,
+    ) -> Result<Arc<Self>, BrokerError> {
+        Self::open_with(url, Some(registry))
+    }
+
+    fn open_with(url: &str, registry: Option<Arc<dyn Registry>>) -> Result<Arc<Self>, BrokerError> {
         let invalid = |reason: &str| BrokerError::InvalidUrl {
             url: redact(url),
             reason: reason.to_string(),
@@ -75,6 +110,7 @@ impl AmqpBroker {
         }
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut prefetch = DEFAULT_PREFETCH;
+        let mut max_priority = None;
         let mut keep = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
@@ -84,6 +120,14 @@ impl AmqpBroker {
                         .ok()
                         .filter(|n| *n > 0)
                         .ok_or_else(|| invalid("prefetch_count must be 1-65535"))?;
+                }
+                Some(("max_priority", v)) => {
+                    max_priority = Some(
+                        v.parse::<u8>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| invalid("max_priority must be 1-255"))?,
+                    );
                 }
                 _ => keep.push(pair),
             }
@@ -103,6 +147,10 @@ impl AmqpBroker {
                 state: Mutex::new(State::default()),
                 notify: Notify::new(),
                 rates: Mutex::new(HashMap::new()),
+                registry,
+                max_priority,
+                revoked: Mutex::new(HashMap::new()),
+                mailboxes: Mutex::new(HashMap::new()),
             }),
         }))
     }
@@ -128,6 +176,16 @@ impl AmqpBroker {
             .await
     }
 
+    /// Whether `name` is used for the first time on `link` (then it is
+    /// marked used): exchanges are declared once per connection.
+    pub(crate) fn first_use(&self, link: &Link, name: &str) -> bool {
+        let mut st = self.inner.state.lock();
+        if st.generation != link.generation {
+            return true;
+        }
+        st.declared.insert(format!("exchange:{name}"))
+    }
+
     /// Declares `queue` as kombu does (durable, no arguments, its direct
     /// exchange bound by its name), once per link.
     async fn declare(&self, link: &Link, queue: &str) -> Result<(), BrokerError> {
@@ -135,10 +193,6 @@ impl AmqpBroker {
             return Ok(());
         }
         let ch = &link.publish;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
         let err = |e| self.amqp_err(&format!("declare queue {queue:?}"), e);
         ch.exchange_declare(
             queue.into(),
@@ -151,9 +205,7 @@ impl AmqpBroker {
         )
         .await
         .map_err(err)?;
-        ch.queue_declare(queue.into(), durable, FieldTable::default())
-            .await
-            .map_err(err)?;
+        self.declare_queue(link, queue).await?;
         ch.queue_bind(
             queue.into(),
             queue.into(),
@@ -168,6 +220,47 @@ impl AmqpBroker {
             st.declared.insert(queue.to_string());
         }
         Ok(())
+    }
+
+    /// Declares task queue `queue` (durable, with `x-max-priority` if
+    /// configured) on a channel of its own: a queue that exists with other
+    /// arguments (declared by a Celery with another
+    /// `task_queue_max_priority`, or as a quorum queue) makes RabbitMQ
+    /// close the declaring channel; it is then used as it is, with a
+    /// warning.
+    async fn declare_queue(&self, link: &Link, queue: &str) -> Result<(), BrokerError> {
+        let err = |e| self.amqp_err(&format!("declare queue {queue:?}"), e);
+        let mut args = FieldTable::default();
+        if let Some(p) = self.inner.max_priority {
+            args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(p));
+        }
+        let ch = link.conn.create_channel().await.map_err(err)?;
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let declared = ch.queue_declare(queue.into(), opts, args).await;
+        let _ = ch.close(200, "declared".into()).await;
+        match declared {
+            Ok(_) => Ok(()),
+            Err(e) if link.conn.status().connected() => {
+                let ch = link.conn.create_channel().await.map_err(err)?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                let exists = ch
+                    .queue_declare(queue.into(), passive, FieldTable::default())
+                    .await;
+                let _ = ch.close(200, "declared".into()).await;
+                if exists.is_err() {
+                    return Err(err(e));
+                }
+                tracing::warn!(queue, error = %e, "queue exists with other arguments; using it as it is");
+                Ok(())
+            }
+            Err(e) => Err(err(e)),
+        }
     }
 
     /// Declares the delay queue for `delay_ms` in front of `queue`.
@@ -388,6 +481,24 @@ async fn pump(inner: Weak<Inner>, mut consumer: lapin::Consumer, queue: String, 
     }
 }
 
+/// The task id in an envelope's headers ("" if none).
+fn task_id(envelope: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Env {
+        #[serde(default)]
+        headers: Headers,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Headers {
+        #[serde(default)]
+        id: Option<String>,
+    }
+    serde_json::from_slice::<Env>(envelope)
+        .ok()
+        .and_then(|e| e.headers.id)
+        .unwrap_or_default()
+}
+
 /// A delay in seconds as whole milliseconds rounded up to 3 significant
 /// digits (at most 1% late), so nearby delays share a delay queue.
 pub(crate) fn round_delay(secs: f64) -> u64 {
@@ -463,8 +574,9 @@ impl Transport for AmqpBroker {
                     return Err(e);
                 }
             }
-            let got = self.take(queues, max.max(1));
+            let mut got = self.take(queues, max.max(1));
             if !got.is_empty() {
+                self.mark_revoked(&mut got).await;
                 return Ok(got);
             }
             let now = Instant::now();
@@ -548,6 +660,26 @@ impl Transport for AmqpBroker {
 }
 
 impl AmqpBroker {
+    /// Sets `revoked` on deliveries whose task was revoked. A registry
+    /// that cannot be asked leaves them unmarked (the worker asks again
+    /// before it starts them), with a warning.
+    async fn mark_revoked(&self, got: &mut [Delivery]) {
+        let ids: Vec<String> = got.iter().map(|d| task_id(&d.payload)).collect();
+        let revoked = match celeriac_core::Revocations::revoked(self, &ids).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check claimed tasks for revokes");
+                return;
+            }
+        };
+        if revoked.is_empty() {
+            return;
+        }
+        for (d, id) in got.iter_mut().zip(&ids) {
+            d.revoked = !id.is_empty() && revoked.contains(id);
+        }
+    }
+
     /// Whether `d` is held on `link`, without releasing it.
     pub(crate) fn check_held(&self, link: &Link, d: &Delivery) -> Result<(), BrokerError> {
         let (ch, tag) = self.release(link, d)?;

@@ -4,7 +4,8 @@
 //! 5.7 (kombu's `pyamqp` transport) talks to RabbitMQ, so Celery clients
 //! and workers share queues with celeriac ones. URLs:
 //! `amqp://USER:PASS@HOST[:PORT]/VHOST` and `amqps://...` (TLS, rustls),
-//! plus `?prefetch_count=N` (default 16) and lapin's `heartbeat=SECS`.
+//! plus `?prefetch_count=N` (default 16), `?max_priority=N` and lapin's
+//! `heartbeat=SECS`.
 //!
 //! ## Topology and format (as kombu)
 //!
@@ -43,18 +44,57 @@
 //! - **dead letters** go to the durable queue `celeriac.dlq`, with the
 //!   reason, source queue and time as headers.
 //!
-//! Not on AMQP yet (issue 14): revocations
-//! ([`BrokerError::Unsupported`](celeriac_core::BrokerError::Unsupported)
-//! from `revoke*`; no id is ever revoked), the node registry (`heartbeat`
-//! is accepted and not stored; `nodes` is unsupported), shared rate limits
-//! (kept per process, as Celery does), priorities (no `x-max-priority`
-//! queues), events, remote control and the `rpc://` backend.
+//! ## Remote control and events
+//!
+//! Celery's pidbox (`celery.pidbox` fanout, `reply.celery.pidbox` direct)
+//! and events (`celeryev` topic) are carried exactly as kombu carries them
+//! on RabbitMQ (`control.rs`, `events.rs`), so `celery inspect`, `celery
+//! events` and Flower see celeriac workers, and `celeriac inspect` and
+//! `celeriac events` see Python ones.
+//!
+//! ## Revocations, rate limits and the node registry
+//!
+//! RabbitMQ has no key-value store for them, so an AMQP broker keeps them
+//! in a [`Registry`]: `celeriac-connect` opens the result store's Redis or
+//! SQLite for it ([`AmqpBroker::open_with_registry`]). There, revokes
+//! (also those Python clients broadcast on the pidbox, which every
+//! listening celeriac worker records), rate-limit buckets and heartbeats
+//! are shared by every worker and survive restarts. Without a registry
+//! (a bare [`AmqpBroker::open`]), revokes are remembered in the process
+//! that sees them and rate limits are per process, as Celery keeps both,
+//! and listing nodes is [`Unsupported`](celeriac_core::BrokerError::Unsupported).
+//!
+//! ## Priorities
+//!
+//! `?max_priority=N` declares task queues with `x-max-priority` N, as
+//! Celery's `task_queue_max_priority` does; RabbitMQ then delivers the
+//! highest priority first (the AMQP sense: 9 over 0). Without it queues
+//! have no priorities, as Celery's default. A queue that exists with
+//! other arguments is used as it is, with a warning.
+//!
+//! Not on AMQP yet (issue 14): Celery's `rpc://` result backend and
+//! quorum queues.
 
 mod broker;
 mod control;
+mod events;
 mod link;
 mod store;
+mod subscribe;
 mod wire;
 
 pub use broker::AmqpBroker;
 pub use store::DEAD_LETTER_QUEUE;
+
+/// Where an AMQP broker keeps what RabbitMQ cannot hold: revocations,
+/// rate-limit buckets and the node registry. Every Redis and SQLite
+/// broker is one.
+pub trait Registry:
+    celeriac_core::Revocations + celeriac_core::RateLimits + celeriac_core::Nodes
+{
+}
+
+impl<T> Registry for T where
+    T: celeriac_core::Revocations + celeriac_core::RateLimits + celeriac_core::Nodes
+{
+}

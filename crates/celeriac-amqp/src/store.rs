@@ -1,6 +1,9 @@
 //! The capabilities that need storage: dead letters (the `celeriac.dlq`
-//! queue), and, not yet on AMQP, revocations, the node registry and shared
-//! rate limits.
+//! queue), and revocations, shared rate limits and the node registry,
+//! which RabbitMQ has no place for: they live in the broker's
+//! [`Registry`](crate::Registry) (the result store's Redis or SQLite,
+//! wired by `celeriac-connect`), or, without one, in this process, as
+//! Celery keeps them.
 
 use std::time::Duration;
 
@@ -21,12 +24,6 @@ pub const DEAD_LETTER_QUEUE: &str = "celeriac.dlq";
 
 /// How many dead letters `requeue_dead_letter` looks through.
 const DLQ_SCAN: usize = 100_000;
-
-fn unsupported(what: &str) -> BrokerError {
-    BrokerError::Unsupported(format!(
-        "{what} on an AMQP broker (not implemented yet; use a Redis or SQLite broker for it)"
-    ))
-}
 
 impl AmqpBroker {
     /// Reads up to `limit` dead letters on a channel of their own, calling
@@ -137,36 +134,140 @@ impl DeadLetters for AmqpBroker {
     }
 }
 
+impl AmqpBroker {
+    /// Records revokes of `ids` for `ttl` in the registry, or in this
+    /// process without one.
+    pub(crate) async fn store_revoke(
+        &self,
+        ids: &[String],
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        match &self.inner.registry {
+            Some(r) => r.revoke(ids, ttl).await,
+            None => {
+                self.remember(ids, ttl, false);
+                Ok(())
+            }
+        }
+    }
+
+    /// As [`store_revoke`](Self::store_revoke), with terminate.
+    pub(crate) async fn store_revoke_terminate(
+        &self,
+        ids: &[String],
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        match &self.inner.registry {
+            Some(r) => r.revoke_terminate(ids, ttl).await,
+            None => {
+                self.remember(ids, ttl, true);
+                Ok(())
+            }
+        }
+    }
+
+    fn remember(&self, ids: &[String], ttl: Duration, terminate: bool) {
+        let until = unix_now() + ttl.as_secs_f64();
+        let mut local = self.inner.revoked.lock();
+        local.retain(|_, (t, _)| *t > unix_now());
+        for id in ids {
+            let e = local.entry(id.clone()).or_insert((until, false));
+            e.0 = e.0.max(until);
+            e.1 |= terminate;
+        }
+    }
+
+    fn remembered(&self, ids: &[String], terminate: bool) -> Vec<String> {
+        let now = unix_now();
+        let local = self.inner.revoked.lock();
+        ids.iter()
+            .filter(|id| {
+                local
+                    .get(*id)
+                    .is_some_and(|(until, t)| *until > now && (*t || !terminate))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Broadcasts Celery's `revoke` (Python workers act on it; celeriac
+    /// workers, and this broadcast, record it).
+    async fn revoke_broadcast(
+        &self,
+        ids: &[String],
+        ttl: Duration,
+        terminate: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        if terminate.is_some() {
+            self.store_revoke_terminate(ids, ttl).await?;
+        } else {
+            self.store_revoke(ids, ttl).await?;
+        }
+        let task_id = match ids {
+            [one] => serde_json::json!(one),
+            many => serde_json::json!(many),
+        };
+        let mut req = celeriac_core::ControlRequest::new("revoke")
+            .arg("task_id", task_id)
+            .arg("terminate", terminate.is_some())
+            .arg("signal", terminate.unwrap_or("SIGTERM"));
+        req.expires = unix_now() + 1.0;
+        // Recorded above with `ttl`; the broadcast only informs.
+        self.publish_request(&req).await
+    }
+}
+
 #[async_trait]
 impl Revocations for AmqpBroker {
-    async fn revoke(&self, _task_ids: &[String], _ttl: Duration) -> Result<(), BrokerError> {
-        Err(unsupported("revoke"))
+    /// Records the revoke (registry, or this process) and broadcasts
+    /// Celery's `revoke` on `celery.pidbox`, as `app.control.revoke` does.
+    async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        self.revoke_broadcast(task_ids, ttl, None).await
     }
 
     async fn revoke_terminate(
         &self,
-        _task_ids: &[String],
-        _ttl: Duration,
+        task_ids: &[String],
+        ttl: Duration,
     ) -> Result<(), BrokerError> {
-        Err(unsupported("revoke with terminate"))
+        self.revoke_broadcast(task_ids, ttl, Some("SIGTERM")).await
     }
 
-    /// None: nothing can be revoked on AMQP yet.
-    async fn terminations(&self, _task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
-        Ok(Vec::new())
+    async fn revoke_terminate_with_signal(
+        &self,
+        task_ids: &[String],
+        ttl: Duration,
+        signal: &str,
+    ) -> Result<(), BrokerError> {
+        self.revoke_broadcast(task_ids, ttl, Some(signal)).await
     }
 
-    /// None: nothing can be revoked on AMQP yet.
-    async fn revoked(&self, _task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
-        Ok(Vec::new())
+    async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        match &self.inner.registry {
+            Some(r) => r.terminations(task_ids).await,
+            None => Ok(self.remembered(task_ids, true)),
+        }
+    }
+
+    async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
+        match &self.inner.registry {
+            Some(r) => r.revoked(task_ids).await,
+            None => Ok(self.remembered(task_ids, false)),
+        }
     }
 }
 
 #[async_trait]
 impl RateLimits for AmqpBroker {
-    /// Per process, not shared between workers (as in Celery): RabbitMQ has
-    /// no store for the buckets.
+    /// Shared through the registry; without one, per process (as in
+    /// Celery): RabbitMQ has no store for the buckets.
     async fn rate_wait(&self, key: &str, interval: f64) -> Result<f64, BrokerError> {
+        if let Some(r) = &self.inner.registry {
+            return r.rate_wait(key, interval).await;
+        }
         let now = unix_now();
         let mut rates = self.inner.rates.lock();
         let next = rates.entry(key.to_string()).or_insert(0.0);
@@ -181,17 +282,33 @@ impl RateLimits for AmqpBroker {
 
 #[async_trait]
 impl Nodes for AmqpBroker {
-    /// Accepted and not stored: there is no node registry on AMQP yet.
+    /// Recorded in the registry; without one, accepted and not stored.
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {
-        tracing::trace!(node = %node.name, "AMQP broker: heartbeat not stored (no node registry yet)");
-        Ok(())
+        match &self.inner.registry {
+            Some(r) => r.heartbeat(node).await,
+            None => {
+                tracing::trace!(node = %node.name, "AMQP broker without a registry: heartbeat not stored");
+                Ok(())
+            }
+        }
     }
 
-    async fn node_gone(&self, _name: &str) -> Result<(), BrokerError> {
-        Ok(())
+    async fn node_gone(&self, name: &str) -> Result<(), BrokerError> {
+        match &self.inner.registry {
+            Some(r) => r.node_gone(name).await,
+            None => Ok(()),
+        }
     }
 
-    async fn nodes(&self, _max_age: Duration) -> Result<Vec<NodeInfo>, BrokerError> {
-        Err(unsupported("listing worker nodes"))
+    async fn nodes(&self, max_age: Duration) -> Result<Vec<NodeInfo>, BrokerError> {
+        match &self.inner.registry {
+            Some(r) => r.nodes(max_age).await,
+            None => Err(BrokerError::Unsupported(
+                "listing worker nodes on an AMQP broker without a registry (pair the \
+                 amqp:// broker with a redis:// or sqlite:// result backend, or ask the \
+                 workers with `inspect ping`)"
+                    .to_string(),
+            )),
+        }
     }
 }

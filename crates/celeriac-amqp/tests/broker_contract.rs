@@ -1,25 +1,27 @@
 //! The broker contract of `celeriac-testkit` on a private RabbitMQ, each
-//! test in its own vhost, with a SQLite result backend (AMQP has none of
-//! its own yet). Contracts that do not apply to AMQP are listed at the end
-//! with the reason.
+//! test in its own vhost, with a SQLite result backend whose file is also
+//! the broker's registry (revocations, rate limits, nodes), as
+//! `celeriac-connect` pairs them. Contracts that do not apply to AMQP are
+//! listed at the end with the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_amqp::AmqpBroker;
 use celeriac_core::Broker;
-use celeriac_embedded::SqliteBackend;
+use celeriac_embedded::{SqliteBackend, SqliteBroker};
 use celeriac_testkit::{Fixture, rabbit_server};
 
 fn make(_lease: Duration) -> Fixture {
     let url = rabbit_server::vhost_url();
-    let broker: Arc<dyn Broker> = AmqpBroker::open(&url).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let registry = SqliteBroker::open(&db).unwrap();
+    let broker: Arc<dyn Broker> = AmqpBroker::open_with_registry(&url, registry).unwrap();
     // One handle: on AMQP a delivery belongs to the channel it came on, so
     // another connection cannot ack it. Tests below use two connections
     // where that is the point.
     let other = broker.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("r.db").display());
     let backend = SqliteBackend::open(&db).unwrap();
     let other_backend = SqliteBackend::open(&db).unwrap();
     Fixture {
@@ -45,6 +47,26 @@ macro_rules! on_rabbit {
     };
 }
 
+macro_rules! control_on_rabbit {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if !rabbit_server::available() {
+                    return;
+                }
+                celeriac_testkit::control::$name(make).await
+            }
+        )*
+    };
+}
+
+control_on_rabbit!(
+    control_calls_reach_every_listener_and_collect_their_replies,
+    control_casts_arrive_and_stray_replies_are_dropped,
+    a_broadcast_revoke_is_recorded,
+);
+
 on_rabbit!(
     publish_claim_ack,
     empty_claim_times_out_empty,
@@ -54,6 +76,11 @@ on_rabbit!(
     concurrent_claims_take_each_message_once,
     results_store_get_watch_forget,
     success_is_never_overwritten,
+    heartbeats_list_nodes,
+    revoked_ids_are_flagged_at_claim_until_they_expire,
+    terminations_are_recorded_with_their_revoke,
+    revokes_are_listed_for_messages_already_claimed,
+    rate_limit_buckets_are_shared,
 );
 
 // Not run on AMQP, and why:
@@ -68,10 +95,8 @@ on_rabbit!(
 //   delivery comes back when its holder's channel closes (tested below).
 // - eta_messages_wait_in_the_broker: the delay queue holds the message, so
 //   `queue_len` of its queue does not count it (tested below without that).
-// - heartbeats_list_nodes, revoked_ids_..., terminations_...,
-//   revokes_are_listed_...: no node registry or revocations on AMQP yet
-//   (typed `Unsupported` errors, tested below).
-// - rate_limit_buckets_are_shared: rate limits are per process on AMQP.
+// - purge_deletes_waiting_messages_and_keeps_held_ones: `queue.purge`
+//   leaves messages waiting in delay queues.
 
 use celeriac_core::time::unix_now;
 use celeriac_core::{BrokerError, Message, Transport};
@@ -112,7 +137,7 @@ async fn eta_messages_wait_in_a_delay_queue() {
     }
     let url = rabbit_server::vhost_url();
     let b = AmqpBroker::open(&url).unwrap();
-    let (o, id) = out("celery", 0, Some(unix_now() + 0.6));
+    let (o, id) = out("celery", 0, Some(unix_now() + 3.0));
     b.publish(o).await.unwrap();
     assert!(
         b.claim("w", &q(&["celery"]), 1, Duration::from_millis(200))
@@ -122,7 +147,7 @@ async fn eta_messages_wait_in_a_delay_queue() {
         "not delivered before its eta"
     );
     let got = b
-        .claim("w", &q(&["celery"]), 1, Duration::from_secs(5))
+        .claim("w", &q(&["celery"]), 1, Duration::from_secs(15))
         .await
         .unwrap();
     assert_eq!(id_of(&got[0]), id);
@@ -163,21 +188,66 @@ async fn a_recovered_connection_serves_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capabilities_without_storage_say_so() {
+async fn without_a_registry_revokes_live_in_the_process_and_nodes_say_so() {
     if !rabbit_server::available() {
         return;
     }
-    let b: Arc<dyn Broker> = AmqpBroker::open(&rabbit_server::vhost_url()).unwrap();
+    let url = rabbit_server::vhost_url();
+    let b: Arc<dyn Broker> = AmqpBroker::open(&url).unwrap();
+    let listener: Arc<dyn Broker> = AmqpBroker::open(&url).unwrap();
+    let mut inbox = listener.listen("w@h").await.unwrap();
     let ids = vec!["x".to_string()];
-    assert!(matches!(
-        b.revoke(&ids, Duration::from_secs(1)).await,
-        Err(BrokerError::Unsupported(_))
-    ));
+    b.revoke(&ids, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(b.revoked(&ids).await.unwrap(), ids, "the revoker remembers");
+    // Another process learns it from Celery's broadcast, as a Python
+    // worker would.
+    let got = tokio::time::timeout(LONG * 5, inbox.recv())
+        .await
+        .expect("the revoke broadcast arrives")
+        .unwrap();
+    assert_eq!(got.revoke(), Some((ids.clone(), false)));
+    assert_eq!(listener.revoked(&ids).await.unwrap(), ids);
     assert!(matches!(
         b.nodes(Duration::from_secs(1)).await,
         Err(BrokerError::Unsupported(_))
     ));
-    assert!(b.revoked(&ids).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_every_subscriber_as_celery_sends_them() {
+    use celeriac_core::broker::{EventMessage, Events};
+    use futures::StreamExt as _;
+    if !rabbit_server::available() {
+        return;
+    }
+    let url = rabbit_server::vhost_url();
+    let sender = AmqpBroker::open(&url).unwrap();
+    let receiver = AmqpBroker::open(&url).unwrap();
+    let mut a = receiver.subscribe_events().await.unwrap();
+    let mut b = receiver.subscribe_events().await.unwrap();
+    let sent = vec![
+        EventMessage {
+            routing_key: "worker.online".into(),
+            hostname: "w@h".into(),
+            body: br#"{"type": "worker-online"}"#.to_vec(),
+        },
+        EventMessage {
+            routing_key: "task.multi".into(),
+            hostname: "w@h".into(),
+            body: br#"[{"type": "task-received"}]"#.to_vec(),
+        },
+    ];
+    sender.send_events(&sent).await.unwrap();
+    for stream in [&mut a, &mut b] {
+        for want in &sent {
+            let got = tokio::time::timeout(LONG * 5, stream.next())
+                .await
+                .expect("the event arrives")
+                .unwrap()
+                .unwrap();
+            assert_eq!(&got, want);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

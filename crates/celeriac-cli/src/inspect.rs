@@ -56,7 +56,8 @@ enum Inspect {
     },
     /// The tasks reserved (claimed, waiting for a slot).
     Reserved,
-    /// The tasks held until their ETA.
+    /// The tasks waiting for their ETA (celeriac workers: the delayed
+    /// messages of their queues, which wait in the broker, not in a worker)
     Scheduled,
     /// The registered tasks.
     Registered {
@@ -74,7 +75,7 @@ enum Inspect {
     Report,
     /// The logical clock.
     Clock,
-    /// Where these task ids are (active, reserved).
+    /// Where these task ids are (active, reserved, scheduled).
     QueryTask {
         /// Task ids.
         #[arg(required = true)]

@@ -1,5 +1,5 @@
 //! The `celeriac` command: `demo`, `worker`, `call`, `map`, `result`, `revoke`,
-//! `dlq`, `tasks`, `inspect`, `control`, `status`, `purge`.
+//! `dlq`, `tasks`, `inspect`, `control`, `status`, `purge`, `beat`.
 
 mod banner;
 mod demo;
@@ -24,7 +24,7 @@ use std::num::NonZeroUsize;
 
 use anyhow::{Context, Result, bail};
 use celeriac::escape::{Escaped, EscapedLines};
-use celeriac::{Broker, Call, Registry, ResultBackend, Worker, open_backend, open_broker};
+use celeriac::{Broker, Call, Registry, ResultBackend, Worker, open_backend, open_broker_for};
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde_json::Value;
@@ -88,8 +88,8 @@ impl Conn {
                 );
             }
         }
-        let broker = open_broker(&b).with_context(|| format!("opening broker {b}"))?;
         let r = self.backend_url();
+        let broker = open_broker_for(&b, &r).with_context(|| format!("opening broker {b}"))?;
         let backend = open_backend(&r).with_context(|| format!("opening result backend {r}"))?;
         Ok((broker, backend))
     }
@@ -156,6 +156,10 @@ enum Command {
     /// Serve a live web dashboard of the workers (celeriac and Python
     /// Celery), their queues, tasks and dead letters, with actions.
     Dashboard(celeriac_dashboard::DashboardArgs),
+    /// Send periodic tasks on a schedule file, with leader election: run
+    /// one on every node, and only the leader publishes each slot once;
+    /// `--list` prints each entry's next run times.
+    Beat(celeriac_beat::cli::BeatArgs),
     /// List the tasks this binary can run.
     Tasks {
         /// Include the diagnostic tasks.
@@ -213,6 +217,11 @@ struct WorkerArgs {
     /// monitors: `celeriac events`, `celery events`, Flower.
     #[arg(short = 'E', long)]
     events: bool,
+    /// Do not sync with the other workers at startup (Celery's
+    /// `--without-mingle`): no `hello`, so the task ids they hold as
+    /// revoked are not merged.
+    #[arg(long)]
+    without_mingle: bool,
     /// Largest message body accepted, in bytes; larger ones are dead-lettered.
     #[arg(long, default_value = "67108864")]
     max_body: NonZeroUsize,
@@ -238,6 +247,8 @@ struct WorkerArgs {
     /// Serve Prometheus metrics (`celeriac_*`) at http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT", env = "CELERIAC_METRICS_ADDR")]
     metrics_addr: Option<String>,
+    #[command(flatten)]
+    beat: celeriac_beat::cli::WorkerBeat,
 }
 
 /// `--secret`: shared-secret signing of task messages.
@@ -296,6 +307,10 @@ struct CallArgs {
     /// 60 seconds after the countdown.
     #[arg(long, value_parser = parse_seconds)]
     timeout: Option<f64>,
+    /// Also send Celery's task-sent event (Celery's
+    /// `task_send_sent_event`), so that monitors show the task as SENT.
+    #[arg(long)]
+    sent_event: bool,
     #[command(flatten)]
     signing: Signing,
 }
@@ -377,6 +392,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ))
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
+        Command::Beat(args) => {
+            let (b, r) = (cli.conn.broker_url(), cli.conn.backend_url());
+            runtime()?.block_on(celeriac_beat::cli::run(&b, &r, args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Revoke {
             ids,
             ttl,
@@ -436,6 +456,7 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             .prefetch_multiplier(args.prefetch_multiplier)
             .result_extended(args.result_extended)
             .events(args.events)
+            .mingle(!args.without_mingle)
             .pool_kind(pool);
         if let Some(c) = args.concurrency {
             b = b.concurrency(c);
@@ -500,7 +521,11 @@ fn worker(conn: &Conn, args: WorkerArgs) -> Result<ExitCode> {
             tracing::warn!("cold shutdown: exiting now; unfinished tasks are redelivered when their leases lapse");
             std::process::exit(1);
         });
+        let beat = args.beat.spawn(&bu, &ru)?;
         worker.run().await;
+        if let Some(beat) = beat {
+            beat.stop().await;
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -621,6 +646,9 @@ fn call(conn: &Conn, args: CallArgs) -> Result<ExitCode> {
             .publish(celeriac::Outgoing::from_message(&msg)?)
             .await
             .context("publishing the task")?;
+        if args.sent_event {
+            events::send_sent(&broker, std::slice::from_ref(&msg)).await;
+        }
         let Some(watch) = watch else {
             println!("{}", msg.id());
             return Ok(ExitCode::SUCCESS);

@@ -52,6 +52,10 @@ pub(crate) struct MapArgs {
     /// Never show the progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Also send Celery's task-sent event for each call (Celery's
+    /// `task_send_sent_event`), so that monitors show them as SENT.
+    #[arg(long)]
+    sent_event: bool,
     #[command(flatten)]
     signing: Signing,
 }
@@ -196,6 +200,9 @@ async fn submit_and_wait(conn: &Conn, args: &MapArgs, messages: Vec<Message>) ->
             .publish_batch(outgoing)
             .await
             .context("publishing the tasks")?;
+        if args.sent_event {
+            crate::events::send_sent(&broker, chunk).await;
+        }
         for (j, w) in watches.into_iter().enumerate() {
             let tx = tx.clone();
             let at = c * BATCH + j;

@@ -1,4 +1,5 @@
-//! Remote control across Python Celery and celeriac on a private Redis:
+//! Remote control across Python Celery and celeriac, on a private Redis
+//! (`redis::*`) and on RabbitMQ (`amqp::*`, results in a private Redis):
 //! Python's `app.control` and the `celery inspect`/`celery control`
 //! commands against a celeriac worker, and `celeriac inspect`/`control`
 //! against a Python Celery worker.
@@ -8,16 +9,48 @@ use std::time::{Duration, Instant};
 
 use celeriac_testkit::process::LoggedChild;
 use celeriac_testkit::python::{interop_python as python, python_dir};
-use celeriac_testkit::redis_server::RedisServer;
+use celeriac_testkit::site::Site;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
 const NODE: &str = "rw@localhost";
 const PY_NODE: &str = "py@localhost";
 
-fn celeriac_worker(url: &str) -> LoggedChild {
+/// Runs each scenario `name(python, site)` on a private Redis
+/// (`redis::name`) and on RabbitMQ (`amqp::name`).
+macro_rules! on_redis_and_amqp {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[test]
+                fn $name() {
+                    let Some(python) = super::python() else { return };
+                    super::$name(&python, &super::Site::redis());
+                }
+            )*
+        }
+        mod amqp {
+            $(
+                #[test]
+                fn $name() {
+                    let Some(python) = super::python() else { return };
+                    let Some(site) = super::Site::amqp() else { return };
+                    super::$name(&python, &site);
+                }
+            )*
+        }
+    };
+}
+
+on_redis_and_amqp!(
+    python_app_control_gets_celerys_replies_from_a_celeriac_worker,
+    celeriac_inspects_and_controls_a_python_worker,
+);
+
+fn celeriac_worker(site: &Site) -> LoggedChild {
     let mut cmd = Command::new(BIN);
-    cmd.args(["worker", "--broker", url, "-c", "2", "-n", NODE]);
+    cmd.args(["worker", "-c", "2", "-n", NODE])
+        .args(site.conn());
     let w = LoggedChild::spawn(cmd, &std::env::temp_dir(), "celeriac-control-worker");
     let log = w.wait_for_log("worker ready");
     assert!(
@@ -27,21 +60,22 @@ fn celeriac_worker(url: &str) -> LoggedChild {
     w
 }
 
-fn celery(python: &str, url: &str, args: &[&str]) -> Output {
+fn celery(python: &str, site: &Site, args: &[&str]) -> Output {
     Command::new(python)
         .args(["-m", "celery", "-A", "pytasks"])
         .args(args)
         .current_dir(python_dir())
-        .env("BROKER", url)
+        .env("BROKER", &site.broker)
+        .env("BACKEND", &site.backend)
         .env("PYTHONPATH", python_dir())
         .output()
         .expect("run celery")
 }
 
-fn celeriac(url: &str, args: &[&str]) -> Output {
+fn celeriac(site: &Site, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
-        .args(["--broker", url])
+        .args(site.conn())
         .output()
         .expect("run celeriac")
 }
@@ -54,10 +88,10 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// `celeriac ARGS --json` against `url`: the replies as JSON (without
+/// `celeriac ARGS --json` against the site: the replies as JSON (without
 /// `-d`, after a second without another reply).
-fn celeriac_json(url: &str, args: &[&str]) -> Value {
-    let o = celeriac(url, &[args, &["--json", "-t", "1"]].concat());
+fn celeriac_json(site: &Site, args: &[&str]) -> Value {
+    let o = celeriac(site, &[args, &["--json", "-t", "1"]].concat());
     assert!(o.status.success(), "celeriac {args:?}: {}", text(&o));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
 }
@@ -78,15 +112,12 @@ fn exits(child: &mut LoggedChild) -> std::process::ExitStatus {
     }
 }
 
-#[test]
-fn python_app_control_gets_celerys_replies_from_a_celeriac_worker() {
-    let Some(python) = python() else { return };
-    let redis = RedisServer::start();
-    let url = redis.url("");
-    let mut worker = celeriac_worker(&url);
-    let out = Command::new(&python)
+fn python_app_control_gets_celerys_replies_from_a_celeriac_worker(python: &str, site: &Site) {
+    let mut worker = celeriac_worker(site);
+    let out = Command::new(python)
         .arg(python_dir().join("control.py"))
-        .args([&url, NODE])
+        .args([&site.broker, NODE])
+        .env("BACKEND", &site.backend)
         .output()
         .expect("run Python");
     assert!(
@@ -106,8 +137,8 @@ fn python_app_control_gets_celerys_replies_from_a_celeriac_worker() {
     assert_eq!(stats["pool"]["max-concurrency"], 2, "{stats}");
     assert_eq!(stats["pid"], worker.id(), "{stats}");
     assert!(stats["clock"].is_string(), "{stats}");
-    assert_eq!(stats["broker"]["transport"], "redis", "{stats}");
-    assert_eq!(stats["broker"]["port"], redis.port(), "{stats}");
+    assert_eq!(stats["broker"]["transport"], site.transport(), "{stats}");
+    assert_eq!(stats["broker"]["port"], site.broker_port(), "{stats}");
     assert_eq!(stats["prefetch_count"], 8, "{stats}");
     assert!(stats["rusage"]["utime"].is_number(), "{stats}");
     let registered = v["registered"][NODE].as_array().unwrap();
@@ -123,7 +154,7 @@ fn python_app_control_gets_celerys_replies_from_a_celeriac_worker() {
         v["conf"][NODE]["broker_url"]
             .as_str()
             .unwrap()
-            .starts_with("redis://")
+            .starts_with(&format!("{}://", site.transport()))
     );
     assert!(
         v["report"][NODE]["ok"]
@@ -131,7 +162,27 @@ fn python_app_control_gets_celerys_replies_from_a_celeriac_worker() {
             .unwrap()
             .contains("celeriac")
     );
-    assert_eq!(v["scheduled"], json!({NODE: []}));
+    // The eta task waits in the broker, listed in Celery's shape.
+    let scheduled = &v["scheduled"][NODE];
+    assert_eq!(scheduled.as_array().map(Vec::len), Some(1), "{v}");
+    assert!(
+        scheduled[0]["eta"]
+            .as_str()
+            .is_some_and(|e| celeriac::time::parse_iso(e).is_some()),
+        "{v}"
+    );
+    assert_eq!(scheduled[0]["priority"], 6, "{v}");
+    let request = &scheduled[0]["request"];
+    assert_eq!(request["id"], v["later_id"], "{v}");
+    assert_eq!(request["name"], "celeriac.echo", "{v}");
+    assert_eq!(request["args"], json!([7]), "{v}");
+    assert_eq!(request["hostname"], NODE, "{v}");
+    assert_eq!(request["time_start"], Value::Null, "{v}");
+    assert_eq!(
+        v["query_later"][NODE][v["later_id"].as_str().unwrap()][0],
+        "scheduled",
+        "{v}"
+    );
 
     let active = &v["active"][NODE][0];
     assert_eq!(active["name"], "celeriac.sleep", "{v}");
@@ -195,60 +246,43 @@ fn python_app_control_gets_celerys_replies_from_a_celeriac_worker() {
     );
 
     // The `celery` command line too.
-    let o = celery(&python, &url, &["inspect", "ping", "-d", NODE]);
+    let o = celery(python, site, &["inspect", "ping", "-d", NODE]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains(&format!("{NODE}: OK")) && text(&o).contains("pong"),
         "{}",
         text(&o)
     );
-    let o = celery(&python, &url, &["inspect", "stats", "--json"]);
+    let o = celery(python, site, &["inspect", "stats", "--json"]);
     let stats: Value =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
     assert_eq!(stats[NODE]["pool"]["max-concurrency"], 2);
-    let o = celery(&python, &url, &["control", "pool_grow", "2", "-d", NODE]);
+    let o = celery(python, site, &["control", "pool_grow", "2", "-d", NODE]);
     assert!(text(&o).contains("pool will grow"), "{}", text(&o));
     let o = celery(
-        &python,
-        &url,
+        python,
+        site,
         &["control", "add_consumer", "more", "-d", NODE],
     );
     assert!(text(&o).contains("add consumer more"), "{}", text(&o));
-    let queues = celeriac_json(&url, &["inspect", "active_queues"]);
+    let queues = celeriac_json(site, &["inspect", "active_queues"]);
     assert_eq!(queues[NODE][1]["name"], "more", "{queues}");
-    let o = celery(&python, &url, &["status"]);
+    let o = celery(python, site, &["status"]);
     assert!(text(&o).contains("1 node online."), "{}", text(&o));
     // A shutdown gets no reply (celery says so) and stops the worker warm.
-    celery(&python, &url, &["control", "shutdown", "-d", NODE]);
+    celery(python, site, &["control", "shutdown", "-d", NODE]);
     assert!(exits(&mut worker).success());
     assert!(worker.log().contains("Got shutdown from remote"));
 }
 
-#[test]
-fn celeriac_inspects_and_controls_a_python_worker() {
-    let Some(python) = python() else { return };
-    let redis = RedisServer::start();
-    let url = redis.url("");
-    let mut cmd = Command::new(&python);
-    cmd.args([
-        "-m", "celery", "-A", "pytasks", "worker", "-P", "prefork", "-c", "1",
-    ])
-    .args(["--loglevel", "INFO", "-n", PY_NODE, "--without-mingle"])
-    .current_dir(python_dir())
-    .env("BROKER", &url)
-    .env("PYTHONPATH", python_dir());
-    let mut worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-control-worker");
-    let log = worker.wait_for_log(" ready.");
-    assert!(
-        log.contains(" ready."),
-        "the Python worker did not start:\n{log}"
-    );
+fn celeriac_inspects_and_controls_a_python_worker(python: &str, site: &Site) {
+    let mut worker = python_worker(python, site, PY_NODE, &["prefork", "-c", "1"], false);
 
     assert_eq!(
-        celeriac_json(&url, &["inspect", "ping"]),
+        celeriac_json(site, &["inspect", "ping"]),
         json!({PY_NODE: {"ok": "pong"}})
     );
-    let o = celeriac(&url, &["status"]);
+    let o = celeriac(site, &["status"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains(&format!("->  {PY_NODE}: OK")),
@@ -256,7 +290,7 @@ fn celeriac_inspects_and_controls_a_python_worker() {
         text(&o)
     );
     assert!(text(&o).contains("1 node online."), "{}", text(&o));
-    let stats = celeriac_json(&url, &["inspect", "stats"]);
+    let stats = celeriac_json(site, &["inspect", "stats"]);
     let s = &stats[PY_NODE];
     assert_eq!(s["pool"]["max-concurrency"], 1, "{stats}");
     assert_eq!(
@@ -265,25 +299,25 @@ fn celeriac_inspects_and_controls_a_python_worker() {
     );
     assert_eq!(s["pid"], worker.id(), "{stats}");
     assert_eq!(
-        celeriac_json(&url, &["inspect", "registered"]),
+        celeriac_json(site, &["inspect", "registered"]),
         json!({PY_NODE: ["tasks.add", "tasks.boom", "tasks.mul", "tasks.sleep"]})
     );
     assert_eq!(
-        celeriac_json(&url, &["inspect", "active"]),
+        celeriac_json(site, &["inspect", "active"]),
         json!({PY_NODE: []})
     );
-    let queues = celeriac_json(&url, &["inspect", "active_queues"]);
+    let queues = celeriac_json(site, &["inspect", "active_queues"]);
     assert_eq!(queues[PY_NODE][0]["name"], "celery", "{queues}");
     assert_eq!(
-        celeriac_json(&url, &["inspect", "revoked", "-d", PY_NODE]),
+        celeriac_json(site, &["inspect", "revoked", "-d", PY_NODE]),
         json!({PY_NODE: []})
     );
 
     assert_eq!(
-        celeriac_json(&url, &["control", "rate_limit", "tasks.add", "10/m"]),
+        celeriac_json(site, &["control", "rate_limit", "tasks.add", "10/m"]),
         json!({PY_NODE: {"ok": "new rate limit set successfully"}})
     );
-    let registered = celeriac_json(&url, &["inspect", "registered"]);
+    let registered = celeriac_json(site, &["inspect", "registered"]);
     assert!(
         registered[PY_NODE]
             .as_array()
@@ -292,14 +326,14 @@ fn celeriac_inspects_and_controls_a_python_worker() {
         "{registered}"
     );
     assert_eq!(
-        celeriac_json(&url, &["control", "pool_grow", "1"]),
+        celeriac_json(site, &["control", "pool_grow", "1"]),
         json!({PY_NODE: {"ok": "pool will grow"}})
     );
     // Prefork grows its processes (its `max-concurrency` stays as it was),
     // in the background: ask until the new child shows, for up to 20 s.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let stats = celeriac_json(&url, &["inspect", "stats"]);
+        let stats = celeriac_json(site, &["inspect", "stats"]);
         let processes = stats[PY_NODE]["pool"]["processes"]
             .as_array()
             .map_or(0, Vec::len);
@@ -313,12 +347,113 @@ fn celeriac_inspects_and_controls_a_python_worker() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(
-        celeriac_json(&url, &["control", "add_consumer", "extra"]),
+        celeriac_json(site, &["control", "add_consumer", "extra"]),
         json!({PY_NODE: {"ok": "add consumer extra"}})
     );
-    let o = celeriac(&url, &["inspect", "ping", "-d", "nobody@x", "-t", "0.5"]);
+    let o = celeriac(site, &["inspect", "ping", "-d", "nobody@x", "-t", "0.5"]);
     assert_eq!(o.status.code(), Some(69), "{}", text(&o));
-    let o = celeriac(&url, &["control", "shutdown", "-d", PY_NODE]);
+    let o = celeriac(site, &["control", "shutdown", "-d", PY_NODE]);
     assert!(o.status.success(), "{}", text(&o));
     exits(&mut worker);
+}
+
+/// A Python worker of `pytasks` on `site` as `node`, with pool arguments
+/// `pool` (`-P` first), with or without mingle.
+fn python_worker(
+    python: &str,
+    site: &Site,
+    node: &str,
+    pool: &[&str],
+    mingle: bool,
+) -> LoggedChild {
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P"])
+        .args(pool)
+        .args(["--loglevel", "INFO", "-n", node])
+        .args(if mingle {
+            &[][..]
+        } else {
+            &["--without-mingle"][..]
+        })
+        .current_dir(python_dir())
+        .env("BROKER", &site.broker)
+        .env("BACKEND", &site.backend)
+        .env("PYTHONPATH", python_dir());
+    let w = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-worker");
+    let log = w.wait_for_log(" ready.");
+    assert!(
+        log.contains(" ready."),
+        "the Python worker did not start:\n{log}"
+    );
+    w
+}
+
+/// Mingle both ways: a celeriac worker starting beside a Python worker
+/// learns the ids the Python worker holds as revoked (and skips such a
+/// task), and a Python worker starting later learns them from the
+/// celeriac worker.
+#[test]
+fn mingle_shares_revoked_ids_between_celeriac_and_python_workers() {
+    let Some(python) = python() else { return };
+    let site = Site::redis();
+    let url = site.broker.clone();
+    let mut py = python_worker(&python, &site, PY_NODE, &["solo"], false);
+    // Only the Python worker hears this revoke: no celeriac process is
+    // on the broker to record it.
+    let o = celery(&python, &site, &["control", "revoke", "mingle-x"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        celeriac_json(&site, &["inspect", "revoked", "-d", PY_NODE]),
+        json!({PY_NODE: ["mingle-x"]})
+    );
+
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "worker", "--broker", &url, "-c", "1", "-n", NODE, "-Q", "mingleq",
+    ]);
+    let mut worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "celeriac-mingle-worker");
+    let log = worker.wait_for_log("worker ready");
+    assert!(log.contains("mingle: sync with 1 nodes"), "{log}");
+    assert_eq!(
+        celeriac_json(&site, &["inspect", "revoked", "-d", NODE]),
+        json!({NODE: ["mingle-x"]})
+    );
+    // A task with that id, sent by Python to the celeriac worker's queue:
+    // discarded as revoked, not run.
+    let o = Command::new(&python)
+        .args([
+            "-c",
+            "import sys; from celery import Celery; \
+             Celery('s', broker=sys.argv[1]).send_task('celeriac.add', args=(1, 2), \
+             task_id='mingle-x', queue='mingleq')",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let log = worker.wait_for_log("mingle-x");
+    assert!(
+        log.contains("Discarding revoked task: celeriac.add[mingle-x]"),
+        "{log}"
+    );
+    assert!(!log.contains("succeeded"), "{log}");
+
+    // The Python worker goes; a new one learns the id from the celeriac
+    // worker's answer to its hello.
+    celeriac(&site, &["control", "shutdown", "-d", PY_NODE]);
+    exits(&mut py);
+    let py2_node = "py2@localhost";
+    let mut py2 = python_worker(&python, &site, py2_node, &["solo"], true);
+    assert!(
+        py2.log().contains("mingle: sync with 1 nodes"),
+        "{}",
+        py2.log()
+    );
+    assert_eq!(
+        celeriac_json(&site, &["inspect", "revoked", "-d", py2_node]),
+        json!({py2_node: ["mingle-x"]})
+    );
+    celeriac(&site, &["control", "shutdown"]);
+    exits(&mut py2);
+    assert!(exits(&mut worker).success());
 }

@@ -1,14 +1,16 @@
 //! Celery's monitoring events across implementations, on the same wire:
 //!
 //! - Celery's own receiver (`app.events.Receiver`, what `celery events`
-//!   and Flower use) sees every event of a celeriac worker, on a private
-//!   Redis, with Celery's fields;
-//! - `celeriac events --dump` shows a Python Celery worker's events on
-//!   Redis;
+//!   and Flower use) sees every event of a celeriac worker, with Celery's
+//!   fields;
+//! - `celeriac events --dump` shows a Python Celery worker's events;
 //! - `celeriac events --dump` follows a celeriac worker on the default
 //!   embedded broker (the SQLite file).
 //! - Python's `app.control.enable_events()`, as Flower sends it, turns on
 //!   the task events of a celeriac worker started without `-E`.
+//!
+//! Each test but the embedded one runs on a private Redis (`redis::*`) and
+//! on RabbitMQ with results in a private Redis (`amqp::*`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,10 +18,42 @@ use std::time::{Duration, Instant};
 
 use celeriac_testkit::process::LoggedChild;
 use celeriac_testkit::python::{interop_python as python, python_dir};
-use celeriac_testkit::redis_server::RedisServer;
+use celeriac_testkit::site::Site;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
+
+/// Runs each scenario `name(python, site)` on a private Redis
+/// (`redis::name`) and on RabbitMQ (`amqp::name`).
+macro_rules! on_redis_and_amqp {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[test]
+                fn $name() {
+                    let Some(python) = super::python() else { return };
+                    super::$name(&python, &super::Site::redis());
+                }
+            )*
+        }
+        mod amqp {
+            $(
+                #[test]
+                fn $name() {
+                    let Some(python) = super::python() else { return };
+                    let Some(site) = super::Site::amqp() else { return };
+                    super::$name(&python, &site);
+                }
+            )*
+        }
+    };
+}
+
+on_redis_and_amqp!(
+    celerys_receiver_sees_every_event_of_a_celeriac_worker,
+    celeriac_events_dump_shows_a_python_workers_events,
+    pythons_enable_events_turns_on_a_celeriac_workers_task_events,
+);
 
 fn celeriac(args: &[&str], home: Option<&Path>) -> std::process::Output {
     let mut cmd = Command::new(BIN);
@@ -32,19 +66,13 @@ fn celeriac(args: &[&str], home: Option<&Path>) -> std::process::Output {
 }
 
 /// `celeriac call ... --wait`'s stdout.
-fn call_wait(url: &str, name: &str, args: &str) -> String {
+fn call_wait(site: &Site, name: &str, args: &str) -> String {
     let out = celeriac(
         &[
-            "call",
-            name,
-            "--args",
-            args,
-            "--wait",
-            "--timeout",
-            "60",
-            "--broker",
-            url,
-        ],
+            &["call", name, "--args", args, "--wait", "--timeout", "60"][..],
+            &site.conn(),
+        ]
+        .concat(),
         None,
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -70,11 +98,11 @@ fn wait_exit(child: &mut Child, what: &str) {
     panic!("{what} did not exit within 60 s");
 }
 
-fn celeriac_worker(url: Option<&str>, home: Option<&Path>, name: &str) -> LoggedChild {
+fn celeriac_worker(site: Option<&Site>, home: Option<&Path>, name: &str) -> LoggedChild {
     let mut cmd = Command::new(BIN);
     cmd.args(["worker", "-E", "-c", "2", "--diagnostic-tasks", "-n", name]);
-    if let Some(url) = url {
-        cmd.args(["--broker", url]);
+    if let Some(site) = site {
+        cmd.args(site.conn());
     }
     if let Some(home) = home {
         cmd.env("CELERIAC_HOME", home)
@@ -103,16 +131,13 @@ fn one<'a>(events: &'a [Value], kind: &str, id: &str) -> &'a Value {
     }
 }
 
-#[test]
-fn celerys_receiver_sees_every_event_of_a_celeriac_worker() {
-    let Some(python) = python() else { return };
-    let redis = RedisServer::start();
-    let url = redis.url("");
+fn celerys_receiver_sees_every_event_of_a_celeriac_worker(python: &str, site: &Site) {
+    let url = site.broker.clone();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("events.json");
     let node = "ev@interop";
 
-    let mut cmd = Command::new(&python);
+    let mut cmd = Command::new(python);
     cmd.arg(python_dir().join("events_receiver.py"))
         .args([url.as_str(), node, "120"])
         .arg(&out);
@@ -123,14 +148,15 @@ fn celerys_receiver_sees_every_event_of_a_celeriac_worker() {
     // Revoked before it is sent: celeriac workers honour `celeriac revoke`
     // at claim time.
     let revoked = uuid::Uuid::new_v4().to_string();
-    let r = celeriac(&["revoke", &revoked, "--broker", &url], None);
+    let r = celeriac(&[&["revoke", &revoked][..], &site.conn()].concat(), None);
     assert!(r.status.success());
-    let worker = celeriac_worker(Some(&url), None, node);
+    let worker = celeriac_worker(Some(site), None, node);
 
     // A Python client sends the tasks whose ids it must know.
-    let send = Command::new(&python)
+    let send = Command::new(python)
         .args(["-c", SEND])
         .args([url.as_str(), revoked.as_str()])
+        .env("BACKEND", &site.backend)
         .output()
         .expect("run Python");
     assert!(
@@ -148,10 +174,31 @@ fn celerys_receiver_sees_every_event_of_a_celeriac_worker() {
     );
     for id in [ok, bad, flaky, expired, revoked.as_str()] {
         celeriac(
-            &["result", id, "--wait", "--timeout", "60", "--broker", &url],
+            &[
+                &["result", id, "--wait", "--timeout", "60"][..],
+                &site.conn(),
+            ]
+            .concat(),
             None,
         );
     }
+    // celeriac's client with Celery's task_send_sent_event.
+    let by_client = celeriac(
+        &[
+            "call",
+            "celeriac.echo",
+            "--args",
+            "[\"hi\"]",
+            "--sent-event",
+            "--wait",
+            "--broker",
+            &url,
+        ],
+        None,
+    );
+    assert!(by_client.status.success());
+    // `--wait` prints the result; the id is in the task-sent event.
+    assert_eq!(String::from_utf8_lossy(&by_client.stdout).trim(), "\"hi\"");
     // Past a heartbeat, then a warm shutdown: worker-offline ends the capture.
     std::thread::sleep(Duration::from_millis(2500));
     let worker_pid = u64::from(worker.id());
@@ -162,6 +209,32 @@ fn celerys_receiver_sees_every_event_of_a_celeriac_worker() {
     let log = receiver.log();
     assert!(log.contains("DONE"), "{log}");
     let events: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let sent = events
+        .iter()
+        .find(|e| e["type"] == "task-sent" && e["name"] == "celeriac.echo")
+        .unwrap_or_else(|| panic!("no task-sent: {events:?}"));
+    let by_client = sent["uuid"].as_str().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "task-succeeded" && e["uuid"] == by_client),
+        "the worker ran the task the client sent"
+    );
+    assert!(
+        sent["hostname"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("gen") && h.contains('@')),
+        "{sent}"
+    );
+    assert_eq!(sent["name"], "celeriac.echo", "{sent}");
+    assert_eq!(sent["args"], "('hi',)", "{sent}");
+    assert_eq!(sent["kwargs"], "{}", "{sent}");
+    assert_eq!(sent["root_id"], by_client, "{sent}");
+    assert_eq!(sent["retries"], 0, "{sent}");
+    assert_eq!(sent["queue"], "celery", "{sent}");
+    assert_eq!(sent["routing_key"], "celery", "{sent}");
+    assert_eq!(sent["exchange"], "", "{sent}");
+    assert!(sent["local_received"].as_f64().is_some(), "{sent}");
     let events: Vec<Value> = events
         .into_iter()
         .filter(|e| e["hostname"] == node)
@@ -187,7 +260,7 @@ fn celerys_receiver_sees_every_event_of_a_celeriac_worker() {
         assert!(beat[key].is_u64(), "{key}: {beat}");
     }
     assert_eq!(beat["freq"], 2.0);
-    assert_eq!(beat["processed"], 4, "add, fail, flaky twice: {beat}");
+    assert_eq!(beat["processed"], 5, "add, fail, flaky twice, echo: {beat}");
     assert_eq!(beat["loadavg"].as_array().map(Vec::len), Some(3));
     assert_eq!(beat["sw_ident"], "celeriac");
     assert_eq!(beat["sw_sys"], "Linux");
@@ -240,10 +313,10 @@ fn celerys_receiver_sees_every_event_of_a_celeriac_worker() {
 /// Sends the tasks of the receiver test from Python: argv = URL, the id
 /// to send the revoked task with. Prints their ids as JSON.
 const SEND: &str = r#"
-import json, sys, time
+import json, os, sys, time
 from datetime import datetime, timedelta, timezone
 from celery import Celery
-app = Celery(broker=sys.argv[1], backend=sys.argv[1])
+app = Celery(broker=sys.argv[1], backend=os.environ["BACKEND"])
 past = datetime.now(timezone.utc) - timedelta(minutes=1)
 ids = {
     "ok": app.send_task("celeriac.add", (2, 3)).id,
@@ -263,12 +336,12 @@ struct Dump {
 }
 
 impl Dump {
-    fn start(url: Option<&str>, home: Option<&Path>, dir: &Path) -> Dump {
+    fn start(site: Option<&Site>, home: Option<&Path>, dir: &Path) -> Dump {
         let out = dir.join("dump.txt");
         let mut cmd = Command::new(BIN);
         cmd.args(["events", "--dump"]);
-        if let Some(url) = url {
-            cmd.args(["--broker", url]);
+        if let Some(site) = site {
+            cmd.args(site.conn());
         }
         if let Some(home) = home {
             cmd.env("CELERIAC_HOME", home)
@@ -313,21 +386,18 @@ impl Drop for Dump {
     }
 }
 
-#[test]
-fn celeriac_events_dump_shows_a_python_workers_events() {
-    let Some(python) = python() else { return };
-    let redis = RedisServer::start();
-    let url = redis.url("");
+fn celeriac_events_dump_shows_a_python_workers_events(python: &str, site: &Site) {
     let dir = tempfile::tempdir().unwrap();
-    let dump = Dump::start(Some(&url), None, dir.path());
+    let dump = Dump::start(Some(site), None, dir.path());
 
-    let mut cmd = Command::new(&python);
+    let mut cmd = Command::new(python);
     cmd.args([
         "-m", "celery", "-A", "pytasks", "worker", "-P", "solo", "-E",
     ])
     .args(["--loglevel", "INFO", "-n", "py@events"])
     .current_dir(python_dir())
-    .env("BROKER", &url)
+    .env("BROKER", &site.broker)
+    .env("BACKEND", &site.backend)
     .env("PYTHONPATH", python_dir());
     let mut worker = LoggedChild::spawn(cmd, dir.path(), "python-events-worker");
     let log = worker.wait_for_log(" ready.");
@@ -336,19 +406,21 @@ fn celeriac_events_dump_shows_a_python_workers_events() {
         "the Python worker did not start:\n{log}"
     );
 
-    assert_eq!(call_wait(&url, "tasks.add", "[2, 3]"), "5");
+    assert_eq!(call_wait(site, "tasks.add", "[2, 3]"), "5");
     let out = celeriac(
         &[
-            "call",
-            "tasks.boom",
-            "--args",
-            r#"["kaput"]"#,
-            "--wait",
-            "--timeout",
-            "60",
-            "--broker",
-            &url,
-        ],
+            &[
+                "call",
+                "tasks.boom",
+                "--args",
+                r#"["kaput"]"#,
+                "--wait",
+                "--timeout",
+                "60",
+            ][..],
+            &site.conn(),
+        ]
+        .concat(),
         None,
     );
     assert_eq!(out.status.code(), Some(1));
@@ -419,15 +491,12 @@ fn celeriac_events_dump_follows_a_celeriac_worker_on_the_default_broker() {
     dump.wait_for(|l| l.starts_with("w1@default [") && l.contains("] shutdown: "));
 }
 
-#[test]
-fn pythons_enable_events_turns_on_a_celeriac_workers_task_events() {
-    let Some(python) = python() else { return };
-    let redis = RedisServer::start();
-    let url = redis.url("");
+fn pythons_enable_events_turns_on_a_celeriac_workers_task_events(python: &str, site: &Site) {
+    let url = site.broker.clone();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("events.json");
     let node = "plain@interop";
-    let mut cmd = Command::new(&python);
+    let mut cmd = Command::new(python);
     cmd.arg(python_dir().join("events_receiver.py"))
         .args([url.as_str(), node, "120"])
         .arg(&out);
@@ -436,21 +505,23 @@ fn pythons_enable_events_turns_on_a_celeriac_workers_task_events() {
 
     // Without -E: only worker events, until a monitor asks, as Flower does.
     let mut cmd = Command::new(BIN);
-    cmd.args(["worker", "-c", "1", "-n", node, "--broker", &url]);
+    cmd.args(["worker", "-c", "1", "-n", node])
+        .args(site.conn());
     let mut worker = LoggedChild::spawn(cmd, dir.path(), "celeriac-plain-worker");
     assert!(worker.wait_for_log("worker ready").contains("worker ready"));
-    let quiet = call_wait(&url, "celeriac.add", "[1, 1]");
+    let quiet = call_wait(site, "celeriac.add", "[1, 1]");
     assert_eq!(quiet, "2");
     let script = r#"
-import sys
+import os, sys
 from celery import Celery
-app = Celery(broker=sys.argv[1], backend=sys.argv[1])
+app = Celery(broker=sys.argv[1], backend=os.environ["BACKEND"])
 replies = app.control.enable_events(reply=True, timeout=5)
 assert replies == [{sys.argv[2]: {"ok": "task events enabled"}}], replies
 print(app.send_task("celeriac.add", (2, 3)).get(timeout=60))
 "#;
-    let run = Command::new(&python)
+    let run = Command::new(python)
         .args(["-c", script, &url, node])
+        .env("BACKEND", &site.backend)
         .output()
         .expect("run Python");
     assert!(

@@ -1,10 +1,13 @@
 //! A real Flower 2.x against a celeriac worker on a private Redis, checked
 //! through Flower's HTTP API: the worker online with stats and registered
-//! tasks, its tasks with state and runtime (from Celery events), and
-//! Flower's pool grow and revoke actions taking effect. (Flower's rate-limit
-//! action accepts only tasks its own Celery app defines; the rate_limit
-//! command itself is tested with Python's `celery control` in
-//! interop_control.rs.)
+//! tasks, the fields of its heartbeats on the dashboard, its tasks with
+//! state and runtime (from Celery events), and Flower's actions taking
+//! effect: pool grow and shrink, rate limit, time limits and revoke.
+//!
+//! Flower runs with `-A flower_app` (tests/python/flower_app.py), an app
+//! that declares the task names the worker registers: Flower's task
+//! actions refuse a name its own app does not define, for Python workers
+//! too.
 
 use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
@@ -24,6 +27,21 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The body of `GET path` on Flower at `port` (empty on any error).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut out = String::new();
+    if s.write_all(req.as_bytes()).is_ok() {
+        let _ = s.read_to_string(&mut out);
+    }
+    out
 }
 
 fn celeriac(url: &str, args: &[&str]) -> Output {
@@ -64,7 +82,15 @@ fn flower_shows_and_steers_a_celeriac_worker() {
     let port = free_port();
     let flower_log = tempfile::NamedTempFile::new().unwrap();
     let mut flower = Command::new(&python)
-        .args(["-m", "celery", "--broker", &url, "flower"])
+        .args([
+            "-m",
+            "celery",
+            "-A",
+            "flower_app",
+            "--broker",
+            &url,
+            "flower",
+        ])
         .arg("--address=127.0.0.1")
         .arg(format!("--port={port}"))
         .env("FLOWER_UNAUTHENTICATED_API", "true")
@@ -83,17 +109,28 @@ fn flower_shows_and_steers_a_celeriac_worker() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    for i in 0..3 {
-        let o = celeriac(
-            &url,
-            &[
-                "call",
-                "celeriac.add",
-                "--args",
-                &format!("[{i},1]"),
-                "--wait",
-            ],
+    // Flower subscribes to events on a thread of its own, after it
+    // listens: wait until it has seen the worker (its heartbeat, which
+    // Flower asks for once subscribed), so that no event below is sent
+    // before Flower hears them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(port, "/workers?json=1").contains(NODE) {
+        assert!(
+            Instant::now() < deadline,
+            "flower never saw the worker: {}",
+            std::fs::read_to_string(flower_log.path()).unwrap_or_default()
         );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    for i in 0..3 {
+        let args = format!("[{i},1]");
+        let mut call = vec!["call", "celeriac.add", "--args", &args, "--wait"];
+        // The first one with Celery's task-sent event, from the client.
+        if i == 0 {
+            call.push("--sent-event");
+        }
+        let o = celeriac(&url, &call);
         assert!(o.status.success(), "{}", text(&o));
     }
     let failed = celeriac(&url, &["call", "celeriac.add", "--args", "[1]", "--wait"]);
@@ -150,6 +187,15 @@ fn flower_shows_and_steers_a_celeriac_worker() {
         assert!(t["runtime"].as_f64().is_some_and(|r| r >= 0.0), "{t}");
         assert!(t["started"].as_f64().is_some(), "{t}");
     }
+    // The task sent with --sent-event is known from its client too.
+    let sent: Vec<&&Value> = ok.iter().filter(|t| t["sent"].is_number()).collect();
+    assert_eq!(sent.len(), 1, "{seen}");
+    assert!(
+        sent[0]["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("gen") && c.contains('@')),
+        "{seen}"
+    );
     let bad = tasks.iter().find(|t| t["state"] == "FAILURE").unwrap();
     assert!(
         bad["exception"]
@@ -157,15 +203,38 @@ fn flower_shows_and_steers_a_celeriac_worker() {
             .is_some_and(|e| e.contains("TypeError")),
         "{bad}"
     );
-    // The dashboard's counters and worker fields.
+    // The dashboard's counters, and the worker's fields from its
+    // worker-heartbeat events.
     let dash = &seen["dashboard"];
     assert_eq!(dash["status"], true, "{dash}");
-
     assert!(dash["task-succeeded"].as_u64() >= Some(3), "{dash}");
     assert!(dash["task-failed"].as_u64() >= Some(1), "{dash}");
+    assert!(dash["worker-heartbeat"].as_u64() >= Some(1), "{dash}");
+    assert_eq!(dash["sw_ident"], "celeriac", "{dash}");
+    assert_eq!(dash["sw_ver"], env!("CARGO_PKG_VERSION"), "{dash}");
+    assert_eq!(dash["freq"], 2.0, "{dash}");
+    assert_eq!(dash["processed"].as_u64(), Some(4), "{dash}");
+    assert_eq!(dash["active"].as_u64(), Some(0), "{dash}");
+    assert_eq!(dash["loadavg"].as_array().map(Vec::len), Some(3), "{dash}");
+    assert_eq!(dash["pid"], worker.id(), "{dash}");
     // Flower's actions.
     assert_eq!(seen["grow"][0], 200, "{seen}");
     assert_eq!(seen["pool_after_grow"]["max-concurrency"], 3, "{seen}");
+    assert_eq!(seen["shrink"][0], 200, "{seen}");
+    assert_eq!(seen["pool_after_shrink"]["max-concurrency"], 2, "{seen}");
+    assert_eq!(seen["rate_limit"][0], 200, "{seen}");
+    assert!(
+        seen["rate_limit"][1]
+            .as_str()
+            .is_some_and(|m| m.contains("new rate limit set successfully")),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["registered_after_rate_limit"], "celeriac.add [rate_limit=10/m]",
+        "{seen}"
+    );
+    assert_eq!(seen["time_limit"][0], 200, "{seen}");
+    assert_eq!(seen["scheduled_on_page"], true, "{seen}");
     assert_eq!(seen["revoke"][0], 200, "{seen}");
     // The revoke holds: the task that was due later ends REVOKED at once.
     let r = celeriac(

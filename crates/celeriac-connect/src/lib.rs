@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use celeriac_core::broker::BeatStore;
 use celeriac_core::{BackendError, Broker, BrokerError, ResultBackend};
 use celeriac_embedded::{MemoryBackend, MemoryBroker, SqliteBackend, SqliteBroker};
 use celeriac_redis::{RedisBackend, RedisBroker};
@@ -35,6 +36,75 @@ pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
         "sqlite" => Ok(SqliteBroker::open(url)?),
         "redis" | "rediss" | "redis+unix" => Ok(RedisBroker::open(url)?),
         "amqp" | "amqps" => Ok(celeriac_amqp::AmqpBroker::open(url)?),
+        _ => Err(BrokerError::InvalidUrl {
+            url: redact(url),
+            reason: format!(
+                "unsupported scheme {scheme:?}; expected memory://, sqlite:// or redis://"
+            ),
+        }),
+    }
+}
+
+/// Opens the broker at `broker_url` for use with the result backend at
+/// `backend_url`. The same as [`open_broker`], except that an `amqp://`
+/// broker keeps its revocations, rate-limit buckets and node registry in
+/// the result store when that is Redis or SQLite (RabbitMQ has no place
+/// for them): they are then shared by every worker and survive restarts.
+/// With another backend the AMQP broker keeps them per process, as
+/// Celery does.
+///
+/// # Examples
+///
+/// ```
+/// let results = format!("sqlite://{}/celeriac-doc-results.db", std::env::temp_dir().display());
+/// let b = celeriac_connect::open_broker_for("amqp://127.0.0.1:1/v", &results).unwrap();
+/// assert_eq!(b.url(), "amqp://127.0.0.1:1/v");
+/// ```
+pub fn open_broker_for(
+    broker_url: &str,
+    backend_url: &str,
+) -> Result<Arc<dyn Broker>, BrokerError> {
+    let scheme = broker_url.split("://").next().unwrap_or_default();
+    if !matches!(scheme, "amqp" | "amqps") {
+        return open_broker(broker_url);
+    }
+    let registry: Arc<dyn celeriac_amqp::Registry> =
+        match backend_url.split("://").next().unwrap_or_default() {
+            "sqlite" => SqliteBroker::open(backend_url)?,
+            "redis" | "rediss" | "redis+unix" => RedisBroker::open(backend_url)?,
+            _ => return Ok(celeriac_amqp::AmqpBroker::open(broker_url)?),
+        };
+    Ok(celeriac_amqp::AmqpBroker::open_with_registry(
+        broker_url, registry,
+    )?)
+}
+
+/// Opens the store of `celeriac beat`'s leader lease and last runs
+/// ([`BeatStore`]) from a broker URL: `memory://[NAME]` (the same instance
+/// as [`open_broker`]'s), `sqlite://PATH` or `redis://...`, whose fenced
+/// publish goes onto that broker's queues. AMQP has no such store: a beat
+/// on RabbitMQ keeps it in its result store (a Redis or SQLite URL) and
+/// publishes through the broker; this returns
+/// [`BrokerError::Unsupported`] for `amqp://` to say so.
+///
+/// # Examples
+///
+/// ```
+/// let store = celeriac_connect::open_beat_store("memory://").unwrap();
+/// assert!(format!("{store:?}").contains("MemoryBroker"));
+/// assert!(celeriac_connect::open_beat_store("amqp://localhost").is_err());
+/// ```
+pub fn open_beat_store(url: &str) -> Result<Arc<dyn BeatStore>, BrokerError> {
+    let scheme = url.split("://").next().unwrap_or_default();
+    match scheme {
+        "memory" => Ok(MemoryBroker::open(url)?),
+        "sqlite" => Ok(SqliteBroker::open(url)?),
+        "redis" | "rediss" | "redis+unix" => Ok(RedisBroker::open(url)?),
+        "amqp" | "amqps" => Err(BrokerError::Unsupported(
+            "a beat lease on an AMQP broker; keep it in the result store \
+             (a redis:// or sqlite:// result backend URL)"
+                .to_string(),
+        )),
         _ => Err(BrokerError::InvalidUrl {
             url: redact(url),
             reason: format!(

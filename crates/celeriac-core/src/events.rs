@@ -222,6 +222,60 @@ pub fn decode(body: &[u8]) -> Result<Vec<Event>, CodecError> {
     }
 }
 
+/// Celery's `task-sent` event for `msg`, as a client sends it when it
+/// publishes a task with `task_send_sent_event` on: from this process's
+/// anonymous node name ([`origin`](crate::message::origin)), with the
+/// client's Lamport `clock`, under routing key `task.sent`. Monitors
+/// (Flower, `celery events`, `celeriac events`) show the task as SENT,
+/// and its `client`, from it.
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_core::{Call, events};
+///
+/// let msg = Call::<i64>::new("tasks.add").arg(2).arg(3).to_message().unwrap();
+/// let sent = events::task_sent(&msg, 1, 1795897012.5);
+/// assert_eq!(sent.routing_key, "task.sent");
+/// let ev = &events::decode(&sent.body).unwrap()[0];
+/// assert_eq!(ev["type"], "task-sent");
+/// assert_eq!(ev["uuid"], msg.id());
+/// assert_eq!(ev["args"], "(2, 3)");
+/// assert_eq!(ev["queue"], "celery");
+/// ```
+pub fn task_sent(msg: &crate::Message, clock: u64, timestamp: f64) -> crate::broker::EventMessage {
+    let h = &msg.headers;
+    let hostname = crate::message::origin();
+    let args = h
+        .argsrepr
+        .clone()
+        .unwrap_or_else(|| crate::message::args_repr(&msg.args));
+    let kwargs = h
+        .kwargsrepr
+        .clone()
+        .unwrap_or_else(|| crate::message::kwargs_repr(&msg.kwargs));
+    let di = &msg.properties.delivery_info;
+    let json = EventBuilder::new(&hostname, utcoffset(), std::process::id(), clock)
+        .str("uuid", msg.id())
+        .opt_str("root_id", h.root_id.as_deref())
+        .opt_str("parent_id", h.parent_id.as_deref())
+        .str("name", msg.task())
+        .str("args", &args)
+        .str("kwargs", &kwargs)
+        .u64("retries", u64::from(h.retries))
+        .opt_str("eta", h.eta.as_deref())
+        .opt_str("expires", h.expires.as_deref())
+        .str("queue", msg.queue())
+        .str("exchange", &di.exchange)
+        .str("routing_key", &di.routing_key)
+        .finish(timestamp, "task-sent");
+    crate::broker::EventMessage {
+        routing_key: routing_key("task-sent"),
+        hostname,
+        body: json.into_bytes(),
+    }
+}
+
 /// The routing key of an event type: `task-succeeded` → `task.succeeded`.
 pub fn routing_key(kind: &str) -> String {
     kind.replace('-', ".")

@@ -228,7 +228,10 @@ struct OutEnvelope<'a> {
     properties: &'a Properties,
 }
 
-fn origin() -> String {
+/// This process's anonymous node name, `gen<pid>@<host>` (Celery's
+/// `anon_nodename()`): the `origin` header of the messages it publishes,
+/// and the `hostname` of the `task-sent` events it sends.
+pub fn origin() -> String {
     static ORIGIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ORIGIN
         .get_or_init(|| format!("gen{}@{}", std::process::id(), hostname()))

@@ -1,9 +1,8 @@
 //! `memory://`: a broker and result store inside one process.
 
+mod beat;
 mod chord;
 mod control;
-
-pub(crate) use control::revoke_of;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock, Weak};
@@ -53,6 +52,8 @@ struct BrokerState {
     revoked: HashMap<String, Instant>,
     terminate: HashMap<String, Instant>,
     rate: HashMap<String, f64>,
+    /// Beat leases and last runs (`beat.rs`).
+    beat: beat::Tables,
     seq: u64,
     closed: bool,
 }
@@ -72,6 +73,17 @@ impl BrokerState {
             level.push_back(entry);
         }
         q.len += 1;
+    }
+
+    fn push_outgoing(&mut self, m: Outgoing) {
+        let entry = Entry {
+            queue: m.queue,
+            priority: m.priority,
+            task_id: m.task_id,
+            payload: m.payload,
+            deliveries: 0,
+        };
+        self.push(entry, m.eta);
     }
 
     fn push(&mut self, entry: Entry, eta: Option<f64>) {
@@ -316,14 +328,7 @@ impl Transport for MemoryBroker {
                 return Err(BrokerError::Closed);
             }
             for m in msgs {
-                let entry = Entry {
-                    queue: m.queue,
-                    priority: m.priority,
-                    task_id: m.task_id,
-                    payload: m.payload,
-                    deliveries: 0,
-                };
-                st.push(entry, m.eta);
+                st.push_outgoing(m);
             }
         }
         self.notify.notify_waiters();

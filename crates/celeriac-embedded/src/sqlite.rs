@@ -2,6 +2,7 @@
 //! shared safely by several processes on one machine. See the crate docs
 //! for the design.
 
+mod beat;
 mod control;
 
 use std::path::Path;
@@ -268,6 +269,28 @@ fn split_tag(tag: &str) -> Result<(i64, String), BrokerError> {
     Ok((id, token.to_string()))
 }
 
+/// Inserts messages to publish, inside the caller's transaction.
+fn insert_messages(tx: &rusqlite::Transaction<'_>, msgs: &[Outgoing]) -> rusqlite::Result<()> {
+    let now = unix_now();
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO messages (queue, priority, visible_at, tag, task_id, payload, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for m in msgs {
+        let visible = m.eta.map_or(now, |e| e.max(now));
+        ins.execute(params![
+            m.queue,
+            m.priority.min(9),
+            visible,
+            m.tag,
+            m.task_id,
+            m.payload,
+            now
+        ])?;
+    }
+    Ok(())
+}
+
 /// What an empty claim saw: the database's version and the earliest time
 /// a waiting message becomes visible. Until one of them moves, claiming
 /// again would find nothing.
@@ -307,6 +330,8 @@ pub struct SqliteBroker {
     closed: AtomicBool,
     /// Whether the remote-control tables were created (`control.rs`).
     control_ready: AtomicBool,
+    /// Whether the beat tables were created (`beat.rs`).
+    beat_ready: AtomicBool,
 }
 
 impl SqliteBroker {
@@ -399,6 +424,7 @@ impl SqliteBroker {
             notify: Notify::new(),
             closed: AtomicBool::new(false),
             control_ready: AtomicBool::new(false),
+            beat_ready: AtomicBool::new(false),
         }))
     }
 
@@ -564,26 +590,8 @@ impl Transport for SqliteBroker {
         blocking(
             &self.db,
             move |conn| {
-                let now = unix_now();
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                {
-                    let mut ins = tx.prepare_cached(
-                        "INSERT INTO messages (queue, priority, visible_at, tag, task_id, payload, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?;
-                    for m in &msgs {
-                        let visible = m.eta.map_or(now, |e| e.max(now));
-                        ins.execute(params![
-                            m.queue,
-                            m.priority.min(9),
-                            visible,
-                            m.tag,
-                            m.task_id,
-                            m.payload,
-                            now
-                        ])?;
-                    }
-                }
+                insert_messages(&tx, &msgs)?;
                 tx.commit()
             },
             storage,

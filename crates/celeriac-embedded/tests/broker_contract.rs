@@ -37,6 +37,29 @@ fn sqlite(lease: Duration) -> Fixture {
     }
 }
 
+fn memory_beat() -> celeriac_testkit::beat_store::BeatFixture {
+    let b = MemoryBroker::open(&format!("memory://beat-{}", uuid::Uuid::new_v4())).unwrap();
+    celeriac_testkit::beat_store::BeatFixture {
+        store: b.clone(),
+        other: b.clone(),
+        broker: b,
+        keep: None,
+    }
+}
+
+fn sqlite_beat() -> celeriac_testkit::beat_store::BeatFixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/beat.db", dir.path().display());
+    celeriac_testkit::beat_store::BeatFixture {
+        store: SqliteBroker::open(&url).unwrap(),
+        other: SqliteBroker::open(&url).unwrap(),
+        broker: SqliteBroker::open(&url).unwrap(),
+        keep: Some(Box::new(dir)),
+    }
+}
+
+celeriac_testkit::beat_store_contract!(memory_beat_store, super::memory_beat);
+celeriac_testkit::beat_store_contract!(sqlite_beat_store, super::sqlite_beat);
 celeriac_testkit::broker_contract!(memory_broker, super::memory);
 celeriac_testkit::broker_contract!(sqlite_broker, super::sqlite);
 celeriac_testkit::chord_join_contract!(memory_chord_join, super::memory);

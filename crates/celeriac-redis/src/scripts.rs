@@ -9,7 +9,7 @@
 
 use redis::Script;
 
-const PRELUDE: &str = include_str!("lua/prelude.lua");
+pub(crate) const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// The scripts, loaded once per broker handle.
 #[derive(Debug)]

@@ -30,7 +30,19 @@ fn redis(lease: Duration) -> Fixture {
     }
 }
 
+fn redis_beat() -> celeriac_testkit::beat_store::BeatFixture {
+    let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    let url = format!("{}?global_keyprefix={prefix}", redis_url());
+    celeriac_testkit::beat_store::BeatFixture {
+        store: RedisBroker::open(&url).unwrap(),
+        other: RedisBroker::open(&url).unwrap(),
+        broker: RedisBroker::open(&url).unwrap(),
+        keep: None,
+    }
+}
+
 celeriac_testkit::broker_contract!(redis_broker, super::redis);
+celeriac_testkit::beat_store_contract!(redis_beat_store, super::redis_beat);
 celeriac_testkit::chord_join_contract!(redis_chord_join, super::redis);
 
 /// The claim script reads a message's task id and delivery tag without

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use celeriac_connect::{open_backend, open_broker};
+use celeriac_connect::{open_backend, open_broker_for};
 use celeriac_core::time::saturating_seconds;
 use celeriac_core::{
     BackendError, Broker, BrokerError, Call, CodecError, Message, Outgoing, Registry,
@@ -375,7 +375,7 @@ impl ServerBuilder {
         let backend_url = self
             .backend
             .unwrap_or_else(|| celeriac_connect::default_backend_url(&broker_url));
-        let broker = open_broker(&broker_url)?;
+        let broker = open_broker_for(&broker_url, &backend_url)?;
         let backend = open_backend(&backend_url)?;
         let queue = self.queue.unwrap_or_else(|| "celery".to_string());
         let workers = self.workers.unwrap_or_else(|| {

@@ -1,6 +1,7 @@
 //! The remote-control part of the broker contract ([`Control`]): requests
 //! reach every listener, replies reach the asking client only, a broadcast
-//! revoke is recorded, and purge deletes waiting messages only.
+//! revoke is recorded, purge deletes waiting messages only, and the
+//! delayed messages of queues are listed.
 //!
 //! [`Control`]: celeriac_core::Control
 
@@ -132,6 +133,14 @@ pub async fn a_broadcast_revoke_is_recorded(make: fn(Duration) -> Fixture) {
     f.broker.broadcast(&one).await.unwrap();
     assert_eq!(f.other.revoked(&ids[2..]).await.unwrap(), ids[2..].to_vec());
     assert!(f.other.terminations(&ids[2..]).await.unwrap().is_empty());
+    // Ids heard of from other workers (mingle) are honoured the same way.
+    let merged = ["m1".to_string(), "r1".to_string()];
+    f.broker
+        .merge_revoked(&merged, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(f.other.revoked(&merged).await.unwrap(), merged.to_vec());
+    assert!(f.other.terminations(&merged[..1]).await.unwrap().is_empty());
 }
 
 /// Contract: `purge_deletes_waiting_messages_and_keeps_held_ones`.
@@ -156,4 +165,45 @@ pub async fn purge_deletes_waiting_messages_and_keeps_held_ones(make: fn(Duratio
         .ack(&held[0])
         .await
         .expect("a held message is untouched");
+}
+
+/// Contract: `delayed_messages_are_listed_by_queue`.
+pub async fn delayed_messages_are_listed_by_queue(make: fn(Duration) -> Fixture) {
+    let f = make(LONG);
+    let now = celeriac_core::time::unix_now();
+    let (late, late_id) = out("sched", 3, Some(now + 600.0));
+    let (soon, soon_id) = out("sched", 0, Some(now + 300.0));
+    let (other, other_id) = out("elsewhere", 0, Some(now + 400.0));
+    let (ready, _) = out("sched", 0, None);
+    f.broker
+        .publish_batch(vec![late, soon, other, ready])
+        .await
+        .unwrap();
+    let listed = f.other.delayed(&q(&["sched"]), 10).await.unwrap();
+    let ids: Vec<String> = listed
+        .iter()
+        .map(|(_, _, p)| celeriac_core::Message::decode(p).unwrap().id().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        [soon_id.clone(), late_id],
+        "soonest first, this queue only"
+    );
+    assert!(
+        (listed[0].0 - (now + 300.0)).abs() < 0.01,
+        "{}",
+        listed[0].0
+    );
+    assert!(listed.iter().all(|(_, queue, _)| queue == "sched"));
+    let both = f
+        .other
+        .delayed(&q(&["sched", "elsewhere"]), 2)
+        .await
+        .unwrap();
+    let ids: Vec<String> = both
+        .iter()
+        .map(|(_, _, p)| celeriac_core::Message::decode(p).unwrap().id().to_string())
+        .collect();
+    assert_eq!(ids, [soon_id, other_id], "at most the limit, soonest first");
+    assert_eq!(both[1].1, "elsewhere");
 }

@@ -7,6 +7,7 @@
 //! celeriac_testkit::broker_contract!(memory_broker, make_memory_fixture);
 //! ```
 
+pub mod beat_store;
 pub mod chord_join;
 pub mod control;
 pub mod executor;
@@ -15,10 +16,11 @@ pub mod proxy;
 pub mod python;
 pub mod rabbit_server;
 pub mod redis_server;
+pub mod site;
 
 pub use control::{
     a_broadcast_revoke_is_recorded, control_calls_reach_every_listener_and_collect_their_replies,
-    control_casts_arrive_and_stray_replies_are_dropped,
+    control_casts_arrive_and_stray_replies_are_dropped, delayed_messages_are_listed_by_queue,
     purge_deletes_waiting_messages_and_keeps_held_ones,
 };
 
@@ -713,6 +715,7 @@ macro_rules! broker_contract {
                 control_casts_arrive_and_stray_replies_are_dropped,
                 a_broadcast_revoke_is_recorded,
                 purge_deletes_waiting_messages_and_keeps_held_ones,
+                delayed_messages_are_listed_by_queue,
             );
         }
     };

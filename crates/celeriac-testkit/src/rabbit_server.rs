@@ -26,6 +26,31 @@ pub fn available() -> bool {
     ok
 }
 
+/// Starts a node with `scripts/rabbitmq-private.sh` in `dir`, stopped when
+/// this process exits; its URL without a vhost.
+fn start_node(dir: &std::path::Path) -> String {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rabbitmq-private.sh");
+    let started = std::time::Instant::now();
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(dir)
+        .arg(std::process::id().to_string())
+        .output()
+        .expect("run scripts/rabbitmq-private.sh");
+    assert!(
+        out.status.success(),
+        "private RabbitMQ did not start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    eprintln!(
+        "private RabbitMQ at {url} started in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    url
+}
+
 /// The node's URL (no vhost) and its directory.
 fn node() -> &'static (String, PathBuf) {
     static NODE: OnceLock<(String, PathBuf)> = OnceLock::new();
@@ -41,27 +66,49 @@ fn node() -> &'static (String, PathBuf) {
             .tempdir()
             .expect("temp dir")
             .keep();
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rabbitmq-private.sh");
-        let started = std::time::Instant::now();
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .arg(std::process::id().to_string())
-            .output()
-            .expect("run scripts/rabbitmq-private.sh");
-        assert!(
-            out.status.success(),
-            "private RabbitMQ did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        eprintln!(
-            "private RabbitMQ at {url} started in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
+        let url = start_node(&dir);
         (url, dir)
     })
+}
+
+/// A RabbitMQ node of one test's own, for a test that stops it (the
+/// shared node serves the other tests meanwhile); stopped when dropped.
+#[derive(Debug)]
+pub struct PrivateNode {
+    /// Its URL with the vhost `t0`.
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateNode {
+    /// Starts the node (seconds).
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("celeriac-rabbit-own-")
+            .tempdir()
+            .expect("temp dir");
+        let url = format!("{}/t0", start_node(dir.path()));
+        PrivateNode { url, dir }
+    }
+
+    /// Runs `rabbitmqctl` against this node.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> String {
+        rabbitmqctl_in(self.dir.path(), args)
+    }
+
+    /// Restarts RabbitMQ on the node (`stop_app`, `start_app`): every
+    /// connection drops; durable queues and persistent messages stay.
+    pub fn restart(&self, down_for: std::time::Duration) {
+        self.rabbitmqctl(&["stop_app"]);
+        std::thread::sleep(down_for);
+        self.rabbitmqctl(&["start_app"]);
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        let _ = Command::new(self.dir.path().join("stop")).status();
+    }
 }
 
 /// The URL of a vhost no other test uses (one of the node's `t0`..`t99`,
@@ -87,6 +134,10 @@ pub fn vhost_url() -> String {
 /// Runs `rabbitmqctl` against the private node (e.g. `close_all_connections`).
 pub fn rabbitmqctl(args: &[&str]) -> String {
     let (_, dir) = node();
+    rabbitmqctl_in(dir, args)
+}
+
+fn rabbitmqctl_in(dir: &std::path::Path, args: &[&str]) -> String {
     let name = std::fs::read_to_string(dir.join("node")).expect("node name");
     let out = Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
         .env("HOME", dir.join("home"))

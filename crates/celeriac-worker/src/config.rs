@@ -52,6 +52,7 @@ pub struct WorkerBuilder {
     secret: Option<Secret>,
     max_result: Option<usize>,
     events_enabled: Arc<AtomicBool>,
+    mingle: bool,
 }
 
 /// Settings of the worker's process pool.
@@ -85,6 +86,8 @@ pub(crate) struct Config {
     /// Whether task events are sent (`-E`; remote control's
     /// `enable_events` and `disable_events` flip it while the worker runs).
     pub(crate) events_enabled: Arc<AtomicBool>,
+    /// Whether the worker says `hello` to the others as it starts.
+    pub(crate) mingle: bool,
 }
 
 impl Config {
@@ -144,7 +147,20 @@ impl WorkerBuilder {
             secret: None,
             max_result: None,
             events_enabled: Arc::new(AtomicBool::new(false)),
+            mingle: true,
         }
+    }
+
+    /// Whether the worker syncs with the other workers as it starts
+    /// (Celery's mingle; default on, `--without-mingle` turns it off): it
+    /// broadcasts `hello` before it claims anything and records the task
+    /// ids the others (Python Celery workers included) hold as revoked, so
+    /// that it skips them too. It waits for the nodes the broker knows to
+    /// be listening, at most one second, as Celery does; alone, it does
+    /// not wait.
+    pub fn mingle(mut self, on: bool) -> Self {
+        self.mingle = on;
+        self
     }
 
     /// Sends task events (`task-received`, `task-started`, ...; Celery's
@@ -422,6 +438,7 @@ impl WorkerBuilder {
                 secret: self.secret,
                 max_result: self.max_result,
                 events_enabled: self.events_enabled,
+                mingle: self.mingle,
             },
             kind: self.kind,
             threads,

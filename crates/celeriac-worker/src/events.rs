@@ -404,15 +404,24 @@ mod tests {
     async fn a_heartbeat_can_be_asked_for_now() {
         let asked = Arc::new(Notify::new());
         let far = Instant::now() + Duration::from_secs(3600);
+        // As remote control asks, while the chore is busy elsewhere (not
+        // waiting yet): the request is kept, not lost.
+        asked.notify_one();
         let waiting = tokio::spawn({
             let asked = asked.clone();
             async move { beat_at(far, &asked).await }
         });
-        while !waiting.is_finished() {
-            // As remote control asks: it wakes whoever waits now.
-            asked.notify_waiters();
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the heartbeat is due at once")
+            .unwrap();
+        // And while it waits.
+        let waiting = tokio::spawn({
+            let asked = asked.clone();
+            async move { beat_at(far, &asked).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        asked.notify_one();
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("the heartbeat is due at once")

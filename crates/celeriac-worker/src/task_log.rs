@@ -104,6 +104,14 @@ impl Observer for TaskLog {
         tracing::error!("Task {} raised unexpected{took}: {}", who(task), exc(error));
     }
 
+    fn revoked(&self, task: &TaskEvent<'_>, by: crate::observe::RevokedBy) {
+        let why = match by {
+            crate::observe::RevokedBy::Revoke => "revoked",
+            crate::observe::RevokedBy::Expiry => "expired",
+        };
+        tracing::info!("Discarding {why} task: {}", who(task));
+    }
+
     fn retried(&self, task: &TaskEvent<'_>, error: &TaskError, countdown: f64) {
         tracing::info!(
             "Task {} retry: Retry in {countdown}s: {}",

@@ -35,7 +35,7 @@ extern crate self as celeriac;
 
 pub mod builtins;
 
-pub use celeriac_connect::{default_backend_url, open_backend, open_broker};
+pub use celeriac_connect::{default_backend_url, open_backend, open_broker, open_broker_for};
 pub use celeriac_core::CancelToken;
 pub use celeriac_core::broker::prelude;
 pub use celeriac_core::broker::{EventMessage, EventStream, Events};

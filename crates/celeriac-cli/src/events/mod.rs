@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use celeriac::escape::{Escaped, EscapedLines};
-use celeriac::events::Event;
+use celeriac::events::{self, Event};
 use celeriac::time::unix_now;
 use clap::Args as ClapArgs;
 use futures::StreamExt;
@@ -343,6 +343,28 @@ fn ui_loop(
     })();
     ratatui::restore();
     result
+}
+
+/// Sends Celery's `task-sent` event for each of `msgs`, just published
+/// (`call --sent-event`, `map --sent-event`). Events are for monitoring:
+/// one the broker refuses is logged, and the tasks go on.
+pub(crate) async fn send_sent(
+    broker: &std::sync::Arc<dyn celeriac::Broker>,
+    msgs: &[celeriac::Message],
+) {
+    // This process's Lamport clock for the events it sends.
+    static CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = unix_now();
+    let sent: Vec<_> = msgs
+        .iter()
+        .map(|m| {
+            let clock = CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            events::task_sent(m, clock, now)
+        })
+        .collect();
+    if let Err(e) = broker.send_events(&sent).await {
+        tracing::warn!(error = %e, "could not send the task-sent events");
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use celeriac::prelude::*;
 use celeriac::{Message, State};
 use celeriac_testkit::python::{interop_python, python_dir};
 use celeriac_testkit::redis_server::RedisServer;

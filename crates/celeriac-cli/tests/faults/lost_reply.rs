@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use celeriac::prelude::*;
 use celeriac_testkit::proxy::FaultProxy;
 use celeriac_testkit::redis_server::RedisServer;
 

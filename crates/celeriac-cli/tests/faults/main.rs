@@ -14,11 +14,13 @@
 //! | `lost_reply` | the reply to a claim is lost (a proxy cuts the connection) |
 //! | `reserved_queue` | a queue named like the broker's own bookkeeping keys |
 //! | `result_store` | the result backend refuses writes (a Redis at its `maxmemory`) |
+//! | `amqp` | on RabbitMQ: `kill -9` with prefetched messages, a RabbitMQ restart in the middle of 10,000 tasks, every connection closed by the server, a queue deleted under the worker, an hour's countdown |
 //!
 //! `kill -9` of a process-pool child is in `cli_process_pool.rs`
 //! (`crash_and_kill_9_of_a_child_fail_one_task_each_and_the_pool_heals`), on
 //! the file broker, since the child's fate does not depend on the broker.
 
+mod amqp;
 mod chord_kill;
 mod lost_reply;
 mod redis_restart;
@@ -32,8 +34,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use celeriac::prelude::*;
-use celeriac::{Call, State};
+use celeriac::{Broker, Call, ResultBackend, State};
 use celeriac_redis::{RedisBackend, RedisBroker};
 use celeriac_testkit::process::LoggedChild;
 use serde_json::{Value, json};
@@ -57,8 +58,9 @@ pub(crate) fn run(args: &[&str]) -> std::process::Output {
 /// A client on one Redis: a runtime, a broker and a backend.
 pub(crate) struct Client {
     pub(crate) rt: tokio::runtime::Runtime,
-    pub(crate) broker: Arc<RedisBroker>,
-    pub(crate) backend: Arc<RedisBackend>,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) backend: Arc<dyn ResultBackend>,
+    /// The Redis URL (the broker's, or the result backend's).
     pub(crate) url: String,
 }
 
@@ -69,6 +71,16 @@ impl Client {
             broker: RedisBroker::open(url).unwrap(),
             backend: RedisBackend::open(url).unwrap(),
             url: url.to_string(),
+        }
+    }
+
+    /// A client of another broker (RabbitMQ) with results in Redis.
+    pub(crate) fn with_backend(broker: &str, redis: &str) -> Self {
+        Client {
+            rt: tokio::runtime::Runtime::new().unwrap(),
+            broker: celeriac::open_broker_for(broker, redis).unwrap(),
+            backend: RedisBackend::open(redis).unwrap(),
+            url: redis.to_string(),
         }
     }
 

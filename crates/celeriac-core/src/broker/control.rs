@@ -152,6 +152,36 @@ impl ControlRequest {
     pub fn wants_reply(&self) -> bool {
         self.reply_to.is_some()
     }
+
+    /// The task ids a `revoke` (or `terminate`) request names, and whether
+    /// it terminates; `None` for any other method. Brokers that record
+    /// revokes durably read broadcasts with it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use celeriac_core::broker::ControlRequest;
+    ///
+    /// let r = ControlRequest::new("revoke").arg("task_id", "a").arg("terminate", true);
+    /// assert_eq!(r.revoke(), Some((vec!["a".to_string()], true)));
+    /// assert_eq!(ControlRequest::new("ping").revoke(), None);
+    /// ```
+    pub fn revoke(&self) -> Option<(Vec<String>, bool)> {
+        if self.method != "revoke" && self.method != "terminate" {
+            return None;
+        }
+        let ids = match self.arguments.get("task_id") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let terminate = self.method == "terminate"
+            || self.arguments.get("terminate") == Some(&Value::Bool(true));
+        Some((ids, terminate))
+    }
 }
 
 /// One node's reply to a request: `body` is `{node: value}`.
@@ -237,6 +267,37 @@ pub trait Control: Send + Sync + fmt::Debug {
     /// Deletes every message waiting on `queue` (delayed ones included, not
     /// those held by a worker); returns how many were deleted.
     async fn purge(&self, queue: &str) -> Result<usize, BrokerError>;
+
+    /// The node names bound to the remote-control fanout now, where the
+    /// broker records them (kombu binds `<node>.celery.pidbox` on Redis,
+    /// Python workers included), so that a worker's `hello` at startup
+    /// knows whom to wait for. By default
+    /// [`BrokerError::Unsupported`]: the brokers only celeriac workers use
+    /// know their nodes from [`Nodes`](super::Nodes).
+    async fn listeners(&self) -> Result<Vec<String>, BrokerError> {
+        Err(BrokerError::Unsupported(
+            "this broker does not record remote-control listeners".into(),
+        ))
+    }
+
+    /// The messages of `queues` waiting for their eta in the broker
+    /// (delayed), soonest first, at most `limit`: what a worker reports as
+    /// `inspect scheduled`. Each is `(eta as unix time, queue, envelope)`.
+    ///
+    /// celeriac workers never hold an eta message in memory (the broker
+    /// keeps it until due), so these are the queues' delayed messages, the
+    /// same for every worker consuming them. By default
+    /// [`BrokerError::Unsupported`].
+    async fn delayed(
+        &self,
+        queues: &[String],
+        limit: usize,
+    ) -> Result<Vec<(f64, String, Vec<u8>)>, BrokerError> {
+        let _ = (queues, limit);
+        Err(BrokerError::Unsupported(
+            "this broker does not list its delayed messages".into(),
+        ))
+    }
 
     /// Broadcasts `request` with a fresh reply mailbox and collects the
     /// replies, as kombu's `Mailbox._broadcast(reply=True)`: until `limit`

@@ -29,6 +29,10 @@
 //! | [`Control`] | `control.rs` | remote control (Celery's pidbox), purge |
 //! | [`Events`] | `events.rs` | Celery's monitoring events (`celeryev`) |
 //!
+//! One capability stands apart from [`Broker`]: [`BeatStore`] (`beat.rs`),
+//! the leader lease and fenced publish of `celeriac beat`, which brokers
+//! with a shared store implement (AMQP keeps it in its result store).
+//!
 //! [`Broker`] is all seven together, implemented for every type that
 //! implements them, so workers hold an `Arc<dyn Broker>`. A backend that
 //! lacks a capability does not compile as a `Broker`: no method has a
@@ -44,6 +48,7 @@
 //! This file holds the types brokers exchange ([`Outgoing`], [`Delivery`],
 //! [`DeadLetter`], [`NodeInfo`]) and [`Broker`] itself.
 
+mod beat;
 mod control;
 mod dead_letters;
 mod events;
@@ -55,6 +60,7 @@ mod transport;
 
 use std::time::Duration;
 
+pub use beat::{BeatRun, BeatStore, Fenced};
 pub use control::{
     Control, ControlInbox, ControlReply, ControlRequest, DEFAULT_REPLY_TIMEOUT, REPLY_EXCHANGE,
     ReplyTo, glob_match,

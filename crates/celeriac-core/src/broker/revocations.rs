@@ -44,6 +44,17 @@ pub trait Revocations: Send + Sync + fmt::Debug {
         self.revoke_terminate(task_ids, ttl).await
     }
 
+    /// Records revokes this worker heard of from other workers (Celery's
+    /// mingle, at startup): honoured like [`revoke`](Self::revoke), but
+    /// nobody is told again (they were revoked elsewhere already), and an
+    /// id revoked here already keeps its own time to live.
+    ///
+    /// This default revokes them; a broker whose `revoke` also tells
+    /// others (Redis broadcasts it to Python workers) records them only.
+    async fn merge_revoked(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        self.revoke(task_ids, ttl).await
+    }
+
     /// Which of `task_ids` were revoked with terminate (and have not
     /// expired). Workers ask for the tasks they are running.
     async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError>;

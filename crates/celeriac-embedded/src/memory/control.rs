@@ -79,31 +79,12 @@ impl Mailboxes {
     }
 }
 
-/// The task ids a `revoke` request names (one id or a list), and whether
-/// it terminates.
-pub(crate) fn revoke_of(request: &ControlRequest) -> Option<(Vec<String>, bool)> {
-    if request.method != "revoke" && request.method != "terminate" {
-        return None;
-    }
-    let ids = match request.arguments.get("task_id") {
-        Some(serde_json::Value::String(s)) => vec![s.clone()],
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    };
-    let terminate = request.method == "terminate"
-        || request.arguments.get("terminate") == Some(&serde_json::Value::Bool(true));
-    Some((ids, terminate))
-}
-
 #[async_trait]
 impl Control for MemoryBroker {
     /// Sends `request` to every listener; a `revoke` is also recorded, as
     /// [`Revocations::revoke`] does.
     async fn broadcast(&self, request: &ControlRequest) -> Result<(), BrokerError> {
-        if let Some((ids, terminate)) = revoke_of(request) {
+        if let Some((ids, terminate)) = request.revoke() {
             if terminate {
                 self.revoke_terminate(&ids, REVOKE_TTL).await?;
             } else {
@@ -155,5 +136,21 @@ impl Control for MemoryBroker {
         st.delayed.retain(|_, e| e.queue != queue);
         n += before - st.delayed.len();
         Ok(n)
+    }
+
+    /// The messages of `queues` held back until their eta.
+    async fn delayed(
+        &self,
+        queues: &[String],
+        limit: usize,
+    ) -> Result<Vec<(f64, String, Vec<u8>)>, BrokerError> {
+        let st = self.state.lock();
+        Ok(st
+            .delayed
+            .iter()
+            .filter(|(_, e)| queues.contains(&e.queue))
+            .take(limit)
+            .map(|((bits, _), e)| (f64::from_bits(*bits), e.queue.clone(), e.payload.clone()))
+            .collect())
     }
 }

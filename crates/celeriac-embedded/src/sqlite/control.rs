@@ -18,7 +18,6 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use super::{SqliteBroker, blocking, storage};
-use crate::memory::revoke_of;
 
 const SCHEMA: &str = "
 BEGIN IMMEDIATE;
@@ -93,7 +92,7 @@ impl Control for SqliteBroker {
     async fn broadcast(&self, request: &ControlRequest) -> Result<(), BrokerError> {
         self.check_open()?;
         self.control_schema().await?;
-        if let Some((ids, terminate)) = revoke_of(request) {
+        if let Some((ids, terminate)) = request.revoke() {
             if terminate {
                 self.revoke_terminate(&ids, REVOKE_TTL).await?;
             } else {
@@ -287,6 +286,47 @@ impl Control for SqliteBroker {
                     "DELETE FROM messages WHERE queue = ?1 AND claim_token IS NULL",
                     params![queue],
                 )
+            },
+            storage,
+        )
+        .await
+    }
+
+    /// The unclaimed messages of `queues` not visible yet (an eta, or a
+    /// deferral such as a retry's countdown), soonest first.
+    async fn delayed(
+        &self,
+        queues: &[String],
+        limit: usize,
+    ) -> Result<Vec<(f64, String, Vec<u8>)>, BrokerError> {
+        self.check_open()?;
+        let queues = queues.to_vec();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        blocking(
+            &self.db,
+            move |conn| {
+                let mut out = Vec::new();
+                let mut stmt = conn.prepare_cached(
+                    "SELECT visible_at, queue, payload FROM messages
+                     WHERE queue = ?1 AND claim_token IS NULL AND visible_at > ?2
+                     ORDER BY visible_at LIMIT ?3",
+                )?;
+                let now = unix_now();
+                for q in &queues {
+                    let rows = stmt.query_map(params![q, now, limit], |r| {
+                        Ok((
+                            r.get::<_, f64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                        ))
+                    })?;
+                    for row in rows {
+                        out.push(row?);
+                    }
+                }
+                out.sort_by(|a, b| a.0.total_cmp(&b.0));
+                out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                Ok(out)
             },
             storage,
         )

@@ -76,6 +76,19 @@ impl Revocations for RedisBroker {
         self.revoke_everywhere(task_ids, ttl, Some(signal)).await
     }
 
+    /// Only the durable keys celeriac workers check (no broadcast: the
+    /// Python workers that told us know already); existing keys are kept.
+    async fn merge_revoked(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        revoke_keys(
+            &mut self.conn().await?,
+            &self.opts.prefix,
+            task_ids,
+            ttl,
+            false,
+        )
+        .await
+    }
+
     async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
         self.live_ids("celeriac.terminate.", task_ids).await
     }
@@ -255,7 +268,7 @@ pub(super) async fn pidbox(
                 tracing::warn!("ignoring a malformed remote-control message");
                 continue;
             };
-            if let Some((ids, terminate)) = super::remote::revoke_of(&request) {
+            if let Some((ids, terminate)) = request.revoke() {
                 match revoke_keys(&mut conn, &prefix, &ids, REVOKE_TTL, terminate).await {
                     Ok(()) => tracing::info!(?ids, "revoked by remote control"),
                     Err(e) => tracing::error!(error = %e, ?ids, "could not record a revoke"),

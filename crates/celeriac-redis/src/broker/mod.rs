@@ -11,9 +11,12 @@
 //!   Celery's pidbox wire, and purge.
 //! - `events.rs`: Celery's events ([`Events`](celeriac_core::Events)) on
 //!   kombu's `celeryev` fanout.
+//! - `beat.rs`: the leader lease and fenced publish of `celeriac beat`
+//!   ([`BeatStore`](celeriac_core::broker::BeatStore)).
 //!
 //! The Lua scripts are in `../lua/`, one file per operation.
 
+mod beat;
 mod claim;
 mod control;
 mod dead_letters;

@@ -80,7 +80,7 @@ impl Control for RedisBroker {
     /// recorded durably for celeriac workers, in the same round trip.
     async fn broadcast(&self, request: &ControlRequest) -> Result<(), BrokerError> {
         let mut pipe = redis::pipe();
-        if let Some((ids, terminate)) = revoke_of(request) {
+        if let Some((ids, terminate)) = request.revoke() {
             super::control::revoke_keys_into(
                 &mut pipe,
                 &self.opts.prefix,
@@ -246,6 +246,68 @@ impl Control for RedisBroker {
             .map_err(conn_err)
     }
 
+    /// The nodes bound to `celery.pidbox` (kombu's
+    /// `_kombu.binding.celery.pidbox`: `<node>.celery.pidbox` members),
+    /// Python workers and celeriac ones alike. A worker that died without
+    /// unbinding stays listed until kombu's binding deadline passes.
+    async fn listeners(&self) -> Result<Vec<String>, BrokerError> {
+        let mut conn = self.conn().await?;
+        let members: Vec<String> = conn
+            .smembers(self.key(&format!("_kombu.binding.{}", crate::pidbox::EXCHANGE)))
+            .await
+            .map_err(conn_err)?;
+        let suffix = format!(".{}", crate::pidbox::EXCHANGE);
+        let mut nodes: Vec<String> = members
+            .iter()
+            .filter_map(|m| m.splitn(3, SEP).nth(2)?.strip_suffix(&suffix))
+            .map(str::to_string)
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        Ok(nodes)
+    }
+
+    /// The messages of `queues` in `celeriac.delayed`: eta messages a
+    /// celeriac worker claimed before they were due (they wait there, not
+    /// in the worker), and ones published with an eta known to the broker
+    /// alone. (An eta message no celeriac worker has claimed yet is still
+    /// on its queue's list.)
+    async fn delayed(
+        &self,
+        queues: &[String],
+        limit: usize,
+    ) -> Result<Vec<(f64, String, Vec<u8>)>, BrokerError> {
+        let lists: Vec<(String, &String)> = queues
+            .iter()
+            .flat_map(|q| {
+                PRIORITY_STEPS
+                    .iter()
+                    .map(move |s| (self.list_key(q, *s), q))
+            })
+            .collect();
+        let mut conn = self.conn().await?;
+        let delayed: Vec<(String, f64)> = conn
+            .zrange_withscores(self.key("celeriac.delayed"), 0, -1)
+            .await
+            .map_err(conn_err)?;
+        let mut out = Vec::new();
+        for (item, at) in delayed {
+            if out.len() >= limit {
+                break;
+            }
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&item) else {
+                continue;
+            };
+            let (Some(k), Some(m)) = (v["k"].as_str(), v["m"].as_str()) else {
+                continue;
+            };
+            if let Some((_, q)) = lists.iter().find(|(l, _)| l == k) {
+                out.push((at, (*q).clone(), m.as_bytes().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Empties the queue's lists (as kombu's `queue_purge`) and drops its
     /// messages waiting in `celeriac.delayed`.
     async fn purge(&self, queue: &str) -> Result<usize, BrokerError> {
@@ -294,23 +356,4 @@ async fn subscribe(
     let mut ps = client.get_async_pubsub().await?;
     ps.subscribe(channel).await?;
     Ok(ps)
-}
-
-/// The task ids a `revoke` (or `terminate`) request names, and whether it
-/// terminates.
-pub(super) fn revoke_of(request: &ControlRequest) -> Option<(Vec<String>, bool)> {
-    if request.method != "revoke" && request.method != "terminate" {
-        return None;
-    }
-    let ids = match request.arguments.get("task_id") {
-        Some(serde_json::Value::String(s)) => vec![s.clone()],
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    };
-    let terminate = request.method == "terminate"
-        || request.arguments.get("terminate") == Some(&serde_json::Value::Bool(true));
-    Some((ids, terminate))
 }

@@ -9,12 +9,15 @@
 //!   [`ControlState`] holds what the commands change while the worker
 //!   runs: the queues consumed, rate and time limits, autoscale bounds,
 //!   the revoked ids seen, the Lamport clock.
+//! - **Mingle** (`mingle.rs`): as the worker starts, `hello` to the other
+//!   workers, and the revoked ids they answer with.
 //! - **The watcher** ([`watch`]): every second it asks the broker which
 //!   reserved messages were revoked since their claim (they are marked, and
 //!   recorded as REVOKED instead of running), and which running tasks were
 //!   revoked with terminate (their executor stops them).
 
 mod info;
+mod mingle;
 mod panel;
 mod requests;
 
@@ -230,7 +233,11 @@ pub(crate) async fn start(worker: Worker) -> tokio::task::JoinHandle<()> {
             None
         }
     };
-    tokio::spawn(serve(worker, first))
+    let served = tokio::spawn(serve(worker, first));
+    if inner.config.mingle {
+        mingle::sync(&inner).await;
+    }
+    served
 }
 
 async fn serve(worker: Worker, mut first: Option<ControlInbox>) {

@@ -127,8 +127,7 @@ pub(crate) async fn dispatch(worker: &Worker, req: &ControlRequest) -> Outcome {
             false,
             node
         ))),
-        // ETA messages wait in the broker, never in the worker's memory.
-        "scheduled" | "dump_schedule" => Outcome::Reply(json!([])),
+        "scheduled" | "dump_schedule" => scheduled(worker).await,
         "revoked" | "dump_revoked" => Outcome::Reply(json!(inner.control.revoked_ids())),
         "registered" | "dump_tasks" => Outcome::Reply(info::registered(
             inner,
@@ -139,9 +138,7 @@ pub(crate) async fn dispatch(worker: &Worker, req: &ControlRequest) -> Outcome {
         "conf" | "dump_conf" => Outcome::Reply(info::conf(worker)),
         "report" => ok(info::report(inner)),
         "clock" => Outcome::Reply(json!({"clock": inner.control.clock()})),
-        "query_task" => Outcome::Reply(Value::Object(
-            inner.control.requests.query(&arg_list(args, "ids"), node),
-        )),
+        "query_task" => query_task(worker, &arg_list(args, "ids")).await,
         "hello" => {
             let from = arg_str(args, "from_node").unwrap_or_default();
             if from == node {
@@ -155,7 +152,10 @@ pub(crate) async fn dispatch(worker: &Worker, req: &ControlRequest) -> Outcome {
             }))
         }
         "heartbeat" => {
-            inner.control.heartbeat_wanted.notify_waiters();
+            // A permit is kept if the events chore is busy (publishing task
+            // events) rather than waiting: the heartbeat follows as soon as
+            // it is free, instead of at the next interval.
+            inner.control.heartbeat_wanted.notify_one();
             Outcome::Reply(Value::Null)
         }
         "enable_events" => {
@@ -225,6 +225,55 @@ pub(crate) async fn dispatch(worker: &Worker, req: &ControlRequest) -> Outcome {
         "pool_restart" => nok_exception("ValueError", "Pool restarts not enabled"),
         other => nok_exception("KeyError", other),
     }
+}
+
+/// The most entries `scheduled` lists.
+const SCHEDULED_MAX: usize = 10_000;
+
+/// `scheduled`: a celeriac worker never holds an eta message in memory
+/// (the broker keeps it until due), so it lists the delayed messages of
+/// the queues it consumes, in Celery's shape. Every worker consuming a
+/// queue lists the same ones: whichever claims one when due runs it.
+async fn scheduled(worker: &Worker) -> Outcome {
+    let inner = worker.inner();
+    let queues = inner.control.queues();
+    match inner.broker.delayed(&queues, SCHEDULED_MAX).await {
+        Ok(found) => Outcome::Reply(Value::Array(
+            found
+                .into_iter()
+                .filter_map(|(eta, queue, payload)| {
+                    super::requests::scheduled(eta, &queue, payload, &inner.config.nodename)
+                })
+                .collect(),
+        )),
+        Err(e) => nok(format!("could not list the delayed messages: {e}")),
+    }
+}
+
+/// `query_task`: `{id: [state, request]}` for the ids held here (`active`,
+/// `reserved`), then for those waiting in the broker on this worker's
+/// queues (`scheduled`, as `scheduled` lists them).
+async fn query_task(worker: &Worker, ids: &[String]) -> Outcome {
+    let inner = worker.inner();
+    let node = inner.config.nodename.as_str();
+    let mut found = inner.control.requests.query(ids, node);
+    if found.len() < ids.len() {
+        let queues = inner.control.queues();
+        if let Ok(delayed) = inner.broker.delayed(&queues, SCHEDULED_MAX).await {
+            for (eta, queue, payload) in delayed {
+                let Some(entry) = super::requests::scheduled(eta, &queue, payload, node) else {
+                    continue;
+                };
+                let Some(id) = entry["request"]["id"].as_str().map(str::to_string) else {
+                    continue;
+                };
+                if ids.contains(&id) && !found.contains_key(&id) {
+                    found.insert(id, json!(["scheduled", entry["request"]]));
+                }
+            }
+        }
+    }
+    Outcome::Reply(Value::Object(found))
 }
 
 /// The reply Celery's dispatcher gives when a handler raises.

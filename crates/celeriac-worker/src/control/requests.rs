@@ -125,6 +125,29 @@ impl Requests {
     }
 }
 
+/// Celery's `scheduled` entry for a message waiting in the broker until
+/// `eta` (unix time) on `queue`: `{"eta", "priority", "request"}`, the
+/// request as `reserved` shows it. The outer `priority` is Celery's timer
+/// priority, always 6; the message's own is in the request's
+/// `delivery_info`. The eta is the message's `eta` header when it has one.
+pub(crate) fn scheduled(eta: f64, queue: &str, payload: Vec<u8>, hostname: &str) -> Option<Value> {
+    let d = Delivery {
+        tag: String::new(),
+        queue: queue.to_string(),
+        payload,
+        deliveries: 0,
+        redelivered: false,
+        revoked: false,
+    };
+    let request = info(&d, None, false, false, hostname)?;
+    let header = Message::decode(&d.payload).ok()?.headers.eta;
+    Some(json!({
+        "eta": header.unwrap_or_else(|| celeriac_core::time::iso_from_unix(eta)),
+        "priority": 6,
+        "request": request,
+    }))
+}
+
 fn phase_of(e: &Entry) -> Phase {
     if e.time_start.is_some() {
         Phase::Active

@@ -1,0 +1,80 @@
+//! Where an interop scenario runs: a broker and a result backend, so one
+//! scenario function runs on Redis and on RabbitMQ alike.
+
+use crate::rabbit_server;
+use crate::redis_server::RedisServer;
+
+/// A broker URL and a result-backend URL (Python's `broker=` and
+/// `backend=`, celeriac's `--broker` and `--result-backend`), and the
+/// private servers behind them.
+#[derive(Debug)]
+pub struct Site {
+    /// The broker URL.
+    pub broker: String,
+    /// The result backend URL.
+    pub backend: String,
+    /// The private Redis, if this site started one.
+    pub redis: Option<RedisServer>,
+}
+
+impl Site {
+    /// A private `redis-server` as broker and backend.
+    pub fn redis() -> Site {
+        let redis = RedisServer::start();
+        let url = redis.url("");
+        Site {
+            broker: url.clone(),
+            backend: url,
+            redis: Some(redis),
+        }
+    }
+
+    /// `url` (a database of a shared Redis) as broker and backend.
+    pub fn shared_redis(url: String) -> Site {
+        Site {
+            broker: url.clone(),
+            backend: url,
+            redis: None,
+        }
+    }
+
+    /// A vhost of the private RabbitMQ node as broker, and a private
+    /// `redis-server` for results; `None` (skipped) where RabbitMQ cannot
+    /// run.
+    pub fn amqp() -> Option<Site> {
+        if !rabbit_server::available() {
+            return None;
+        }
+        let redis = RedisServer::start();
+        Some(Site {
+            broker: rabbit_server::vhost_url(),
+            backend: redis.url(""),
+            redis: Some(redis),
+        })
+    }
+
+    /// Whether the broker is Redis.
+    pub fn is_redis(&self) -> bool {
+        self.broker.starts_with("redis")
+    }
+
+    /// kombu's transport name of the broker (`redis`, `amqp`).
+    pub fn transport(&self) -> &str {
+        self.broker.split("://").next().unwrap_or_default()
+    }
+
+    /// The broker's TCP port.
+    pub fn broker_port(&self) -> u16 {
+        let rest = self.broker.split_once("://").map_or("", |(_, r)| r);
+        let host = rest.split('/').next().unwrap_or_default();
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        host.rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// `--broker B --result-backend R`, for the `celeriac` command.
+    pub fn conn(&self) -> [&str; 4] {
+        ["--broker", &self.broker, "--result-backend", &self.backend]
+    }
+}

@@ -130,7 +130,8 @@
     const body = $("#queues tbody");
     body.replaceChildren();
     for (const q of list) {
-      const tr = row([q.name, q.depth, q.consumers.join(", ")]);
+      const levels = (q.priorities || []).map((l) => l.priority + ": " + l.depth).join(", ");
+      const tr = row([q.name, q.depth, levels, q.consumers.join(", ")]);
       tr.dataset.queue = q.name;
       body.appendChild(tr);
     }

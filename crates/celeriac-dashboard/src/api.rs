@@ -207,7 +207,7 @@ const MAX_QUEUES: usize = 1000;
 
 /// `GET /api/queues`: each queue seen consumed by a worker or holding
 /// dead letters (since the dashboard started), with its depth (waiting
-/// and delayed messages) and its consumers now.
+/// and delayed messages) in all and per priority, and its consumers now.
 pub(crate) async fn queues(State(hub): State<Arc<Hub>>) -> Reply {
     let mut consumers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (node, n) in hub
@@ -241,9 +241,23 @@ pub(crate) async fn queues(State(hub): State<Arc<Hub>>) -> Reply {
     };
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let depth = hub.broker.queue_len(&name).await.map_err(broker_failed)?;
+        let levels = hub
+            .broker
+            .queue_len_by_priority(&name)
+            .await
+            .map_err(broker_failed)?;
+        let depth: usize = levels.iter().map(|(_, n)| n).sum();
+        let priorities: Vec<Value> = levels
+            .into_iter()
+            .map(|(p, n)| json!({"priority": p, "depth": n}))
+            .collect();
         let nodes = consumers.remove(&name).unwrap_or_default();
-        out.push(json!({"name": name, "depth": depth, "consumers": nodes}));
+        out.push(json!({
+            "name": name,
+            "depth": depth,
+            "priorities": priorities,
+            "consumers": nodes,
+        }));
     }
     Ok(Json(json!(out)))
 }

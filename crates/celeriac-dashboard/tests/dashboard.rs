@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use celeriac::canvas::{PlanContext, chain};
 use celeriac::{Broker, Call, Outgoing, Registry, TaskError, Worker};
 use celeriac_dashboard::{Dashboard, DashboardArgs, DashboardError};
 use celeriac_testkit::process::LoggedChild;
@@ -281,6 +282,62 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
             "{tb}"
         );
     }
+    // A chain, as Celery's client sends it: each step's detail names its
+    // parent and its children (the next step, sent by the worker).
+    let route = |_: &str| Some("rsq".to_string());
+    let plan = chain(Call::<i64>::new("t.add").arg(1).arg(2))
+        .then(Call::<i64>::new("t.add").arg(10).partial())
+        .then(Call::<i64>::new("t.add").arg(100).partial())
+        .plan(&PlanContext::new("dashboard-test").route(&route))
+        .unwrap();
+    let first = plan.messages().next().unwrap().id().to_string();
+    let last = plan.result.id().to_string();
+    let middle = plan.result.parent().unwrap().id().to_string();
+    for m in plan.messages() {
+        broker
+            .publish(Outgoing::from_message(m).unwrap())
+            .await
+            .unwrap();
+    }
+    until(&served, "/api/tasks?limit=50", |t| {
+        find(t, "id", &last).is_some_and(|t| t["state"] == "SUCCESS")
+    })
+    .await;
+    let step = get_json(&served, &format!("/api/tasks/{middle}")).await;
+    assert_eq!(
+        (&step["parent_id"], &step["root_id"], &step["outcome"]),
+        (&json!(first), &json!(first), &json!("13")),
+        "{step}"
+    );
+    assert_eq!(
+        (
+            &step["parent"]["id"],
+            &step["parent"]["name"],
+            &step["parent"]["state"]
+        ),
+        (&json!(first), &json!("t.add"), &json!("SUCCESS")),
+        "{step}"
+    );
+    assert_eq!(
+        step["children"],
+        json!([{"id": last, "name": "t.add", "state": "SUCCESS"}]),
+        "{step}"
+    );
+    let head = get_json(&served, &format!("/api/tasks/{first}")).await;
+    assert_eq!(head["parent"], Value::Null, "{head}");
+    assert_eq!(
+        head["children"].as_array().map(|c| c.len()),
+        Some(1),
+        "{head}"
+    );
+    assert_eq!(head["children"][0]["id"], json!(middle), "{head}");
+    let tail = get_json(&served, &format!("/api/tasks/{last}")).await;
+    assert_eq!(
+        (&tail["parent"]["id"], &tail["outcome"], &tail["children"]),
+        (&json!(middle), &json!("113"), &json!([])),
+        "{tail}"
+    );
+
     let summary = get_json(&served, "/api/summary").await;
     assert_eq!(summary["max_tasks"], 500);
     assert!(
@@ -288,24 +345,34 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
         "{summary}"
     );
 
-    // Queues: depth (a task due in five minutes waits on its queue) and
+    // Queues: depth in all and per priority (tasks due in five minutes
+    // wait on their queue; priority 7 in kombu's list for 6-8) and
     // consumers.
     let later = send_calls(
         &*broker,
-        vec![
-            Call::<Value>::new("t.add")
-                .arg(1)
-                .arg(1)
-                .queue("rsq")
-                .countdown(Duration::from_secs(300)),
-        ],
+        [0, 7, 7]
+            .into_iter()
+            .map(|p| {
+                Call::<Value>::new("t.add")
+                    .arg(1)
+                    .arg(1)
+                    .queue("rsq")
+                    .priority(p)
+                    .countdown(Duration::from_secs(300))
+            })
+            .collect(),
     )
     .await;
     let queues = until(&served, "/api/queues", |q| {
         find(q, "name", "rsq")
-            .is_some_and(|q| q["depth"] == 1 && q["consumers"] == json!(["rs@dash"]))
+            .is_some_and(|q| q["depth"] == 3 && q["consumers"] == json!(["rs@dash"]))
     })
     .await;
+    assert_eq!(
+        find(&queues, "name", "rsq").unwrap()["priorities"],
+        json!([{"priority": 0, "depth": 1}, {"priority": 6, "depth": 2}]),
+        "{queues}"
+    );
     if want_py {
         assert_eq!(
             find(&queues, "name", "pyq").unwrap()["consumers"],
@@ -314,7 +381,7 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
         );
     }
 
-    // Actions: pool grow on each worker, a rate limit, a revoke.
+    // Actions: pool grow and shrink, a rate limit, a revoke.
     let (code, body) = post_json(&served, "/api/workers/rs@dash/pool", json!({"grow": 1})).await;
     assert_eq!(code, 200, "{body}");
     assert!(body["replies"]["rs@dash"]["ok"].is_string(), "{body}");
@@ -322,7 +389,21 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
         find(w, "hostname", "rs@dash").is_some_and(|r| r["concurrency"] == 3)
     })
     .await;
+    let (code, body) = post_json(&served, "/api/workers/rs@dash/pool", json!({"shrink": 2})).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body["replies"]["rs@dash"]["ok"].is_string(), "{body}");
+    until(&served, "/api/workers", |w| {
+        find(w, "hostname", "rs@dash").is_some_and(|r| r["concurrency"] == 1)
+    })
+    .await;
     let (code, body) = post_json(&served, "/api/workers/rs@dash/pool", json!({})).await;
+    assert_eq!(code, 422, "{body}");
+    let (code, body) = post_json(
+        &served,
+        "/api/workers/rs@dash/pool",
+        json!({"grow": 1, "shrink": 1}),
+    )
+    .await;
     assert_eq!(code, 422, "{body}");
     let (code, body) = post_json(
         &served,
@@ -339,8 +420,8 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
     )
     .await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(broker.revoked(&later).await.unwrap(), later);
-    assert!(broker.terminations(&later).await.unwrap().is_empty());
+    assert_eq!(broker.revoked(&later[..1]).await.unwrap(), later[..1]);
+    assert!(broker.terminations(&later[..1]).await.unwrap().is_empty());
     let (code, body) = post_json(
         &served,
         &format!("/api/tasks/{}/revoke", ids[0]),
@@ -737,6 +818,12 @@ async fn a_browser_sees_the_worker_tasks_and_chart_and_requeues_a_dead_letter() 
         &b,
         "the requeued message on its queue",
         r#"(document.querySelector('#queues tr[data-queue="parked"] td:nth-child(2)') || {}).textContent === '1'"#,
+    )
+    .await;
+    wait_js(
+        &b,
+        "the requeued message's priority",
+        r#"(document.querySelector('#queues tr[data-queue="parked"] td:nth-child(3)') || {}).textContent === '0: 1'"#,
     )
     .await;
 

@@ -401,6 +401,20 @@ impl Transport for MemoryBroker {
         let delayed = st.delayed.values().filter(|e| e.queue == queue).count();
         Ok(ready + delayed)
     }
+
+    async fn queue_len_by_priority(&self, queue: &str) -> Result<Vec<(u8, usize)>, BrokerError> {
+        let st = self.state.lock();
+        let mut levels = [0usize; 10];
+        if let Some(q) = st.queues.get(queue) {
+            for (n, level) in levels.iter_mut().zip(&q.levels) {
+                *n = level.len();
+            }
+        }
+        for e in st.delayed.values().filter(|e| e.queue == queue) {
+            levels[usize::from(e.priority.min(9))] += 1;
+        }
+        Ok((0u8..).zip(levels).filter(|(_, n)| *n > 0).collect())
+    }
 }
 
 #[async_trait]

@@ -751,6 +751,29 @@ impl Transport for SqliteBroker {
         )
         .await
     }
+
+    async fn queue_len_by_priority(&self, queue: &str) -> Result<Vec<(u8, usize)>, BrokerError> {
+        let queue = queue.to_string();
+        blocking(
+            &self.db,
+            move |conn| {
+                let mut st = conn.prepare_cached(
+                    "SELECT priority, COUNT(*) FROM messages
+                     WHERE queue = ?1 AND claim_token IS NULL
+                     GROUP BY priority ORDER BY priority",
+                )?;
+                st.query_map(params![queue], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.clamp(0, 9) as u8,
+                        r.get::<_, i64>(1)? as usize,
+                    ))
+                })?
+                .collect()
+            },
+            storage,
+        )
+        .await
+    }
 }
 
 #[async_trait]

@@ -168,6 +168,45 @@ pub async fn priority_zero_first_then_fifo(make: fn(Duration) -> Fixture) {
     assert_eq!(got, want);
 }
 
+/// Contract: `depth_by_priority_counts_each_level`. Priorities on kombu's
+/// Redis steps (0, 3, 6, 9), which every broker here reports exactly.
+pub async fn depth_by_priority_counts_each_level(make: fn(Duration) -> Fixture) {
+    let f = make(LONG);
+    assert!(
+        f.broker
+            .queue_len_by_priority("prio")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = Some(unix_now() + 300.0);
+    for (p, eta) in [
+        (9, None),
+        (0, None),
+        (3, None),
+        (0, None),
+        (6, later),
+        (9, None),
+    ] {
+        f.broker.publish(out("prio", p, eta).0).await.unwrap();
+    }
+    f.broker.publish(out("other", 3, None).0).await.unwrap();
+    let want = vec![(0, 2), (3, 1), (6, 1), (9, 2)];
+    assert_eq!(f.other.queue_len_by_priority("prio").await.unwrap(), want);
+    assert_eq!(f.broker.queue_len("prio").await.unwrap(), 6);
+    let got = f.other.claim("w", &q(&["prio"]), 2, LONG).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        f.broker.queue_len_by_priority("prio").await.unwrap(),
+        vec![(3, 1), (6, 1), (9, 2)],
+        "claimed messages are not waiting"
+    );
+    assert_eq!(
+        f.broker.queue_len_by_priority("other").await.unwrap(),
+        vec![(3, 1)]
+    );
+}
+
 /// Contract: `queues_served_in_given_order_and_max_respected`.
 pub async fn queues_served_in_given_order_and_max_respected(make: fn(Duration) -> Fixture) {
     let f = make(LONG);
@@ -654,6 +693,7 @@ macro_rules! broker_contract {
                 publish_claim_ack,
                 empty_claim_times_out_empty,
                 priority_zero_first_then_fifo,
+                depth_by_priority_counts_each_level,
                 queues_served_in_given_order_and_max_respected,
                 lapsed_lease_redelivers_and_old_claim_cannot_ack,
                 renewed_lease_is_not_redelivered,

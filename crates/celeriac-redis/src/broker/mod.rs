@@ -436,12 +436,23 @@ impl Transport for RedisBroker {
     }
 
     async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
+        Ok(self
+            .queue_len_by_priority(queue)
+            .await?
+            .iter()
+            .map(|(_, n)| n)
+            .sum())
+    }
+
+    /// By kombu's priority lists (`Q`, `Q\x06\x163`, `Q\x06\x166`,
+    /// `Q\x06\x169`), delayed messages under the list they will move to.
+    async fn queue_len_by_priority(&self, queue: &str) -> Result<Vec<(u8, usize)>, BrokerError> {
         let mut conn = self.conn().await?;
         let mut pipe = redis::pipe();
         for s in PRIORITY_STEPS {
             pipe.llen(self.list_key(queue, s));
         }
-        let lens: Vec<usize> = pipe.query_async(&mut conn).await.map_err(conn_err)?;
+        let mut lens: Vec<usize> = pipe.query_async(&mut conn).await.map_err(conn_err)?;
         let delayed: Vec<String> = conn
             .zrange(self.key("celeriac.delayed"), 0, -1)
             .await
@@ -450,12 +461,22 @@ impl Transport for RedisBroker {
             .iter()
             .map(|s| self.list_key(queue, *s))
             .collect();
-        let waiting = delayed
+        for d in delayed
             .iter()
             .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-            .filter(|v| v["k"].as_str().is_some_and(|k| keys.iter().any(|x| x == k)))
-            .count();
-        Ok(lens.iter().sum::<usize>() + waiting)
+        {
+            if let Some(i) = d["k"]
+                .as_str()
+                .and_then(|k| keys.iter().position(|x| x == k))
+            {
+                lens[i] += 1;
+            }
+        }
+        Ok(PRIORITY_STEPS
+            .into_iter()
+            .zip(lens)
+            .filter(|(_, n)| *n > 0)
+            .collect())
     }
 }
 

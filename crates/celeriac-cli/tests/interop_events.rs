@@ -191,12 +191,18 @@ fn celerys_receiver_sees_every_event_of_a_celeriac_worker(python: &str, site: &S
             "[\"hi\"]",
             "--sent-event",
             "--wait",
-            "--broker",
-            &url,
-        ],
+        ]
+        .iter()
+        .chain(site.conn().iter())
+        .copied()
+        .collect::<Vec<_>>(),
         None,
     );
-    assert!(by_client.status.success());
+    assert!(
+        by_client.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_client.stderr)
+    );
     // `--wait` prints the result; the id is in the task-sent event.
     assert_eq!(String::from_utf8_lossy(&by_client.stdout).trim(), "\"hi\"");
     // Past a heartbeat, then a warm shutdown: worker-offline ends the capture.

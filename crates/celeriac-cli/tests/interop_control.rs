@@ -16,33 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
 const NODE: &str = "rw@localhost";
 const PY_NODE: &str = "py@localhost";
 
-/// Runs each scenario `name(python, site)` on a private Redis
-/// (`redis::name`) and on RabbitMQ (`amqp::name`).
-macro_rules! on_redis_and_amqp {
-    ($($name:ident),* $(,)?) => {
-        mod redis {
-            $(
-                #[test]
-                fn $name() {
-                    let Some(python) = super::python() else { return };
-                    super::$name(&python, &super::Site::redis());
-                }
-            )*
-        }
-        mod amqp {
-            $(
-                #[test]
-                fn $name() {
-                    let Some(python) = super::python() else { return };
-                    let Some(site) = super::Site::amqp() else { return };
-                    super::$name(&python, &site);
-                }
-            )*
-        }
-    };
-}
-
-on_redis_and_amqp!(
+celeriac_testkit::python_scenarios_on_redis_and_amqp!(
     python_app_control_gets_celerys_replies_from_a_celeriac_worker,
     celeriac_inspects_and_controls_a_python_worker,
 );

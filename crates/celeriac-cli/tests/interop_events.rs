@@ -17,39 +17,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use celeriac_testkit::process::LoggedChild;
-use celeriac_testkit::python::{interop_python as python, python_dir};
+use celeriac_testkit::python::python_dir;
 use celeriac_testkit::site::Site;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
 
-/// Runs each scenario `name(python, site)` on a private Redis
-/// (`redis::name`) and on RabbitMQ (`amqp::name`).
-macro_rules! on_redis_and_amqp {
-    ($($name:ident),* $(,)?) => {
-        mod redis {
-            $(
-                #[test]
-                fn $name() {
-                    let Some(python) = super::python() else { return };
-                    super::$name(&python, &super::Site::redis());
-                }
-            )*
-        }
-        mod amqp {
-            $(
-                #[test]
-                fn $name() {
-                    let Some(python) = super::python() else { return };
-                    let Some(site) = super::Site::amqp() else { return };
-                    super::$name(&python, &site);
-                }
-            )*
-        }
-    };
-}
-
-on_redis_and_amqp!(
+celeriac_testkit::python_scenarios_on_redis_and_amqp!(
     celerys_receiver_sees_every_event_of_a_celeriac_worker,
     celeriac_events_dump_shows_a_python_workers_events,
     pythons_enable_events_turns_on_a_celeriac_workers_task_events,

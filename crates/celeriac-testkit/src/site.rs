@@ -78,3 +78,33 @@ impl Site {
         ["--broker", &self.broker, "--result-backend", &self.backend]
     }
 }
+
+/// Runs each scenario `name(python: &str, site: &Site)` of the calling test
+/// file on a private Redis (test `redis::name`) and on RabbitMQ with
+/// results in a private Redis (test `amqp::name`), with the interop Python
+/// of [`interop_python`](crate::python::interop_python); each is skipped
+/// where its environment is missing.
+#[macro_export]
+macro_rules! python_scenarios_on_redis_and_amqp {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[test]
+                fn $name() {
+                    let Some(python) = $crate::python::interop_python() else { return };
+                    super::$name(&python, &$crate::site::Site::redis());
+                }
+            )*
+        }
+        mod amqp {
+            $(
+                #[test]
+                fn $name() {
+                    let Some(python) = $crate::python::interop_python() else { return };
+                    let Some(site) = $crate::site::Site::amqp() else { return };
+                    super::$name(&python, &site);
+                }
+            )*
+        }
+    };
+}

@@ -224,6 +224,8 @@ fn nodes_authenticate_with_an_acl_user_over_tls_and_run_only_signed_jobs() {
             !out.status.success(),
             "a worker logged in with {bad}: {err}"
         );
+        // The worker names the cause, not just a silence.
+        assert!(err.to_lowercase().contains(why), "{bad}: {err}");
         let refused = rt
             .block_on(RedisBroker::open(&bad).unwrap().queue_len("celery"))
             .unwrap_err()

@@ -8,6 +8,18 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 /// A multiplexed connection that reconnects in the background when it
 /// drops; a command that finds it down fails fast and later ones succeed.
 pub(crate) async fn manager(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
+    // One plain attempt first: a refused connection or a wrong password is
+    // reported at once, with its cause, instead of after the manager's
+    // retries (on a loaded machine those outlast a caller's deadline, and
+    // the cause is lost). The retries below still cover reconnects.
+    let probe = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    drop(
+        client
+            .get_multiplexed_async_connection_with_config(&probe)
+            .await?,
+    );
     // Four attempts, 0.1 + 0.2 + 0.4 + 0.4 s apart: a server that is down
     // is reported within about a second (the client's default, six with
     // doubling pauses, took 6 s), and a reconnect after a restart is

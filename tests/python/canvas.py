@@ -58,6 +58,25 @@ except Exception:
     pass
 out["link_error"] = {"failed": r.id, "errback_got": AsyncResult(eb_id, app=app).get(timeout=60)}
 
+# link_error by arity (Celery's rule): celeriac.log_error(request, exc,
+# traceback) takes three arguments, so the celeriac worker calls it inline
+# (nothing published, no result under its id); celeriac.echo takes one, so
+# it is published with the failed task's id.
+inline_eb = sig("celeriac.log_error")
+inline_id = inline_eb.freeze().id
+eb = sig("celeriac.echo")
+eb_id = eb.freeze().id
+r = sig("celeriac.fail", "arity three").apply_async(link_error=[inline_eb, eb])
+try:
+    r.get(timeout=60)
+except Exception:
+    pass
+out["errback_arity"] = {
+    "failed": r.id,
+    "published_got": AsyncResult(eb_id, app=app).get(timeout=60),
+    "inline_state": AsyncResult(inline_id, app=app).state,
+}
+
 # Groups of 10 and 1000: every member's result, in order, with group_id
 # stored on each member's result; GroupResult.save/restore round-trips.
 from celery import group  # noqa: E402
@@ -125,6 +144,17 @@ if len(sys.argv) > 2 and sys.argv[2] == "mixed":
     ).apply_async()
     out["mixed"] = r.get(timeout=60)
     out["mixed_parent_worker"] = AsyncResult(r.parent.id, app=app).get(timeout=60)
+    # A task failing on the Python worker, whose errbacks are celeriac's:
+    # Python does not run celeriac.log_error, so it publishes it (as a
+    # group of one, with the failed id), and a celeriac worker runs it.
+    inline_eb = sig("celeriac.log_error")
+    inline_id = inline_eb.freeze().id
+    r = sig("tasks.boom", "on python", queue="py").apply_async(link_error=[inline_eb])
+    try:
+        r.get(timeout=60)
+    except Exception:
+        pass
+    out["errback_from_python"] = {"failed": r.id, "got": AsyncResult(inline_id, app=app).get(timeout=60)}
     # A chord whose header runs on both, and whose body runs on celeriac.
     out["mixed_chord"] = chord(
         [sig("celeriac.add", 1, 1), sig("tasks.add", 2, 2, queue="py"), sig("celeriac.add", 3, 3)],

@@ -35,3 +35,17 @@ def report(failed_id):
     """An errback with one argument: Celery publishes it with the id of
     the task that failed."""
     return f"failed: {failed_id}"
+
+
+@app.task(name="canvas.on_error")
+def on_error(request, exc, traceback):
+    """An errback with three arguments: Celery's worker calls it inline with
+    the failed task's request, exception and traceback (nothing published,
+    no result stored under its id). It stores what it got under an id of
+    its own, for the test to read."""
+    app.backend.store_result(
+        f"inline-errback-{request.id}",
+        {"id": request.id, "task": request.task, "exc_type": type(exc).__name__,
+         "message": list(exc.args), "traceback": traceback is not None},
+        "SUCCESS",
+    )

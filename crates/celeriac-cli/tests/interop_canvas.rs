@@ -67,7 +67,7 @@ fn python_canvas_runs_on_celeriac_workers_and_across_python_over_amqp() {
 }
 
 fn canvas_on(python: &str, site: &Site) {
-    let _celeriac = celeriac_worker(site);
+    let celeriac = celeriac_worker(site);
     let _python = python_worker(python, site);
     let v = canvas_client(python, site, "mixed");
     assert_eq!(v["chain"], 113, "((1 + 2) + 10) + 100: {v}");
@@ -91,6 +91,23 @@ fn canvas_on(python: &str, site: &Site) {
     assert_eq!(
         v["link_error"]["errback_got"], v["link_error"]["failed"],
         "the errback is called with the failed task's id: {v}"
+    );
+    // Celery's errback rule: a three-argument errback that the worker runs
+    // is called inline with (request, exc, traceback), a one-argument one
+    // published with the failed id.
+    let arity = &v["errback_arity"];
+    let failed = arity["failed"].as_str().unwrap_or("?");
+    assert_eq!(arity["published_got"], failed, "{v}");
+    assert_eq!(
+        arity["inline_state"], "PENDING",
+        "an inline errback stores no result: {v}"
+    );
+    let log = celeriac.wait_for_log("errback: the task raised");
+    assert!(
+        log.lines().any(|l| l.contains("errback: the task raised")
+            && l.contains(failed)
+            && l.contains("arity three")),
+        "celeriac.log_error got the request and the exception inline:\n{log}"
     );
     assert_eq!(
         v["group_10"],
@@ -136,4 +153,9 @@ fn canvas_on(python: &str, site: &Site) {
         "(1 + 2) * 10 + 5 across Python and celeriac: {v}"
     );
     assert_eq!(v["mixed_parent_worker"], 30, "{v}");
+    let from_python = &v["errback_from_python"];
+    assert_eq!(
+        from_python["got"], from_python["failed"],
+        "a Python worker publishes a celeriac errback with the failed id: {v}"
+    );
 }

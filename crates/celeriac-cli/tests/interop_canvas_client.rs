@@ -10,10 +10,11 @@
 //! Python in `tests/python/pycanvas.py`.
 
 use std::process::Command;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use celeriac::canvas::{chain, chord, chunks, group, map, starmap};
-use celeriac::{Job, JobError, ResultRef, Server, State, task};
+use celeriac::{Call, Job, JobError, ResultRef, Server, State, task};
 use celeriac_testkit::process::LoggedChild;
 use celeriac_testkit::python::{interop_python as python, python_dir};
 use celeriac_testkit::redis_server::RedisServer;
@@ -35,13 +36,33 @@ fn tsum(xs: Vec<i64>) -> i64 {
 }
 
 #[task(name = "canvas.boom")]
-fn boom(message: String) -> Result<i64, String> {
-    Err(message)
+fn boom(message: String) -> Result<i64, celeriac::TaskError> {
+    Err(celeriac::TaskError::typed(
+        "ValueError",
+        "builtins",
+        message,
+    ))
 }
 
 #[task(name = "canvas.report")]
 fn report(failed_id: String) -> String {
     format!("failed: {failed_id}")
+}
+
+/// What `canvas.on_error` was called with in this process: a celeriac
+/// worker calls it inline (Celery's rule for an errback of more than one
+/// argument), with the failed task's request and exception.
+static INLINE_ERRBACKS: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+
+#[task(name = "canvas.on_error")]
+fn on_error(request: Value, exc: Value, traceback: Option<String>) {
+    INLINE_ERRBACKS.lock().unwrap().push(json!({
+        "id": request["id"],
+        "task": request["task"],
+        "exc_type": exc["exc_type"],
+        "message": exc["exc_message"],
+        "traceback": traceback.is_some(),
+    }));
 }
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -216,7 +237,7 @@ fn groups(server: &Server) {
     assert_eq!(job.wait_timeout(WAIT).unwrap(), vec![3, 3]);
 }
 
-fn links(server: &Server) {
+fn links(server: &Server, workers: Workers) {
     let mut callback = add::s(10);
     let callback_id = callback.freeze();
     let job = server.apply(add::call(2, 2).link(callback));
@@ -247,6 +268,66 @@ fn links(server: &Server) {
         format!("failed: {}", job.id()),
         "the errback is called with the failed task's id"
     );
+
+    // Celery's errback rule: `canvas.on_error(request, exc, traceback)`
+    // takes three arguments, so the worker that runs the failed task
+    // calls it inline (nothing published, nothing stored under its id);
+    // `canvas.report(failed_id)` takes one, so it is published.
+    let mut inline = Call::<Value>::new("canvas.on_error").partial::<String>();
+    let inline_id = inline.freeze();
+    let mut errback = report::s();
+    let errback_id = errback.freeze();
+    let job = server.apply(
+        boom::call("arity".into())
+            .link_error(inline)
+            .link_error(errback),
+    );
+    assert!(job.wait_timeout(WAIT).is_err());
+    assert_eq!(
+        server
+            .result::<String>(&errback_id)
+            .wait_timeout(WAIT)
+            .unwrap(),
+        format!("failed: {}", job.id()),
+    );
+    let seen = match workers {
+        // The Python errback stores what it got under an id of its own.
+        Workers::Python => server
+            .result::<Value>(&format!("inline-errback-{}", job.id()))
+            .wait_timeout(WAIT)
+            .unwrap(),
+        _ => inline_call_of(job.id()),
+    };
+    assert_eq!(seen["id"], job.id(), "{seen}");
+    assert_eq!(seen["task"], "canvas.boom", "{seen}");
+    assert_eq!(seen["exc_type"], "ValueError", "{seen}");
+    assert_eq!(seen["message"], json!(["arity"]), "{seen}");
+    assert!(
+        !server.result::<Value>(&inline_id).ready(),
+        "an errback called inline is not published and stores nothing"
+    );
+}
+
+/// The inline call of `canvas.on_error` for the failed task `id`, once
+/// there is one (a 120 s bound, for a loaded machine).
+fn inline_call_of(id: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = INLINE_ERRBACKS
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned();
+        if let Some(call) = found {
+            return call;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "canvas.on_error was not called inline for {id}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn chords(server: &Server, workers: Workers) {
@@ -338,7 +419,7 @@ fn nested(server: &Server) {
 fn run_canvases(server: &Server, workers: Workers) {
     chains(server);
     groups(server);
-    links(server);
+    links(server, workers);
     chords(server, workers);
     if workers != Workers::CeleriacNoChords {
         nested(server);

@@ -431,6 +431,10 @@ pub trait Task: 'static {
     fn name() -> &'static str;
     /// Whether the task is an `async fn` (it runs on the async executor).
     const IS_ASYNC: bool = false;
+    /// Whether the function takes the [`TaskContext`] (Celery's
+    /// `bind=True`). Celery's worker never calls a bound task inline as an
+    /// errback: it publishes it, whatever its arity.
+    const TAKES_CONTEXT: bool = false;
     /// Binds `args` and runs the task. An async task refuses to run this
     /// way; see [`Task::run_async`].
     fn run(ctx: &TaskContext, args: Args) -> Result<Value, TaskError>;
@@ -460,6 +464,10 @@ pub struct TaskDef {
     pub diagnostic: bool,
     /// The retry policy.
     pub options: TaskOptions,
+    /// Parameter names, in order (the context not among them).
+    pub params: &'static [&'static str],
+    /// Whether the function takes the [`TaskContext`].
+    pub takes_context: bool,
 }
 
 inventory::collect!(TaskDef);
@@ -479,9 +487,23 @@ pub struct RegisteredTask {
     name: String,
     run: Runner,
     options: TaskOptions,
+    /// Its parameters, when known (`#[task]`, [`Registry::register`]);
+    /// `None` for a closure, whose arguments are its own business.
+    params: Option<&'static [&'static str]>,
+    takes_context: bool,
 }
 
 impl RegisteredTask {
+    fn new(name: &str, run: Runner, options: TaskOptions) -> Self {
+        RegisteredTask {
+            name: name.to_string(),
+            run,
+            options,
+            params: None,
+            takes_context: false,
+        }
+    }
+
     /// The task's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -490,6 +512,40 @@ impl RegisteredTask {
     /// The task's retry policy.
     pub fn options(&self) -> &TaskOptions {
         &self.options
+    }
+
+    /// The task's parameter names, in order, when they are known: for a
+    /// `#[task]` function or a [`Task`] type, not for a closure
+    /// ([`Registry::register_fn`]). A worker uses them for Celery's
+    /// errback rule: an errback that takes more than one argument is
+    /// called inline with `(request, exc, traceback)`.
+    ///
+    /// ```
+    /// use celeriac_core::{Registry, Task};
+    /// # use celeriac_core::{Args, TaskContext, TaskError};
+    /// # use serde_json::Value;
+    /// struct OnError;
+    /// impl Task for OnError {
+    ///     type Args = (Value, Value, Option<String>);
+    ///     type Output = ();
+    ///     const PARAMS: &'static [&'static str] = &["request", "exc", "traceback"];
+    ///     fn name() -> &'static str { "tasks.on_error" }
+    ///     fn run(_: &TaskContext, _: Args) -> Result<Value, TaskError> { Ok(Value::Null) }
+    /// }
+    /// let mut reg = Registry::new();
+    /// reg.register::<OnError>().unwrap();
+    /// reg.register_fn("tasks.any", |_, _| Ok(Value::Null)).unwrap();
+    /// assert_eq!(reg.get("tasks.on_error").unwrap().params(), Some(&["request", "exc", "traceback"][..]));
+    /// assert_eq!(reg.get("tasks.any").unwrap().params(), None);
+    /// ```
+    pub fn params(&self) -> Option<&'static [&'static str]> {
+        self.params
+    }
+
+    /// Whether the task's function takes the [`TaskContext`] (Celery's
+    /// `bind=True`).
+    pub fn takes_context(&self) -> bool {
+        self.takes_context
     }
 
     /// Whether it is an async task, run on the async executor.
@@ -586,7 +642,12 @@ impl Registry {
             Some(run) => Runner::Async(Arc::new(run)),
             None => Runner::Blocking(Arc::new(def.run)),
         };
-        self.insert((def.name)(), runner, def.options)
+        let task = RegisteredTask {
+            params: Some(def.params),
+            takes_context: def.takes_context,
+            ..RegisteredTask::new((def.name)(), runner, def.options)
+        };
+        self.insert(task)
     }
 
     /// Registers task type `T` (the escape hatch when link-time registration
@@ -597,7 +658,12 @@ impl Registry {
         } else {
             Runner::Blocking(Arc::new(T::run))
         };
-        self.insert(T::name(), runner, T::OPTIONS)
+        let task = RegisteredTask {
+            params: Some(T::PARAMS),
+            takes_context: T::TAKES_CONTEXT,
+            ..RegisteredTask::new(T::name(), runner, T::OPTIONS)
+        };
+        self.insert(task)
     }
 
     /// Registers a closure under `name`.
@@ -605,7 +671,11 @@ impl Registry {
     where
         F: Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync + 'static,
     {
-        self.insert(name, Runner::Blocking(Arc::new(f)), TaskOptions::DEFAULT)
+        self.insert(RegisteredTask::new(
+            name,
+            Runner::Blocking(Arc::new(f)),
+            TaskOptions::DEFAULT,
+        ))
     }
 
     /// Registers an async closure under `name`: it runs on the async
@@ -635,7 +705,11 @@ impl Registry {
         Fut: std::future::Future<Output = Result<Value, TaskError>> + Send + 'static,
     {
         let run = move |ctx: TaskContext, args: Args| -> TaskFuture { Box::pin(f(ctx, args)) };
-        self.insert(name, Runner::Async(Arc::new(run)), options)
+        self.insert(RegisteredTask::new(
+            name,
+            Runner::Async(Arc::new(run)),
+            options,
+        ))
     }
 
     /// Registers a closure under `name` with a retry policy.
@@ -648,29 +722,22 @@ impl Registry {
     where
         F: Fn(&TaskContext, Args) -> Result<Value, TaskError> + Send + Sync + 'static,
     {
-        self.insert(name, Runner::Blocking(Arc::new(f)), options)
+        self.insert(RegisteredTask::new(
+            name,
+            Runner::Blocking(Arc::new(f)),
+            options,
+        ))
     }
 
-    fn insert(
-        &mut self,
-        name: &str,
-        run: Runner,
-        options: TaskOptions,
-    ) -> Result<&mut Self, RegistryError> {
+    fn insert(&mut self, task: RegisteredTask) -> Result<&mut Self, RegistryError> {
+        let name = task.name.as_str();
         if name.is_empty() || name.chars().any(char::is_whitespace) {
-            return Err(RegistryError::InvalidName(name.to_string()));
+            return Err(RegistryError::InvalidName(task.name));
         }
         if self.tasks.contains_key(name) {
-            return Err(RegistryError::Duplicate(name.to_string()));
+            return Err(RegistryError::Duplicate(task.name));
         }
-        self.tasks.insert(
-            name.to_string(),
-            Arc::new(RegisteredTask {
-                name: name.to_string(),
-                run,
-                options,
-            }),
-        );
+        self.tasks.insert(task.name.clone(), Arc::new(task));
         Ok(self)
     }
 

@@ -305,6 +305,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
     let mut handle_idents = Vec::new();
     let mut arg_types = Vec::new();
     let mut index = 0usize;
+    let mut takes_context = false;
     for (pos, input) in sig.inputs.iter().enumerate() {
         let FnArg::Typed(pt) = input else {
             return Err(syn::Error::new_spanned(input, "a task cannot take `self`"));
@@ -318,6 +319,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
                 ));
             }
             call_args.push(quote!(__ctx));
+            takes_context = true;
             continue;
         }
         if let Type::Reference(_) = ty {
@@ -475,6 +477,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
             type Args = #args_tuple;
             type Output = #output_ty;
             const PARAMS: &'static [&'static str] = &[#(#param_names),*];
+            const TAKES_CONTEXT: bool = #takes_context;
             const OPTIONS: ::celeriac::TaskOptions = ::celeriac::TaskOptions::new() #(#policy)*;
 
             fn name() -> &'static str {
@@ -508,6 +511,8 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
                 run_async: #run_async_def,
                 diagnostic: #diagnostic,
                 options: <#fn_name as ::celeriac::Task>::OPTIONS,
+                params: <#fn_name as ::celeriac::Task>::PARAMS,
+                takes_context: <#fn_name as ::celeriac::Task>::TAKES_CONTEXT,
             }
         }
     })

@@ -121,6 +121,8 @@ pub(crate) struct RunFacts<'a> {
     pub(crate) meta: MetaFacts<'a>,
     /// The largest result stored, in bytes of JSON (`max_result`).
     pub(crate) max_result: Option<usize>,
+    /// The tasks this worker runs, for the errback rule.
+    pub(crate) known: &'a dyn canvas::Known,
 }
 
 /// Decides what a run means. `random` is in `[0, 1)` for retry jitter and
@@ -319,7 +321,7 @@ fn failure(f: RunFacts<'_>, err: &TaskError, runtime: Duration) -> ResultMeta {
 /// A failure for good, with what its canvas says to do about it.
 fn failed(f: RunFacts<'_>, error: TaskError, gave_up: bool, runtime: Duration) -> Decision {
     let result = failure(f, &error, runtime);
-    let canvas = canvas::on_failure(f.msg, &result);
+    let canvas = canvas::on_failure(f.msg, &result, f.known);
     Decision::Failed {
         result,
         error,
@@ -397,6 +399,7 @@ mod tests {
             acked_early: early,
             meta: FACTS,
             max_result: None,
+            known: &canvas::NoTasks,
         };
         after_run(
             facts,
@@ -566,6 +569,7 @@ mod tests {
             acked_early: false,
             meta: FACTS,
             max_result: None,
+            known: &canvas::NoTasks,
         };
         let d = after_run(facts, None, 0.0, 0.0);
         assert!(matches!(
@@ -590,6 +594,7 @@ mod tests {
             acked_early: false,
             meta: FACTS,
             max_result: Some(limit),
+            known: &canvas::NoTasks,
         };
         after_run(
             facts,

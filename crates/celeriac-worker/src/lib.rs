@@ -61,6 +61,7 @@ mod chores;
 mod config;
 mod control;
 mod decide;
+mod errbacks;
 mod events;
 mod execute;
 mod line;

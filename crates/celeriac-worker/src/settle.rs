@@ -188,12 +188,10 @@ pub(crate) async fn apply(
                         msg: m.clone(),
                     });
                     if let Some(back) = settle(inner, result, d, Some(join)).await {
-                        // Its result could not be stored: stored again
-                        // (and acked), then joined.
-                        keep_storing(inner, back.meta, Some(back.delivery)).await;
-                        if let Some(join) = back.join {
-                            join_chord(inner, &join.msg, &join.chord).await;
-                        }
+                        // Its result could not be stored: stored again,
+                        // joined, then acked, in that order too.
+                        keep_storing(inner, back.meta, Some(back.delivery), back.join.as_deref())
+                            .await;
                     }
                 }
                 Some((chord, m)) => {
@@ -204,7 +202,9 @@ pub(crate) async fn apply(
                 }
                 None => finish(inner, held.acked, result, d).await,
             }
-            // Errbacks, once the FAILURE is stored.
+            // Errbacks, once the FAILURE is stored: those called inline,
+            // then those published (Celery's `_call_task_errbacks`).
+            crate::errbacks::call_inline(inner, &canvas.inline).await;
             if let Err(e) = publish_all(inner, &canvas.after).await {
                 tracing::error!(task_id = %Escaped(id), error = %Escaped(&e), "could not publish the errbacks of a failed task");
             }
@@ -310,10 +310,10 @@ async fn finish(inner: &Inner, acked: bool, result: Option<ResultMeta>, d: Deliv
         if let Some(meta) = result
             && !store(inner, &meta).await
         {
-            keep_storing(inner, meta, None).await;
+            keep_storing(inner, meta, None, None).await;
         }
     } else if let Some(back) = settle(inner, result, d, None).await {
-        keep_storing(inner, back.meta, Some(back.delivery)).await;
+        keep_storing(inner, back.meta, Some(back.delivery), None).await;
     }
 }
 
@@ -322,21 +322,26 @@ async fn finish(inner: &Inner, acked: bool, result: Option<ResultMeta>, d: Deliv
 /// if a part failed, stores the body's ChordError and calls its errbacks
 /// (Celery 5.x's Redis backend does the same). Without a join on this
 /// backend, the chord's `celery.chord_unlock` joins it, and a part does
-/// nothing here (as Celery's base backend).
-///
-async fn join_chord(inner: &Inner, msg: &Message, chord: &ChordPart) {
+/// nothing here (as Celery's base backend). Says whether the part is
+/// recorded (or there is nothing to record): only then may its message be
+/// acked.
+async fn join_chord(inner: &Inner, msg: &Message, chord: &ChordPart) -> bool {
     let id = msg.id();
     let group = chord.group_id.as_str();
     let Some(join) = inner.backend.chord_join() else {
         tracing::debug!(task_id = %Escaped(id), group = %Escaped(group), backend = %inner.backend.url(),
             "a chord header part finished; this backend has no chord join, so the chord's celery.chord_unlock joins it");
-        return;
+        return true;
     };
     match join.part_return(group, id, chord.index, &chord.part).await {
-        Ok(Some(parts)) => complete_chord(inner, join, msg, chord, &parts).await,
-        Ok(None) => {}
+        Ok(Some(parts)) => {
+            complete_chord(inner, join, msg, chord, &parts).await;
+            true
+        }
+        Ok(None) => true,
         Err(e) => {
             tracing::error!(task_id = %Escaped(id), group = %Escaped(group), error = %Escaped(&e), "could not record a chord header part");
+            false
         }
     }
 }
@@ -354,7 +359,7 @@ async fn complete_chord(
 ) {
     let id = msg.id();
     let group = chord.group_id.as_str();
-    match crate::canvas::chord_complete(chord, msg, parts) {
+    match crate::canvas::chord_complete(chord, msg, parts, inner) {
         Ok(Completion::Body(body)) => {
             let sent = match start_chords(inner, &body.chords).await {
                 Ok(()) => publish_all(inner, &body.messages).await,
@@ -379,6 +384,7 @@ async fn complete_chord(
             for meta in &failure.metas {
                 store(inner, meta).await;
             }
+            crate::errbacks::call_inline(inner, &failure.inline).await;
             if let Err(e) = join.abandon(group).await {
                 tracing::error!(group = %Escaped(group), error = %Escaped(&e), "could not abandon the chord's join");
             }
@@ -575,10 +581,13 @@ const STORE_RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
 /// running the task again, for up to the worker's
 /// [`store_retry_for`](crate::WorkerBuilder::store_retry_for). The message
 /// (`d`, none when it was acked as the task started) stays held, its lease
-/// renewed, and is acked once the result is stored. Past the bound, or at
+/// renewed, and is acked once the result is stored and, for a chord header
+/// part, once its `join` is recorded (as on the first attempt: a worker
+/// killed in between leaves the message to come back and join; one whose
+/// join fails is not acked, and joins again when it comes back). Past the bound, or at
 /// shutdown, the message is dead-lettered with the result attached to the
 /// reason, so that neither is lost and nothing is computed twice.
-async fn keep_storing(inner: &Inner, meta: ResultMeta, d: Option<Delivery>) {
+async fn keep_storing(inner: &Inner, meta: ResultMeta, d: Option<Delivery>, join: Option<&Join>) {
     let started = Instant::now();
     let mut delay = STORE_RETRY_FIRST_DELAY;
     let mut attempts = 1u32;
@@ -600,7 +609,13 @@ async fn keep_storing(inner: &Inner, meta: ResultMeta, d: Option<Delivery>) {
         attempts += 1;
         if store(inner, &meta).await {
             tracing::info!(task_id = %Escaped(&meta.task_id), attempts, "result stored after a failed store");
-            if let Some(d) = &d {
+            let joined = match join {
+                Some(j) => join_chord(inner, &j.msg, &j.chord).await,
+                None => true,
+            };
+            if let Some(d) = &d
+                && joined
+            {
                 ack(inner, d).await;
             }
             return;

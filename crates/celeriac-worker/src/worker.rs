@@ -413,6 +413,7 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
         acked_early: held.is_acked(),
         meta: inner.config.meta_facts(),
         max_result: inner.config.max_result,
+        known: &**inner,
     };
     let mut decision = decide::after_run(facts, ran, random_unit(), unix_now());
     subtasks.add_children(&mut decision);

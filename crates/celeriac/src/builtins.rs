@@ -2,7 +2,7 @@
 //! interop with Python Celery.
 //!
 //! Always registered: `celeriac.add`, `celeriac.fib`, `celeriac.sleep`,
-//! `celeriac.echo`. Registered only with diagnostic tasks enabled
+//! `celeriac.echo`, `celeriac.log_error`. Registered only with diagnostic tasks enabled
 //! (`celeriac worker --diagnostic-tasks`): `celeriac.fail`,
 //! `celeriac.panic`, `celeriac.crash`, `celeriac.alloc` and `celeriac.flaky`.
 
@@ -97,6 +97,46 @@ pub fn sleep(seconds: f64) -> Result<f64, TaskError> {
 #[task(name = "celeriac.echo")]
 pub fn echo(value: Value) -> Value {
     value
+}
+
+/// An errback (`link_error`) that logs the failure of the task it is
+/// linked to, and returns that task's id.
+///
+/// It takes three arguments, so a worker that runs it calls it inline
+/// with `(request, exc, traceback)`, as Celery calls such an errback
+/// (nothing published, no result stored). A worker that does not run it (a
+/// Python worker) publishes it with the failed task's id alone, which it
+/// also accepts.
+///
+/// ```
+/// use serde_json::json;
+/// use celeriac::builtins::log_error;
+/// let exc = json!({"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"});
+/// assert_eq!(log_error(json!({"id": "t1", "task": "tasks.x"}), Some(exc), None), "t1");
+/// assert_eq!(log_error(json!("t2"), None, None), "t2");
+/// ```
+#[task(name = "celeriac.log_error")]
+pub fn log_error(request: Value, exc: Option<Value>, traceback: Option<String>) -> String {
+    use celeriac_core::escape::Escaped;
+    let id = match &request {
+        Value::String(id) => id.clone(),
+        other => other
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let task = request.get("task").and_then(Value::as_str).unwrap_or("?");
+    match exc {
+        Some(exc) => {
+            let exc_type = exc.get("exc_type").and_then(Value::as_str).unwrap_or("?");
+            let message = exc.get("exc_message").cloned().unwrap_or(Value::Null);
+            tracing::warn!(task_id = %Escaped(&id), task = %Escaped(task), exc_type = %Escaped(exc_type),
+                message = %Escaped(&message.to_string()), traceback = traceback.is_some(), "errback: the task raised");
+        }
+        None => tracing::warn!(task_id = %Escaped(&id), "errback: the task failed"),
+    }
+    id
 }
 
 /// Fails with `message` (diagnostic).

@@ -192,6 +192,12 @@ impl<In, Out> Sig<In, Out> {
 
     /// Calls `errback` with the failed task's id when this step fails
     /// (Celery's `link_error` with a one-argument task).
+    ///
+    /// An errback whose task takes more than one argument goes by Celery's
+    /// rule: the worker that runs the failed task calls it inline with
+    /// `(request, exc, traceback)` if it runs that task too, and publishes
+    /// it with the failed id otherwise. Build its signature by name:
+    /// `Call::<()>::new("tasks.on_error").partial::<String>()`.
     pub fn link_error<U>(mut self, errback: Sig<String, U>) -> Self {
         add_link_error(&mut self.node, errback.node);
         self

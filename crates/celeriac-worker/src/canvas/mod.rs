@@ -11,8 +11,10 @@
 //!   task, a chain, a group or a chord ([`apply`]);
 //! - **failure**: the FAILURE is stored under this task's id and under the
 //!   id of every remaining chain step, nothing of the chain is published,
-//!   and the errbacks are published, after the FAILURE is stored, as one
-//!   group called with this task's id;
+//!   and, after the FAILURE is stored, the errbacks go by Celery's arity
+//!   rule ([`errback`]): those that take more than one argument and run
+//!   here are called inline with `(request, exc, traceback)`, the others
+//!   published as one group called with this task's id;
 //! - **chord header part**: once its own result is stored, the part is
 //!   joined ([`ChordPart`]); the part that completes the chord publishes
 //!   the body with every result in header order, or, if a part failed,
@@ -24,6 +26,7 @@
 //! publishes and stores them.
 
 mod apply;
+pub(crate) mod errback;
 mod sig;
 #[cfg(test)]
 mod tests;
@@ -34,6 +37,9 @@ use serde_json::{Map, Value, json};
 
 use apply::{Call, apply};
 pub(crate) use apply::{NewChord, Sends};
+pub(crate) use errback::Known;
+#[cfg(test)]
+pub(crate) use errback::NoTasks;
 
 /// What a finished task sends on.
 #[derive(Debug, Default)]
@@ -43,6 +49,10 @@ pub(crate) struct Continuation {
     pub(crate) before: Vec<Message>,
     /// Published after it: the errbacks (failure).
     pub(crate) after: Vec<Message>,
+    /// Called inline after it, before `after` is published, their results
+    /// not stored: the errbacks Celery's rule calls with `(request, exc,
+    /// traceback)` ([`errback`]).
+    pub(crate) inline: Vec<Message>,
     /// Chords started by `before` or `after`: recorded (or their
     /// `celery.chord_unlock` published) before anything is published.
     pub(crate) chords: Vec<NewChord>,
@@ -73,6 +83,7 @@ impl Continuation {
     pub(crate) fn sends_nothing(&self) -> bool {
         self.before.is_empty()
             && self.after.is_empty()
+            && self.inline.is_empty()
             && self.chords.is_empty()
             && self.also_store.is_empty()
             && self.chord.is_none()
@@ -186,8 +197,10 @@ pub(crate) fn on_success(msg: &Message, result: &mut ResultMeta) -> Continuation
 }
 
 /// After a failure: the same FAILURE for every remaining chain step, and
-/// the errbacks, called with the failed task's id as one group.
-pub(crate) fn on_failure(msg: &Message, result: &ResultMeta) -> Continuation {
+/// the errbacks: called inline with `(request, exc, traceback)` or
+/// published as one group called with the failed task's id, by Celery's
+/// rule, with the tasks `known` to run here.
+pub(crate) fn on_failure(msg: &Message, result: &ResultMeta, known: &dyn Known) -> Continuation {
     let mut c = Continuation::default();
     for step in msg.embed.chain.iter().flatten() {
         match chain_step_ids(step) {
@@ -206,18 +219,30 @@ pub(crate) fn on_failure(msg: &Message, result: &ResultMeta) -> Continuation {
     }
     let errbacks: Vec<Value> = msg.embed.errbacks.iter().flatten().cloned().collect();
     if !errbacks.is_empty() {
-        let mut out = Sends::default();
-        match apply(
-            &group_of(errbacks),
-            Call::new(msg, vec![json!(msg.id())]),
-            &mut out,
-        ) {
-            Ok(_) => c.send_after(out),
-            Err(e) => c.problems.push(e.to_string()),
+        let split = errback::split(
+            errbacks,
+            msg,
+            errback::request(msg),
+            &result.result,
+            result.traceback.as_deref(),
+            known,
+            &mut c.problems,
+        );
+        c.inline = split.inline;
+        if !split.published.is_empty() {
+            let mut out = Sends::default();
+            match apply(
+                &group_of(split.published),
+                Call::new(msg, vec![json!(msg.id())]),
+                &mut out,
+            ) {
+                Ok(_) => c.send_after(out),
+                Err(e) => c.problems.push(e.to_string()),
+            }
         }
     }
     if msg.task() == unlock::CHORD_UNLOCK {
-        unlock::on_failure(msg, result, &mut c);
+        unlock::on_failure(msg, result, known, &mut c);
     }
     c.chord = chord_part(msg, &result.result, "FAILURE", &mut c.problems);
     c
@@ -286,8 +311,11 @@ pub(crate) enum Completion {
 pub(crate) struct BodyFailure {
     /// Its FAILURE (ChordError), under each id a client may wait on.
     pub(crate) metas: Vec<ResultMeta>,
-    /// Its errbacks, called with its id.
+    /// Its errbacks published, called with its id.
     pub(crate) errbacks: Sends,
+    /// Its errbacks called inline, with `(request, ChordError, null)`,
+    /// once its FAILURE is stored and before `errbacks` are published.
+    pub(crate) inline: Vec<Message>,
 }
 
 /// Completes a chord whose `parts` (in header order) are all in, as the
@@ -298,6 +326,7 @@ pub(crate) fn chord_complete(
     chord: &ChordPart,
     last: &Message,
     parts: &[Value],
+    known: &dyn Known,
 ) -> Result<Completion, CodecError> {
     let mut results = Vec::with_capacity(parts.len());
     for p in parts {
@@ -306,7 +335,8 @@ pub(crate) fn chord_complete(
         if matches!(state, "FAILURE" | "REVOKED") {
             let id = p.get(1).and_then(Value::as_str).unwrap_or_default();
             let err = dependency_error(id, &value);
-            return body_failed(&chord.body, Some(&chord.group_id), &err).map(Completion::Failed);
+            return body_failed(&chord.body, Some(&chord.group_id), &err, known)
+                .map(Completion::Failed);
         }
         results.push(value);
     }
@@ -330,12 +360,14 @@ pub(crate) fn dependency_error(id: &str, exc: &Value) -> TaskError {
 }
 
 /// Fails a chord's `body` with `err`: its FAILURE under its id (each task's,
-/// for a group body) and its errbacks, called with its id as one group
-/// (Celery's `chord_error_from_stack`).
+/// for a group body) and its errbacks, by Celery's rule called inline with
+/// a request made from the body or published as one group called with its
+/// id (Celery's `chord_error_from_stack`).
 pub(crate) fn body_failed(
     body: &Value,
     group_id: Option<&str>,
     err: &TaskError,
+    known: &dyn Known,
 ) -> Result<BodyFailure, CodecError> {
     let mut f = BodyFailure::default();
     let sig = celeriac_core::Signature::from_value(body)?;
@@ -378,11 +410,32 @@ pub(crate) fn body_failed(
         // root (Celery builds a request from the body's signature).
         let mut parent = Message::with_id(name, body_id, Vec::new(), Map::new());
         parent.headers.root_id = Some(body_id.clone());
-        apply(
-            &group_of(errbacks),
-            Call::new(&parent, vec![json!(body_id)]),
-            &mut f.errbacks,
-        )?;
+        // Celery's fake request: the body's own args, kwargs and errbacks.
+        parent.args = sig.args.clone();
+        parent.kwargs = sig.kwargs.clone();
+        parent.embed.errbacks = Some(errbacks.clone());
+        let exc = serde_json::to_value(err.to_exception_info()).unwrap_or(Value::Null);
+        let mut problems = Vec::new();
+        let split = errback::split(
+            errbacks,
+            &parent,
+            errback::request(&parent),
+            &exc,
+            None,
+            known,
+            &mut problems,
+        );
+        if let Some(p) = problems.into_iter().next() {
+            return Err(CodecError::Malformed(p));
+        }
+        f.inline = split.inline;
+        if !split.published.is_empty() {
+            apply(
+                &group_of(split.published),
+                Call::new(&parent, vec![json!(body_id)]),
+                &mut f.errbacks,
+            )?;
+        }
     }
     Ok(f)
 }

@@ -82,7 +82,7 @@ fn a_failure_fails_every_remaining_step_and_calls_the_errbacks_as_one_group() {
         json!({"task": "tasks.other_err", "args": ["x"]}),
     ]);
     let result = ResultMeta::failure(m.id(), &TaskError::new("boom"));
-    let c = on_failure(&m, &result);
+    let c = on_failure(&m, &result, &NoTasks);
     assert!(c.before.is_empty(), "nothing of the chain is sent on");
     let ids: Vec<&str> = c.also_store.iter().map(|r| r.task_id.as_str()).collect();
     assert_eq!(ids, ["C", "B"]);
@@ -304,7 +304,7 @@ fn a_chord_whose_body_is_a_chain_sends_the_chain_with_the_results() {
         json!([1, "h0", "SUCCESS", 10]),
         json!([1, "h1", "SUCCESS", 20]),
     ];
-    let Completion::Body(out) = chord_complete(&part, &last, &parts).unwrap() else {
+    let Completion::Body(out) = chord_complete(&part, &last, &parts, &NoTasks).unwrap() else {
         panic!("the parts succeeded")
     };
     assert_eq!(out.messages.len(), 1);
@@ -337,7 +337,7 @@ fn a_failed_part_fails_the_body_with_a_chord_error_naming_the_first_failure() {
         json!([1, "h2", "FAILURE", other]),
     ];
     let last = Message::with_id("t.h", "h2", vec![], Map::new());
-    let Completion::Failed(f) = chord_complete(&part, &last, &parts).unwrap() else {
+    let Completion::Failed(f) = chord_complete(&part, &last, &parts, &NoTasks).unwrap() else {
         panic!("a part failed")
     };
     assert_eq!(f.metas.len(), 1);
@@ -525,7 +525,7 @@ async fn the_unlock_fails_the_body_when_a_part_failed_or_its_retries_run_out() {
     let err = run_unlock(backend.clone(), &m).await.unwrap_err();
     assert_eq!(err.exc_type(), "ChordError");
     assert_eq!(err.message(), "Dependency h1 raised ValueError('boom')");
-    let c = on_failure(&m, &ResultMeta::failure("U", &err));
+    let c = on_failure(&m, &ResultMeta::failure("U", &err), &NoTasks);
     assert_eq!(c.also_store.len(), 1);
     assert_eq!(c.also_store[0].task_id, "BODY");
     assert_eq!(c.also_store[0].result["exc_type"], "ChordError");

@@ -232,14 +232,20 @@ pub(crate) fn on_success(msg: &Message, result: &ResultMeta, c: &mut Continuatio
 
 /// After the header failed (or the unlock gave up): the body's failure
 /// and its errbacks.
-pub(crate) fn on_failure(msg: &Message, result: &ResultMeta, c: &mut Continuation) {
+pub(crate) fn on_failure(
+    msg: &Message,
+    result: &ResultMeta,
+    known: &dyn super::Known,
+    c: &mut Continuation,
+) {
     let failed = body_of(msg).and_then(|body| {
         let group_id = msg.args.first().and_then(Value::as_str);
-        super::body_failed(body, group_id, &result.error())
+        super::body_failed(body, group_id, &result.error(), known)
     });
     match failed {
         Ok(f) => {
             c.also_store.extend(f.metas);
+            c.inline.extend(f.inline);
             c.send_after(f.errbacks);
         }
         Err(e) => c.problems.push(format!("the chord's body: {e}")),

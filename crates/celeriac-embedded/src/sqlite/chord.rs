@@ -1,5 +1,6 @@
 //! Chord joins in the SQLite file: each call is one `BEGIN IMMEDIATE`
-//! transaction, so workers in several processes join one chord safely.
+//! transaction (the parts of a settle batch included: one transaction for
+//! all of them), so workers in several processes join one chord safely.
 //!
 //! The same rules as Celery 5.x's Redis join (see `celeriac_redis`'s
 //! `chord.rs`): a part is counted once per `<id>:<index>` (the primary key
@@ -10,7 +11,7 @@
 
 use async_trait::async_trait;
 use celeriac_core::time::unix_now;
-use celeriac_core::{BackendError, ChordJoin};
+use celeriac_core::{BackendError, ChordJoin, PartReturn};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
@@ -87,6 +88,81 @@ fn forget_expired(
     Ok(())
 }
 
+/// A part as its row in `chord_parts`.
+#[derive(Debug)]
+struct PartRow {
+    /// `<task id>:<group index>` (`inf` without one): counted once.
+    member: String,
+    index: Option<i64>,
+    part: String,
+}
+
+impl PartRow {
+    fn of(p: &PartReturn<'_>) -> Self {
+        PartRow {
+            member: match p.group_index {
+                Some(i) => format!("{}:{i}", p.task_id),
+                None => format!("{}:inf", p.task_id),
+            },
+            index: p.group_index.map(|i| i64::try_from(i).unwrap_or(i64::MAX)),
+            part: p.part.to_string(),
+        }
+    }
+}
+
+/// Records `rows` in the join of `group_id`, in the caller's transaction:
+/// nothing once the chord is done; the parts of the chord (in header
+/// order) when these complete it and no other part holds the claim, which
+/// they then take.
+fn join_parts(
+    tx: &rusqlite::Transaction<'_>,
+    group_id: &str,
+    rows: &[PartRow],
+    now: f64,
+    ttl: f64,
+) -> rusqlite::Result<Option<Vec<String>>> {
+    forget_expired(tx, group_id, now)?;
+    touch(tx, group_id, now + ttl)?;
+    let (size, claimed_until, done_until): (Option<i64>, Option<f64>, Option<f64>) = tx.query_row(
+        "SELECT size, claimed_until, done_until FROM chords WHERE group_id = ?1",
+        params![group_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    if done_until.is_some_and(|until| until > now) {
+        return Ok(None);
+    }
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO chord_parts (group_id, member, idx, part) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(group_id, member) DO NOTHING",
+        )?;
+        for r in rows {
+            insert.execute(params![group_id, r.member, r.index, r.part])?;
+        }
+    }
+    let count: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM chord_parts WHERE group_id = ?1",
+        params![group_id],
+        |r| r.get(0),
+    )?;
+    let complete = size.is_some_and(|size| count >= size);
+    if !complete || claimed_until.is_some_and(|until| until > now) {
+        return Ok(None);
+    }
+    tx.execute(
+        "UPDATE chords SET claimed_until = ?2 WHERE group_id = ?1",
+        params![group_id, now + CLAIM_TTL_SECS],
+    )?;
+    let mut q = tx.prepare_cached(
+        "SELECT part FROM chord_parts WHERE group_id = ?1
+         ORDER BY idx IS NULL, idx, part",
+    )?;
+    let parts = q
+        .query_map(params![group_id], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(parts))
+}
+
 #[async_trait]
 impl ChordJoin for SqliteBackend {
     async fn set_size(&self, group_id: &str, size: u64) -> Result<(), BackendError> {
@@ -120,60 +196,35 @@ impl ChordJoin for SqliteBackend {
         group_index: Option<u64>,
         part: &Value,
     ) -> Result<Option<Vec<Value>>, BackendError> {
-        let group_id = group_id.to_string();
-        let member = match group_index {
-            Some(i) => format!("{task_id}:{i}"),
-            None => format!("{task_id}:inf"),
+        let one = PartReturn {
+            task_id,
+            group_index,
+            part,
         };
-        let index = group_index.map(|i| i64::try_from(i).unwrap_or(i64::MAX));
-        let part = part.to_string();
+        self.part_return_many(group_id, std::slice::from_ref(&one))
+            .await
+    }
+
+    /// Every part in one transaction: counted as one by one, and the chord
+    /// claimed if they complete it.
+    async fn part_return_many(
+        &self,
+        group_id: &str,
+        parts: &[PartReturn<'_>],
+    ) -> Result<Option<Vec<Value>>, BackendError> {
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let group_id = group_id.to_string();
+        let rows: Vec<PartRow> = parts.iter().map(PartRow::of).collect();
         let ttl = self.ttl.as_secs_f64();
         let won: Option<Vec<String>> = blocking(
             &self.shared.db,
             move |conn| {
-                let now = unix_now();
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                forget_expired(&tx, &group_id, now)?;
-                touch(&tx, &group_id, now + ttl)?;
-                let (size, claimed_until, done_until): (Option<i64>, Option<f64>, Option<f64>) = tx
-                    .query_row(
-                        "SELECT size, claimed_until, done_until FROM chords WHERE group_id = ?1",
-                        params![group_id],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )?;
-                if done_until.is_some_and(|until| until > now) {
-                    tx.commit()?;
-                    return Ok(None);
-                }
-                tx.execute(
-                    "INSERT INTO chord_parts (group_id, member, idx, part) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(group_id, member) DO NOTHING",
-                    params![group_id, member, index, part],
-                )?;
-                let count: i64 = tx.query_row(
-                    "SELECT COUNT(*) FROM chord_parts WHERE group_id = ?1",
-                    params![group_id],
-                    |r| r.get(0),
-                )?;
-                let complete = size.is_some_and(|size| count >= size);
-                if !complete || claimed_until.is_some_and(|until| until > now) {
-                    tx.commit()?;
-                    return Ok(None);
-                }
-                tx.execute(
-                    "UPDATE chords SET claimed_until = ?2 WHERE group_id = ?1",
-                    params![group_id, now + CLAIM_TTL_SECS],
-                )?;
-                let parts = {
-                    let mut q = tx.prepare_cached(
-                        "SELECT part FROM chord_parts WHERE group_id = ?1
-                         ORDER BY idx IS NULL, idx, part",
-                    )?;
-                    q.query_map(params![group_id], |r| r.get::<_, String>(0))?
-                        .collect::<Result<Vec<_>, _>>()?
-                };
+                let won = join_parts(&tx, &group_id, &rows, unix_now(), ttl)?;
                 tx.commit()?;
-                Ok(Some(parts))
+                Ok(won)
             },
             backend_storage,
         )

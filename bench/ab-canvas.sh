@@ -15,6 +15,9 @@
 # --n 10000). With A_DIR = B_DIR and different options per side, set
 # A_OPTS and B_OPTS instead (e.g. B_OPTS="--poll-ms 0"). Raw JSON lines,
 # tagged with "side", go to $BENCH_OUT/ab-canvas.jsonl (default bench/out).
+# WITH_CELERY=1 adds a side C to every round, Celery 5.7 prefork with the
+# same concurrency and options, run between A and B, and prints C's
+# medians and B/C, so that the ratio to Celery comes from the same rounds.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 [ $# -ge 2 ] || { sed -n '2,17p' "$0"; exit 2; }
@@ -45,9 +48,12 @@ echo "== private redis on $url; $rounds rounds; $(nproc) CPUs, load $(cut -d' ' 
 run_side() {
     local side="$1" dir="$2" opts="$3"
     redis-cli -p "$port" flushall >/dev/null
+    local system=(--system celeriac --celeriac-bin "$dir/celeriac" --worker-pidfile "$tmp/worker.pid")
+    if [ "$side" = C ]; then
+        system=(--system celery-prefork --worker-pidfile "$tmp/celery-worker.pid")
+    fi
     # shellcheck disable=SC2086 # word-split the per-side options
-    "$py" "$here/peers/canvas_bench.py" --redis "$url" --system celeriac \
-        --celeriac-bin "$dir/celeriac" --worker-pidfile "$tmp/worker.pid" \
+    "$py" "$here/peers/canvas_bench.py" --redis "$url" "${system[@]}" \
         "${common[@]}" $opts 2>>"$tmp/log" |
         sed "s/^{/{\"side\":\"$side\",/" >>"$out" &
     child=$!
@@ -57,9 +63,14 @@ run_side() {
 
 for r in $(seq 1 "$rounds"); do
     if [ $((r % 2)) = 1 ]; then order="A B"; else order="B A"; fi
+    [ "${WITH_CELERY:-0}" = 1 ] && order="${order/ / C }"
     for side in $order; do
         echo "-- round $r/$rounds: $side" >&2
-        if [ "$side" = A ]; then run_side A "$a_dir" "${A_OPTS:-}"; else run_side B "$b_dir" "${B_OPTS:-}"; fi
+        case "$side" in
+            A) run_side A "$a_dir" "${A_OPTS:-}" ;;
+            B) run_side B "$b_dir" "${B_OPTS:-}" ;;
+            C) run_side C "" "" ;;
+        esac
     done
 done
 
@@ -71,14 +82,27 @@ groups = {}
 for r in rows:
     for f, unit in fields:
         if r.get(f) is not None:
-            groups.setdefault((r["metric"], f, unit), {"A": [], "B": []})[r["side"]].append(r[f])
-print("| canvas | figure | A median | B median | B/A | A runs | B runs |")
-print("|---|---|--:|--:|--:|---|---|")
+            groups.setdefault((r["metric"], f, unit), {"A": [], "B": [], "C": []})[r["side"]].append(r[f])
+with_c = any(v["C"] for v in groups.values())
+head = "| canvas | figure | A median | B median | B/A |"
+rule = "|---|---|--:|--:|--:|"
+if with_c:
+    head += " C (Celery) median | B/C |"
+    rule += "--:|--:|"
+print(head + " A runs | B runs |" + (" C runs |" if with_c else ""))
+print(rule + "---|---|" + ("---|" if with_c else ""))
 for (m, f, u), v in sorted(groups.items()):
     if not v["A"] or not v["B"]:
         continue
     a, b = statistics.median(v["A"]), statistics.median(v["B"])
     name = "rate" if f == "value" else f.replace("_s", "")
     runs = lambda xs: ", ".join(f"{x:.4g}" for x in xs)
-    print(f"| {m} | {name} ({u}) | {a:.4g} | {b:.4g} | {b / a if a else float('nan'):.3f} | {runs(v['A'])} | {runs(v['B'])} |")
+    row = f"| {m} | {name} ({u}) | {a:.4g} | {b:.4g} | {b / a if a else float('nan'):.3f} |"
+    if with_c:
+        c = statistics.median(v["C"]) if v["C"] else float("nan")
+        row += f" {c:.4g} | {b / c if c else float('nan'):.2f} |"
+    row += f" {runs(v['A'])} | {runs(v['B'])} |"
+    if with_c:
+        row += f" {runs(v['C'])} |"
+    print(row)
 PY

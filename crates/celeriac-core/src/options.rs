@@ -40,6 +40,7 @@ pub struct TaskOptions {
     reject_on_worker_lost: bool,
     acks_late: bool,
     track_started: bool,
+    cheap: bool,
 }
 
 /// Which pool runs tasks: the worker's pool (`celeriac worker -P ...`), or
@@ -142,6 +143,7 @@ impl TaskOptions {
         reject_on_worker_lost: false,
         acks_late: true,
         track_started: false,
+        cheap: false,
     };
 
     /// The defaults.
@@ -227,6 +229,27 @@ impl TaskOptions {
     pub const fn track_started(mut self, on: bool) -> Self {
         self.track_started = on;
         self
+    }
+
+    /// Marks the task as cheap: it returns within microseconds and never
+    /// blocks (no IO, no sleep, no waiting on subtasks), like
+    /// `celeriac.add`. A worker whose pool is threads runs a cheap task on
+    /// the thread that handles its message, without the hand-off to a
+    /// pool thread and back, which costs more than such a task itself. A
+    /// panic is still a typed `Panicked` failure and a terminate still
+    /// cancels its context; a call with a time limit (its own or the
+    /// worker's) runs on the pool, where the soft limit is watched. While
+    /// it runs, that thread serves nothing else, so a slow task marked
+    /// cheap delays others. Ignored on the process pool and for async
+    /// tasks.
+    pub const fn cheap(mut self, on: bool) -> Self {
+        self.cheap = on;
+        self
+    }
+
+    /// Whether the task is marked [`cheap`](Self::cheap).
+    pub fn is_cheap(&self) -> bool {
+        self.cheap
     }
 
     /// Whether the task asked for `track_started`.

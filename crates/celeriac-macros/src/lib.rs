@@ -88,6 +88,13 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
                 }
             },
             Meta::Path(p) if p.is_ident("diagnostic") => opts.diagnostic = true,
+            Meta::Path(p) if p.is_ident("cheap") => {
+                opts.policy.push(quote!(.cheap(true)));
+            }
+            Meta::NameValue(nv) if nv.path.is_ident("cheap") => {
+                let v = boolean(&nv.value, "cheap")?;
+                opts.policy.push(quote!(.cheap(#v)));
+            }
             Meta::Path(p) if p.is_ident("track_started") => {
                 opts.policy.push(quote!(.track_started(true)));
             }
@@ -226,7 +233,7 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
                 return Err(syn::Error::new_spanned(
                     other,
                     "unknown task option; expected name, diagnostic, pool, max_retries, default_retry_delay, \
-                     retry_backoff, retry_backoff_max, retry_jitter, rate_limit, acks_late, reject_on_worker_lost, track_started or autoretry_for(\"ExcType\", ...)",
+                     retry_backoff, retry_backoff_max, retry_jitter, rate_limit, acks_late, reject_on_worker_lost, track_started, cheap or autoretry_for(\"ExcType\", ...)",
                 ));
             }
         }

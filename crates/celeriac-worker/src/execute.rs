@@ -3,14 +3,25 @@
 //! executor), and keeps the record of running tasks that a terminate
 //! looks in. The executors themselves live in `celeriac-pool`, one per
 //! pool, each enforcing its own time limits.
+//!
+//! A task marked [`cheap`](celeriac_core::TaskOptions::cheap) that would
+//! run on threads runs right here instead, on the thread that handles its
+//! message: for a task of a few microseconds, the hand-off to a pool
+//! thread and the wake-up back cost more than the task. It keeps what the
+//! thread pool gives: a panic is a typed `Panicked` failure and a
+//! terminate cancels its context; a call with a time limit goes to the
+//! pool, whose timer cancels its context at the soft limit.
 
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use celeriac_core::{Args, Executor, PoolKind, Ran, RegisteredTask, TaskContext};
+use celeriac_core::{
+    Args, CancelToken, Executor, PoolKind, Ran, RegisteredTask, TaskContext, TaskError,
+};
 use celeriac_pool::process::ProcessPool;
-use celeriac_pool::{AsyncExecutor, ProcessExecutor, ThreadExecutor, ThreadPool};
+use celeriac_pool::{AsyncExecutor, Panicked, ProcessExecutor, ThreadExecutor, ThreadPool};
 use parking_lot::Mutex;
 
 use crate::WorkerError;
@@ -25,8 +36,17 @@ pub(crate) struct Executors {
     asyncs: AsyncExecutor,
     processes: Mutex<Option<ProcessExecutor>>,
     proc_opts: ProcessOptions,
-    /// Tasks running now, by task id, and on which executor.
-    running: Mutex<HashMap<String, PoolKind>>,
+    /// Tasks running now, by task id, and where.
+    running: Mutex<HashMap<String, Where>>,
+}
+
+/// Where a running task runs.
+#[derive(Debug, Clone)]
+enum Where {
+    /// On an executor.
+    Pool(PoolKind),
+    /// Here, as a cheap task: a terminate cancels its context.
+    Inline(CancelToken),
 }
 
 impl Executors {
@@ -101,6 +121,12 @@ impl Executors {
         concurrency: usize,
     ) -> Option<Ran> {
         let mut kind = self.choose(task);
+        // A time limit needs a timer that runs while the task does: the
+        // pool's tasks have it, one on this thread might not get it.
+        let limited = ctx.soft_time_limit().is_some() || ctx.time_limit().is_some();
+        if kind == PoolKind::Threads && task.options().is_cheap() && !limited {
+            return Some(self.run_here(task, ctx, args));
+        }
         let procs = match kind {
             PoolKind::Processes => match self.processes(concurrency) {
                 Ok(p) => Some(p),
@@ -117,24 +143,44 @@ impl Executors {
             (None, PoolKind::Async) => &self.asyncs,
             (None, _) => &self.threads,
         };
-        let _running = RunningGuard::new(self, ctx.id(), kind);
+        let _running = RunningGuard::new(self, ctx.id(), Where::Pool(kind));
         executor.execute(task, ctx, args).await
+    }
+
+    /// Runs a cheap task without a time limit on this thread, as the
+    /// thread pool would run it. (A timer task spawned from here could sit
+    /// in this thread's run queue, where no other thread takes it, until
+    /// the task returns: a task with a limit goes to the pool.)
+    fn run_here(&self, task: &RegisteredTask, ctx: TaskContext, args: Args) -> Ran {
+        let token = ctx.cancel_token().clone();
+        let _running = RunningGuard::new(self, ctx.id(), Where::Inline(token));
+        let start = Instant::now();
+        let out = catch_unwind(AssertUnwindSafe(|| task.invoke(&ctx, args))).unwrap_or_else(|p| {
+            Err(TaskError::panicked(
+                Panicked::from_payload(p).into_message(),
+            ))
+        });
+        Ran::new(out, start.elapsed())
     }
 
     /// Stops `task_id` if it runs here (`revoke(terminate=True)`).
     pub(crate) fn terminate(&self, task_id: &str) {
-        let kind = self.running.lock().get(task_id).copied();
+        let kind = self.running.lock().get(task_id).cloned();
         match kind {
-            Some(PoolKind::Processes) => {
+            Some(Where::Inline(token)) => {
+                tracing::warn!(task_id = %celeriac_core::escape::Escaped(task_id), "revoked with terminate: a cheap task runs on the worker's own thread and cannot be killed; cancelling its context");
+                token.cancel();
+            }
+            Some(Where::Pool(PoolKind::Processes)) => {
                 let procs = self.processes.lock().clone();
                 if let Some(p) = procs {
                     p.terminate(task_id);
                 }
             }
-            Some(PoolKind::Async) => {
+            Some(Where::Pool(PoolKind::Async)) => {
                 self.asyncs.terminate(task_id);
             }
-            Some(_) => {
+            Some(Where::Pool(_)) => {
                 self.threads.terminate(task_id);
             }
             None => {}
@@ -222,8 +268,8 @@ struct RunningGuard<'a> {
 }
 
 impl<'a> RunningGuard<'a> {
-    fn new(executors: &'a Executors, id: &str, kind: PoolKind) -> Self {
-        executors.running.lock().insert(id.to_string(), kind);
+    fn new(executors: &'a Executors, id: &str, at: Where) -> Self {
+        executors.running.lock().insert(id.to_string(), at);
         RunningGuard {
             executors,
             id: id.to_string(),

@@ -41,6 +41,7 @@
 //!  execute.rs  run on the task's executor (celeriac-pool)                        │
 //!  decide.rs   pure: run + TaskOptions → Decision → Disposition                  │
 //!  canvas.rs   pure: the chain step, callbacks and errbacks to send on            │
+//!  errbacks.rs the errbacks Celery's arity rule calls inline                     │
 //!  meta.rs     pure: what a stored result carries (result_extended, size)         │
 //!  settle.rs   the only place that acks, requeues, dead-letters, stores, ◄───────┘
 //!              or publishes a retry (batched where the broker gains)

@@ -27,7 +27,7 @@ use crate::{TaskContext, TaskError, task};
 /// assert_eq!(add(json!(0.5), json!(2)).unwrap(), json!(2.5));
 /// assert!(add(json!("a"), json!(2)).is_err());
 /// ```
-#[task(name = "celeriac.add")]
+#[task(name = "celeriac.add", cheap)]
 pub fn add(x: Value, y: Value) -> Result<Value, TaskError> {
     fn int(n: &Number) -> Option<i128> {
         n.as_i64()
@@ -94,7 +94,7 @@ pub fn sleep(seconds: f64) -> Result<f64, TaskError> {
 }
 
 /// Returns its argument unchanged.
-#[task(name = "celeriac.echo")]
+#[task(name = "celeriac.echo", cheap)]
 pub fn echo(value: Value) -> Value {
     value
 }

@@ -162,6 +162,9 @@ pub use celeriac_worker::{TaskMetrics, UNREGISTERED};
 /// - `pool = "threads" | "processes" | "async"` chooses the pool that runs
 ///   the task (see [`PoolKind`]); without it, an `async fn` runs on the
 ///   async executor and a blocking fn on the worker's pool (`-P`).
+/// - `cheap` marks a task that returns within microseconds and never
+///   blocks: a thread-pool worker runs it where it handles the message,
+///   without the hand-off to a pool thread (see [`TaskOptions::cheap`]).
 ///
 /// An `async fn` becomes an async task. It runs on the worker's tokio
 /// runtime under the concurrency limit, so thousands can wait on I/O at

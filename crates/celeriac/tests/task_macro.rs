@@ -241,4 +241,25 @@ fn attribute_options_reach_the_task_policy() {
     );
     assert_eq!(opts.retry_limit(), Some(7));
     assert_eq!(<unit as Task>::OPTIONS, celeriac::TaskOptions::DEFAULT);
+    assert!(!<unit as Task>::OPTIONS.is_cheap());
+    assert!(<cheap_one as Task>::OPTIONS.is_cheap());
+}
+
+#[task(name = "tests.cheap_one", cheap)]
+fn cheap_one() {}
+
+/// What the worker's errback rule reads: the parameters of a linked task
+/// (the context not among them) and whether it takes the context.
+#[test]
+fn the_registry_knows_each_linked_tasks_parameters_and_context() {
+    let reg = registry();
+    let add = reg.get("tests.add").unwrap();
+    assert_eq!(add.params(), Some(&["x", "y"][..]));
+    assert!(!add.takes_context());
+    let whoami = reg.get("tests.whoami").unwrap();
+    assert_eq!(whoami.params(), Some(&["greeting"][..]));
+    assert!(whoami.takes_context());
+    let log_error = reg.get("celeriac.log_error").unwrap();
+    assert_eq!(log_error.params(), Some(&["request", "exc", "traceback"][..]));
+    assert!(reg.get("celeriac.add").unwrap().options().is_cheap());
 }

@@ -54,6 +54,12 @@ pub(crate) struct Inner {
     pub(crate) notify: Notifier,
     /// `events`: Celery's worker and task events (also an observer).
     pub(crate) events: Arc<crate::events::Events>,
+    /// `local`: revokes of jobs on the local lane.
+    pub(crate) local_revokes: crate::local::LocalRevokes,
+    /// `local`: whether the configuration lets the local lane run jobs as
+    /// the broker path would (no observers, `track_started`,
+    /// `result_extended` or result limit: each needs the message).
+    pub(crate) lane_ok: bool,
 }
 
 /// A worker: consumes task messages and runs them. Cheap to clone; clones
@@ -111,6 +117,10 @@ impl Worker {
         let control = ControlState::new(&p.config.queues, p.config.autoscale);
         let events =
             crate::events::Events::new(&p.config.nodename, p.config.events_enabled.clone());
+        let lane_ok = p.observers.is_empty()
+            && !p.config.track_started
+            && !p.config.result_extended
+            && p.config.max_result.is_none();
         let mut observers = p.observers;
         observers.push(events.clone());
         Ok(Worker {
@@ -129,6 +139,8 @@ impl Worker {
                 rates: LocalRates::default(),
                 notify: Notifier::new(observers),
                 events,
+                local_revokes: Default::default(),
+                lane_ok,
             }),
         })
     }
@@ -481,7 +493,7 @@ fn canvas_problems(id: &str, canvas: &crate::canvas::Continuation) {
 }
 
 /// A number in `[0, 1)` for retry jitter.
-fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     let bits = (uuid::Uuid::new_v4().as_u128() >> 75) as u64; // 53 random bits
     bits as f64 / (1u64 << 53) as f64
 }

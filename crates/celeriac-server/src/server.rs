@@ -774,9 +774,7 @@ impl Server {
         }
         let queue = queue.to_string();
         let (name, args, kwargs, o) = call.into_parts();
-        let id = o
-            .task_id
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let id = o.task_id.unwrap_or_else(fresh_id);
         let cancel = CancelToken::new();
         let state =
             JobState::with_cancel(id.clone(), group.clone(), callback, Some(cancel.clone()));
@@ -986,6 +984,31 @@ impl Server {
     }
 }
 
+/// A fresh task id: a random (version 4) UUID, as Celery's, drawn from a
+/// per-thread generator (wyrand) seeded once from the operating system's,
+/// which costs a system call per id.
+fn fresh_id() -> String {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
+    }
+    let mut next = || {
+        STATE.with(|s| {
+            let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+            s.set(x);
+            let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+            ((t >> 64) as u64) ^ (t as u64)
+        })
+    };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&next().to_le_bytes());
+    bytes[8..].copy_from_slice(&next().to_le_bytes());
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
 type TemplateCallback<O> = Arc<dyn Fn(Result<O, JobError>) + Send + Sync>;
 
 /// Pre-binds a task, a group and a callback, like pp's `Template`; each
@@ -1052,5 +1075,24 @@ where
             .clone()
             .map(|cb| Box::new(move |o: &JobEnd| cb(o.decode::<T::Output>())) as Callback);
         self.server.send(call, self.group.clone(), callback)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fresh_id;
+
+    #[test]
+    fn fresh_ids_are_distinct_version_4_uuids() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| fresh_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        let other_thread = std::thread::spawn(fresh_id).join().unwrap();
+        assert!(!ids.contains(&other_thread));
+        for id in ids.iter().take(100) {
+            let u = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(u.get_version_num(), 4, "{id}");
+            assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(id.len(), 36);
+        }
     }
 }

@@ -992,7 +992,7 @@ fn fresh_id() -> String {
     thread_local! {
         static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
     }
-    let mut next = || {
+    let next = || {
         STATE.with(|s| {
             let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
             s.set(x);

@@ -124,7 +124,7 @@ pub enum LocalEnd {
         result: Option<Box<ResultMeta>>,
     },
     /// It did not run: the worker is shutting down.
-    NotRun(LocalJob),
+    NotRun(Box<LocalJob>),
 }
 
 /// Revokes of jobs on the lane, with when each lapses.
@@ -199,10 +199,10 @@ impl Worker {
         job: LocalJob,
         runtime: &tokio::runtime::Handle,
         done: impl FnOnce(LocalEnd) + Send + 'static,
-    ) -> Result<(), LocalJob> {
+    ) -> Result<(), Box<LocalJob>> {
         let inner = self.inner();
         let Some(task) = inner.registry.get(&job.name).cloned() else {
-            return Err(job);
+            return Err(Box::new(job));
         };
         let runtime = runtime.clone();
         let lane = inner.clone();
@@ -240,7 +240,7 @@ fn run(
     job: LocalJob,
 ) -> LocalEnd {
     if inner.slots.is_stopping() {
-        return LocalEnd::NotRun(job);
+        return LocalEnd::NotRun(Box::new(job));
     }
     let node = &inner.config.nodename;
     if inner.local_revokes.contains(&job.id) {
@@ -251,13 +251,8 @@ fn run(
     }
     let mut ctx =
         TaskContext::for_call(&job.id, &job.name, node, job.timelimit, job.cancel.clone());
-    let (remote_soft, remote_hard) = inner.control.time_limits(&job.name).unwrap_or_default();
-    let hard = ctx.time_limit().or(remote_hard).or(inner.config.time_limit);
-    let soft = ctx
-        .soft_time_limit()
-        .or(remote_soft)
-        .or(inner.config.soft_time_limit);
-    ctx.set_time_limits(hard, soft);
+    crate::worker::set_time_limits(inner, &mut ctx);
+    let soft = ctx.soft_time_limit();
     let subtasks = crate::subtasks::TaskSubtasks::on(inner, runtime.clone());
     ctx.set_subtasks(subtasks.clone());
     ctx.set_states(crate::states::TaskStateSink::from_template(

@@ -379,13 +379,7 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
         return;
     }
     let mut ctx = TaskContext::from_message(&msg, &inner.config.nodename);
-    let (remote_soft, remote_hard) = inner.control.time_limits(name).unwrap_or_default();
-    let hard = ctx.time_limit().or(remote_hard).or(inner.config.time_limit);
-    let soft = ctx
-        .soft_time_limit()
-        .or(remote_soft)
-        .or(inner.config.soft_time_limit);
-    ctx.set_time_limits(hard, soft);
+    set_time_limits(inner, &mut ctx);
     let subtasks = crate::subtasks::TaskSubtasks::new(inner);
     ctx.set_subtasks(subtasks.clone());
     let states = crate::states::TaskStateSink::new(inner, &msg, &held.delivery().queue);
@@ -439,6 +433,18 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
         .unwrap_or(msg.task() == crate::canvas::unlock::CHORD_UNLOCK);
     let disposition = decision.into_disposition(ignore_result);
     settle::apply(inner, held, Some(&msg), disposition).await;
+}
+
+/// A task's time limits: its call's, else remote control's for its name,
+/// else the worker's.
+pub(crate) fn set_time_limits(inner: &Inner, ctx: &mut TaskContext) {
+    let (remote_soft, remote_hard) = inner.control.time_limits(ctx.name()).unwrap_or_default();
+    let hard = ctx.time_limit().or(remote_hard).or(inner.config.time_limit);
+    let soft = ctx
+        .soft_time_limit()
+        .or(remote_soft)
+        .or(inner.config.soft_time_limit);
+    ctx.set_time_limits(hard, soft);
 }
 
 /// Logs a decision and tells the counters and observers (a retry is told

@@ -9,11 +9,12 @@
 # A_DIR and B_DIR each hold a release `celeriac-bench`. ROUNDS (default 5)
 # is the number of runs per side. Raw JSON lines, tagged with "side", go to
 # $BENCH_OUT/ab-local.jsonl (default bench/out). Extra arguments for
-# `celeriac-bench run` (both sides) may be given in $AB_ARGS, and the
+# `celeriac-bench run` (both sides; default `--w4-repeat 1 --w3-repeat 3`)
+# may be given in $AB_ARGS, and the
 # workloads in $AB_ONLY (default W3,W4).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-[ $# -ge 2 ] || { sed -n '2,13p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,14p' "$0"; exit 2; }
 a_dir="$(cd "$1" && pwd)"; b_dir="$(cd "$2" && pwd)"; rounds="${3:-5}"
 for d in "$a_dir" "$b_dir"; do
     [ -x "$d/celeriac-bench" ] || { echo "$d: no celeriac-bench" >&2; exit 2; }
@@ -26,7 +27,7 @@ echo "== $rounds rounds; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)" >
 run_side() {
     local side="$1" dir="$2"
     # shellcheck disable=SC2086
-    "$dir/celeriac-bench" run --only "${AB_ONLY:-W3,W4}" --w4-repeat 1 --w3-repeat 3 ${AB_ARGS:-} 2>/dev/null |
+    "$dir/celeriac-bench" run --only "${AB_ONLY:-W3,W4}" ${AB_ARGS:---w4-repeat 1 --w3-repeat 3} 2>/dev/null |
         sed "s/^{/{\"side\":\"$side\",/" >>"$out"
 }
 for r in $(seq 1 "$rounds"); do

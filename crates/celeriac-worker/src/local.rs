@@ -324,6 +324,7 @@ fn failed(
         acked_early: false,
         meta: inner.config.meta_facts(),
         max_result: inner.config.max_result,
+        known: inner,
     };
     let ran = Ran::new(Err(e), runtime_taken);
     let mut decision =

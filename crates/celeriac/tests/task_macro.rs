@@ -260,6 +260,9 @@ fn the_registry_knows_each_linked_tasks_parameters_and_context() {
     assert_eq!(whoami.params(), Some(&["greeting"][..]));
     assert!(whoami.takes_context());
     let log_error = reg.get("celeriac.log_error").unwrap();
-    assert_eq!(log_error.params(), Some(&["request", "exc", "traceback"][..]));
+    assert_eq!(
+        log_error.params(),
+        Some(&["request", "exc", "traceback"][..])
+    );
     assert!(reg.get("celeriac.add").unwrap().options().is_cheap());
 }

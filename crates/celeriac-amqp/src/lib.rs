@@ -79,11 +79,13 @@ mod broker;
 mod control;
 mod events;
 mod link;
+mod rpc;
 mod store;
 mod subscribe;
 mod wire;
 
 pub use broker::AmqpBroker;
+pub use rpc::{DESTINATIONS, RpcBackend};
 pub use store::DEAD_LETTER_QUEUE;
 
 /// Where an AMQP broker keeps what RabbitMQ cannot hold: revocations,

@@ -13,6 +13,7 @@
 //! generation.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use celeriac_core::BrokerError;
@@ -30,6 +31,9 @@ pub(crate) struct Link {
     pub(crate) publish: Channel,
     /// Consuming channel, with prefetch.
     pub(crate) consume: Channel,
+    /// The `basic.qos` prefetch set on `consume` last: consumers started
+    /// since have it.
+    applied: AtomicU16,
 }
 
 impl Link {
@@ -64,7 +68,22 @@ impl Link {
             conn,
             publish,
             consume,
+            applied: AtomicU16::new(prefetch),
         })
+    }
+
+    /// Sets the consuming channel's per-consumer prefetch to `prefetch`
+    /// if it has another one: RabbitMQ applies it to consumers started
+    /// from now on.
+    pub(crate) async fn apply_prefetch(&self, prefetch: u16) -> Result<(), lapin::Error> {
+        if self.applied.load(Ordering::Relaxed) == prefetch {
+            return Ok(());
+        }
+        self.consume
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await?;
+        self.applied.store(prefetch, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -73,19 +92,25 @@ impl Link {
 pub(crate) struct Links {
     uri: String,
     redacted: String,
-    prefetch: u16,
+    /// The per-consumer prefetch new consumers get.
+    pub(crate) prefetch: AtomicU16,
+    /// Whether the URL set it (`?prefetch_count=N`): then the worker's
+    /// [`set_prefetch`](celeriac_core::Transport::set_prefetch) does not.
+    pub(crate) explicit: bool,
     current: tokio::sync::Mutex<Option<Arc<Link>>>,
     /// How long an operation waits for RabbitMQ to come back.
     pub(crate) patience: Duration,
 }
 
 impl Links {
-    /// Links to `uri` (lapin's form of the URL).
-    pub(crate) fn new(uri: String, redacted: String, prefetch: u16) -> Self {
+    /// Links to `uri` (lapin's form of the URL), with `prefetch` given
+    /// by the URL (`explicit`) or a default.
+    pub(crate) fn new(uri: String, redacted: String, prefetch: u16, explicit: bool) -> Self {
         Links {
             uri,
             redacted,
-            prefetch,
+            prefetch: AtomicU16::new(prefetch),
+            explicit,
             current: tokio::sync::Mutex::new(None),
             patience: Duration::from_secs(30),
         }
@@ -109,7 +134,8 @@ impl Links {
         let deadline = Instant::now() + self.patience;
         let mut wait = Duration::from_millis(50);
         loop {
-            match Link::open(&self.uri, generation, self.prefetch).await {
+            let prefetch = self.prefetch.load(Ordering::Relaxed);
+            match Link::open(&self.uri, generation, prefetch).await {
                 Ok(l) => {
                     let l = Arc::new(l);
                     on_new(generation);

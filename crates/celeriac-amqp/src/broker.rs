@@ -120,6 +120,7 @@ impl AmqpBroker {
         let mut prefetch = None;
         let mut max_priority = None;
         let mut queue_type = None;
+        let mut ca_pem = None;
         let mut keep = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
@@ -138,6 +139,15 @@ impl AmqpBroker {
                             .filter(|n| *n > 0)
                             .ok_or_else(|| invalid("max_priority must be 1-255"))?,
                     );
+                }
+                Some(("ssl_ca_certs", path)) => {
+                    if scheme != "amqps" {
+                        return Err(invalid("ssl_ca_certs needs amqps://"));
+                    }
+                    let pem = std::fs::read_to_string(path).map_err(|e| {
+                        invalid(&format!("cannot read the CA certificates {path:?}: {e}"))
+                    })?;
+                    ca_pem = Some(pem);
                 }
                 Some(("queue_type", v)) => match v {
                     "classic" | "quorum" => queue_type = Some(v.to_string()),
@@ -159,14 +169,16 @@ impl AmqpBroker {
         uri.parse::<lapin::uri::AMQPUri>()
             .map_err(|e| invalid(&e.to_string()))?;
         let redacted = redact(base);
+        let mut links = Links::new(
+            uri,
+            redacted.clone(),
+            prefetch.unwrap_or(DEFAULT_PREFETCH),
+            prefetch.is_some(),
+        );
+        links.ca_pem = ca_pem;
         Ok(Arc::new(AmqpBroker {
             inner: Arc::new(Inner {
-                links: Links::new(
-                    uri,
-                    redacted.clone(),
-                    prefetch.unwrap_or(DEFAULT_PREFETCH),
-                    prefetch.is_some(),
-                ),
+                links,
                 redacted,
                 state: Mutex::new(State::default()),
                 notify: Notify::new(),

@@ -44,15 +44,27 @@ impl Link {
             && self.consume.status().connected()
     }
 
-    /// Opens a link.
+    /// Opens a link; `ca_pem` is a CA certificate (PEM) to trust besides
+    /// the usual roots, for `amqps://`.
     pub(crate) async fn open(
         uri: &str,
         generation: u64,
         prefetch: u16,
+        ca_pem: Option<&str>,
     ) -> Result<Link, lapin::Error> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("celeriac {}", std::process::id()).into());
-        let conn = Connection::connect(uri, props).await?;
+        let conn = match ca_pem {
+            None => Connection::connect(uri, props).await?,
+            Some(pem) => {
+                let tls = lapin::tcp::OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: Some(pem.to_string()),
+                };
+                let runtime = lapin::runtime::default_runtime()?;
+                Connection::connect_with_config(uri, props, tls, runtime).await?
+            }
+        };
         let publish = conn.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
@@ -97,6 +109,8 @@ pub(crate) struct Links {
     /// Whether the URL set it (`?prefetch_count=N`): then the worker's
     /// [`set_prefetch`](celeriac_core::Transport::set_prefetch) does not.
     pub(crate) explicit: bool,
+    /// A CA certificate (PEM) to trust for `amqps://` (`?ssl_ca_certs=PATH`).
+    pub(crate) ca_pem: Option<String>,
     current: tokio::sync::Mutex<Option<Arc<Link>>>,
     /// How long an operation waits for RabbitMQ to come back.
     pub(crate) patience: Duration,
@@ -111,6 +125,7 @@ impl Links {
             redacted,
             prefetch: AtomicU16::new(prefetch),
             explicit,
+            ca_pem: None,
             current: tokio::sync::Mutex::new(None),
             patience: Duration::from_secs(30),
         }
@@ -135,7 +150,7 @@ impl Links {
         let mut wait = Duration::from_millis(50);
         loop {
             let prefetch = self.prefetch.load(Ordering::Relaxed);
-            match Link::open(&self.uri, generation, prefetch).await {
+            match Link::open(&self.uri, generation, prefetch, self.ca_pem.as_deref()).await {
                 Ok(l) => {
                     let l = Arc::new(l);
                     on_new(generation);

@@ -27,7 +27,8 @@ pub fn available() -> bool {
 }
 
 /// Starts a node with `scripts/rabbitmq-private.sh` in `dir`, stopped when
-/// this process exits; its URL without a vhost.
+/// this process exits; its URL without a vhost. Files the script finds in
+/// `dir` beforehand (`tls/` certificates, `advanced.config`) shape the node.
 fn start_node(dir: &std::path::Path) -> String {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rabbitmq-private.sh");
@@ -71,8 +72,9 @@ fn node() -> &'static (String, PathBuf) {
     })
 }
 
-/// A RabbitMQ node of one test's own, for a test that stops it (the
-/// shared node serves the other tests meanwhile); stopped when dropped.
+/// A RabbitMQ node of one test's own, for a test that stops it or
+/// configures it (the shared node serves the other tests meanwhile);
+/// stopped when dropped.
 #[derive(Debug)]
 pub struct PrivateNode {
     /// Its URL with the vhost `t0`.
@@ -83,12 +85,53 @@ pub struct PrivateNode {
 impl PrivateNode {
     /// Starts the node (seconds).
     pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts a node with Erlang terms for the `rabbit` application in its
+    /// `advanced.config` (e.g. `{consumer_timeout, 3000}`).
+    pub fn start_configured(rabbit_env: &str) -> Self {
+        Self::start_with(|dir| {
+            std::fs::write(
+                dir.join("advanced.config"),
+                format!("[{{rabbit, [{rabbit_env}]}}].\n"),
+            )
+            .expect("write advanced.config");
+        })
+    }
+
+    /// Starts a node that also listens for TLS (`amqps://`) with a
+    /// certificate for `127.0.0.1` signed by a CA made for it alone
+    /// ([`ca_path`](Self::ca_path)).
+    pub fn start_tls() -> Self {
+        Self::start_with(|dir| {
+            let tls = dir.join("tls");
+            std::fs::create_dir_all(&tls).expect("tls dir");
+            crate::tls::make_certs(&tls);
+        })
+    }
+
+    fn start_with(prepare: impl FnOnce(&std::path::Path)) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("celeriac-rabbit-own-")
             .tempdir()
             .expect("temp dir");
+        prepare(dir.path());
         let url = format!("{}/t0", start_node(dir.path()));
         PrivateNode { url, dir }
+    }
+
+    /// The CA certificate of a [`start_tls`](Self::start_tls) node.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.pem")
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:PORT/t0` of a
+    /// [`start_tls`](Self::start_tls) node.
+    pub fn tls_url(&self) -> String {
+        let port = std::fs::read_to_string(self.dir.path().join("tls_port"))
+            .expect("the node has no TLS listener");
+        format!("amqps://guest:guest@127.0.0.1:{}/t0", port.trim())
     }
 
     /// Runs `rabbitmqctl` against this node.

@@ -12,22 +12,8 @@ use celeriac_testkit::rabbit_server::{self, PrivateNode};
 use celeriac_testkit::{LONG, id_of, out, q};
 use futures::StreamExt as _;
 
-/// `(queue, prefetch_count)` of every consumer of the vhost of `url`.
-fn consumers(url: &str) -> Vec<(String, u32)> {
-    let vhost = url.split('?').next().unwrap().rsplit('/').next().unwrap();
-    rabbit_server::rabbitmqctl(&[
-        "list_consumers",
-        "-p",
-        vhost,
-        "queue_name",
-        "prefetch_count",
-    ])
-    .lines()
-    .filter_map(|l| {
-        let (q, n) = l.split_once('\t')?;
-        Some((q.to_string(), n.trim().parse().ok()?))
-    })
-    .collect()
+fn pair(q: &str, v: &str) -> (String, String) {
+    (q.to_string(), v.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +27,7 @@ async fn the_prefetch_is_the_workers_unless_the_url_sets_it() {
     b.set_prefetch(6);
     assert_eq!(b.prefetch(), Some(6));
     assert!(b.claim("w", &q(&["a"]), 1, LONG).await.unwrap().is_empty());
-    assert_eq!(consumers(&url), vec![("a".to_string(), 6)]);
+    assert_eq!(rabbit_server::consumer_prefetch(&url), vec![pair("a", "6")]);
 
     let fixed = format!("{url}?prefetch_count=5");
     let b = AmqpBroker::open(&fixed).unwrap();
@@ -49,9 +35,9 @@ async fn the_prefetch_is_the_workers_unless_the_url_sets_it() {
     assert_eq!(b.prefetch(), Some(5), "the URL's prefetch_count wins");
     assert!(b.claim("w", &q(&["b"]), 1, LONG).await.unwrap().is_empty());
     assert!(
-        consumers(&url).contains(&("b".to_string(), 5)),
+        rabbit_server::consumer_prefetch(&url).contains(&pair("b", "5")),
         "{:?}",
-        consumers(&url)
+        rabbit_server::consumer_prefetch(&url)
     );
 }
 
@@ -81,14 +67,8 @@ async fn queue_type_quorum_declares_quorum_queues() {
         .unwrap();
     assert_eq!(id_of(&got[0]), id);
     b.ack(&got[0]).await.unwrap();
-    let vhost = url.rsplit('/').next().unwrap();
-    let queues = rabbit_server::rabbitmqctl(&["list_queues", "-p", vhost, "name", "type"]);
-    assert!(
-        queues
-            .lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["qq", "quorum"]),
-        "{queues}"
-    );
+    let queues = rabbit_server::queue_types(&url);
+    assert!(queues.contains(&pair("qq", "quorum")), "{queues:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,12 +73,9 @@ fn a_worker_serves_quorum_queues() {
     let vhost = rabbit_server::vhost_url();
     let (printed, worker) = add_over(&format!("{vhost}?queue_type=quorum"));
     assert_eq!(printed, "5\n", "worker log:\n{}", worker.log());
-    let name = vhost.rsplit('/').next().unwrap();
-    let queues = rabbit_server::rabbitmqctl(&["list_queues", "-p", name, "name", "type"]);
+    let queues = rabbit_server::queue_types(&vhost);
     assert!(
-        queues
-            .lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["celery", "quorum"]),
-        "{queues}"
+        queues.contains(&("celery".to_string(), "quorum".to_string())),
+        "{queues:?}"
     );
 }

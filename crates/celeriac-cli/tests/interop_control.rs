@@ -119,18 +119,10 @@ fn python_app_control_gets_celerys_replies_from_a_celeriac_worker(python: &str, 
         let vhost = site.broker.rsplit('/').next().unwrap();
         assert_eq!(stats["broker"]["virtual_host"], vhost, "{stats}");
         assert_eq!(stats["broker"]["ssl"], false, "{stats}");
-        let consumers = celeriac_testkit::rabbit_server::rabbitmqctl(&[
-            "list_consumers",
-            "-p",
-            vhost,
-            "queue_name",
-            "prefetch_count",
-        ]);
+        let consumers = celeriac_testkit::rabbit_server::consumer_prefetch(&site.broker);
         assert!(
-            consumers
-                .lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["celery", "8"]),
-            "{consumers}"
+            consumers.contains(&("celery".to_string(), "8".to_string())),
+            "{consumers:?}"
         );
     }
     assert!(stats["rusage"]["utime"].is_number(), "{stats}");

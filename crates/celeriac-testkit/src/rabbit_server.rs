@@ -174,6 +174,49 @@ pub fn vhost_url() -> String {
     panic!("all 100 test vhosts of the private RabbitMQ are taken");
 }
 
+/// The vhost of an `amqp://.../VHOST[?query]` URL.
+fn vhost_of(url: &str) -> &str {
+    url.split('?')
+        .next()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+}
+
+/// `(queue, type)` of every queue of the vhost of `url` on the shared node
+/// (`classic`, `quorum`).
+pub fn queue_types(url: &str) -> Vec<(String, String)> {
+    two_columns(&rabbitmqctl(&[
+        "list_queues",
+        "-p",
+        vhost_of(url),
+        "name",
+        "type",
+    ]))
+}
+
+/// `(queue, prefetch_count)` of every consumer of the vhost of `url` on
+/// the shared node: the `basic.qos` RabbitMQ applies to each.
+pub fn consumer_prefetch(url: &str) -> Vec<(String, String)> {
+    two_columns(&rabbitmqctl(&[
+        "list_consumers",
+        "-p",
+        vhost_of(url),
+        "queue_name",
+        "prefetch_count",
+    ]))
+}
+
+fn two_columns(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            Some((cols.next()?.to_string(), cols.next()?.to_string()))
+        })
+        .collect()
+}
+
 /// Runs `rabbitmqctl` against the private node (e.g. `close_all_connections`).
 pub fn rabbitmqctl(args: &[&str]) -> String {
     let (_, dir) = node();

@@ -201,6 +201,7 @@ pub fn queue_types(url: &str) -> Vec<(String, String)> {
 pub fn consumer_prefetch(url: &str) -> Vec<(String, String)> {
     two_columns(&rabbitmqctl(&[
         "list_consumers",
+        "--no-table-headers",
         "-p",
         vhost_of(url),
         "queue_name",

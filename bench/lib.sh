@@ -3,7 +3,8 @@
 # scratch files in $tmp and the step running now in $child.
 
 # Stops the running step, any worker process group left behind (its pid in
-# $tmp/worker.pid or $tmp/celery-worker.pid) and the private Redis, removes
+# $tmp/worker.pid or $tmp/celery-worker.pid), the private Redis and the
+# private RabbitMQ node (if one was started in $tmp/rabbit), removes
 # $tmp, and exits with the status the script was exiting with.
 bench_cleanup() {
     local rc=$?
@@ -27,6 +28,9 @@ bench_cleanup() {
         kill -TERM "$rpid" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$rpid" 2>/dev/null || true
+    fi
+    if [ -x "$tmp/rabbit/stop" ]; then
+        "$tmp/rabbit/stop"
     fi
     rm -rf "$tmp"
     exit "$rc"

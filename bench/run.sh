@@ -14,7 +14,11 @@
 #    celeriac W3+W4; Python W3+W4 (bench/peers/local_bench.py); W6 canvas
 #    (a group and a chord of 10,000 adds from one Python Celery client,
 #    bench/peers/canvas_bench.py) to a celeriac worker and to Celery
-#    prefork. Redis is flushed between steps;
+#    prefork. Redis is flushed between steps. W1+W2 on AMQP: celeriac
+#    (-P threads) and Celery prefork with a private RabbitMQ node
+#    (scripts/rabbitmq-private.sh, a vhost each) as the broker and results
+#    in the private Redis, side by side (systems `*-amqp`); skipped with a
+#    note if rabbitmq-server is not installed;
 # 5. all JSON lines go to bench/out/results.jsonl, and the Markdown table
 #    (celeriac beside the peers, with ratios) to bench/out/table.md and
 #    stdout.
@@ -135,6 +139,31 @@ for pool in prefork threads; do
     run_step "W1W2-celery-$pool" "$py" "$peers/celery_bench.py" --redis "$url" --pool "$pool" \
         --concurrency 2 "${celery_args[@]}" --worker-pidfile "$tmp/celery-worker.pid"
 done
+# W1+W2 on RabbitMQ: celeriac and Celery prefork on one private node.
+amqp_wanted=1
+if [ -n "$only" ]; then
+    amqp_wanted=0
+    for w in ${only//,/ }; do case "W1W2-amqp" in *"$w"*) amqp_wanted=1 ;; esac; done
+fi
+if [ "$amqp_wanted" = 1 ] && [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    mkdir -p "$tmp/rabbit"
+    if rabbit_url="$("$root/scripts/rabbitmq-private.sh" "$tmp/rabbit" $$ 2>>"$logfile")"; then
+        say "private rabbitmq-server at $rabbit_url"
+        flush
+        run_step W1W2-amqp-celeriac "$bench_bin" run "${bench_args[@]}" --only W1,W2 --pools threads \
+            --redis "$url" --broker "$rabbit_url/t1" \
+            --celeriac-bin "$celeriac_bin" --worker-pidfile "$tmp/worker.pid"
+        flush
+        run_step W1W2-amqp-celery-prefork "$py" "$peers/celery_bench.py" --redis "$url" \
+            --broker "$rabbit_url/t2" --pool prefork \
+            --concurrency 2 "${celery_args[@]}" --worker-pidfile "$tmp/celery-worker.pid"
+    else
+        say "private rabbitmq-server did not start (see $logfile)"
+        failed+=("W1W2-amqp")
+    fi
+elif [ "$amqp_wanted" = 1 ]; then
+    say "W1W2-amqp skipped: rabbitmq-server is not installed"
+fi
 # W6: the same Python client and canvas for both; celeriac first, then
 # Celery prefork, in the same run.
 flush

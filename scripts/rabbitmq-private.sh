@@ -5,7 +5,9 @@
 # full rights for guest (loaded at boot: one per test, see
 # celeriac_testkit::rabbit_server). Prints the URL without a vhost once the
 # node accepts connections. `DIR/stop` stops it; with WATCH_PID, the node
-# also stops when that process exits.
+# also stops when that process exits. If DIR/tls holds ca.pem, server.pem and
+# server.key, the node also listens for TLS on a free port written to
+# DIR/tls_port; a DIR/advanced.config is used as the node's advanced config.
 #
 # Usage: scripts/rabbitmq-private.sh DIR [WATCH_PID]
 set -euo pipefail
@@ -32,6 +34,18 @@ listeners.tcp.default = 127.0.0.1:$port
 loopback_users = none
 load_definitions = $dir/definitions.json
 CONF
+if [ -f "$dir/tls/server.pem" ]; then
+  tls_port="$(free_port)"
+  cat >> "$dir/rabbitmq.conf" <<CONF
+listeners.ssl.default = 127.0.0.1:$tls_port
+ssl_options.cacertfile = $dir/tls/ca.pem
+ssl_options.certfile = $dir/tls/server.pem
+ssl_options.keyfile = $dir/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
+  echo "$tls_port" > "$dir/tls_port"
+fi
 cat > "$dir/stop" <<STOP
 #!/bin/sh
 HOME="$dir/home" $bin/rabbitmqctl -q -n "$node" stop >/dev/null 2>&1 || kill "\$(cat "$dir/pid" 2>/dev/null)" 2>/dev/null || true
@@ -39,6 +53,7 @@ STOP
 chmod +x "$dir/stop"
 (
   cd "$dir"
+  if [ -f "$dir/advanced.config" ]; then export RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"; fi
   HOME="$dir/home" RABBITMQ_NODENAME="$node" RABBITMQ_NODE_PORT="$port" RABBITMQ_DIST_PORT="$dist" \
   RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" RABBITMQ_PID_FILE="$dir/pid" \
   RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \

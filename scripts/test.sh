@@ -128,6 +128,19 @@ for ex in thread_pool job_server worker_and_client celery_messages redis_server 
   CELERIAC_BROKER_URL="${CELERIAC_TEST_REDIS_URL%/0}/4" \
     cargo run --quiet --locked -p celeriac-examples --example "$ex" >/dev/null
 done
+# RabbitMQ's example, on a vhost of the private node no test has claimed.
+mkdir -p "$CELERIAC_TEST_AMQP_DIR/vhosts"
+ran_rabbit=""
+for i in $(seq 0 99); do
+  if (set -o noclobber; : > "$CELERIAC_TEST_AMQP_DIR/vhosts/t$i") 2>/dev/null; then
+    echo "-- example rabbitmq"
+    CELERIAC_BROKER_URL="$CELERIAC_TEST_AMQP_URL/t$i" \
+      cargo run --quiet --locked -p celeriac-examples --example rabbitmq >/dev/null
+    ran_rabbit=1
+    break
+  fi
+done
+[ -n "$ran_rabbit" ] || fail "no free vhost on the private RabbitMQ for the rabbitmq example"
 # The book's examples (every layer of both runs in examples/tests/book_layers.rs;
 # here, the command lines, against nothing slower than a refused port).
 for layer in threads processes async server queue; do

@@ -42,6 +42,8 @@ def emit(**fields):
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--redis", required=True, help="Redis URL, e.g. redis://127.0.0.1:6390/0")
+    p.add_argument("--broker", help="broker URL (default: --redis); an amqp:// URL runs on "
+                   "RabbitMQ with results still in Redis, reported as celery-<pool>-amqp")
     p.add_argument("--pool", choices=["prefork", "threads", "solo"], default="prefork")
     p.add_argument("--concurrency", type=int, default=2, help="worker -c (default 2)")
     p.add_argument("--n", type=int, default=5000, help="W1 task count (default 5000)")
@@ -315,6 +317,7 @@ def cleanup_keys(rds, queue, ids):
 def main():
     args = parse_args()
     os.environ["CELERIAC_PEERS_REDIS"] = args.redis
+    os.environ["CELERIAC_PEERS_BROKER"] = args.broker or args.redis
     os.environ["CELERIAC_PEERS_PREFETCH"] = str(args.prefetch_multiplier)
     sys.path.insert(0, HERE)
 
@@ -329,7 +332,7 @@ def main():
     rds = redis.Redis.from_url(args.redis)
     rds.ping()
     queue = f"celeriac-peer-{uuid.uuid4().hex[:10]}"
-    system = f"celery-{args.pool}"
+    system = f"celery-{args.pool}" + ("-amqp" if (args.broker or "").startswith("amqp") else "")
     common = {"system": system, "pool": args.pool, "concurrency": args.concurrency,
               "celery": celery.__version__,
               "python": ".".join(map(str, sys.version_info[:3]))}

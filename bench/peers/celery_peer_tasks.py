@@ -10,8 +10,10 @@ import os
 from celery import Celery
 
 REDIS_URL = os.environ.get("CELERIAC_PEERS_REDIS", "redis://127.0.0.1:6379/0")
+# The broker: the same Redis, or a RabbitMQ vhost (results stay in Redis).
+BROKER_URL = os.environ.get("CELERIAC_PEERS_BROKER") or REDIS_URL
 
-app = Celery("celery_peer_tasks", broker=REDIS_URL, backend=REDIS_URL)
+app = Celery("celery_peer_tasks", broker=BROKER_URL, backend=REDIS_URL)
 app.conf.update(
     broker_connection_retry_on_startup=True,
     # Celery's defaults otherwise: JSON, prefetch multiplier 4, ack on accept.

@@ -2,6 +2,7 @@
 //! contract onto AMQP is in the crate docs.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,8 @@ use crate::Registry;
 use crate::link::{Link, Links};
 use crate::wire::{self, AmqpMessage, H_DELIVERIES};
 
-/// The default consumer prefetch (`basic.qos`), per claimed queue.
+/// The consumer prefetch (`basic.qos`, per claimed queue) until a worker
+/// sets its own (concurrency × prefetch multiplier) or the URL does.
 pub(crate) const DEFAULT_PREFETCH: u16 = 16;
 
 /// A RabbitMQ broker. Cheap to clone; one connection per value made by
@@ -44,12 +46,18 @@ pub(crate) struct Inner {
     /// `x-max-priority` of the task queues this broker declares
     /// (`?max_priority=N`, Celery's `task_queue_max_priority`).
     max_priority: Option<u8>,
+    /// `x-queue-type` of the task queues this broker declares
+    /// (`?queue_type=quorum`); `None`: RabbitMQ's default (classic).
+    queue_type: Option<String>,
     /// Where revocations, rate limits and nodes are kept, if anywhere.
     pub(crate) registry: Option<Arc<dyn Registry>>,
     /// Process-local revokes (without a registry): id -> (until, terminate).
     pub(crate) revoked: Mutex<HashMap<String, (f64, bool)>>,
     /// Open remote-control reply mailboxes, by oid.
     pub(crate) mailboxes: Mutex<HashMap<String, crate::control::Mailbox>>,
+    /// The `rpc://` result backend's state, once one is made on this
+    /// broker.
+    pub(crate) rpc: std::sync::OnceLock<Arc<crate::rpc::RpcState>>,
 }
 
 /// What belongs to one link generation.
@@ -109,17 +117,20 @@ impl AmqpBroker {
             return Err(invalid("expected amqp:// or amqps://"));
         }
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut prefetch = DEFAULT_PREFETCH;
+        let mut prefetch = None;
         let mut max_priority = None;
+        let mut queue_type = None;
+        let mut ca_pem = None;
         let mut keep = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("prefetch_count", v)) => {
-                    prefetch = v
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| invalid("prefetch_count must be 1-65535"))?;
+                    prefetch = Some(
+                        v.parse::<u16>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| invalid("prefetch_count must be 1-65535"))?,
+                    );
                 }
                 Some(("max_priority", v)) => {
                     max_priority = Some(
@@ -129,8 +140,26 @@ impl AmqpBroker {
                             .ok_or_else(|| invalid("max_priority must be 1-255"))?,
                     );
                 }
+                Some(("ssl_ca_certs", path)) => {
+                    if scheme != "amqps" {
+                        return Err(invalid("ssl_ca_certs needs amqps://"));
+                    }
+                    let pem = std::fs::read_to_string(path).map_err(|e| {
+                        invalid(&format!("cannot read the CA certificates {path:?}: {e}"))
+                    })?;
+                    ca_pem = Some(pem);
+                }
+                Some(("queue_type", v)) => match v {
+                    "classic" | "quorum" => queue_type = Some(v.to_string()),
+                    _ => return Err(invalid("queue_type must be classic or quorum")),
+                },
                 _ => keep.push(pair),
             }
+        }
+        if max_priority.is_some() && queue_type.as_deref() == Some("quorum") {
+            return Err(invalid(
+                "max_priority needs classic queues: quorum queues take no x-max-priority",
+            ));
         }
         let uri = if keep.is_empty() {
             base.to_string()
@@ -140,17 +169,26 @@ impl AmqpBroker {
         uri.parse::<lapin::uri::AMQPUri>()
             .map_err(|e| invalid(&e.to_string()))?;
         let redacted = redact(base);
+        let mut links = Links::new(
+            uri,
+            redacted.clone(),
+            prefetch.unwrap_or(DEFAULT_PREFETCH),
+            prefetch.is_some(),
+        );
+        links.ca_pem = ca_pem;
         Ok(Arc::new(AmqpBroker {
             inner: Arc::new(Inner {
-                links: Links::new(uri, redacted.clone(), prefetch),
+                links,
                 redacted,
                 state: Mutex::new(State::default()),
                 notify: Notify::new(),
                 rates: Mutex::new(HashMap::new()),
                 registry,
                 max_priority,
+                queue_type,
                 revoked: Mutex::new(HashMap::new()),
                 mailboxes: Mutex::new(HashMap::new()),
+                rpc: std::sync::OnceLock::new(),
             }),
         }))
     }
@@ -233,6 +271,12 @@ impl AmqpBroker {
         let mut args = FieldTable::default();
         if let Some(p) = self.inner.max_priority {
             args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(p));
+        }
+        if let Some(t) = &self.inner.queue_type {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from(t.as_str())),
+            );
         }
         let ch = link.conn.create_channel().await.map_err(err)?;
         let opts = QueueDeclareOptions {
@@ -373,6 +417,10 @@ impl AmqpBroker {
             return Ok(());
         }
         self.declare(link, queue).await?;
+        let prefetch = self.inner.links.prefetch.load(Ordering::Relaxed);
+        link.apply_prefetch(prefetch)
+            .await
+            .map_err(|e| self.amqp_err("basic.qos", e))?;
         let consumer = link
             .consume
             .basic_consume(
@@ -404,6 +452,7 @@ impl AmqpBroker {
     fn take(&self, queues: &[String], max: usize) -> Vec<Delivery> {
         let mut st = self.inner.state.lock();
         let generation = st.generation;
+        let rpc = self.inner.rpc.get();
         let mut out = Vec::new();
         for q in queues {
             while out.len() < max {
@@ -411,6 +460,9 @@ impl AmqpBroker {
                     break;
                 };
                 st.held.insert(d.delivery_tag);
+                if let Some(rpc) = rpc {
+                    rpc.record(&d.properties);
+                }
                 let (payload, ours) =
                     wire::to_envelope(&d.data, &d.properties, d.exchange.as_str(), q);
                 let before = ours
@@ -531,6 +583,22 @@ impl Transport for AmqpBroker {
         self.inner.redacted.clone()
     }
 
+    /// The worker's concurrency × prefetch multiplier becomes the
+    /// per-consumer `basic.qos` of consumers started from now on, unless
+    /// the URL set `?prefetch_count`.
+    fn set_prefetch(&self, messages: usize) {
+        if !self.inner.links.explicit {
+            let n = messages.clamp(1, usize::from(u16::MAX)) as u16;
+            self.inner.links.prefetch.store(n, Ordering::Relaxed);
+        }
+    }
+
+    fn prefetch(&self) -> Option<usize> {
+        Some(usize::from(
+            self.inner.links.prefetch.load(Ordering::Relaxed),
+        ))
+    }
+
     fn lease(&self) -> Duration {
         // RabbitMQ holds a delivery for the channel's life; renew is a
         // no-op, so workers renew rarely.
@@ -545,7 +613,14 @@ impl Transport for AmqpBroker {
         let mut out = Vec::with_capacity(msgs.len());
         for m in msgs {
             celeriac_core::validate_queue_name(&m.queue)?;
-            let a = wire::to_amqp(&m.payload, &[])?;
+            let mut a = wire::to_amqp(&m.payload, &[])?;
+            // With an rpc:// backend, results come back to this client's
+            // mailbox (Celery sets `reply_to` on every task message).
+            if let Some(rpc) = self.inner.rpc.get()
+                && a.properties.reply_to().is_none()
+            {
+                a.properties = a.properties.with_reply_to(rpc.oid.as_str().into());
+            }
             out.push((m.queue, m.eta, a));
         }
         self.publish_amqp(&out).await
@@ -633,10 +708,16 @@ impl Transport for AmqpBroker {
         }
     }
 
+    /// The ready count of `queue`, which is declared first as a worker
+    /// declares it (as Celery declares a queue before it publishes to or
+    /// consumes from it): a passive declare of a missing queue would be a
+    /// channel error.
     async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
+        celeriac_core::validate_queue_name(queue)?;
         let link = self.link().await?;
-        // A throwaway channel: a passive declare of a missing queue closes
-        // the channel it runs on.
+        self.declare(&link, queue).await?;
+        // A throwaway channel: a passive declare of a queue deleted
+        // meanwhile closes the channel it runs on.
         let ch = link
             .conn
             .create_channel()

@@ -103,10 +103,11 @@ fn reply_queue(oid: &str) -> String {
 
 impl AmqpBroker {
     /// Declares `exchange` (once per connection) and publishes `m` to it
-    /// with `routing_key`, waiting for the confirm.
+    /// with `routing_key`, waiting for the confirm; `None` is the default
+    /// exchange (routing key = queue name).
     pub(crate) async fn publish_to(
         &self,
-        exchange: Exchange,
+        exchange: Option<Exchange>,
         routing_key: &str,
         m: AmqpMessage,
     ) -> Result<(), BrokerError> {
@@ -114,7 +115,9 @@ impl AmqpBroker {
         loop {
             let link = self.link().await?;
             let sent = async {
-                if self.first_use(&link, exchange.name) {
+                if let Some(exchange) = exchange
+                    && self.first_use(&link, exchange.name)
+                {
                     exchange
                         .declare(&link.publish)
                         .await
@@ -123,7 +126,7 @@ impl AmqpBroker {
                 let confirm = link
                     .publish
                     .basic_publish(
-                        exchange.name.into(),
+                        exchange.map_or("", |e| e.name).into(),
                         ShortString::from(routing_key),
                         Default::default(),
                         &m.body,
@@ -161,7 +164,8 @@ impl AmqpBroker {
             AMQPValue::LongLongInt(request.clock.max(1) as i64),
         );
         headers.insert("expires".into(), AMQPValue::Double(request.expires));
-        self.publish_to(PIDBOX, "", message(body, headers, 2)).await
+        self.publish_to(Some(PIDBOX), "", message(body, headers, 2))
+            .await
     }
 
     /// Records a revoke seen on the pidbox or made here.
@@ -196,13 +200,13 @@ impl Control for AmqpBroker {
     /// Consumes `<node>.celery.pidbox`; a revoke among the requests is
     /// recorded before it is passed on.
     async fn listen(&self, node: &str) -> Result<ControlInbox, BrokerError> {
-        let binding = Binding {
-            exchange: PIDBOX,
-            queue: format!("{node}.{}", PIDBOX.name),
-            routing_key: String::new(),
-            message_ttl_ms: PIDBOX_TTL_MS,
-            expires_ms: PIDBOX_EXPIRES_MS,
-        };
+        let binding = Binding::broadcast(
+            PIDBOX,
+            format!("{node}.{}", PIDBOX.name),
+            String::new(),
+            PIDBOX_TTL_MS,
+            PIDBOX_EXPIRES_MS,
+        );
         let first = self.subscribe(&binding).await?;
         let (tx, mut rx) = mpsc::unbounded_channel::<ControlRequest>();
         let (out_tx, out_rx) = mpsc::unbounded_channel::<ControlRequest>();
@@ -258,18 +262,18 @@ impl Control for AmqpBroker {
         if !to.exchange.is_empty() && to.exchange != REPLY_EXCHANGE {
             tracing::debug!(exchange = %to.exchange, "reply exchange other than kombu's; replying on {REPLY_EXCHANGE}");
         }
-        self.publish_to(REPLIES, &to.routing_key, message(body, headers, 1))
+        self.publish_to(Some(REPLIES), &to.routing_key, message(body, headers, 1))
             .await
     }
 
     async fn open_replies(&self, oid: &str) -> Result<(), BrokerError> {
-        let binding = Binding {
-            exchange: REPLIES,
-            queue: reply_queue(oid),
-            routing_key: oid.to_string(),
-            message_ttl_ms: PIDBOX_TTL_MS,
-            expires_ms: PIDBOX_EXPIRES_MS,
-        };
+        let binding = Binding::broadcast(
+            REPLIES,
+            reply_queue(oid),
+            oid.to_string(),
+            PIDBOX_TTL_MS,
+            PIDBOX_EXPIRES_MS,
+        );
         let first = self.subscribe(&binding).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -64,19 +64,20 @@ fn from_delivery(d: &lapin::message::Delivery) -> EventMessage {
 impl Events for AmqpBroker {
     async fn send_events(&self, messages: &[EventMessage]) -> Result<(), BrokerError> {
         for m in messages {
-            self.publish_to(EVENTS, &m.routing_key, to_amqp(m)).await?;
+            self.publish_to(Some(EVENTS), &m.routing_key, to_amqp(m))
+                .await?;
         }
         Ok(())
     }
 
     async fn subscribe_events(&self) -> Result<EventStream, BrokerError> {
-        let binding = Binding {
-            exchange: EVENTS,
-            queue: format!("{}.{}", EVENTS.name, uuid::Uuid::new_v4()),
-            routing_key: "#".to_string(),
-            message_ttl_ms: 5_000,
-            expires_ms: 60_000,
-        };
+        let binding = Binding::broadcast(
+            EVENTS,
+            format!("{}.{}", EVENTS.name, uuid::Uuid::new_v4()),
+            "#".to_string(),
+            5_000,
+            60_000,
+        );
         // Bound before returning: what is sent from now on arrives.
         let first = self.subscribe(&binding).await?;
         let (tx, rx) = mpsc::channel::<Result<EventMessage, BrokerError>>(SUBSCRIBER_BUFFER);

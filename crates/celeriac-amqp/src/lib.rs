@@ -3,9 +3,9 @@
 //! celeriac's RabbitMQ (AMQP 0-9-1) broker, on the wire as Python Celery
 //! 5.7 (kombu's `pyamqp` transport) talks to RabbitMQ, so Celery clients
 //! and workers share queues with celeriac ones. URLs:
-//! `amqp://USER:PASS@HOST[:PORT]/VHOST` and `amqps://...` (TLS, rustls),
-//! plus `?prefetch_count=N` (default 16), `?max_priority=N` and lapin's
-//! `heartbeat=SECS`.
+//! `amqp://USER:PASS@HOST[:PORT]/VHOST` and `amqps://...` (TLS, rustls;
+//! `?ssl_ca_certs=PATH` adds a CA to trust), plus `?prefetch_count=N`,
+//! `?max_priority=N`, `?queue_type=quorum` and lapin's `heartbeat=SECS`.
 //!
 //! ## Topology and format (as kombu)
 //!
@@ -21,7 +21,10 @@
 //! ## How the [`Transport`](celeriac_core::Transport) contract maps onto AMQP
 //!
 //! - **claim** is a consumer: the first claim on a queue starts a consumer
-//!   (`basic.qos` prefetch per consumer, manual acks); deliveries wait in
+//!   (`basic.qos` prefetch per consumer: the URL's `prefetch_count`, else
+//!   what the worker sets with
+//!   [`set_prefetch`](celeriac_core::Transport::set_prefetch), its
+//!   concurrency × prefetch multiplier, else 16; manual acks); deliveries wait in
 //!   an in-process buffer until a claim takes them, queues in the order
 //!   given. Prefetched deliveries are unacked in RabbitMQ, so a worker that
 //!   dies gives them back.
@@ -72,18 +75,31 @@
 //! have no priorities, as Celery's default. A queue that exists with
 //! other arguments is used as it is, with a warning.
 //!
-//! Not on AMQP yet (issue 14): Celery's `rpc://` result backend and
-//! quorum queues.
+//! `?queue_type=quorum` declares task queues as quorum queues
+//! (`x-queue-type`); it cannot be combined with `max_priority` (quorum
+//! queues take no `x-max-priority`). Delay queues stay classic.
+//!
+//! ## Celery's `rpc://` result backend
+//!
+//! [`RpcBackend`] sends results as messages to the client's reply queue,
+//! by `correlation_id`, as `celery.backends.rpc` does (see `rpc.rs`).
+//!
+//! ## Not on AMQP
+//!
+//! Listing countdowns (`inspect scheduled`): they wait in delay queues,
+//! which AMQP can neither list nor browse without taking the messages out.
 
 mod broker;
 mod control;
 mod events;
 mod link;
+mod rpc;
 mod store;
 mod subscribe;
 mod wire;
 
 pub use broker::AmqpBroker;
+pub use rpc::{DESTINATIONS, RpcBackend};
 pub use store::DEAD_LETTER_QUEUE;
 
 /// Where an AMQP broker keeps what RabbitMQ cannot hold: revocations,

@@ -13,6 +13,7 @@
 //! generation.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use celeriac_core::BrokerError;
@@ -30,6 +31,9 @@ pub(crate) struct Link {
     pub(crate) publish: Channel,
     /// Consuming channel, with prefetch.
     pub(crate) consume: Channel,
+    /// The `basic.qos` prefetch set on `consume` last: consumers started
+    /// since have it.
+    applied: AtomicU16,
 }
 
 impl Link {
@@ -40,15 +44,27 @@ impl Link {
             && self.consume.status().connected()
     }
 
-    /// Opens a link.
+    /// Opens a link; `ca_pem` is a CA certificate (PEM) to trust besides
+    /// the usual roots, for `amqps://`.
     pub(crate) async fn open(
         uri: &str,
         generation: u64,
         prefetch: u16,
+        ca_pem: Option<&str>,
     ) -> Result<Link, lapin::Error> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("celeriac {}", std::process::id()).into());
-        let conn = Connection::connect(uri, props).await?;
+        let conn = match ca_pem {
+            None => Connection::connect(uri, props).await?,
+            Some(pem) => {
+                let tls = lapin::tcp::OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: Some(pem.to_string()),
+                };
+                let runtime = lapin::runtime::default_runtime()?;
+                Connection::connect_with_config(uri, props, tls, runtime).await?
+            }
+        };
         let publish = conn.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
@@ -64,7 +80,22 @@ impl Link {
             conn,
             publish,
             consume,
+            applied: AtomicU16::new(prefetch),
         })
+    }
+
+    /// Sets the consuming channel's per-consumer prefetch to `prefetch`
+    /// if it has another one: RabbitMQ applies it to consumers started
+    /// from now on.
+    pub(crate) async fn apply_prefetch(&self, prefetch: u16) -> Result<(), lapin::Error> {
+        if self.applied.load(Ordering::Relaxed) == prefetch {
+            return Ok(());
+        }
+        self.consume
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await?;
+        self.applied.store(prefetch, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -73,19 +104,28 @@ impl Link {
 pub(crate) struct Links {
     uri: String,
     redacted: String,
-    prefetch: u16,
+    /// The per-consumer prefetch new consumers get.
+    pub(crate) prefetch: AtomicU16,
+    /// Whether the URL set it (`?prefetch_count=N`): then the worker's
+    /// [`set_prefetch`](celeriac_core::Transport::set_prefetch) does not.
+    pub(crate) explicit: bool,
+    /// A CA certificate (PEM) to trust for `amqps://` (`?ssl_ca_certs=PATH`).
+    pub(crate) ca_pem: Option<String>,
     current: tokio::sync::Mutex<Option<Arc<Link>>>,
     /// How long an operation waits for RabbitMQ to come back.
     pub(crate) patience: Duration,
 }
 
 impl Links {
-    /// Links to `uri` (lapin's form of the URL).
-    pub(crate) fn new(uri: String, redacted: String, prefetch: u16) -> Self {
+    /// Links to `uri` (lapin's form of the URL), with `prefetch` given
+    /// by the URL (`explicit`) or a default.
+    pub(crate) fn new(uri: String, redacted: String, prefetch: u16, explicit: bool) -> Self {
         Links {
             uri,
             redacted,
-            prefetch,
+            prefetch: AtomicU16::new(prefetch),
+            explicit,
+            ca_pem: None,
             current: tokio::sync::Mutex::new(None),
             patience: Duration::from_secs(30),
         }
@@ -109,7 +149,8 @@ impl Links {
         let deadline = Instant::now() + self.patience;
         let mut wait = Duration::from_millis(50);
         loop {
-            match Link::open(&self.uri, generation, self.prefetch).await {
+            let prefetch = self.prefetch.load(Ordering::Relaxed);
+            match Link::open(&self.uri, generation, prefetch, self.ca_pem.as_deref()).await {
                 Ok(l) => {
                     let l = Arc::new(l);
                     on_new(generation);

@@ -2,7 +2,9 @@
 //! auto-deleted, with kombu's TTL and expiry arguments) bound to an
 //! exchange, consumed without acks on a channel of its own, and declared
 //! again on a new connection after a failure. Remote control
-//! (`celery.pidbox`, `reply.celery.pidbox`) and events (`celeryev`) use it.
+//! (`celery.pidbox`, `reply.celery.pidbox`) and events (`celeryev`) use it,
+//! and so does the `rpc://` result backend's reply queue (durable,
+//! auto-deleted, on the default exchange).
 
 use std::time::Duration;
 
@@ -85,16 +87,44 @@ impl Exchange {
 /// A private queue bound to an exchange.
 #[derive(Debug, Clone)]
 pub(crate) struct Binding {
-    /// The exchange.
-    pub(crate) exchange: Exchange,
+    /// The exchange; `None` for the default exchange (no binding: it
+    /// routes by queue name).
+    pub(crate) exchange: Option<Exchange>,
     /// The queue's name.
     pub(crate) queue: String,
     /// The binding's routing key.
     pub(crate) routing_key: String,
-    /// kombu's `x-message-ttl`, ms.
-    pub(crate) message_ttl_ms: i64,
+    /// kombu's `x-message-ttl`, ms, if any.
+    pub(crate) message_ttl_ms: Option<i64>,
     /// kombu's `x-expires`, ms.
     pub(crate) expires_ms: i64,
+    /// Exclusive and transient (kombu's broadcast queues), or durable and
+    /// shared (Celery's `rpc://` reply queue); auto-deleted either way.
+    pub(crate) exclusive: bool,
+}
+
+impl Binding {
+    /// A private queue of kombu's broadcasts on `exchange`.
+    pub(crate) fn broadcast(
+        exchange: Exchange,
+        queue: String,
+        routing_key: String,
+        message_ttl_ms: i64,
+        expires_ms: i64,
+    ) -> Self {
+        Binding {
+            exchange: Some(exchange),
+            queue,
+            routing_key,
+            message_ttl_ms: Some(message_ttl_ms),
+            expires_ms,
+            exclusive: true,
+        }
+    }
+
+    fn exchange_name(&self) -> &'static str {
+        self.exchange.map_or("the default exchange", |e| e.name)
+    }
 }
 
 /// A consumer on a binding's queue, with the channel it lives on.
@@ -127,35 +157,39 @@ impl AmqpBroker {
         let link = self.link().await?;
         let err = |e| {
             self.amqp_err(
-                &format!("subscribe {:?} to {}", b.queue, b.exchange.name),
+                &format!("subscribe {:?} to {}", b.queue, b.exchange_name()),
                 e,
             )
         };
         let ch = link.conn.create_channel().await.map_err(err)?;
         let mut args = FieldTable::default();
-        args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(b.message_ttl_ms),
-        );
+        if let Some(ttl) = b.message_ttl_ms {
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+        }
         args.insert("x-expires".into(), AMQPValue::LongLongInt(b.expires_ms));
         let opts = QueueDeclareOptions {
             auto_delete: true,
-            exclusive: true,
+            exclusive: b.exclusive,
+            durable: !b.exclusive,
             ..Default::default()
         };
-        b.exchange.declare(&ch).await.map_err(err)?;
+        if let Some(exchange) = b.exchange {
+            exchange.declare(&ch).await.map_err(err)?;
+        }
         ch.queue_declare(b.queue.as_str().into(), opts, args)
             .await
             .map_err(err)?;
-        ch.queue_bind(
-            b.queue.as_str().into(),
-            b.exchange.name.into(),
-            b.routing_key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(err)?;
+        if let Some(exchange) = b.exchange {
+            ch.queue_bind(
+                b.queue.as_str().into(),
+                exchange.name.into(),
+                b.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+        }
         let consumer = ch
             .basic_consume(
                 b.queue.as_str().into(),

@@ -91,6 +91,11 @@ struct RunArgs {
     /// Redis URL for W1/W2 (use a private server: keys are written).
     #[arg(long, env = "CELERIAC_BENCH_REDIS")]
     redis: Option<String>,
+    /// The broker for W1/W2 (default: the --redis URL); an `amqp://` URL
+    /// measures RabbitMQ (results still in --redis), and the systems are
+    /// reported as `celeriac-<pool>-amqp`.
+    #[arg(long)]
+    broker: Option<String>,
     /// Workloads to run, comma-separated (default W1,W2,W3,W4; W1/W2 need
     /// --redis).
     #[arg(long, value_delimiter = ',')]
@@ -243,6 +248,7 @@ fn run(args: RunArgs) -> Result<()> {
             Some(url) => {
                 let cfg = redis_bench::RedisConfig {
                     url: url.clone(),
+                    broker: args.broker.clone().unwrap_or_else(|| url.clone()),
                     celeriac_bin: args
                         .celeriac_bin
                         .clone()

@@ -1,11 +1,12 @@
 //! W1 (broker throughput and worker RSS) and W2 (round-trip latency)
-//! through a real Redis.
+//! through a real Redis, or through RabbitMQ (`--broker amqp://...`) with
+//! results in Redis.
 //!
 //! The worker is the `celeriac` CLI binary in its own OS process (and its
 //! own process group), `celeriac worker -c 2 -P <pool> -Q <private queue>`,
 //! so its resident memory is measured honestly from `/proc`. The producer
 //! is this process, using the library as a Rust program would:
-//! [`RedisBroker::publish_batch`] in chunks and [`ResultBackend::watch_many`]
+//! `publish_batch` in chunks and [`ResultBackend::watch_many`]
 //! (one `SUBSCRIBE` + one `MGET` per chunk) to collect results.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use celeriac::{Call, Outgoing, ResultBackend, ResultMeta, State, Transport};
-use celeriac_redis::{RedisBackend, RedisBroker};
+use celeriac::{Broker, Call, Outgoing, ResultBackend, ResultMeta, State};
+use celeriac_redis::RedisBackend;
 use serde_json::{Value, json};
 
 use crate::emit::{Measurement, emit, log, median, percentile, round, samples};
@@ -37,8 +38,11 @@ pub(crate) static WORKER_LOG: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// Settings of W1/W2.
 #[derive(Debug, Clone)]
 pub(crate) struct RedisConfig {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`: the result store (and the broker unless
+    /// `broker` says otherwise).
     pub(crate) url: String,
+    /// The broker URL: `url`, or an `amqp://` RabbitMQ vhost.
+    pub(crate) broker: String,
     /// The `celeriac` CLI binary that runs the worker.
     pub(crate) celeriac_bin: PathBuf,
     /// Worker pools to measure: `threads`, `processes`.
@@ -87,7 +91,8 @@ impl WorkerProc {
         let log_path = std::env::temp_dir().join(format!("{queue}-worker.log"));
         let logfile = std::fs::File::create(&log_path).context("creating the worker log")?;
         let mut cmd = Command::new(&cfg.celeriac_bin);
-        cmd.args(["--broker", &cfg.url, "--loglevel", "warn", "worker"])
+        cmd.args(["--broker", &cfg.broker, "--result-backend", &cfg.url])
+            .args(["--loglevel", "warn", "worker"])
             .args(["-c", &cfg.concurrency.to_string(), "-P", pool, "-Q", queue])
             .args(["-n", &format!("{queue}@bench")])
             .args(&cfg.worker_args)
@@ -100,7 +105,7 @@ impl WorkerProc {
         log(&format!(
             "starting {} --broker {} worker -c {} -P {pool} -Q {queue} {}",
             cfg.celeriac_bin.display(),
-            cfg.url,
+            cfg.broker,
             cfg.concurrency,
             cfg.worker_args.join(" ")
         ));
@@ -190,7 +195,7 @@ fn check(meta: &ResultMeta, expected: i64) -> Result<()> {
 
 /// Connections and the bookkeeping of one measured worker.
 struct Client {
-    broker: Arc<RedisBroker>,
+    broker: Arc<dyn Broker>,
     backend: Arc<RedisBackend>,
     queue: String,
     sent: Vec<String>,
@@ -344,9 +349,13 @@ async fn run_pool(cfg: &RedisConfig, pool: &str) -> Result<()> {
         "celeriac-bench-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..10]
     );
-    let system = format!("celeriac-{pool}");
+    let system = if cfg.broker.starts_with("amqp") {
+        format!("celeriac-{pool}-amqp")
+    } else {
+        format!("celeriac-{pool}")
+    };
     let mut client = Client {
-        broker: RedisBroker::open(&cfg.url)?,
+        broker: celeriac::open_broker_for(&cfg.broker, &cfg.url)?,
         backend: RedisBackend::open(&cfg.url)?,
         queue: queue.clone(),
         sent: Vec::new(),

@@ -84,6 +84,30 @@ on_redis_and_amqp!(
     python_sees_unknown_tasks_expiry_and_a_thousand_results(12),
 );
 
+/// Celery's `rpc://` result backend on RabbitMQ: results travel as
+/// messages to the client's reply queue, both ways (a Python client with
+/// `backend='rpc://'` and a celeriac worker; `celeriac call --wait` with
+/// `--result-backend rpc://` and a Python worker).
+mod rpc {
+    #[test]
+    fn python_clients_call_celeriac_workers() {
+        let Some(env) = super::interop() else { return };
+        let Some(site) = super::Site::amqp_rpc() else {
+            return;
+        };
+        super::python_clients_call_celeriac_workers(&env, &site);
+    }
+
+    #[test]
+    fn celeriac_calls_python_celery_workers() {
+        let Some(env) = super::interop() else { return };
+        let Some(site) = super::Site::amqp_rpc() else {
+            return;
+        };
+        super::celeriac_calls_python_celery_workers(&env, &site);
+    }
+}
+
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
 }

@@ -114,6 +114,17 @@ fn python_app_control_gets_celerys_replies_from_a_celeriac_worker(python: &str, 
     assert_eq!(stats["broker"]["transport"], site.transport(), "{stats}");
     assert_eq!(stats["broker"]["port"], site.broker_port(), "{stats}");
     assert_eq!(stats["prefetch_count"], 8, "{stats}");
+    if !site.is_redis() {
+        // RabbitMQ applies it: the consumer's basic.qos is -c 2 × 4.
+        let vhost = site.broker.rsplit('/').next().unwrap();
+        assert_eq!(stats["broker"]["virtual_host"], vhost, "{stats}");
+        assert_eq!(stats["broker"]["ssl"], false, "{stats}");
+        let consumers = celeriac_testkit::rabbit_server::consumer_prefetch(&site.broker);
+        assert!(
+            consumers.contains(&("celery".to_string(), "8".to_string())),
+            "{consumers:?}"
+        );
+    }
     assert!(stats["rusage"]["utime"].is_number(), "{stats}");
     let registered = v["registered"][NODE].as_array().unwrap();
     assert!(registered.contains(&json!("celeriac.add")), "{v}");

@@ -3,7 +3,8 @@
 //! `result_extended` results with every field Celery stores. Each test runs
 //! the real `celeriac` binary and real Python Celery against a private
 //! `redis-server` of its own (so Python's remote-control broadcasts and
-//! celeriac's keys never meet another test's).
+//! celeriac's keys never meet another test's); the revoke tests run on
+//! RabbitMQ too (a vhost of their own, results in a private Redis).
 //!
 //! The Python venv is named by `CELERIAC_TEST_PYTHON` (`scripts/test.sh`
 //! sets it); without it the tests that need Python are skipped, except
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use celeriac_testkit::process::LoggedChild;
 use celeriac_testkit::python::{interop_python as python, python_dir};
 use celeriac_testkit::redis_server::RedisServer;
+use celeriac_testkit::site::Site;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
@@ -22,11 +24,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
 /// Runs `tests/python/<script>` with `args`; asserts it succeeded and
 /// returns its stdout.
 fn python_run(python: &str, script: &str, args: &[&str]) -> String {
-    let out = Command::new(python)
-        .arg(python_dir().join(script))
-        .args(args)
-        .output()
-        .expect("run Python");
+    python_run_with(python, script, args, None)
+}
+
+/// [`python_run`] with the result backend `BACKEND` if given.
+fn python_run_with(python: &str, script: &str, args: &[&str], backend: Option<&str>) -> String {
+    let mut cmd = Command::new(python);
+    cmd.arg(python_dir().join(script)).args(args);
+    if let Some(b) = backend {
+        cmd.env("BACKEND", b);
+    }
+    let out = cmd.output().expect("run Python");
     assert!(
         out.status.success(),
         "python {script} failed:\n{}\n{}",
@@ -45,12 +53,30 @@ fn python_worker(
     extra: &[&str],
     extended: bool,
 ) -> LoggedChild {
+    python_worker_at(
+        python,
+        &Site::shared_redis(url.to_string()),
+        pool,
+        extra,
+        extended,
+    )
+}
+
+/// [`python_worker`] on a site's broker and result backend.
+fn python_worker_at(
+    python: &str,
+    site: &Site,
+    pool: &str,
+    extra: &[&str],
+    extended: bool,
+) -> LoggedChild {
     let mut cmd = Command::new(python);
     cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P", pool])
         .args(["-c", "1", "--loglevel", "INFO", "-n", "py@localhost"])
         .args(extra)
         .current_dir(python_dir())
-        .env("BROKER", url)
+        .env("BROKER", &site.broker)
+        .env("BACKEND", &site.backend)
         .env("RESULT_EXTENDED", if extended { "1" } else { "0" })
         .env("PYTHONPATH", python_dir());
     let worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-celery-worker");
@@ -81,16 +107,18 @@ fn stdout(out: &Output) -> String {
 /// The stored result document of `id` (`celeriac result --meta`), waiting
 /// up to 60 s for a ready one.
 fn wait_meta(url: &str, id: &str) -> Value {
-    let out = celeriac(&[
-        "result",
-        id,
-        "--wait",
-        "--timeout",
-        "60",
-        "--meta",
-        "--broker",
-        url,
-    ]);
+    wait_meta_at(&Site::shared_redis(url.to_string()), id)
+}
+
+/// [`wait_meta`] on a site's broker and result backend.
+fn wait_meta_at(site: &Site, id: &str) -> Value {
+    let out = celeriac(
+        &[
+            &["result", id, "--wait", "--timeout", "60", "--meta"],
+            &site.conn()[..],
+        ]
+        .concat(),
+    );
     serde_json::from_str(&stdout(&out)).unwrap_or_else(|_| {
         panic!(
             "no result for {id}: {}",
@@ -103,8 +131,8 @@ fn unix_of(iso: &Value) -> f64 {
     celeriac_core::time::parse_iso(iso.as_str().expect("an ISO date")).expect("a valid ISO date")
 }
 
-fn redis_conn(url: &str) -> redis::Connection {
-    redis::Client::open(url)
+fn redis_conn(url: &str) -> ::redis::Connection {
+    ::redis::Client::open(url)
         .unwrap()
         .get_connection()
         .expect("connect to the private redis-server")
@@ -151,7 +179,7 @@ fn a_celeriac_countdown_runs_on_a_python_worker_after_its_eta() {
     );
     let id = {
         let mut c = redis_conn(&url);
-        let keys: Vec<String> = redis::cmd("KEYS")
+        let keys: Vec<String> = ::redis::cmd("KEYS")
             .arg("celery-task-meta-*")
             .query(&mut c)
             .unwrap();
@@ -200,21 +228,33 @@ fn call_wait_gives_up_by_default_with_a_clear_message() {
     assert!(stderr.contains("timed out after 60 s"), "{stderr}");
 }
 
-#[test]
-fn celeriac_revoke_makes_a_python_worker_skip_a_waiting_task() {
-    let Some(python) = python() else { return };
-    let redis = RedisServer::start();
-    let url = redis.url("");
-    let py = python_worker(&python, &url, "prefork", &[], false);
+celeriac_testkit::python_scenarios_on_redis_and_amqp!(
+    celeriac_revoke_makes_a_python_worker_skip_a_waiting_task,
+    celeriac_revoke_terminate_stops_a_task_running_on_a_python_worker,
+);
+
+fn celeriac_revoke_makes_a_python_worker_skip_a_waiting_task(python: &str, site: &Site) {
+    let py = python_worker_at(python, site, "prefork", &[], false);
+    let backend = Some(site.backend.as_str());
 
     // Sent by Python with a countdown: the worker holds both until due.
-    let doomed = python_run(&python, "send.py", &[&url, "tasks.mul", "[2,3]", "4"]);
-    let kept = python_run(&python, "send.py", &[&url, "tasks.mul", "[4,5]", "4"]);
+    let doomed = python_run_with(
+        python,
+        "send.py",
+        &[&site.broker, "tasks.mul", "[2,3]", "4"],
+        backend,
+    );
+    let kept = python_run_with(
+        python,
+        "send.py",
+        &[&site.broker, "tasks.mul", "[4,5]", "4"],
+        backend,
+    );
     for id in [&doomed, &kept] {
         let log = py.wait_for_log(&format!("[{id}] received"));
         assert!(log.contains(&format!("[{id}] received")), "{log}");
     }
-    let out = celeriac(&["revoke", &doomed, "--broker", &url]);
+    let out = celeriac(&[&["revoke", &doomed][..], &site.conn()[..]].concat());
     assert!(
         out.status.success(),
         "{}",
@@ -222,7 +262,7 @@ fn celeriac_revoke_makes_a_python_worker_skip_a_waiting_task() {
     );
 
     assert_eq!(
-        wait_meta(&url, &kept)["result"],
+        wait_meta_at(site, &kept)["result"],
         20,
         "the other task still ran"
     );
@@ -231,40 +271,39 @@ fn celeriac_revoke_makes_a_python_worker_skip_a_waiting_task() {
         log.contains(&format!("Discarding revoked task: tasks.mul[{doomed}]")),
         "the Python worker skipped the revoked task:\n{log}"
     );
-    let meta = wait_meta(&url, &doomed);
+    let meta = wait_meta_at(site, &doomed);
     assert_eq!(meta["status"], "REVOKED", "{meta}");
 }
 
-#[test]
-fn celeriac_revoke_terminate_stops_a_task_running_on_a_python_worker() {
-    let Some(python) = python() else { return };
-    let redis = RedisServer::start();
-    let url = redis.url("");
-    let py = python_worker(&python, &url, "prefork", &[], false);
+fn celeriac_revoke_terminate_stops_a_task_running_on_a_python_worker(python: &str, site: &Site) {
+    let py = python_worker_at(python, site, "prefork", &[], false);
 
-    let slow = python_run(&python, "send.py", &[&url, "tasks.sleep", "[600]"]);
+    let slow = python_run_with(
+        python,
+        "send.py",
+        &[&site.broker, "tasks.sleep", "[600]"],
+        Some(&site.backend),
+    );
     let started = eventually(|| {
-        let out = celeriac(&["result", &slow, "--meta", "--broker", &url]);
+        let out = celeriac(&[&["result", &slow, "--meta"][..], &site.conn()[..]].concat());
         serde_json::from_str::<Value>(&stdout(&out)).is_ok_and(|m| m["status"] == "STARTED")
     });
     assert!(started, "tasks.sleep started:\n{}", py.log());
 
-    let out = celeriac(&[
-        "revoke",
-        "--terminate",
-        "--signal",
-        "KILL",
-        &slow,
-        "--broker",
-        &url,
-    ]);
+    let out = celeriac(
+        &[
+            &["revoke", "--terminate", "--signal", "KILL", &slow][..],
+            &site.conn()[..],
+        ]
+        .concat(),
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // Without the terminate it would sleep for ten minutes.
-    let meta = wait_meta(&url, &slow);
+    let meta = wait_meta_at(site, &slow);
     assert_eq!(meta["status"], "REVOKED", "{meta}");
     assert_eq!(meta["result"]["exc_type"], "TaskRevokedError", "{meta}");
     let log = py.log();
@@ -342,7 +381,7 @@ fn a_celeriac_worker_holds_an_eta_task_durably_and_runs_it_once() {
 
     // Published as Celery publishes it: on the queue, with its eta header.
     let mut c = redis_conn(&url);
-    let queued: Vec<String> = redis::cmd("LRANGE")
+    let queued: Vec<String> = ::redis::cmd("LRANGE")
         .arg("celery")
         .arg(0)
         .arg(-1)
@@ -361,17 +400,17 @@ fn a_celeriac_worker_holds_an_eta_task_durably_and_runs_it_once() {
     // its memory: killed before the eta, it has run nothing.
     let mut first = celeriac_worker(&url, &[]);
     let deferred = eventually(|| {
-        let delayed: usize = redis::cmd("ZCARD")
+        let delayed: usize = ::redis::cmd("ZCARD")
             .arg("celeriac.delayed")
             .query(&mut c)
             .unwrap();
-        let on_queue: usize = redis::cmd("LLEN").arg("celery").query(&mut c).unwrap();
+        let on_queue: usize = ::redis::cmd("LLEN").arg("celery").query(&mut c).unwrap();
         delayed == 1 && on_queue == 0
     });
     assert!(deferred, "moved to the delayed set:\n{}", first.log());
     first.child.kill().unwrap();
     first.child.wait().unwrap();
-    let result: Option<String> = redis::cmd("GET")
+    let result: Option<String> = ::redis::cmd("GET")
         .arg(format!("celery-task-meta-{id}"))
         .query(&mut c)
         .unwrap();
@@ -391,7 +430,7 @@ fn a_celeriac_worker_holds_an_eta_task_durably_and_runs_it_once() {
         ("ZCARD", "celeriac.delayed"),
         ("HLEN", "unacked"),
     ] {
-        let n: usize = redis::cmd(cmd).arg(key).query(&mut c).unwrap();
+        let n: usize = ::redis::cmd(cmd).arg(key).query(&mut c).unwrap();
         assert_eq!(n, 0, "{key} is empty");
     }
 }

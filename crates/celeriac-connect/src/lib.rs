@@ -10,9 +10,16 @@
 //! | `memory://[NAME]` | in this process | `celeriac-embedded` |
 //! | `sqlite://PATH` | a file shared by processes on one machine | `celeriac-embedded` |
 //! | `redis://`, `rediss://`, `redis+unix://` | Redis | `celeriac-redis` |
-//! | `amqp://`, `amqps://` | RabbitMQ (broker only; pair it with a Redis or SQLite backend) | `celeriac-amqp` |
+//! | `amqp://`, `amqps://` | RabbitMQ (broker; pair it with a Redis or SQLite backend, or `rpc://`) | `celeriac-amqp` |
+//! | `rpc://` | Celery's RPC result backend: results as messages to the client's reply queue, over the `amqp://` broker | `celeriac-amqp` |
+//!
+//! `rpc://` has no address of its own, as in Celery: it uses the AMQP
+//! broker that this thread opened last with [`open_broker`] or
+//! [`open_broker_for`] (open the broker first, as the CLI and the job
+//! server do). `celeriac_amqp::RpcBackend::new` pairs them explicitly.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::{Arc, Weak};
 
 use celeriac_core::broker::BeatStore;
 use celeriac_core::{BackendError, Broker, BrokerError, ResultBackend};
@@ -35,7 +42,7 @@ pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
         "memory" => Ok(MemoryBroker::open(url)?),
         "sqlite" => Ok(SqliteBroker::open(url)?),
         "redis" | "rediss" | "redis+unix" => Ok(RedisBroker::open(url)?),
-        "amqp" | "amqps" => Ok(celeriac_amqp::AmqpBroker::open(url)?),
+        "amqp" | "amqps" => Ok(remember(celeriac_amqp::AmqpBroker::open(url)?)),
         _ => Err(BrokerError::InvalidUrl {
             url: redact(url),
             reason: format!(
@@ -43,6 +50,17 @@ pub fn open_broker(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
             ),
         }),
     }
+}
+
+thread_local! {
+    /// The AMQP broker this thread opened last: `rpc://` results travel
+    /// on it.
+    static LAST_AMQP: RefCell<Weak<celeriac_amqp::AmqpBroker>> = const { RefCell::new(Weak::new()) };
+}
+
+fn remember(b: Arc<celeriac_amqp::AmqpBroker>) -> Arc<celeriac_amqp::AmqpBroker> {
+    LAST_AMQP.with(|last| *last.borrow_mut() = Arc::downgrade(&b));
+    b
 }
 
 /// Opens the broker at `broker_url` for use with the result backend at
@@ -72,11 +90,11 @@ pub fn open_broker_for(
         match backend_url.split("://").next().unwrap_or_default() {
             "sqlite" => SqliteBroker::open(backend_url)?,
             "redis" | "rediss" | "redis+unix" => RedisBroker::open(backend_url)?,
-            _ => return Ok(celeriac_amqp::AmqpBroker::open(broker_url)?),
+            _ => return Ok(remember(celeriac_amqp::AmqpBroker::open(broker_url)?)),
         };
-    Ok(celeriac_amqp::AmqpBroker::open_with_registry(
+    Ok(remember(celeriac_amqp::AmqpBroker::open_with_registry(
         broker_url, registry,
-    )?)
+    )?))
 }
 
 /// Opens the store of `celeriac beat`'s leader lease and last runs
@@ -114,18 +132,37 @@ pub fn open_beat_store(url: &str) -> Result<Arc<dyn BeatStore>, BrokerError> {
     }
 }
 
-/// Opens a result backend from a URL: `memory://[NAME]`, `sqlite://PATH`
-/// or `redis://HOST[:PORT][/DB]`.
+/// Opens a result backend from a URL: `memory://[NAME]`, `sqlite://PATH`,
+/// `redis://HOST[:PORT][/DB]`, or `rpc://` (Celery's RPC backend, over
+/// the AMQP broker this thread opened last; see the crate docs).
+///
+/// # Examples
+///
+/// ```
+/// let broker = celeriac_connect::open_broker_for("amqp://127.0.0.1:1/v", "rpc://").unwrap();
+/// let backend = celeriac_connect::open_backend("rpc://").unwrap();
+/// assert_eq!(backend.url(), "rpc://");
+/// # drop(broker);
+/// ```
 pub fn open_backend(url: &str) -> Result<Arc<dyn ResultBackend>, BackendError> {
     let scheme = url.split("://").next().unwrap_or_default();
     match scheme {
         "memory" => Ok(MemoryBackend::open(url)?),
         "sqlite" => Ok(SqliteBackend::open(url)?),
         "redis" | "rediss" | "redis+unix" => Ok(RedisBackend::open(url)?),
-        "amqp" | "amqps" | "rpc" => Err(BackendError::InvalidUrl {
+        "rpc" => match LAST_AMQP.with(|last| last.borrow().upgrade()) {
+            Some(broker) => Ok(celeriac_amqp::RpcBackend::new(&broker)),
+            None => Err(BackendError::InvalidUrl {
+                url: redact(url),
+                reason: "rpc:// sends results over the AMQP broker, and this thread has \
+                         no amqp:// broker open; open the broker first"
+                    .to_string(),
+            }),
+        },
+        "amqp" | "amqps" => Err(BackendError::InvalidUrl {
             url: redact(url),
-            reason: "no result backend on RabbitMQ yet (rpc:// is not implemented); \
-                     use a redis:// or sqlite:// result backend with an amqp:// broker"
+            reason: "results are not stored in RabbitMQ; use rpc:// (Celery's RPC \
+                     backend), or a redis:// or sqlite:// result backend"
                 .to_string(),
         }),
         _ => Err(BackendError::InvalidUrl {

@@ -11,14 +11,28 @@ fn an_unsupported_scheme_is_an_error_without_the_password() {
     let text = err.to_string();
     assert!(text.contains("unsupported scheme \"sqs\""), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
-    // amqp:// opens the RabbitMQ broker (connecting on first use), and has
-    // no result backend yet.
+    // amqp:// opens the RabbitMQ broker (connecting on first use); results
+    // are not stored in RabbitMQ (rpc:// sends them as messages).
     let b = open_broker("amqp://guest:hunter2@rabbit:5672//").unwrap();
     assert!(!b.url().contains("hunter2"), "{}", b.url());
     let err = open_backend("amqp://guest:hunter2@rabbit:5672//").unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
     let err = open_backend("db+postgresql://u:p@ss@db/celery").unwrap_err();
     assert!(!err.to_string().contains("p@ss"), "{err}");
+}
+
+#[test]
+fn rpc_results_ride_on_the_amqp_broker_this_thread_opened() {
+    std::thread::spawn(|| {
+        let err = open_backend("rpc://").unwrap_err();
+        assert!(err.to_string().contains("no amqp:// broker open"), "{err}");
+        let _b = celeriac_connect::open_broker_for("amqp://127.0.0.1:1/v", "rpc://").unwrap();
+        let backend = open_backend("rpc://").unwrap();
+        assert_eq!(backend.url(), "rpc://");
+        assert!(backend.chord_join().is_none());
+    })
+    .join()
+    .unwrap();
 }
 
 proptest! {

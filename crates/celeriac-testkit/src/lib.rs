@@ -17,6 +17,7 @@ pub mod python;
 pub mod rabbit_server;
 pub mod redis_server;
 pub mod site;
+pub mod tls;
 
 pub use control::{
     a_broadcast_revoke_is_recorded, control_calls_reach_every_listener_and_collect_their_replies,

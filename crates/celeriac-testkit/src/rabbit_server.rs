@@ -27,7 +27,8 @@ pub fn available() -> bool {
 }
 
 /// Starts a node with `scripts/rabbitmq-private.sh` in `dir`, stopped when
-/// this process exits; its URL without a vhost.
+/// this process exits; its URL without a vhost. Files the script finds in
+/// `dir` beforehand (`tls/` certificates, `advanced.config`) shape the node.
 fn start_node(dir: &std::path::Path) -> String {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rabbitmq-private.sh");
@@ -71,8 +72,9 @@ fn node() -> &'static (String, PathBuf) {
     })
 }
 
-/// A RabbitMQ node of one test's own, for a test that stops it (the
-/// shared node serves the other tests meanwhile); stopped when dropped.
+/// A RabbitMQ node of one test's own, for a test that stops it or
+/// configures it (the shared node serves the other tests meanwhile);
+/// stopped when dropped.
 #[derive(Debug)]
 pub struct PrivateNode {
     /// Its URL with the vhost `t0`.
@@ -83,12 +85,53 @@ pub struct PrivateNode {
 impl PrivateNode {
     /// Starts the node (seconds).
     pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts a node with Erlang terms for the `rabbit` application in its
+    /// `advanced.config` (e.g. `{consumer_timeout, 3000}`).
+    pub fn start_configured(rabbit_env: &str) -> Self {
+        Self::start_with(|dir| {
+            std::fs::write(
+                dir.join("advanced.config"),
+                format!("[{{rabbit, [{rabbit_env}]}}].\n"),
+            )
+            .expect("write advanced.config");
+        })
+    }
+
+    /// Starts a node that also listens for TLS (`amqps://`) with a
+    /// certificate for `127.0.0.1` signed by a CA made for it alone
+    /// ([`ca_path`](Self::ca_path)).
+    pub fn start_tls() -> Self {
+        Self::start_with(|dir| {
+            let tls = dir.join("tls");
+            std::fs::create_dir_all(&tls).expect("tls dir");
+            crate::tls::make_certs(&tls);
+        })
+    }
+
+    fn start_with(prepare: impl FnOnce(&std::path::Path)) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("celeriac-rabbit-own-")
             .tempdir()
             .expect("temp dir");
+        prepare(dir.path());
         let url = format!("{}/t0", start_node(dir.path()));
         PrivateNode { url, dir }
+    }
+
+    /// The CA certificate of a [`start_tls`](Self::start_tls) node.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.pem")
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:PORT/t0` of a
+    /// [`start_tls`](Self::start_tls) node.
+    pub fn tls_url(&self) -> String {
+        let port = std::fs::read_to_string(self.dir.path().join("tls_port"))
+            .expect("the node has no TLS listener");
+        format!("amqps://guest:guest@127.0.0.1:{}/t0", port.trim())
     }
 
     /// Runs `rabbitmqctl` against this node.
@@ -129,6 +172,50 @@ pub fn vhost_url() -> String {
         }
     }
     panic!("all 100 test vhosts of the private RabbitMQ are taken");
+}
+
+/// The vhost of an `amqp://.../VHOST[?query]` URL.
+fn vhost_of(url: &str) -> &str {
+    url.split('?')
+        .next()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+}
+
+/// `(queue, type)` of every queue of the vhost of `url` on the shared node
+/// (`classic`, `quorum`).
+pub fn queue_types(url: &str) -> Vec<(String, String)> {
+    two_columns(&rabbitmqctl(&[
+        "list_queues",
+        "-p",
+        vhost_of(url),
+        "name",
+        "type",
+    ]))
+}
+
+/// `(queue, prefetch_count)` of every consumer of the vhost of `url` on
+/// the shared node: the `basic.qos` RabbitMQ applies to each.
+pub fn consumer_prefetch(url: &str) -> Vec<(String, String)> {
+    two_columns(&rabbitmqctl(&[
+        "list_consumers",
+        "--no-table-headers",
+        "-p",
+        vhost_of(url),
+        "queue_name",
+        "prefetch_count",
+    ]))
+}
+
+fn two_columns(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            Some((cols.next()?.to_string(), cols.next()?.to_string()))
+        })
+        .collect()
 }
 
 /// Runs `rabbitmqctl` against the private node (e.g. `close_all_connections`).

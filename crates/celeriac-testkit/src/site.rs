@@ -53,6 +53,20 @@ impl Site {
         })
     }
 
+    /// A vhost of the private RabbitMQ node as broker, and Celery's
+    /// `rpc://` result backend (results as messages to the client's reply
+    /// queue); `None` (skipped) where RabbitMQ cannot run.
+    pub fn amqp_rpc() -> Option<Site> {
+        if !rabbit_server::available() {
+            return None;
+        }
+        Some(Site {
+            broker: rabbit_server::vhost_url(),
+            backend: "rpc://".to_string(),
+            redis: None,
+        })
+    }
+
     /// Whether the broker is Redis.
     pub fn is_redis(&self) -> bool {
         self.broker.starts_with("redis")

@@ -236,6 +236,9 @@ impl Worker {
         let mut failing = false;
         while !self.is_stopping() {
             // Reserve up to `prefetch` messages per slot.
+            inner
+                .broker
+                .set_prefetch(inner.slots.target() * inner.slots.prefetch());
             let free = inner.slots.room().await;
             if free == 0 {
                 break;

@@ -48,6 +48,22 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Acknowledges a delivery: the message is done and removed.
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError>;
 
+    /// Tells a broker whose server pushes messages to its consumers (AMQP's
+    /// `basic.qos`) how many messages a worker may hold before it starts
+    /// them: its concurrency × prefetch multiplier (Celery's
+    /// `worker_prefetch_multiplier`). The worker calls it before it
+    /// claims. By default nothing: the other brokers hand out only what a
+    /// claim asks for.
+    fn set_prefetch(&self, messages: usize) {
+        let _ = messages;
+    }
+
+    /// The prefetch the broker's server applies (for `inspect stats`), or
+    /// `None` where a claim takes only what it asks for.
+    fn prefetch(&self) -> Option<usize> {
+        None
+    }
+
     /// Acknowledges several deliveries, in one round trip or transaction
     /// where the broker allows. Returns, in order, whether each delivery
     /// was still held (`false` is [`BrokerError::NotHeld`] for that one: its

@@ -24,7 +24,7 @@ pub(crate) fn stats(worker: &Worker) -> Value {
         "uptime": inner.control.uptime().as_secs_f64().round() as u64,
         "pool": pool(worker, concurrency),
         "broker": broker(&inner.broker.url()),
-        "prefetch_count": concurrency * inner.slots.prefetch(),
+        "prefetch_count": inner.broker.prefetch().unwrap_or(concurrency * inner.slots.prefetch()),
         "rusage": rusage(),
     })
 }
@@ -80,10 +80,17 @@ pub(crate) fn broker(url: &str) -> Value {
     json!({
         "hostname": if hostname.is_empty() { Value::Null } else { json!(hostname) },
         "userid": user,
-        "virtual_host": if scheme == "sqlite" || scheme == "memory" { json!(path) } else if path.is_empty() { json!("0") } else { json!(path) },
+        "virtual_host": match scheme {
+            "sqlite" | "memory" => json!(path),
+            // kombu's default vhost is "/", written `%2F` in a URL.
+            "amqp" | "amqps" if path.is_empty() => json!("/"),
+            "amqp" | "amqps" => json!(path.replace("%2F", "/").replace("%2f", "/")),
+            _ if path.is_empty() => json!("0"),
+            _ => json!(path),
+        },
         "port": port,
         "insist": false,
-        "ssl": scheme == "rediss",
+        "ssl": scheme == "rediss" || scheme == "amqps",
         "transport": transport,
         "connect_timeout": 4,
         "transport_options": {},
@@ -290,6 +297,18 @@ mod tests {
         assert_eq!(b["transport"], "sqlite");
         assert_eq!(b["virtual_host"], "/tmp/x.db");
         assert_eq!(b["hostname"], Value::Null);
+        let b = broker("amqps://guest:***@rabbit:5671/t7");
+        assert_eq!(
+            (
+                b["ssl"].clone(),
+                b["virtual_host"].clone(),
+                b["transport"].clone()
+            ),
+            (json!(true), json!("t7"), json!("amqps"))
+        );
+        assert_eq!(broker("amqp://rabbit:5672")["virtual_host"], "/");
+        assert_eq!(broker("amqp://rabbit:5672/%2F")["virtual_host"], "/");
+        assert_eq!(broker("amqp://rabbit:5672/")["ssl"], false);
     }
 
     #[test]

@@ -11,22 +11,16 @@ use celeriac_testkit::rabbit_server::{self, PrivateNode};
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
 
 /// `celeriac call celeriac.add [2, 3] --wait` on `broker` with a worker
-/// running there: what it prints, and the worker (still running).
+/// running there: what it prints, and the worker (still running). Neither
+/// names a result backend: `rpc://` is the default with an AMQP broker.
 fn add_over(broker: &str) -> (String, LoggedChild) {
     let mut cmd = Command::new(BIN);
-    cmd.args(["worker", "--broker", broker, "--result-backend", "rpc://"])
+    cmd.args(["worker", "--broker", broker])
         .args(["--diagnostic-tasks", "-c", "1"]);
     let worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "celeriac-amqp-options");
     let out = Command::new(BIN)
         .args(["call", "celeriac.add", "--args", "[2,3]", "--wait"])
-        .args([
-            "--timeout",
-            "60",
-            "--broker",
-            broker,
-            "--result-backend",
-            "rpc://",
-        ])
+        .args(["--timeout", "60", "--broker", broker])
         .output()
         .expect("run celeriac call");
     let printed = format!(

@@ -176,9 +176,21 @@ pub fn open_backend(url: &str) -> Result<Arc<dyn ResultBackend>, BackendError> {
 
 /// The result backend to use with a broker when none is configured: the
 /// broker's own store (the same named memory instance, the same SQLite file,
-/// the same Redis database).
+/// the same Redis database), and for RabbitMQ, which stores no results,
+/// Celery's `rpc://` (results as messages to the sending client).
+///
+/// # Examples
+///
+/// ```
+/// use celeriac_connect::default_backend_url;
+/// assert_eq!(default_backend_url("redis://h:6379/0"), "redis://h:6379/0");
+/// assert_eq!(default_backend_url("amqps://u:p@h/v"), "rpc://");
+/// ```
 pub fn default_backend_url(broker_url: &str) -> String {
-    broker_url.to_string()
+    match broker_url.split("://").next().unwrap_or_default() {
+        "amqp" | "amqps" => "rpc://".to_string(),
+        _ => broker_url.to_string(),
+    }
 }
 
 /// `url` with everything between `://` and its last `@` (a password, and

@@ -1,11 +1,12 @@
 //! W1 (broker throughput and worker RSS) and W2 (round-trip latency)
-//! through a real Redis.
+//! through a real Redis, or through the default `sqlite://` file broker
+//! (worker and client are then two processes sharing one SQLite file).
 //!
 //! The worker is the `celeriac` CLI binary in its own OS process (and its
 //! own process group), `celeriac worker -c 2 -P <pool> -Q <private queue>`,
 //! so its resident memory is measured honestly from `/proc`. The producer
 //! is this process, using the library as a Rust program would:
-//! [`RedisBroker::publish_batch`] in chunks and [`ResultBackend::watch_many`]
+//! `Transport::publish_batch` in chunks and [`ResultBackend::watch_many`]
 //! (one `SUBSCRIBE` + one `MGET` per chunk) to collect results.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use celeriac::{Call, Outgoing, ResultBackend, ResultMeta, State, Transport};
-use celeriac_redis::{RedisBackend, RedisBroker};
+use celeriac::{Broker, Call, Outgoing, ResultBackend, ResultMeta, State};
 use serde_json::{Value, json};
 
 use crate::emit::{Measurement, emit, log, median, percentile, round, samples};
@@ -37,7 +37,8 @@ pub(crate) static WORKER_LOG: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// Settings of W1/W2.
 #[derive(Debug, Clone)]
 pub(crate) struct RedisConfig {
-    /// `redis://host:port/db`.
+    /// The broker URL: `redis://host:port/db`, or `sqlite://PATH` (the
+    /// result backend is then the same file, as the CLI's default).
     pub(crate) url: String,
     /// The `celeriac` CLI binary that runs the worker.
     pub(crate) celeriac_bin: PathBuf,
@@ -190,8 +191,8 @@ fn check(meta: &ResultMeta, expected: i64) -> Result<()> {
 
 /// Connections and the bookkeeping of one measured worker.
 struct Client {
-    broker: Arc<RedisBroker>,
-    backend: Arc<RedisBackend>,
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
     queue: String,
     sent: Vec<String>,
 }
@@ -287,8 +288,12 @@ impl Client {
         Ok((t_enq, t_last))
     }
 
-    /// Best-effort removal of this run's queue, binding and result keys.
+    /// Best-effort removal of this run's queue, binding and result keys
+    /// (Redis; a SQLite file is removed by whoever made it).
     async fn cleanup(&self, url: &str) {
+        if !is_redis(url) {
+            return;
+        }
         let res: Result<()> = async {
             let client = redis::Client::open(url)?;
             let mut conn = client.get_multiplexed_async_connection().await?;
@@ -344,10 +349,15 @@ async fn run_pool(cfg: &RedisConfig, pool: &str) -> Result<()> {
         "celeriac-bench-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..10]
     );
-    let system = format!("celeriac-{pool}");
+    let system = if is_redis(&cfg.url) {
+        format!("celeriac-{pool}")
+    } else {
+        let scheme = cfg.url.split("://").next().unwrap_or_default();
+        format!("celeriac-{scheme}-{pool}")
+    };
     let mut client = Client {
-        broker: RedisBroker::open(&cfg.url)?,
-        backend: RedisBackend::open(&cfg.url)?,
+        broker: celeriac::open_broker(&cfg.url)?,
+        backend: celeriac::open_backend(&celeriac::default_backend_url(&cfg.url))?,
         queue: queue.clone(),
         sent: Vec::new(),
     };
@@ -363,6 +373,11 @@ async fn run_pool(cfg: &RedisConfig, pool: &str) -> Result<()> {
     drop(worker);
     client.cleanup(&cfg.url).await;
     res
+}
+
+/// Whether `url` is a Redis URL (else the broker is, e.g., `sqlite://`).
+fn is_redis(url: &str) -> bool {
+    url.starts_with("redis")
 }
 
 fn common(m: Measurement, pool: &str, concurrency: usize) -> Measurement {

@@ -62,22 +62,4 @@ for r in $(seq 1 "$rounds"); do
     done
 done
 
-python3 - "$out" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-skip = {"side", "value", "loadavg_1m", "samples", "samples_us", "seconds", "runs", "vmhwm_mib", "celeriac"}
-groups = {}
-for r in rows:
-    key = (r["workload"], r["system"], r["metric"], r["unit"],
-           json.dumps({k: v for k, v in r.items() if k not in skip and k not in ("workload", "system", "metric", "unit")}, sort_keys=True))
-    groups.setdefault(key, {"A": [], "B": []})[r["side"]].append(r["value"])
-print("| workload | system | metric | params | A median | B median | B/A | runs |")
-print("|---|---|---|---|---|---|---|---|")
-for (w, s, m, u, p), v in sorted(groups.items()):
-    if not v["A"] or not v["B"]:
-        continue
-    a, b = statistics.median(v["A"]), statistics.median(v["B"])
-    ratio = b / a if a else float("nan")
-    params = ", ".join(f"{k}={x}" for k, x in json.loads(p).items() if not isinstance(x, (list, dict)))
-    print(f"| {w} | {s} | {m} | {params} | {a:.4g} {u} | {b:.4g} {u} | {ratio:.3f} | {len(v['A'])}+{len(v['B'])} |")
-PY
+python3 "$here/ab_table.py" "$out"

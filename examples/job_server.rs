@@ -63,5 +63,8 @@ fn main() -> anyhow::Result<()> {
     server.set_workers(1)?;
     println!("resized to {} worker", server.workers());
     server.print_stats();
+    // On its private memory:// broker every job above took the local lane:
+    // handed to the worker's threads as a typed call, no message at all.
+    println!("jobs on the local lane: {}", server.stats().local_lane);
     Ok(())
 }

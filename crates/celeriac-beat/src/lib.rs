@@ -52,6 +52,7 @@ mod catch_up;
 pub mod cli;
 mod message;
 mod schedule;
+mod schedule_file;
 mod scheduler;
 mod timing;
 
@@ -66,7 +67,8 @@ use tokio::sync::watch;
 
 pub use catch_up::CatchUp;
 pub use message::{BEAT_HEADER, MessageError, SLOT_HEADER};
-pub use schedule::{Entry, Schedule, ScheduleError};
+pub use schedule::{Entry, Schedule};
+pub use schedule_file::ScheduleError;
 pub use scheduler::ON_TIME;
 pub use timing::{Timing, TimingError};
 

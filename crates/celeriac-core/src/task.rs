@@ -261,6 +261,43 @@ impl TaskContext {
         }
     }
 
+    /// The context for running a call handed over in process (no
+    /// message): task `id` of `name`, on node `hostname`, with the
+    /// `timelimit` header's hard and soft limits in seconds, and `cancel`
+    /// as its cancel token (the caller keeps a clone, to cancel it).
+    ///
+    /// ```
+    /// use celeriac_core::{CancelToken, TaskContext};
+    ///
+    /// let token = CancelToken::new();
+    /// let ctx = TaskContext::for_call("id-1", "tasks.add", "node", (None, Some(2.0)), token.clone());
+    /// assert_eq!((ctx.id(), ctx.retries()), ("id-1", 0));
+    /// assert_eq!(ctx.soft_time_limit().unwrap().as_secs_f64(), 2.0);
+    /// token.cancel();
+    /// assert!(ctx.is_cancelled());
+    /// ```
+    pub fn for_call(
+        id: &str,
+        name: &str,
+        hostname: &str,
+        timelimit: (Option<f64>, Option<f64>),
+        cancel: CancelToken,
+    ) -> Self {
+        TaskContext {
+            id: id.to_string(),
+            name: name.to_string(),
+            retries: 0,
+            hostname: hostname.to_string(),
+            root_id: Some(id.to_string()),
+            parent_id: None,
+            group: None,
+            timelimit,
+            cancel,
+            subtasks: None,
+            states: None,
+        }
+    }
+
     /// A context for calling a task directly, outside any worker.
     pub fn detached(name: &str) -> Self {
         TaskContext {
@@ -914,6 +951,28 @@ impl<T> Call<T> {
     /// to JSON ([`Call::to_message`] refuses it with this message).
     pub fn error(&self) -> Option<&str> {
         self.error.as_deref()
+    }
+
+    /// Takes the call apart: its name, positional and keyword arguments,
+    /// and options (for handing it over in process without building a
+    /// message).
+    ///
+    /// ```
+    /// use celeriac_core::Call;
+    ///
+    /// let (name, args, kwargs, opts) = Call::<i64>::new("tasks.add").arg(2).arg(3).queue("q").into_parts();
+    /// assert_eq!((name.as_ref(), args.len(), kwargs.len()), ("tasks.add", 2, 0));
+    /// assert_eq!(opts.queue.as_deref(), Some("q"));
+    /// ```
+    pub fn into_parts(
+        self,
+    ) -> (
+        Cow<'static, str>,
+        Vec<Value>,
+        Map<String, Value>,
+        CallOptions,
+    ) {
+        (self.name, self.args, self.kwargs, self.options)
     }
 
     /// The same call with another output type.

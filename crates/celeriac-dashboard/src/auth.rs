@@ -17,7 +17,7 @@ use crate::DashboardError;
 use crate::server::Hub;
 
 /// The login cookie's name.
-const COOKIE: &str = "celeriac_dashboard";
+pub(crate) const COOKIE: &str = "celeriac_dashboard";
 
 /// The header an action carries its CSRF token in.
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";

@@ -48,6 +48,7 @@ mod auth;
 mod cli;
 mod collect;
 mod server;
+mod throttle;
 
 pub use cli::{DashboardArgs, run};
 pub use server::{Dashboard, DashboardBuilder};

@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 use crate::DashboardError;
 use crate::auth::Auth;
 use crate::collect::{Collected, Live};
-use crate::{api, assets, auth, collect};
+use crate::throttle::Throttle;
+use crate::{api, assets, auth, collect, throttle};
 
 /// Builds a [`Dashboard`]. See [`Dashboard::builder`].
 #[derive(Debug)]
@@ -80,6 +81,7 @@ impl DashboardBuilder {
                 collected: Collected::new(Monitor::new(self.max_tasks)),
                 live: Live::new(),
                 auth: Auth::new(self.token, !self.insecure_no_auth),
+                throttle: Throttle::default(),
                 broker: self.broker,
                 backend: self.backend,
                 enable_events: self.enable_events,
@@ -97,6 +99,7 @@ pub(crate) struct Hub {
     pub(crate) collected: Collected,
     pub(crate) live: Live,
     pub(crate) auth: Auth,
+    pub(crate) throttle: Throttle,
     pub(crate) enable_events: bool,
 }
 
@@ -143,13 +146,16 @@ impl Dashboard {
         let collectors = collect::start(self.hub.clone()).await;
         let app = router(self.hub.clone());
         tracing::info!(%addr, auth = self.hub.auth.has_token(), "dashboard serving");
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|source| DashboardError::Io {
-                addr: addr.to_string(),
-                source,
-            });
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| DashboardError::Io {
+            addr: addr.to_string(),
+            source,
+        });
         for c in collectors {
             c.abort();
         }
@@ -178,6 +184,7 @@ fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/login", get(auth::login_page).post(auth::login))
         .merge(guarded)
+        .layer(middleware::from_fn_with_state(hub.clone(), throttle::layer))
         .layer(middleware::from_fn(auth::headers))
         .with_state(hub)
 }

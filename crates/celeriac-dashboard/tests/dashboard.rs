@@ -569,6 +569,65 @@ async fn a_token_is_required_everywhere_and_actions_need_the_csrf_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_token_is_refused_after_ten_wrong_tries() {
+    let redis = RedisServer::start();
+    let broker = celeriac::open_broker(&redis.url("")).unwrap();
+    let served = Served::start(broker, Some(TOKEN)).await;
+    let c = http();
+    // A browser without credentials is not guessing: no lockout from it.
+    for _ in 0..20 {
+        let r = c.get(served.url("/api/workers")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = c
+        .get(served.url("/api/workers"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "plain 401s do not lock an address out");
+    // Ten wrong tokens, by the form and by the header, each a 401.
+    for i in 0..10 {
+        let r = if i % 2 == 0 {
+            c.post(served.url("/login"))
+                .form(&[("token", format!("guess-{i}"))])
+                .send()
+                .await
+                .unwrap()
+        } else {
+            c.get(served.url("/api/workers"))
+                .bearer_auth(format!("guess-{i}"))
+                .send()
+                .await
+                .unwrap()
+        };
+        assert_eq!(r.status(), 401, "guess {i}");
+    }
+    // Then even the right token is refused, with the time to wait.
+    for r in [
+        c.get(served.url("/api/workers"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+        c.post(served.url("/login"))
+            .form(&[("token", TOKEN)])
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(r.status(), 429);
+        let wait: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+    }
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_address_is_refused_without_a_token() {
     let redis = RedisServer::start();
     let url = redis.url("");

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use celeriac_core::canvas::ResultNode;
-use celeriac_core::{BackendError, BrokerError, ResultMeta, TaskError};
+use celeriac_core::{BackendError, BrokerError, CancelToken, ResultMeta, TaskError};
 use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
 
@@ -88,6 +88,9 @@ impl JobEnd {
     }
 }
 
+/// How long a waiter polls for its job's outcome before it sleeps.
+const SPIN: Duration = Duration::from_micros(20);
+
 /// A job's callback, decoding the outcome to the job's type.
 pub(crate) type Callback = Box<dyn FnOnce(&JobEnd) + Send>;
 
@@ -99,7 +102,13 @@ pub(crate) struct JobState {
     claimed: AtomicBool,
     callback: Mutex<Option<Callback>>,
     slot: Mutex<Option<JobEnd>>,
+    /// Set once `slot` holds the outcome: a waiter polls it briefly before
+    /// it sleeps.
+    done: AtomicBool,
     cv: Condvar,
+    /// The cancel token of a job run on the local lane (a terminate
+    /// cancels it); `None` for a job sent through the broker.
+    pub(crate) cancel: Option<CancelToken>,
 }
 
 impl std::fmt::Debug for JobState {
@@ -113,13 +122,25 @@ impl std::fmt::Debug for JobState {
 
 impl JobState {
     pub(crate) fn new(id: String, group: String, callback: Option<Callback>) -> Arc<Self> {
+        Self::with_cancel(id, group, callback, None)
+    }
+
+    /// A job state holding the cancel token of a job on the local lane.
+    pub(crate) fn with_cancel(
+        id: String,
+        group: String,
+        callback: Option<Callback>,
+        cancel: Option<CancelToken>,
+    ) -> Arc<Self> {
         Arc::new(JobState {
             id,
             group,
             claimed: AtomicBool::new(false),
             callback: Mutex::new(callback),
             slot: Mutex::new(None),
+            done: AtomicBool::new(false),
             cv: Condvar::new(),
+            cancel,
         })
     }
 
@@ -144,11 +165,18 @@ impl JobState {
             return false;
         }
         *slot = Some(outcome);
+        self.done.store(true, Ordering::Release);
         self.cv.notify_all();
         true
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Option<JobEnd> {
+        // A job on the local lane finishes within microseconds: poll for
+        // a moment before sleeping (a wake-up from a futex costs more).
+        let spin_until = Instant::now() + SPIN;
+        while !self.done.load(Ordering::Acquire) && Instant::now() < spin_until {
+            std::thread::yield_now();
+        }
         let mut slot = self.slot.lock();
         loop {
             if let Some(o) = slot.as_ref() {

@@ -31,6 +31,9 @@ pub struct Stats {
     pub pending: usize,
     /// The server's local worker count.
     pub workers: usize,
+    /// Jobs that took the local lane (see
+    /// [`ServerBuilder::local_lane`](crate::ServerBuilder::local_lane)).
+    pub local_lane: u64,
 }
 
 impl fmt::Display for Stats {

@@ -64,6 +64,7 @@ mod decide;
 mod events;
 mod execute;
 mod line;
+mod local;
 mod meta;
 mod observe;
 mod settle;
@@ -75,6 +76,7 @@ mod worker;
 
 pub use celeriac_core::PoolKind;
 pub use config::{DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_STORE_RETRY_FOR, WorkerBuilder};
+pub use local::{LocalEnd, LocalJob};
 pub use observe::{Observer, RevokedBy, TaskEvent, WorkerStats};
 pub use task_log::{RESULT_REPR_MAX, TaskLog};
 pub use task_metrics::{TaskMetrics, UNREGISTERED};

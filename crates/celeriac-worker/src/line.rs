@@ -221,6 +221,21 @@ impl Reservations {
         self.executing.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// A job handed to the local lane takes an execution slot (and a
+    /// reservation) at once, over the concurrency if need be (it waits for
+    /// a thread in the pool's queue), so that messages claimed meanwhile
+    /// wait in line for a slot as they would behind any message claimed
+    /// before them.
+    pub(crate) fn occupy(&self) {
+        self.resume_now();
+    }
+
+    /// A job on the local lane has finished: its slot goes to the first
+    /// in line.
+    pub(crate) fn vacate(&self) {
+        self.suspend();
+    }
+
     /// How many messages to reserve per slot: as many as are expected to
     /// start within [`PREFETCH_WAIT`], between 1 and `prefetch`. Until a
     /// task has finished, nothing is known: 1.

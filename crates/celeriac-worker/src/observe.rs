@@ -147,6 +147,27 @@ impl Notifier {
         }
     }
 
+    /// Counts a success on the local lane (which runs only where no
+    /// observer listens).
+    pub(crate) fn count_succeeded(&self) {
+        bump(&self.counters.succeeded);
+    }
+
+    /// Counts a failure on the local lane.
+    pub(crate) fn count_failed(&self) {
+        bump(&self.counters.failed);
+    }
+
+    /// Counts a retry on the local lane.
+    pub(crate) fn count_retried(&self) {
+        bump(&self.counters.retried);
+    }
+
+    /// Counts a revoke on the local lane.
+    pub(crate) fn count_revoked(&self) {
+        bump(&self.counters.revoked);
+    }
+
     pub(crate) fn succeeded(&self, ev: &TaskEvent<'_>, result: &Value, runtime: Duration) {
         bump(&self.counters.succeeded);
         for o in &self.observers {

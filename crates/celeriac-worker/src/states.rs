@@ -43,6 +43,20 @@ impl TaskStateSink {
         })
     }
 
+    /// The states of a job on the local lane, whose document is
+    /// `template` (state and result are replaced).
+    pub(crate) fn from_template(
+        inner: &Inner,
+        runtime: tokio::runtime::Handle,
+        template: ResultMeta,
+    ) -> Arc<Self> {
+        Arc::new(TaskStateSink {
+            backend: inner.backend.clone(),
+            runtime,
+            template,
+        })
+    }
+
     fn document(&self, state: &State, meta: Value) -> ResultMeta {
         let mut doc = self.template.clone();
         doc.status = state.clone();

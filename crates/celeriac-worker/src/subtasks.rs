@@ -65,9 +65,15 @@ impl TaskSubtasks {
     /// The subtasks of a task about to run on `inner`'s worker; must be
     /// called on the worker's runtime.
     pub(crate) fn new(inner: &Arc<Inner>) -> Arc<Self> {
+        Self::on(inner, tokio::runtime::Handle::current())
+    }
+
+    /// The subtasks of a task about to run on `inner`'s worker, whose
+    /// runtime is `runtime` (a job on the local lane starts off it).
+    pub(crate) fn on(inner: &Arc<Inner>, runtime: tokio::runtime::Handle) -> Arc<Self> {
         Arc::new(TaskSubtasks {
             inner: inner.clone(),
-            runtime: tokio::runtime::Handle::current(),
+            runtime,
             children: Mutex::new(Vec::new()),
             suspended: Arc::new(AtomicBool::new(false)),
             finished: AtomicBool::new(false),
@@ -91,18 +97,23 @@ impl TaskSubtasks {
     /// Lists the subtasks the task sent as the first `children` of its
     /// stored result, as Celery does for `apply_async` inside a task.
     pub(crate) fn add_children(&self, decision: &mut Decision) {
+        if let Decision::Succeeded { result, .. } | Decision::Failed { result, .. } = decision {
+            self.list_children(result);
+        }
+    }
+
+    /// Lists the subtasks the task sent as the first `children` of `result`.
+    pub(crate) fn list_children(&self, result: &mut ResultMeta) {
         let children = std::mem::take(&mut *self.children.lock());
         if children.is_empty() {
             return;
         }
-        if let Decision::Succeeded { result, .. } | Decision::Failed { result, .. } = decision {
-            let mut listed: Vec<_> = children
-                .iter()
-                .map(|id| json!([[id, null], null]))
-                .collect();
-            listed.append(&mut result.children);
-            result.children = listed;
-        }
+        let mut listed: Vec<_> = children
+            .iter()
+            .map(|id| json!([[id, null], null]))
+            .collect();
+        listed.append(&mut result.children);
+        result.children = listed;
     }
 
     async fn send(inner: Arc<Inner>, msgs: Vec<Message>) -> Result<(), SubtaskError> {

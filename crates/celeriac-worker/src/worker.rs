@@ -54,6 +54,12 @@ pub(crate) struct Inner {
     pub(crate) notify: Notifier,
     /// `events`: Celery's worker and task events (also an observer).
     pub(crate) events: Arc<crate::events::Events>,
+    /// `local`: revokes of jobs on the local lane.
+    pub(crate) local_revokes: crate::local::LocalRevokes,
+    /// `local`: whether the configuration lets the local lane run jobs as
+    /// the broker path would (no observers, `track_started`,
+    /// `result_extended` or result limit: each needs the message).
+    pub(crate) lane_ok: bool,
 }
 
 /// A worker: consumes task messages and runs them. Cheap to clone; clones
@@ -111,6 +117,10 @@ impl Worker {
         let control = ControlState::new(&p.config.queues, p.config.autoscale);
         let events =
             crate::events::Events::new(&p.config.nodename, p.config.events_enabled.clone());
+        let lane_ok = p.observers.is_empty()
+            && !p.config.track_started
+            && !p.config.result_extended
+            && p.config.max_result.is_none();
         let mut observers = p.observers;
         observers.push(events.clone());
         Ok(Worker {
@@ -129,6 +139,8 @@ impl Worker {
                 rates: LocalRates::default(),
                 notify: Notifier::new(observers),
                 events,
+                local_revokes: Default::default(),
+                lane_ok,
             }),
         })
     }
@@ -367,13 +379,7 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
         return;
     }
     let mut ctx = TaskContext::from_message(&msg, &inner.config.nodename);
-    let (remote_soft, remote_hard) = inner.control.time_limits(name).unwrap_or_default();
-    let hard = ctx.time_limit().or(remote_hard).or(inner.config.time_limit);
-    let soft = ctx
-        .soft_time_limit()
-        .or(remote_soft)
-        .or(inner.config.soft_time_limit);
-    ctx.set_time_limits(hard, soft);
+    set_time_limits(inner, &mut ctx);
     let subtasks = crate::subtasks::TaskSubtasks::new(inner);
     ctx.set_subtasks(subtasks.clone());
     let states = crate::states::TaskStateSink::new(inner, &msg, &held.delivery().queue);
@@ -429,6 +435,18 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
     settle::apply(inner, held, Some(&msg), disposition).await;
 }
 
+/// A task's time limits: its call's, else remote control's for its name,
+/// else the worker's.
+pub(crate) fn set_time_limits(inner: &Inner, ctx: &mut TaskContext) {
+    let (remote_soft, remote_hard) = inner.control.time_limits(ctx.name()).unwrap_or_default();
+    let hard = ctx.time_limit().or(remote_hard).or(inner.config.time_limit);
+    let soft = ctx
+        .soft_time_limit()
+        .or(remote_soft)
+        .or(inner.config.soft_time_limit);
+    ctx.set_time_limits(hard, soft);
+}
+
 /// Logs a decision and tells the counters and observers (a retry is told
 /// once it is published).
 fn report(inner: &Inner, ev: &TaskEvent<'_>, decision: &Decision) {
@@ -481,7 +499,7 @@ fn canvas_problems(id: &str, canvas: &crate::canvas::Continuation) {
 }
 
 /// A number in `[0, 1)` for retry jitter.
-fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     let bits = (uuid::Uuid::new_v4().as_u128() >> 75) as u64; // 53 random bits
     bits as f64 / (1u64 << 53) as f64
 }

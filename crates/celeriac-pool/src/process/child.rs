@@ -15,7 +15,8 @@ use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
 
 use super::frame::{
-    self, BatchFrame, DoneBatchFrame, DoneFrame, RunFrame, StateFrame, ToChild, ToParent,
+    self, BatchFrame, BatchResults, DoneBatchFrame, DoneFrame, RunFrame, StateFrame, ToChild,
+    ToParent,
 };
 use super::{ENV_CHILD, ENV_PARENT, ENV_RSS};
 use crate::Panicked;
@@ -113,13 +114,18 @@ fn run(registry: Registry) -> io::Result<()> {
                     ctx.set_states(ToParentStates::new(seq, &states_out));
                 }
                 let start = Instant::now();
-                let results = items
-                    .into_iter()
-                    .map(|args| run_one(&registry, &timer, &name, &ctx, args, start))
-                    .collect();
+                let mut results = Vec::with_capacity(items.len());
+                match registry.get(&name) {
+                    Some(task) => results.extend(
+                        items
+                            .into_args()
+                            .map(|args| run_task(task, &timer, &ctx, args, start)),
+                    ),
+                    None => results.resize(items.len(), Err(TaskError::not_registered(&name))),
+                }
                 let done = DoneBatchFrame {
                     seq,
-                    results,
+                    results: BatchResults::of(results),
                     runtime_ns: nanos(start),
                     peak_rss: report_rss.then(peak_rss).flatten(),
                 };
@@ -184,6 +190,18 @@ fn run_one(
     let Some(task) = registry.get(name) else {
         return Err(TaskError::not_registered(name));
     };
+    run_task(task, timer, ctx, args, start)
+}
+
+/// Runs one call of `task`, catching panics; the soft limit counts from
+/// `start`.
+fn run_task(
+    task: &celeriac_core::RegisteredTask,
+    timer: &SoftTimer,
+    ctx: &TaskContext,
+    args: Args,
+    start: Instant,
+) -> Result<Value, TaskError> {
     let armed = ctx
         .soft_time_limit()
         .map(|soft| timer.arm(start + soft, ctx.cancel_token().clone()));

@@ -43,7 +43,7 @@ pub(crate) struct RunFrame {
 pub(crate) struct BatchFrame {
     pub(crate) name: String,
     pub(crate) ctx: TaskContext,
-    pub(crate) items: Vec<Args>,
+    pub(crate) items: BatchItems,
     /// Whether the parent stores the task's states (`update_state`).
     #[serde(default)]
     pub(crate) states: bool,
@@ -71,11 +71,198 @@ pub(crate) struct StateFrame {
     pub(crate) meta: Value,
 }
 
+/// A batch's argument sets, compact: when every item is one positional
+/// argument and no keyword argument (`map` over values), the values
+/// themselves, `[1,2,3]`; otherwise each item's positional arguments as an
+/// array, or `{"a": [...], "k": {...}}` when it has keyword arguments.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum BatchItems {
+    /// One positional argument per item.
+    #[serde(rename = "1")]
+    Single(Vec<Value>),
+    /// Any arguments.
+    #[serde(rename = "n")]
+    Many(Vec<CompactArgs>),
+}
+
+impl BatchItems {
+    /// How many items.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            BatchItems::Single(v) => v.len(),
+            BatchItems::Many(v) => v.len(),
+        }
+    }
+
+    /// The items as arguments, in order.
+    pub(crate) fn into_args(self) -> Box<dyn Iterator<Item = Args>> {
+        match self {
+            BatchItems::Single(v) => Box::new(
+                v.into_iter()
+                    .map(|x| Args::new(vec![x], Default::default())),
+            ),
+            BatchItems::Many(v) => Box::new(v.into_iter().map(|c| c.0)),
+        }
+    }
+}
+
+/// Borrowed [`BatchItems`], for encoding `Args` without copying them.
+pub(crate) enum BatchItemsRef<'a> {
+    /// Items that are each one positional argument.
+    Single(&'a [Args]),
+    /// Any items.
+    Many(&'a [Args]),
+}
+
+impl<'a> BatchItemsRef<'a> {
+    /// The compact form that fits `items`.
+    pub(crate) fn of(items: &'a [Args]) -> Self {
+        if items
+            .iter()
+            .all(|a| a.args.len() == 1 && a.kwargs.is_empty())
+        {
+            BatchItemsRef::Single(items)
+        } else {
+            BatchItemsRef::Many(items)
+        }
+    }
+}
+
+impl Serialize for BatchItemsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        struct Seq<'a, F: Fn(&'a Args) -> CompactRef<'a>>(&'a [Args], F);
+        impl<'a, F: Fn(&'a Args) -> CompactRef<'a>> Serialize for Seq<'a, F> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for a in self.0 {
+                    seq.serialize_element(&(self.1)(a))?;
+                }
+                seq.end()
+            }
+        }
+        match self {
+            BatchItemsRef::Single(items) => s.serialize_newtype_variant(
+                "BatchItems",
+                0,
+                "1",
+                &Seq(items, |a| CompactRef::Value(&a.args[0])),
+            ),
+            BatchItemsRef::Many(items) => {
+                s.serialize_newtype_variant("BatchItems", 1, "n", &Seq(items, CompactRef::Args))
+            }
+        }
+    }
+}
+
+/// One item of [`BatchItemsRef`] as it is written.
+pub(crate) enum CompactRef<'a> {
+    Value(&'a Value),
+    Args(&'a Args),
+}
+
+impl Serialize for CompactRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            CompactRef::Value(v) => v.serialize(s),
+            CompactRef::Args(a) if a.kwargs.is_empty() => a.args.serialize(s),
+            CompactRef::Args(a) => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("a", &a.args)?;
+                m.serialize_entry("k", &a.kwargs)?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// One item's arguments, read from its compact form: an array of
+/// positional arguments, or `{"a": [...], "k": {...}}`.
+#[derive(Debug)]
+pub(crate) struct CompactArgs(pub(crate) Args);
+
+impl Serialize for CompactArgs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        CompactRef::Args(&self.0).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for CompactArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CompactArgs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of arguments, or {\"a\": [...], \"k\": {...}}")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut args = Vec::with_capacity(seq.size_hint().unwrap_or(1));
+                while let Some(v) = seq.next_element()? {
+                    args.push(v);
+                }
+                Ok(CompactArgs(Args::new(args, Default::default())))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Args::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "a" => out.args = map.next_value()?,
+                        "k" => out.kwargs = map.next_value()?,
+                        other => {
+                            return Err(serde::de::Error::unknown_field(other, &["a", "k"]));
+                        }
+                    }
+                }
+                Ok(CompactArgs(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A batch's results, compact: the values alone when every item
+/// succeeded, else each item's `{"Ok": ...}` or `{"Err": ...}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum BatchResults {
+    /// Every item succeeded.
+    #[serde(rename = "ok")]
+    Values(Vec<Value>),
+    /// Some failed.
+    #[serde(rename = "mixed")]
+    Mixed(Vec<Result<Value, TaskError>>),
+}
+
+impl BatchResults {
+    /// The compact form of `results`.
+    pub(crate) fn of(results: Vec<Result<Value, TaskError>>) -> Self {
+        if results.iter().all(Result::is_ok) {
+            BatchResults::Values(results.into_iter().flatten().collect())
+        } else {
+            BatchResults::Mixed(results)
+        }
+    }
+
+    /// Each item's result, in order.
+    pub(crate) fn into_results(self) -> Vec<Result<Value, TaskError>> {
+        match self {
+            BatchResults::Values(v) => v.into_iter().map(Ok).collect(),
+            BatchResults::Mixed(v) => v,
+        }
+    }
+}
+
 /// A finished batch.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct DoneBatchFrame {
     pub(crate) seq: u64,
-    pub(crate) results: Vec<Result<Value, TaskError>>,
+    pub(crate) results: BatchResults,
     pub(crate) runtime_ns: u64,
     pub(crate) peak_rss: Option<u64>,
 }
@@ -203,6 +390,56 @@ mod tests {
             Some((9, ToChild::Exit))
         ));
         assert!(read_seq::<ToChild>(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn batches_are_written_compactly_and_read_back() {
+        let single: Vec<Args> = (0..3)
+            .map(|i| Args::new(vec![Value::from(i)], Default::default()))
+            .collect();
+        let body = serde_json::to_string(&BatchItemsRef::of(&single)).unwrap();
+        assert_eq!(body, r#"{"1":[0,1,2]}"#);
+        let back: BatchItems = serde_json::from_str(&body).unwrap();
+        let args: Vec<Args> = back.into_args().collect();
+        assert_eq!(args.len(), 3);
+        assert_eq!(args[2].args, vec![Value::from(2)]);
+
+        let mut kw = serde_json::Map::new();
+        kw.insert("k".into(), Value::from("v"));
+        let many = vec![
+            Args::new(vec![Value::from(1), Value::from(2)], Default::default()),
+            Args::new(
+                vec![serde_json::json!([1]), serde_json::json!({"a": 1})],
+                Default::default(),
+            ),
+            Args::new(vec![], kw),
+        ];
+        let body = serde_json::to_string(&BatchItemsRef::of(&many)).unwrap();
+        assert_eq!(
+            body,
+            r#"{"n":[[1,2],[[1],{"a":1}],{"a":[],"k":{"k":"v"}}]}"#
+        );
+        let back: Vec<Args> = serde_json::from_str::<BatchItems>(&body)
+            .unwrap()
+            .into_args()
+            .collect();
+        assert_eq!(back[0].args, many[0].args);
+        assert_eq!(
+            back[1].args, many[1].args,
+            "a positional dict is not kwargs"
+        );
+        assert!(back[1].kwargs.is_empty());
+        assert_eq!(back[2].kwargs, many[2].kwargs);
+        assert!(serde_json::from_str::<BatchItems>(r#"{"n":[{"x":1}]}"#).is_err());
+
+        let ok = BatchResults::of(vec![Ok(Value::from(1)), Ok(Value::from(2))]);
+        assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"ok":[1,2]}"#);
+        let mixed = BatchResults::of(vec![Ok(Value::from(1)), Err(TaskError::new("no"))]);
+        let body = serde_json::to_string(&mixed).unwrap();
+        let back: BatchResults = serde_json::from_str(&body).unwrap();
+        let back = back.into_results();
+        assert_eq!(back[0].as_ref().unwrap(), &Value::from(1));
+        assert_eq!(back[1].as_ref().unwrap_err().message(), "no");
     }
 
     #[test]

@@ -729,7 +729,7 @@ enum ToChildRef<'a> {
 struct BatchRef<'a> {
     name: &'a str,
     ctx: &'a TaskContext,
-    items: &'a [Args],
+    items: frame::BatchItemsRef<'a>,
     states: bool,
 }
 
@@ -753,7 +753,7 @@ fn encode(job: &ProcessJob) -> io::Result<Vec<u8>> {
         Some(items) => ToChildRef::RunBatch(BatchRef {
             name: &job.name,
             ctx: &job.ctx,
-            items,
+            items: frame::BatchItemsRef::of(items),
             states: job.ctx.states().is_some(),
         }),
         None => ToChildRef::Run(RunRef {
@@ -971,7 +971,7 @@ fn read_child(shared: &Arc<PoolCore>, id: u64, mut child: Child, stream: UnixStr
                 Finished {
                     seq: d.seq,
                     result: Ok(Value::Null),
-                    batch: Some(d.results),
+                    batch: Some(d.results.into_results()),
                     runtime_ns: d.runtime_ns,
                     peak_rss: d.peak_rss,
                 },

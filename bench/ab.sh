@@ -11,7 +11,9 @@
 # change, rebuild, and pass target/release as B). ROUNDS (default 5) is the
 # number of runs per side; each round runs A then B, or B then A, in turn.
 # Raw JSON lines, tagged with "side", go to $BENCH_OUT/ab.jsonl (default
-# bench/out).
+# bench/out). AB_POOLS (default threads,processes) picks the W1/W2 worker
+# pools, AB_W4=0 leaves W4 out, and AB_BROKER=sqlite runs W1/W2 through a
+# fresh sqlite:// file per run instead of the private Redis.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 [ $# -ge 2 ] || { sed -n '2,15p' "$0"; exit 2; }
@@ -34,13 +36,22 @@ echo "== B: $b_dir" >&2
 echo "== private redis on $url; $rounds rounds; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 run_side() {
-    local side="$1" dir="$2"
+    local side="$1" dir="$2" target
     redis-cli -p "$port" flushall >/dev/null
-    "$dir/celeriac-bench" run --only W1,W2 --redis "$url" --w1-repeat 1 \
+    if [ "${AB_BROKER:-redis}" = sqlite ]; then
+        rm -f "$tmp"/ab.db*
+        target=(--broker "sqlite://$tmp/ab.db")
+    else
+        target=(--redis "$url")
+    fi
+    "$dir/celeriac-bench" run --only W1,W2 "${target[@]}" --w1-repeat 1 \
+        --pools "${AB_POOLS:-threads,processes}" \
         --celeriac-bin "$dir/celeriac" --worker-pidfile "$tmp/worker.pid" 2>>"$tmp/log" |
         sed "s/^{/{\"side\":\"$side\",/" >>"$out"
-    "$dir/celeriac-bench" run --only W4 --w4-repeat 1 2>>"$tmp/log" |
-        sed "s/^{/{\"side\":\"$side\",/" >>"$out"
+    if [ "${AB_W4:-1}" != 0 ]; then
+        "$dir/celeriac-bench" run --only W4 --w4-repeat 1 2>>"$tmp/log" |
+            sed "s/^{/{\"side\":\"$side\",/" >>"$out"
+    fi
 }
 
 for r in $(seq 1 "$rounds"); do

@@ -10,7 +10,9 @@
 # 3. starts one redis-server on a free loopback port (no persistence; the
 #    system Redis on 6379 is never used);
 # 4. W5 bench/peers/redis_ceiling.sh; celeriac W1+W2 (celeriac-bench,
-#    worker -P threads and -P processes); Celery W1+W2 (prefork, threads);
+#    worker -P threads and -P processes); celeriac W1+W2 on the default
+#    broker, one sqlite:// file in $tmp (worker -P threads, a separate
+#    client process); Celery W1+W2 (prefork, threads);
 #    celeriac W3+W4; Python W3+W4 (bench/peers/local_bench.py); W6 canvas
 #    (a group and a chord of 10,000 adds from one Python Celery client,
 #    bench/peers/canvas_bench.py) to a celeriac worker and to Celery
@@ -133,6 +135,9 @@ flush() { redis-cli -p "$port" flushall >/dev/null; }
 run_step W5-redis "$peers/redis_ceiling.sh" 127.0.0.1 "$port" "$redis_n"
 flush
 run_step W1W2-celeriac "$bench_bin" run "${bench_args[@]}" --only W1,W2 --redis "$url" \
+    --celeriac-bin "$celeriac_bin" --worker-pidfile "$tmp/worker.pid"
+run_step W1W2-celeriac-sqlite "$bench_bin" run "${bench_args[@]}" --only W1,W2 \
+    --broker "sqlite://$tmp/bench.db" --pools threads \
     --celeriac-bin "$celeriac_bin" --worker-pidfile "$tmp/worker.pid"
 for pool in prefork threads; do
     flush

@@ -1,7 +1,7 @@
 //! `celeriac-bench`: the Rust side of celeriac's benchmark suite (issue 6).
 //!
 //! ```text
-//! celeriac-bench run [--quick] [--redis URL] [--only W1,W2,W3,W4] [--pools threads,processes] ...
+//! celeriac-bench run [--quick] [--redis URL | --broker sqlite://PATH] [--only W1,W2,W3,W4] [--pools threads,processes] ...
 //! celeriac-bench report FILE.jsonl... [--markdown OUT.md]
 //! celeriac-bench canvas-client --redis URL --queue Q --n N --kind group|chord
 //! ```
@@ -12,7 +12,9 @@
 //!
 //! - **W1** broker throughput through Redis: N `celeriac.add` tasks to a
 //!   `celeriac worker -c 2` process, enqueue rate, end-to-end tasks/s, idle
-//!   and peak RSS of the worker's process tree;
+//!   and peak RSS of the worker's process tree; with `--broker
+//!   sqlite://PATH`, the same through the default SQLite file broker (the
+//!   worker and this client are two processes sharing the file);
 //! - **W2** sequential send → result round trips (p50/p90/p99);
 //! - **W3** `celeriac.fib(27)` × 32 with 1 and 2 workers, thread and process
 //!   pools, seconds and speedup;
@@ -91,9 +93,10 @@ struct RunArgs {
     /// Redis URL for W1/W2 (use a private server: keys are written).
     #[arg(long, env = "CELERIAC_BENCH_REDIS")]
     redis: Option<String>,
-    /// The broker for W1/W2 (default: the --redis URL); an `amqp://` URL
-    /// measures RabbitMQ (results still in --redis), and the systems are
-    /// reported as `celeriac-<pool>-amqp`.
+    /// The broker for W1/W2 (default: the --redis URL): `sqlite://PATH`
+    /// measures the default file broker (results in the same file, systems
+    /// reported as `celeriac-sqlite-<pool>`); an `amqp://` URL measures
+    /// RabbitMQ (results in --redis, systems `celeriac-<pool>-amqp`).
     #[arg(long)]
     broker: Option<String>,
     /// Workloads to run, comma-separated (default W1,W2,W3,W4; W1/W2 need
@@ -238,17 +241,24 @@ fn run(args: RunArgs) -> Result<()> {
 
     let (w1, w2) = (wanted("W1"), wanted("W2"));
     if w1 || w2 {
-        match &args.redis {
+        match args.broker.as_ref().or(args.redis.as_ref()) {
             None => {
                 emit::log("W1/W2 skipped: no --redis URL");
                 if !args.only.is_empty() {
                     failed.push("W1/W2 (no --redis)".to_string());
                 }
             }
-            Some(url) => {
+            Some(broker) => {
+                // Results: in --redis for RabbitMQ (it stores none), else in
+                // the broker's own store.
+                let url = if broker.starts_with("amqp") {
+                    args.redis.clone().unwrap_or_default()
+                } else {
+                    celeriac::default_backend_url(broker)
+                };
                 let cfg = redis_bench::RedisConfig {
-                    url: url.clone(),
-                    broker: args.broker.clone().unwrap_or_else(|| url.clone()),
+                    url,
+                    broker: broker.clone(),
                     celeriac_bin: args
                         .celeriac_bin
                         .clone()

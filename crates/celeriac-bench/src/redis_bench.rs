@@ -1,12 +1,13 @@
 //! W1 (broker throughput and worker RSS) and W2 (round-trip latency)
-//! through a real Redis, or through RabbitMQ (`--broker amqp://...`) with
-//! results in Redis.
+//! through a real Redis, through RabbitMQ (`--broker amqp://...`) with
+//! results in Redis, or through the default `sqlite://` file broker
+//! (worker and client are then two processes sharing one SQLite file).
 //!
 //! The worker is the `celeriac` CLI binary in its own OS process (and its
 //! own process group), `celeriac worker -c 2 -P <pool> -Q <private queue>`,
 //! so its resident memory is measured honestly from `/proc`. The producer
 //! is this process, using the library as a Rust program would:
-//! `publish_batch` in chunks and [`ResultBackend::watch_many`]
+//! `Transport::publish_batch` in chunks and [`ResultBackend::watch_many`]
 //! (one `SUBSCRIBE` + one `MGET` per chunk) to collect results.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use celeriac::{Broker, Call, Outgoing, ResultBackend, ResultMeta, State};
-use celeriac_redis::RedisBackend;
 use serde_json::{Value, json};
 
 use crate::emit::{Measurement, emit, log, median, percentile, round, samples};
@@ -38,8 +38,9 @@ pub(crate) static WORKER_LOG: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// Settings of W1/W2.
 #[derive(Debug, Clone)]
 pub(crate) struct RedisConfig {
-    /// `redis://host:port/db`: the result store (and the broker unless
-    /// `broker` says otherwise).
+    /// The result store: `redis://host:port/db`, or for a `sqlite://PATH`
+    /// broker the same file (as the CLI's default). It is the broker too
+    /// unless `broker` says otherwise.
     pub(crate) url: String,
     /// The broker URL: `url`, or an `amqp://` RabbitMQ vhost.
     pub(crate) broker: String,
@@ -196,7 +197,7 @@ fn check(meta: &ResultMeta, expected: i64) -> Result<()> {
 /// Connections and the bookkeeping of one measured worker.
 struct Client {
     broker: Arc<dyn Broker>,
-    backend: Arc<RedisBackend>,
+    backend: Arc<dyn ResultBackend>,
     queue: String,
     sent: Vec<String>,
 }
@@ -292,8 +293,12 @@ impl Client {
         Ok((t_enq, t_last))
     }
 
-    /// Best-effort removal of this run's queue, binding and result keys.
+    /// Best-effort removal of this run's queue, binding and result keys
+    /// (Redis; a SQLite file is removed by whoever made it).
     async fn cleanup(&self, url: &str) {
+        if !is_redis(url) {
+            return;
+        }
         let res: Result<()> = async {
             let client = redis::Client::open(url)?;
             let mut conn = client.get_multiplexed_async_connection().await?;
@@ -351,12 +356,15 @@ async fn run_pool(cfg: &RedisConfig, pool: &str) -> Result<()> {
     );
     let system = if cfg.broker.starts_with("amqp") {
         format!("celeriac-{pool}-amqp")
-    } else {
+    } else if is_redis(&cfg.broker) {
         format!("celeriac-{pool}")
+    } else {
+        let scheme = cfg.broker.split("://").next().unwrap_or_default();
+        format!("celeriac-{scheme}-{pool}")
     };
     let mut client = Client {
         broker: celeriac::open_broker_for(&cfg.broker, &cfg.url)?,
-        backend: RedisBackend::open(&cfg.url)?,
+        backend: celeriac::open_backend(&cfg.url)?,
         queue: queue.clone(),
         sent: Vec::new(),
     };
@@ -372,6 +380,11 @@ async fn run_pool(cfg: &RedisConfig, pool: &str) -> Result<()> {
     drop(worker);
     client.cleanup(&cfg.url).await;
     res
+}
+
+/// Whether `url` is a Redis URL (else the broker is, e.g., `sqlite://`).
+fn is_redis(url: &str) -> bool {
+    url.starts_with("redis")
 }
 
 fn common(m: Measurement, pool: &str, concurrency: usize) -> Measurement {

@@ -126,8 +126,18 @@ fn peer(system: &str, redis: Option<f64>, amqp: Option<f64>) -> Option<f64> {
     }
 }
 
+/// Whether a W1/W2 system ran on the SQLite file broker (it gets a table of
+/// its own: the Redis ratios mean nothing for it).
+fn on_sqlite(system: &str) -> bool {
+    system.contains("-sqlite-")
+}
+
 fn w1(rows: &Rows, out: &mut String) {
-    let systems = rows.systems("W1");
+    let systems: Vec<String> = rows
+        .systems("W1")
+        .into_iter()
+        .filter(|s| !on_sqlite(s))
+        .collect();
     if systems.is_empty() {
         return;
     }
@@ -190,7 +200,11 @@ fn w1(rows: &Rows, out: &mut String) {
 }
 
 fn w2(rows: &Rows, out: &mut String) {
-    let systems = rows.systems("W2");
+    let systems: Vec<String> = rows
+        .systems("W2")
+        .into_iter()
+        .filter(|s| !on_sqlite(s))
+        .collect();
     if systems.is_empty() {
         return;
     }
@@ -231,6 +245,66 @@ fn w2(rows: &Rows, out: &mut String) {
             "p99 ms",
             "celery-prefork p50 ÷ p50",
             "p50 ÷ RTT",
+        ],
+        &body,
+    );
+}
+
+/// W1 and W2 through the default `sqlite://` broker, beside the same
+/// worker on Redis.
+fn sqlite(rows: &Rows, out: &mut String) {
+    let systems: Vec<String> = rows
+        .systems("W1")
+        .into_iter()
+        .chain(rows.systems("W2"))
+        .filter(|s| on_sqlite(s))
+        .fold(Vec::new(), |mut v, s| {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+            v
+        });
+    if systems.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## W1 and W2 on the default broker, `sqlite://`\n\n\
+         The same no-op `celeriac.add` tasks and worker as W1/W2, through \
+         one SQLite file (the CLI's default broker and result store): the \
+         worker is one process, the client (publisher and result watcher) \
+         another. `÷ Redis` compares with the same pool on Redis in this \
+         run.\n"
+    );
+    let body: Vec<Vec<String>> = systems
+        .iter()
+        .map(|s| {
+            let redis_twin = format!("celeriac-{}", s.rsplit('-').next().unwrap_or_default());
+            let e2e = rows.value("W1", s, "throughput", &[]);
+            let p50 = rows.value("W2", s, "latency_p50", &[]);
+            vec![
+                format!("`{s}`"),
+                int(rows.find("W1", s, "throughput", &[]), "n"),
+                cell(rows.value("W1", s, "enqueue_rate", &[])),
+                cell(e2e),
+                ratio(e2e, rows.value("W1", &redis_twin, "throughput", &[])),
+                cell(p50),
+                cell(rows.value("W2", s, "latency_p99", &[])),
+                cell(rows.value("W1", s, "rss_peak", &[])),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "system",
+            "n",
+            "enqueue tasks/s",
+            "end-to-end tasks/s",
+            "÷ Redis",
+            "W2 p50 ms",
+            "W2 p99 ms",
+            "peak RSS MiB",
         ],
         &body,
     );
@@ -532,6 +606,7 @@ fn render(rows: &Rows) -> String {
     let mut out = String::new();
     w1(rows, &mut out);
     w2(rows, &mut out);
+    sqlite(rows, &mut out);
     w3(rows, &mut out);
     w4(rows, &mut out);
     w5(rows, &mut out);

@@ -237,6 +237,19 @@ impl Db {
     }
 }
 
+/// The claim's pick: the first visible messages of a queue, in claim
+/// order (priority, then id), with their revoked flag. It walks
+/// `messages_ready` in that order and stops at the LIMIT. The `+` keeps the
+/// planner off `messages_visible`: through it, every visible row of the
+/// queue, payload included, was read and sorted on each claim, so a drain
+/// of n messages cost O(n²) (BENCHMARKS.md, the default broker).
+const PICK: &str = "SELECT m.id, m.queue, m.payload, m.deliveries,
+       EXISTS (SELECT 1 FROM revoked r
+               WHERE r.task_id = m.task_id AND r.expires_at > ?2)
+     FROM messages m
+     WHERE m.queue = ?1 AND +m.visible_at <= ?2
+     ORDER BY m.priority ASC, m.id ASC LIMIT ?3";
+
 /// Runs a blocking database closure off the async executor. `map_err`
 /// builds the error from a context (empty for the database's own errors)
 /// and the underlying error.
@@ -470,14 +483,7 @@ impl SqliteBroker {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let mut out = Vec::new();
                 {
-                    let mut pick = tx.prepare_cached(
-                        "SELECT m.id, m.queue, m.payload, m.deliveries,
-                           EXISTS (SELECT 1 FROM revoked r
-                                   WHERE r.task_id = m.task_id AND r.expires_at > ?2)
-                         FROM messages m
-                         WHERE m.queue = ?1 AND m.visible_at <= ?2
-                         ORDER BY m.priority ASC, m.id ASC LIMIT ?3",
-                    )?;
+                    let mut pick = tx.prepare_cached(PICK)?;
                     let mut mark = tx.prepare_cached(
                         "UPDATE messages SET visible_at = ?2, consumer = ?3, claim_token = ?4,
                          deliveries = deliveries + 1 WHERE id = ?1",
@@ -1294,5 +1300,50 @@ impl ResultBackend for SqliteBackend {
         .await?;
         raw.map(|s| serde_json::from_str(&s).map_err(|e| BackendError::Malformed(e.to_string())))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claim's pick must walk `messages_ready` in claim order and stop
+    /// at its LIMIT; a plan that sorts (a temporary B-tree) reads every
+    /// visible message of the queue on each claim.
+    #[test]
+    fn the_pick_walks_the_ready_index_without_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::url::parse_sqlite_url(&format!(
+            "sqlite://{}",
+            dir.path().join("q.db").display()
+        ))
+        .unwrap();
+        let mut conn = open_connection(&opts).unwrap();
+        let tx = conn.transaction().unwrap();
+        for i in 0..2000 {
+            tx.execute(
+                "INSERT INTO messages (queue, priority, visible_at, tag, task_id, payload, created_at)
+                 VALUES ('q', ?1, ?2, ?3, ?3, x'7b7d', 0)",
+                params![i % 3, if i % 2 == 0 { 0.0 } else { 1e12 }, format!("t{i}")],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        // With statistics too: the planner must not be tempted away.
+        for analyzed in [false, true] {
+            if analyzed {
+                conn.execute_batch("ANALYZE").unwrap();
+            }
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {PICK}"))
+                .unwrap()
+                .query_map(params!["q", 1.0, 8], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(plan.contains("messages_ready"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
     }
 }

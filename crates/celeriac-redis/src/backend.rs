@@ -176,16 +176,6 @@ impl RedisBackend {
             .await
             .map(|_| ())
     }
-
-    async fn subscribe(&self, channel: &str) -> Result<(), BackendError> {
-        let sink = self.shared.sink.lock().clone();
-        match sink {
-            Some(mut s) => s.subscribe(channel).await.map_err(err),
-            None => Err(BackendError::connection_msg(
-                "result subscriber is reconnecting",
-            )),
-        }
-    }
 }
 
 impl Drop for RedisBackend {
@@ -395,15 +385,42 @@ impl ResultBackend for RedisBackend {
             .transpose()
     }
 
+    /// Registers the waiter and returns at once: the `SUBSCRIBE` and the
+    /// read of the key that closes the race with a result stored before
+    /// the subscription run on a task of their own, while the caller
+    /// publishes. Neither is a round trip on the caller's path (W2 in
+    /// BENCHMARKS.md): whatever order they land in, a result is either
+    /// published after the subscription or stored before the read. If
+    /// either fails, the listener's watchdog reads the key within 2 s.
     async fn watch(&self, task_id: &str) -> Result<ResultWatch, BackendError> {
         self.ensure_listener().await?;
+        let Some(mut sink) = self.shared.sink.lock().clone() else {
+            return Err(BackendError::connection_msg(
+                "result subscriber is reconnecting",
+            ));
+        };
+        let mut conn = self.conn().await?;
         let rx = self.shared.waiters.register(task_id);
-        // Subscribe before the caller publishes, then read the key to close
-        // the race with a result stored before the subscription.
-        self.subscribe(&self.shared.key(task_id)).await?;
-        if let Some(meta) = self.get(task_id).await?.filter(|m| m.status.is_ready()) {
-            return Ok(ResultWatch::new(async move { Ok(meta) }));
-        }
+        let key = self.shared.key(task_id);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sink.subscribe(&key).await {
+                tracing::debug!(error = %e, "result subscription failed; the watchdog reads the key");
+                return;
+            }
+            match conn.get::<_, Option<String>>(&key).await {
+                Ok(Some(raw)) => match serde_json::from_str::<ResultMeta>(&raw) {
+                    Ok(meta) => shared.waiters.notify(&meta),
+                    Err(e) => {
+                        tracing::warn!(key = %celeriac_core::escape::Escaped(&key), error = %e, "malformed result stored")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "result read failed; the watchdog reads the key")
+                }
+            }
+        });
         Ok(ResultWatch::new(async move {
             rx.await.map_err(|_| BackendError::Closed)
         }))

@@ -31,6 +31,7 @@
 //! Users normally depend on the `celeriac` facade crate instead.
 
 pub mod broker;
+mod call;
 pub mod canvas;
 pub mod error;
 pub mod escape;
@@ -42,6 +43,7 @@ pub mod names;
 pub mod options;
 pub mod progress;
 pub mod rate;
+mod registry;
 pub mod result;
 pub mod routes;
 pub mod sign;

@@ -24,6 +24,7 @@
 //! through the broker to a worker (the server's own, or other processes on
 //! the same broker), and a result document back through the result backend.
 
+mod builder;
 mod canvas;
 mod group;
 mod job;
@@ -31,8 +32,9 @@ mod nodes;
 mod server;
 mod stats;
 
+pub use builder::ServerBuilder;
 pub use canvas::Apply;
 pub use group::{GroupResult, ResultRef};
 pub use job::{Job, JobError};
-pub use server::{Server, ServerBuilder, ServerError, Submit, Template};
+pub use server::{Server, ServerError, Submit, Template};
 pub use stats::{NodeStats, Stats};

@@ -7,18 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use celeriac_connect::{open_backend, open_broker_for};
 use celeriac_core::time::saturating_seconds;
 use celeriac_core::{
-    BackendError, Broker, BrokerError, Call, CancelToken, CodecError, Message, Outgoing, Registry,
+    BackendError, Broker, BrokerError, Call, CancelToken, CodecError, Message, Outgoing,
     RegistryError, ResultBackend, ResultWatch, Routes, Secret, Task,
 };
-use celeriac_worker::{LocalEnd, LocalJob, PoolKind, Worker, WorkerError};
+use celeriac_worker::{LocalEnd, LocalJob, Worker, WorkerError};
 use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
+use crate::builder::ServerBuilder;
 use crate::job::{Callback, Job, JobEnd, JobError, JobState};
 use crate::stats::{NodeStats, Stats};
 
@@ -55,7 +55,7 @@ pub enum ServerError {
     },
 }
 
-type CallbackJob = Box<dyn FnOnce() + Send>;
+pub(crate) type CallbackJob = Box<dyn FnOnce() + Send>;
 
 /// A submitted job on its way to the publisher task: its message and the
 /// state its [`Job`] handles wait on.
@@ -65,9 +65,9 @@ pub(crate) struct Unpublished {
 }
 
 #[derive(Debug, Default)]
-struct NodeTally {
-    jobs: u64,
-    seconds: f64,
+pub(crate) struct NodeTally {
+    pub(crate) jobs: u64,
+    pub(crate) seconds: f64,
 }
 
 /// What the server, its publisher task and its result watchers share: the
@@ -76,13 +76,13 @@ struct NodeTally {
 pub(crate) struct ServerState {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) backend: Arc<dyn ResultBackend>,
-    local_node: Option<String>,
+    pub(crate) local_node: Option<String>,
     pub(crate) forget_results: bool,
     pub(crate) pending: Mutex<HashMap<String, Arc<JobState>>>,
     pub(crate) groups: Mutex<HashMap<String, usize>>,
-    groups_cv: Condvar,
-    tally: Mutex<BTreeMap<String, NodeTally>>,
-    callbacks: Mutex<Option<std::sync::mpsc::Sender<CallbackJob>>>,
+    pub(crate) groups_cv: Condvar,
+    pub(crate) tally: Mutex<BTreeMap<String, NodeTally>>,
+    pub(crate) callbacks: Mutex<Option<std::sync::mpsc::Sender<CallbackJob>>>,
     /// Signs every job published.
     pub(crate) secret: Option<Secret>,
     /// This client's reply address, Celery's `app.thread_oid`, in every
@@ -90,9 +90,9 @@ pub(crate) struct ServerState {
     pub(crate) oid: String,
     /// Jobs handed to the local lane and not finished yet (a shutdown
     /// waits for them).
-    lane_inflight: AtomicUsize,
+    pub(crate) lane_inflight: AtomicUsize,
     /// Jobs handed to the local lane so far.
-    lane_jobs: std::sync::atomic::AtomicU64,
+    pub(crate) lane_jobs: std::sync::atomic::AtomicU64,
 }
 
 impl ServerState {
@@ -171,20 +171,20 @@ impl ServerState {
 /// worker and publisher channel. Dropping it (the last clone) shuts the
 /// server down.
 pub(crate) struct ServerCore {
-    rt: Option<Runtime>,
+    pub(crate) rt: Option<Runtime>,
     pub(crate) shared: Arc<ServerState>,
-    worker: Option<Worker>,
+    pub(crate) worker: Option<Worker>,
     /// The local worker, when jobs may skip the broker (the local lane):
     /// the broker and the result store are this server's private
     /// `memory://`, and no secret signs jobs.
-    lane: Option<Worker>,
-    worker_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) lane: Option<Worker>,
+    pub(crate) worker_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) publish: mpsc::UnboundedSender<Outbound>,
     pub(crate) queue: String,
     pub(crate) routes: Routes,
-    created: Instant,
+    pub(crate) created: Instant,
     pub(crate) destroyed: AtomicBool,
-    callback_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub(crate) callback_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl ServerCore {
@@ -296,244 +296,9 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// Configures a [`Server`].
-#[derive(Debug)]
-pub struct ServerBuilder {
-    broker: Option<String>,
-    backend: Option<String>,
-    workers: Option<usize>,
-    queue: Option<String>,
-    registry: Option<Registry>,
-    diagnostic: bool,
-    nodename: Option<String>,
-    pool: PoolKind,
-    routes: Routes,
-    secret: Option<Secret>,
-    local_lane: bool,
-}
-
-impl Default for ServerBuilder {
-    fn default() -> Self {
-        ServerBuilder {
-            broker: None,
-            backend: None,
-            workers: None,
-            queue: None,
-            registry: None,
-            diagnostic: false,
-            nodename: None,
-            pool: PoolKind::default(),
-            routes: Routes::default(),
-            secret: None,
-            local_lane: true,
-        }
-    }
-}
-
-impl ServerBuilder {
-    /// Whether jobs may take the local lane (default: yes). On the
-    /// server's private `memory://` broker and result store, with a local
-    /// worker on threads, a job is handed to the worker's thread pool as a
-    /// typed call, with no message, broker or result store, and its result
-    /// comes straight back: a few microseconds per job instead of a
-    /// hundred. Revokes, time limits, retries, subtasks, callbacks, groups
-    /// and stats behave as on the broker path; what the lane cannot do the
-    /// same way (an eta, an expiry, an idempotency key, async or
-    /// rate-limited tasks, ...) goes through the broker. `false` sends
-    /// every job through the broker.
-    pub fn local_lane(mut self, on: bool) -> Self {
-        self.local_lane = on;
-        self
-    }
-
-    /// Routes tasks matching `pattern` (a name, or a glob with `*`) to
-    /// `queue` when their call names no queue; the first matching route
-    /// wins. The local worker consumes the routed queues too.
-    pub fn route(mut self, pattern: impl Into<String>, queue: impl Into<String>) -> Self {
-        self.routes = self.routes.route(pattern, queue);
-        self
-    }
-
-    /// The pool that runs the local worker's jobs (default: threads).
-    /// With [`PoolKind::Processes`] each job runs in a child process (crash
-    /// isolation, hard time limits); the program must then call
-    /// `celeriac::init()` first thing in `main`, and the children know only
-    /// `#[task]` functions (the linked registry), not closures registered
-    /// at runtime.
-    pub fn pool(mut self, pool: PoolKind) -> Self {
-        self.pool = pool;
-        self
-    }
-
-    /// The broker URL. Defaults to `memory://` (a private in-process
-    /// broker). Use `sqlite:///path.db` to share work with `celeriac
-    /// worker` processes on this machine.
-    pub fn broker(mut self, url: impl Into<String>) -> Self {
-        self.broker = Some(url.into());
-        self
-    }
-
-    /// The result backend URL. Defaults to the broker's own store.
-    pub fn backend(mut self, url: impl Into<String>) -> Self {
-        self.backend = Some(url.into());
-        self
-    }
-
-    /// Local worker threads. Defaults to the number of CPUs; `0` runs no
-    /// local worker (jobs go to other workers on the same broker).
-    pub fn workers(mut self, n: usize) -> Self {
-        self.workers = Some(n);
-        self
-    }
-
-    /// The queue jobs are sent to and the local worker consumes (default
-    /// `celery`).
-    pub fn queue(mut self, queue: impl Into<String>) -> Self {
-        self.queue = Some(queue.into());
-        self
-    }
-
-    /// The tasks the local worker runs. Defaults to every task linked into
-    /// the binary with `#[celeriac::task]`.
-    pub fn registry(mut self, registry: Registry) -> Self {
-        self.registry = Some(registry);
-        self
-    }
-
-    /// Also registers the diagnostic tasks (`celeriac.fail`, ...), when the
-    /// registry is the linked default.
-    pub fn diagnostic_tasks(mut self, on: bool) -> Self {
-        self.diagnostic = on;
-        self
-    }
-
-    /// The local worker's node name.
-    pub fn nodename(mut self, name: impl Into<String>) -> Self {
-        self.nodename = Some(name.into());
-        self
-    }
-
-    /// Signs every job with `secret` (see [`celeriac_core::sign`]), and
-    /// makes the local worker run only jobs signed with it. Workers
-    /// elsewhere on the broker need the same secret (`celeriac worker
-    /// --secret`, or `CELERIAC_SECRET`).
-    pub fn secret(mut self, secret: Secret) -> Self {
-        self.secret = Some(secret);
-        self
-    }
-
-    /// Starts the server.
-    pub fn build(self) -> Result<Server, ServerError> {
-        let broker_url = self.broker.unwrap_or_else(|| "memory://".to_string());
-        let backend_url = self
-            .backend
-            .unwrap_or_else(|| celeriac_connect::default_backend_url(&broker_url));
-        let broker = open_broker_for(&broker_url, &backend_url)?;
-        let lane_allowed = self.local_lane;
-        let backend = open_backend(&backend_url)?;
-        let queue = self.queue.unwrap_or_else(|| "celery".to_string());
-        let workers = self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        });
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("celeriac-io")
-            .enable_all()
-            .build()
-            .map_err(|e| ServerError::Runtime(e.to_string()))?;
-
-        let worker = if workers > 0 {
-            let registry = match self.registry {
-                Some(r) => r,
-                None => Registry::linked(self.diagnostic)?,
-            };
-            let nodename = self.nodename.unwrap_or_else(|| {
-                format!(
-                    "server-{}@{}",
-                    std::process::id(),
-                    celeriac_core::message::hostname()
-                )
-            });
-            let mut queues = vec![queue.clone()];
-            for q in self.routes.queues() {
-                if !queues.iter().any(|x| x == q) {
-                    queues.push(q.to_string());
-                }
-            }
-            let mut builder = Worker::builder(broker.clone(), backend.clone(), Arc::new(registry))
-                .concurrency(workers)
-                .pool_kind(self.pool)
-                .queues(queues)
-                .nodename(nodename);
-            if let Some(secret) = &self.secret {
-                builder = builder.secret(secret.clone());
-            }
-            Some(builder.build()?)
-        } else {
-            None
-        };
-
-        let (cb_tx, cb_rx) = std::sync::mpsc::channel::<CallbackJob>();
-        let callback_thread = std::thread::Builder::new()
-            .name("celeriac-callbacks".into())
-            .spawn(move || {
-                while let Ok(job) = cb_rx.recv() {
-                    job();
-                }
-            })
-            .map_err(|e| ServerError::Runtime(e.to_string()))?;
-
-        let shared = Arc::new(ServerState {
-            forget_results: backend.is_private(),
-            broker,
-            backend,
-            local_node: worker.as_ref().map(|w| w.nodename().to_string()),
-            pending: Mutex::new(HashMap::new()),
-            groups: Mutex::new(HashMap::new()),
-            groups_cv: Condvar::new(),
-            tally: Mutex::new(BTreeMap::new()),
-            callbacks: Mutex::new(Some(cb_tx)),
-            secret: self.secret,
-            oid: uuid::Uuid::new_v4().to_string(),
-            lane_inflight: AtomicUsize::new(0),
-            lane_jobs: std::sync::atomic::AtomicU64::new(0),
-        });
-        let (tx, rx) = mpsc::unbounded_channel();
-        rt.spawn(publisher(shared.clone(), rx));
-        let lane = worker
-            .as_ref()
-            .filter(|_| {
-                lane_allowed
-                    && shared.broker.url() == "memory://"
-                    && shared.backend.is_private()
-                    && shared.secret.is_none()
-            })
-            .cloned();
-        let worker_task = worker.as_ref().map(|w| {
-            let w = w.clone();
-            rt.spawn(async move { w.run().await })
-        });
-        Ok(Server {
-            handle: Arc::new(ServerCore {
-                rt: Some(rt),
-                shared,
-                worker,
-                lane,
-                worker_task: Mutex::new(worker_task),
-                publish: tx,
-                queue,
-                routes: self.routes,
-                created: Instant::now(),
-                destroyed: AtomicBool::new(false),
-                callback_thread: Mutex::new(Some(callback_thread)),
-            }),
-        })
-    }
-}
-
 /// Publishes jobs in submission order, batching whatever is queued, after
 /// starting to watch each job's result (watch before publish: no race).
-async fn publisher(shared: Arc<ServerState>, mut rx: mpsc::UnboundedReceiver<Outbound>) {
+pub(crate) async fn publisher(shared: Arc<ServerState>, mut rx: mpsc::UnboundedReceiver<Outbound>) {
     let mut received = Vec::new();
     while rx.recv_many(&mut received, 1024).await > 0 {
         // Jobs in a row go out in one batch; a canvas goes out in its own
@@ -856,7 +621,7 @@ impl Server {
     }
 
     /// Pids of the local worker's child processes, with
-    /// [`PoolKind::Processes`] (empty otherwise).
+    /// [`PoolKind::Processes`](celeriac_worker::PoolKind::Processes) (empty otherwise).
     pub fn worker_pids(&self) -> Vec<u32> {
         self.handle
             .worker

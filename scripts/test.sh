@@ -123,6 +123,17 @@ say "cargo test (unit, integration, doc)"
 cargo test --workspace --locked --no-fail-fast
 
 say "examples"
+# `cargo run -p celeriac-examples` resolves features for that package alone,
+# so the examples and their dependencies build again beside the test build
+# (about 1 GB). Where the disk is small (CI), the test executables, which
+# are no longer needed, make room first; elsewhere they stay, so that the
+# next run only re-runs them.
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+avail_mb="$(df -Pm "$target_dir" | awk 'NR == 2 { print $4 }')"
+if [ "${avail_mb:-0}" -lt "${CELERIAC_TEST_KEEP_BINARIES_MB:-10240}" ]; then
+  echo "$avail_mb MB free: removing the test executables before the examples build"
+  find "$target_dir/debug/deps" -maxdepth 1 -type f -perm -u+x ! -name '*.*' -delete
+fi
 for ex in thread_pool job_server worker_and_client celery_messages redis_server task_semantics process_pool async_tasks observer canvas remote_control metrics events subtasks dashboard beat; do
   echo "-- example $ex"
   CELERIAC_BROKER_URL="${CELERIAC_TEST_REDIS_URL%/0}/4" \

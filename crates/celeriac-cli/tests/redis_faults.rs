@@ -550,3 +550,74 @@ fn on_redis_one_idempotency_key_runs_once() {
         .count();
     assert_eq!(runs, 1, "one execution for one key");
 }
+
+/// A worker whose result backend is another database of the same Redis
+/// settles in separate calls (results stored on db 1, messages acked on
+/// db 0); with the broker's own database it settles in one script per
+/// batch. Either way every result is stored and every message acked, and
+/// the worker says which way it settles.
+#[test]
+fn on_redis_a_backend_on_another_db_is_settled_in_separate_calls() {
+    let Some(sc) = Scenario::start("") else {
+        return;
+    };
+    let db1 = sc.url.replacen("/0", "/1", 1);
+    assert_ne!(db1, sc.url);
+    let backend1 = RedisBackend::open(&db1).unwrap();
+    for (backend_url, joint) in [(db1.as_str(), false), (sc.url.as_str(), true)] {
+        let ids = sc.send(
+            (0..300)
+                .map(|i| Call::new("celeriac.add").arg(i).arg(1))
+                .collect(),
+        );
+        let log = sc.logs.path().join(format!("db-{joint}.log"));
+        let mut child = Command::new(BIN)
+            .args([
+                "worker",
+                "--broker",
+                &sc.url,
+                "--result-backend",
+                backend_url,
+            ])
+            .args(["-c", "2", "--loglevel", "debug"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let results = if joint { &sc.backend } else { &backend1 };
+        let done = sc
+            .rt
+            .block_on(count_done(results, &ids, Duration::from_secs(60)));
+        // Every message acked: nothing left in kombu's unacked hash.
+        let unacked = sc.rt.block_on(async {
+            let client = redis::Client::open(sc.url.as_str()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let n: usize = redis::cmd("HLEN")
+                    .arg("unacked")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                if n == 0 || Instant::now() > deadline {
+                    return n;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(done, 300, "every result stored: {text}");
+        assert_eq!(unacked, 0, "every message acked: {text}");
+        assert_eq!(
+            text.contains("results are stored and messages acked in one call per batch"),
+            joint,
+            "{text}"
+        );
+        if !joint {
+            let on_db0 = sc.rt.block_on(sc.backend.get(&ids[0])).unwrap();
+            assert!(on_db0.is_none(), "results go to db 1 only");
+        }
+    }
+}

@@ -111,3 +111,102 @@ async fn ambiguous_envelopes_are_decoded_in_full() {
     }
     assert_eq!(f.broker.ack_many(&got).await.unwrap(), vec![true, true]);
 }
+
+celeriac_testkit::settle_together_contract!(redis_settle_together, super::redis);
+
+/// The joint settle is offered for a backend on the broker's own server
+/// and database (whatever its key prefix), and for nothing else: another
+/// database, the same server under another address, which the broker
+/// cannot tell is the same.
+#[tokio::test]
+async fn a_joint_settle_is_offered_for_the_same_server_and_database_only() {
+    use celeriac_core::Transport;
+    let url = redis_url();
+    let broker = RedisBroker::open(&url).unwrap();
+    let same = RedisBackend::open(&url).unwrap();
+    assert!(broker.settle_with(same.as_ref()).is_some());
+    let prefixed = RedisBackend::open(&format!("{url}?global_keyprefix=other:")).unwrap();
+    assert!(broker.settle_with(prefixed.as_ref()).is_some());
+    let (base, db) = url.rsplit_once('/').unwrap();
+    let other_db = if db.starts_with('1') { "2" } else { "1" };
+    let db1 = RedisBackend::open(&format!("{base}/{other_db}")).unwrap();
+    assert!(
+        broker.settle_with(db1.as_ref()).is_none(),
+        "another database: separate calls"
+    );
+    let by_name = RedisBackend::open(&url.replacen("127.0.0.1", "localhost", 1)).unwrap();
+    assert!(
+        broker.settle_with(by_name.as_ref()).is_none(),
+        "another address: separate calls"
+    );
+}
+
+/// The settle script stores the results before it joins or acks: a join
+/// that fails (a chord key holding the wrong type) leaves every result of
+/// the batch stored and every message still held, to be settled again.
+#[tokio::test]
+async fn a_failed_joint_settle_never_acks_a_message_without_its_result() {
+    use celeriac_core::broker::Finished;
+    use celeriac_core::{PartReturn, ResultMeta};
+    let key_prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    let url = format!("{}?global_keyprefix={key_prefix}", redis_url());
+    let f = Fixture {
+        broker: RedisBroker::open(&url).unwrap(),
+        other: RedisBroker::open(&url).unwrap(),
+        backend: RedisBackend::open(&url).unwrap(),
+        other_backend: RedisBackend::open(&url).unwrap(),
+        keep: None,
+    };
+    let joint = celeriac_testkit::settle_together::joint(&f);
+    let (o1, _) = celeriac_testkit::out("joint", 0, None);
+    let (o2, _) = celeriac_testkit::out("joint", 0, None);
+    f.broker.publish_batch(vec![o1, o2]).await.unwrap();
+    let got = f
+        .broker
+        .claim("w1", &["joint".to_string()], 2, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    // The chord's dedupe set `K.d` holds a string.
+    let g = celeriac_testkit::chord_join::fresh_group();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{key_prefix}celery-taskset-meta-{g}.d"))
+        .arg("not a set")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let plain = ResultMeta::success("r-plain", serde_json::json!(1));
+    let part_meta = ResultMeta::success("h0", serde_json::json!(0));
+    let record = celeriac_testkit::chord_join::part(0, serde_json::json!(0));
+    let batch = [
+        Finished {
+            meta: Some(&plain),
+            part: None,
+            delivery: &got[0],
+        },
+        Finished {
+            meta: Some(&part_meta),
+            part: Some((
+                &g,
+                PartReturn {
+                    task_id: "h0",
+                    group_index: Some(0),
+                    part: &record,
+                },
+            )),
+            delivery: &got[1],
+        },
+    ];
+    assert!(joint.settle_together(&batch).await.is_err());
+    for id in ["r-plain", "h0"] {
+        assert!(
+            f.backend.get(id).await.unwrap().is_some(),
+            "{id}: stored before the failure"
+        );
+    }
+    // Neither message was acked: both are still held under their claims.
+    let held = f.broker.ack_many(&got).await.unwrap();
+    assert_eq!(held, vec![true, true]);
+}

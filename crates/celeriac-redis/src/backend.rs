@@ -15,14 +15,38 @@ use tokio::sync::OnceCell;
 use crate::conn::MAX_BATCH;
 use crate::url::{RedisOptions, parse_redis_url};
 
-/// The store script: `lua/store.lua`, then `lua/store_results.lua`.
-fn store_script() -> Script {
-    Script::new(&format!(
-        "{}\n{}",
-        include_str!("lua/store.lua"),
-        include_str!("lua/store_results.lua")
-    ))
-}
+/// Writes each result unless a SUCCESS is already stored under its key, and
+/// publishes it on the channel of the same name. The stored documents are
+/// read with one `MGET` (a `redis.call` costs several microseconds in a
+/// script); a key written earlier in the same batch counts as stored.
+/// KEYS: meta keys. ARGV: ttl, then one json per key. Returns how many
+/// were written.
+const STORE: &str = r#"
+local ttl = tonumber(ARGV[1])
+local current = redis.call('MGET', unpack(KEYS))
+local written = {}
+local n = 0
+for i, key in ipairs(KEYS) do
+  local json = ARGV[i + 1]
+  local cur = written[key] or current[i]
+  local done = false
+  if cur then
+    local ok, d = pcall(cjson.decode, cur)
+    done = ok and type(d) == 'table' and d.status == 'SUCCESS'
+  end
+  if not done then
+    if ttl > 0 then
+      redis.call('SETEX', key, ttl, json)
+    else
+      redis.call('SET', key, json)
+    end
+    redis.call('PUBLISH', key, json)
+    written[key] = json
+    n = n + 1
+  end
+end
+return n
+"#;
 
 const META_PREFIX: &str = "celery-task-meta-";
 
@@ -53,34 +77,6 @@ impl ResultListener {
         channel
             .strip_prefix(self.opts.prefix.as_str())?
             .strip_prefix(META_PREFIX)
-    }
-}
-
-/// Where a [`RedisBackend`] keeps its results: their keys, their TTL, and
-/// the watchers in this process to wake when one is stored.
-#[derive(Debug, Clone)]
-pub(crate) struct Results(Arc<ResultListener>);
-
-impl Results {
-    /// The result key of `task_id`.
-    pub(crate) fn key(&self, task_id: &str) -> String {
-        self.0.key(task_id)
-    }
-
-    /// The chord join's keys of `group_id` (see `chord.rs`).
-    pub(crate) fn chord_keys(&self, group_id: &str) -> [String; 5] {
-        crate::chord::chord_keys(&self.0.opts.prefix, group_id)
-    }
-
-    /// How long results are kept, in seconds (0: forever).
-    pub(crate) fn expires_secs(&self) -> u64 {
-        self.0.opts.result_expires
-    }
-
-    /// Wakes this process's watchers of a stored result (they are woken
-    /// through the subscription too; this saves the round trip).
-    pub(crate) fn notify(&self, meta: &ResultMeta) {
-        self.0.waiters.notify(meta);
     }
 }
 
@@ -128,20 +124,8 @@ impl RedisBackend {
             }),
             conn: OnceCell::new(),
             listener: OnceCell::new(),
-            store: store_script(),
+            store: Script::new(STORE),
         }))
-    }
-
-    /// A handle on where this backend keeps its results, for a broker on
-    /// the same store to write them as this backend would (see
-    /// `broker/settle.rs`).
-    pub(crate) fn results(&self) -> Results {
-        Results(self.shared.clone())
-    }
-
-    /// The Redis client (its server and database).
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.shared.client
     }
 
     /// The key prefix (`global_keyprefix`).
@@ -360,12 +344,6 @@ impl ResultBackend for RedisBackend {
     /// False: other processes read results through the Redis server.
     fn is_private(&self) -> bool {
         false
-    }
-
-    /// This backend, for the Redis broker on the same server and database
-    /// to settle together with it.
-    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
-        Some(self)
     }
 
     /// Celery 5.x's native join (see the `chord` module).

@@ -22,29 +22,19 @@ use serde_json::Value;
 use crate::backend::RedisBackend;
 
 /// The script, hashed once.
-static PART_RETURN_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{}\n{}",
-        include_str!("lua/chord_join.lua"),
-        include_str!("lua/chord_part_return.lua")
-    ))
-});
+static PART_RETURN_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/chord_part_return.lua")));
 
 /// How long the winner's claim holds before another part may take over.
-pub(crate) const CLAIM_TTL_SECS: u64 = 6;
+const CLAIM_TTL_SECS: u64 = 6;
 
 /// How long `K.c = "done"` outlives the chord (as Celery: 300 s).
 const DONE_TTL_SECS: u64 = 300;
 
-/// `K.j`, `K.t`, `K.s`, `K.d`, `K.c` of `group_id` under `prefix`.
-pub(crate) fn chord_keys(prefix: &str, group_id: &str) -> [String; 5] {
-    let k = format!("{prefix}celery-taskset-meta-{group_id}");
-    ["j", "t", "s", "d", "c"].map(|suffix| format!("{k}.{suffix}"))
-}
-
 impl RedisBackend {
     fn chord_keys(&self, group_id: &str) -> [String; 5] {
-        chord_keys(self.prefix(), group_id)
+        let k = format!("{}celery-taskset-meta-{group_id}", self.prefix());
+        ["j", "t", "s", "d", "c"].map(|suffix| format!("{k}.{suffix}"))
     }
 }
 

@@ -116,15 +116,6 @@
 //! backend does, by a script that never overwrites a stored SUCCESS. A
 //! watcher subscribes before it sends and reads the key after subscribing, so
 //! no result is missed.
-//!
-//! When a worker's result backend is the broker's own Redis (the same
-//! server and database), a batch of finished tasks is settled by **one**
-//! script (`lua/settle.lua`, through
-//! [`SettleTogether`](celeriac_core::broker::SettleTogether)): the results
-//! stored and published as above, the chord header parts joined as Celery
-//! joins them (the `chord` module: its keys, its `.d` dedupe),
-//! then the messages acked, where another backend takes a store script, a
-//! join per chord and an ack script.
 
 mod backend;
 mod broker;

@@ -30,9 +30,6 @@ pub(crate) struct Scripts {
     pub(crate) restore: Script,
     /// `lua/rate.lua`.
     pub(crate) rate: Script,
-    /// `lua/settle.lua`, after `lua/store.lua` and `lua/chord_join.lua`:
-    /// results stored, chord parts joined and messages acked in one call.
-    pub(crate) settle: Script,
 }
 
 impl Scripts {
@@ -47,12 +44,6 @@ impl Scripts {
             requeue_dead_letter: with_prelude(include_str!("lua/requeue_dead_letter.lua")),
             restore: with_prelude(include_str!("lua/restore.lua")),
             rate: with_prelude(include_str!("lua/rate.lua")),
-            settle: with_prelude(&format!(
-                "{}\n{}\n{}",
-                include_str!("lua/store.lua"),
-                include_str!("lua/chord_join.lua"),
-                include_str!("lua/settle.lua")
-            )),
         }
     }
 }

@@ -11,9 +11,6 @@
 //!   Celery's pidbox wire, and purge.
 //! - `events.rs`: Celery's events ([`Events`](celeriac_core::Events)) on
 //!   kombu's `celeryev` fanout.
-//! - `settle.rs`: results stored, chord parts joined and messages acked in
-//!   one script, when the result backend is this broker's own Redis
-//!   ([`SettleTogether`](celeriac_core::broker::SettleTogether));
 //! - `beat.rs`: the leader lease and fenced publish of `celeriac beat`
 //!   ([`BeatStore`](celeriac_core::broker::BeatStore)).
 //!
@@ -25,7 +22,6 @@ mod control;
 mod dead_letters;
 mod events;
 mod remote;
-mod settle;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -303,15 +299,6 @@ impl Transport for RedisBroker {
 
     fn batch_settles(&self) -> bool {
         true
-    }
-
-    /// One script per settle batch (`settle.rs`) when `backend` is a
-    /// [`RedisBackend`](crate::RedisBackend) on this server and database.
-    fn settle_with(
-        &self,
-        backend: &dyn celeriac_core::ResultBackend,
-    ) -> Option<Arc<dyn celeriac_core::broker::SettleTogether>> {
-        self.joint_with(backend)
     }
 
     async fn publish(&self, msg: Outgoing) -> Result<(), BrokerError> {

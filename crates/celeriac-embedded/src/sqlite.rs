@@ -4,6 +4,9 @@
 
 mod beat;
 mod control;
+mod db;
+mod open;
+mod wake;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,222 +23,12 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::Notify;
 
+use self::db::{Db, batched, blocking};
+use self::open::OpenError;
 use crate::url::{SqliteOptions, parse_sqlite_url};
 
 mod chord;
 mod events;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    visible_at REAL NOT NULL,
-    tag TEXT NOT NULL,
-    task_id TEXT NOT NULL DEFAULT '',
-    payload BLOB NOT NULL,
-    deliveries INTEGER NOT NULL DEFAULT 0,
-    consumer TEXT,
-    claim_token TEXT,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_ready ON messages(queue, priority, id);
-CREATE INDEX IF NOT EXISTS messages_visible ON messages(queue, visible_at);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    failed_at REAL NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS results (
-    task_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    meta TEXT NOT NULL,
-    expires_at REAL,
-    seq INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS results_seq ON results(seq);
-CREATE TABLE IF NOT EXISTS group_results (
-    group_id TEXT PRIMARY KEY,
-    meta TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key TEXT PRIMARY KEY,
-    task_id TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rate_limits (
-    key TEXT PRIMARY KEY,
-    tat REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS revoked (
-    task_id TEXT PRIMARY KEY,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS terminations (
-    task_id TEXT PRIMARY KEY,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS nodes (
-    name TEXT PRIMARY KEY,
-    concurrency INTEGER NOT NULL,
-    pid INTEGER NOT NULL,
-    last_seen REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sent_at REAL NOT NULL,
-    routing_key TEXT NOT NULL,
-    hostname TEXT NOT NULL,
-    body BLOB NOT NULL
-);
-";
-
-/// Why a database file could not be opened: what was being done (empty if
-/// the error says it all), and the underlying error if there is one.
-#[derive(Debug)]
-struct OpenError {
-    context: String,
-    source: Option<BoxError>,
-}
-
-impl OpenError {
-    fn new(context: String, source: impl Into<BoxError>) -> Self {
-        OpenError {
-            context,
-            source: Some(source.into()),
-        }
-    }
-
-    fn into_broker(self) -> BrokerError {
-        BrokerError::Connection {
-            context: self.context,
-            source: self.source,
-        }
-    }
-
-    fn into_backend(self) -> BackendError {
-        BackendError::Connection {
-            context: self.context,
-            source: self.source,
-        }
-    }
-}
-
-impl From<rusqlite::Error> for OpenError {
-    fn from(e: rusqlite::Error) -> Self {
-        OpenError::new(String::new(), e)
-    }
-}
-
-fn open_connection(opts: &SqliteOptions) -> Result<Connection, OpenError> {
-    if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if opts.create_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| OpenError::new(format!("cannot create {}", dir.display()), e))?;
-        } else if !dir.is_dir() {
-            return Err(OpenError {
-                context: format!(
-                    "directory {} does not exist (only the default location's directory is created; check the path or create it)",
-                    dir.display()
-                ),
-                source: None,
-            });
-        }
-    }
-    create_private(&opts.path)?;
-    let conn = Connection::open(&opts.path)
-        .map_err(|e| OpenError::new(format!("cannot open {}", opts.path.display()), e))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    // Switching a new file to WAL needs exclusive access. When another
-    // process opens the same new file at that moment, SQLite may leave the
-    // mode unchanged (or report busy) instead of waiting, so retry.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mode = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0));
-        match mode {
-            Ok(m) if m.eq_ignore_ascii_case("wal") => break,
-            other if std::time::Instant::now() >= deadline => {
-                let context = format!("{} cannot use WAL mode", opts.path.display());
-                return Err(match other {
-                    Err(e) => OpenError::new(context, e),
-                    Ok(mode) => OpenError {
-                        context: format!("{context}: journal mode is {mode:?}"),
-                        source: None,
-                    },
-                });
-            }
-            _ => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    let sync = if opts.full_sync { "FULL" } else { "NORMAL" };
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"
-    ))?;
-    // Several processes may create the schema at once; IF NOT EXISTS inside
-    // an immediate transaction makes that safe.
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {SCHEMA} {} COMMIT;",
-        chord::CHORD_SCHEMA
-    ))?;
-    // Files made before messages carried their task id.
-    let has_task_id: bool = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'task_id'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )? > 0;
-    if !has_task_id {
-        conn.execute_batch("ALTER TABLE messages ADD COLUMN task_id TEXT NOT NULL DEFAULT ''")
-            .or_else(|e| {
-                // Another process may have added it meanwhile.
-                if e.to_string().contains("duplicate column") {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
-    }
-    Ok(conn)
-}
-
-/// Creates the database file, if it does not exist yet, readable and
-/// writable by its owner only (0600): SQLite gives its `-wal` and `-shm`
-/// files the database file's mode, so they are private too. An existing
-/// file keeps its mode.
-fn create_private(path: &std::path::Path) -> Result<(), OpenError> {
-    if path.as_os_str() == ":memory:" {
-        return Ok(());
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(OpenError::new(
-            format!("cannot create {}", path.display()),
-            e,
-        )),
-    }
-}
-
-#[derive(Debug)]
-struct Db {
-    conn: Mutex<Connection>,
-    path: String,
-}
-
-impl Db {
-    fn open(opts: &SqliteOptions) -> Result<Arc<Self>, OpenError> {
-        Ok(Arc::new(Db {
-            conn: Mutex::new(open_connection(opts)?),
-            path: opts.path.display().to_string(),
-        }))
-    }
-}
 
 /// The claim's pick: the first visible messages of a queue, in claim
 /// order (priority, then id), with their revoked flag. It walks
@@ -249,29 +42,6 @@ const PICK: &str = "SELECT m.id, m.queue, m.payload, m.deliveries,
      FROM messages m
      WHERE m.queue = ?1 AND +m.visible_at <= ?2
      ORDER BY m.priority ASC, m.id ASC LIMIT ?3";
-
-/// Runs a blocking database closure off the async executor. `map_err`
-/// builds the error from a context (empty for the database's own errors)
-/// and the underlying error.
-async fn blocking<T, E, F>(db: &Arc<Db>, f: F, map_err: fn(&str, BoxError) -> E) -> Result<T, E>
-where
-    T: Send + 'static,
-    E: Send + 'static,
-    F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-{
-    let db = db.clone();
-    let run = move || {
-        let mut conn = db.conn.lock();
-        f(&mut conn).map_err(|e| map_err("", e.into()))
-    };
-    if tokio::runtime::Handle::try_current().is_ok() {
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|e| map_err("database task failed", e.into()))?
-    } else {
-        run()
-    }
-}
 
 fn storage(context: &str, e: BoxError) -> BrokerError {
     BrokerError::storage_in(context, e)
@@ -288,7 +58,7 @@ fn split_tag(tag: &str) -> Result<(i64, String), BrokerError> {
 }
 
 /// Inserts messages to publish, inside the caller's transaction.
-fn insert_messages(tx: &rusqlite::Transaction<'_>, msgs: &[Outgoing]) -> rusqlite::Result<()> {
+fn insert_messages(tx: &Connection, msgs: &[Outgoing]) -> rusqlite::Result<()> {
     let now = unix_now();
     let mut ins = tx.prepare_cached(
         "INSERT INTO messages (queue, priority, visible_at, tag, task_id, payload, created_at)
@@ -476,11 +246,10 @@ impl SqliteBroker {
         let consumer = consumer.to_string();
         let queues = queues.to_vec();
         let lease = self.lease.as_secs_f64();
-        blocking(
+        batched(
             &self.db,
-            move |conn| {
+            move |tx| {
                 let now = unix_now();
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let mut out = Vec::new();
                 {
                     let mut pick = tx.prepare_cached(PICK)?;
@@ -531,7 +300,6 @@ impl SqliteBroker {
                 } else {
                     None
                 };
-                tx.commit()?;
                 Ok((out, idle))
             },
             storage,
@@ -541,16 +309,14 @@ impl SqliteBroker {
 
     /// `PRAGMA data_version` of this handle's connection: it changes when
     /// another connection (another process) commits. It reads no table and
-    /// takes no database lock, so it runs here rather than on a blocking
-    /// thread; `None` when the connection is busy with another call (ask
-    /// again on the next tick).
-    fn data_version(&self) -> Result<Option<i64>, BrokerError> {
-        let Some(conn) = self.db.conn.try_lock() else {
-            return Ok(None);
-        };
-        conn.query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map(Some)
-            .map_err(|e| storage("", e.into()))
+    /// takes no database lock.
+    async fn data_version(&self) -> Result<i64, BrokerError> {
+        blocking(
+            &self.db,
+            |conn| conn.query_row("PRAGMA data_version", [], |r| r.get(0)),
+            storage,
+        )
+        .await
     }
 
     async fn settle(
@@ -562,7 +328,7 @@ impl SqliteBroker {
         self.check_open()?;
         let (id, token) = split_tag(&delivery.tag)?;
         let tag = delivery.tag.clone();
-        let changed = blocking(
+        let changed = batched(
             &self.db,
             move |conn| match extra {
                 Some(x) => conn.execute(sql, params![id, token, x]),
@@ -598,16 +364,7 @@ impl Transport for SqliteBroker {
 
     async fn publish_batch(&self, msgs: Vec<Outgoing>) -> Result<(), BrokerError> {
         self.check_open()?;
-        blocking(
-            &self.db,
-            move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                insert_messages(&tx, &msgs)?;
-                tx.commit()
-            },
-            storage,
-        )
-        .await?;
+        batched(&self.db, move |tx| insert_messages(tx, &msgs), storage).await?;
         self.notify.notify_waiters();
         Ok(())
     }
@@ -620,11 +377,13 @@ impl Transport for SqliteBroker {
         timeout: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
         let deadline = Instant::now() + timeout;
-        // This process's publishes and requeues wake us. Other processes'
-        // do not, so poll, backing off from 1 ms to 20 ms while idle; but
-        // an idle poll only reads `PRAGMA data_version`, and claims again
-        // (a write transaction) only when another process has committed
-        // or a waiting message (eta, lapsed lease) has become visible.
+        // This process's publishes and requeues wake us, and so, where the
+        // file can be watched, do other processes' commits. Otherwise poll,
+        // backing off from 1 ms to 20 ms while idle. An idle look only
+        // reads `PRAGMA data_version`, and claims again (a write
+        // transaction) only when another process has committed or a
+        // waiting message (eta, lapsed lease) has become visible.
+        self.db.watch.start();
         let mut backoff = Duration::from_millis(1);
         let mut idle: Option<Idle> = None;
         loop {
@@ -632,12 +391,12 @@ impl Transport for SqliteBroker {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let changed = self.db.watch.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let due = match &idle {
                 None => true,
-                Some(i) => {
-                    unix_now() >= i.next_visible
-                        || self.data_version()?.is_some_and(|v| v != i.version)
-                }
+                Some(i) => unix_now() >= i.next_visible || self.data_version().await? != i.version,
             };
             if due {
                 let (got, now_idle) = self.try_claim(consumer, queues, max.max(1)).await?;
@@ -651,11 +410,16 @@ impl Transport for SqliteBroker {
                 return Ok(Vec::new());
             }
             let wait = backoff.min(deadline - now);
-            if tokio::time::timeout(wait, notified).await.is_ok() {
-                backoff = Duration::from_millis(1);
-                idle = None;
-            } else {
-                backoff = (backoff * 2).min(Duration::from_millis(20));
+            tokio::select! {
+                _ = &mut notified => {
+                    backoff = Duration::from_millis(1);
+                    idle = None;
+                }
+                // Some process wrote: look at the version again.
+                _ = &mut changed => {}
+                _ = tokio::time::sleep(wait) => {
+                    backoff = (backoff * 2).min(Duration::from_millis(20));
+                }
             }
         }
     }
@@ -673,10 +437,9 @@ impl Transport for SqliteBroker {
         self.check_open()?;
         let tags: Vec<Option<(i64, String)>> =
             deliveries.iter().map(|d| split_tag(&d.tag).ok()).collect();
-        blocking(
+        batched(
             &self.db,
-            move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            move |tx| {
                 let mut held = Vec::with_capacity(tags.len());
                 {
                     let mut del = tx.prepare_cached(
@@ -689,7 +452,6 @@ impl Transport for SqliteBroker {
                         });
                     }
                 }
-                tx.commit()?;
                 Ok(held)
             },
             storage,
@@ -704,20 +466,17 @@ impl Transport for SqliteBroker {
             .filter_map(|d| split_tag(&d.tag).ok())
             .collect();
         let lease = self.lease.as_secs_f64();
-        blocking(
+        batched(
             &self.db,
-            move |conn| {
+            move |tx| {
                 let until = unix_now() + lease;
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                {
-                    let mut up = tx.prepare_cached(
-                        "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND claim_token = ?2",
-                    )?;
-                    for (id, token) in &tags {
-                        up.execute(params![id, token, until])?;
-                    }
+                let mut up = tx.prepare_cached(
+                    "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND claim_token = ?2",
+                )?;
+                for (id, token) in &tags {
+                    up.execute(params![id, token, until])?;
                 }
-                tx.commit()
+                Ok(())
             },
             storage,
         )
@@ -988,6 +747,10 @@ impl Nodes for SqliteBroker {
     }
 }
 
+/// How often the result poller drops the waiters nobody waits on any
+/// more.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
 fn backend_storage(context: &str, e: BoxError) -> BackendError {
     BackendError::storage_in(context, e)
 }
@@ -1036,14 +799,12 @@ impl SqliteBackend {
             url: url.to_string(),
             reason: e.to_string(),
         })?;
-        let db = Db::open(&opts).map_err(OpenError::into_backend)?;
-        let last_seq = db
-            .conn
-            .lock()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM results", [], |r| {
+        let (db, last_seq) = Db::open_with_init(&opts, |conn| {
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM results", [], |r| {
                 r.get(0)
             })
-            .map_err(BackendError::storage)?;
+        })
+        .map_err(OpenError::into_backend)?;
         Ok(Arc::new(SqliteBackend {
             shared: Arc::new(BackendShared {
                 db,
@@ -1060,10 +821,20 @@ impl SqliteBackend {
         if shared.poller_running.swap(true, Ordering::SeqCst) {
             return;
         }
+        shared.db.watch.start();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(1);
+            // Dropped waiters are pruned (a walk over all of them) at most
+            // this often, not on every look.
+            let mut pruned = Instant::now();
             loop {
-                if shared.waiters.pending_ids().is_empty() {
+                let empty = if pruned.elapsed() >= PRUNE_EVERY {
+                    pruned = Instant::now();
+                    shared.waiters.pending_ids().is_empty()
+                } else {
+                    shared.waiters.is_empty()
+                };
+                if empty {
                     shared.poller_running.store(false, Ordering::SeqCst);
                     // A watcher registered after the emptiness check but
                     // before the flag was cleared would have no poller.
@@ -1074,6 +845,10 @@ impl SqliteBackend {
                     }
                 }
                 let since = *shared.last_seq.lock();
+                // Set before the look, so that a write after it wakes us.
+                let changed = shared.db.watch.changed();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
                 let rows = blocking(
                     &shared.db,
                     move |conn| {
@@ -1105,7 +880,12 @@ impl SqliteBackend {
                         backoff = Duration::from_millis(200);
                     }
                 }
-                tokio::time::sleep(backoff).await;
+                // Woken sooner by a write to the file (another process
+                // storing a result).
+                tokio::select! {
+                    _ = &mut changed => {}
+                    _ = tokio::time::sleep(backoff) => {}
+                }
             }
         });
     }
@@ -1140,10 +920,9 @@ impl ResultBackend for SqliteBackend {
             rows.push((meta.task_id.clone(), meta.status.to_string(), json));
         }
         let expires = unix_now() + self.ttl.as_secs_f64();
-        blocking(
+        batched(
             &self.shared.db,
-            move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            move |tx| {
                 let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM results", [], |r| r.get(0))?;
                 {
                     let mut put = tx.prepare_cached(
@@ -1157,7 +936,7 @@ impl ResultBackend for SqliteBackend {
                         seq += 1;
                     }
                 }
-                tx.commit()
+                Ok(())
             },
             backend_storage,
         )
@@ -1199,6 +978,53 @@ impl ResultBackend for SqliteBackend {
         Ok(ResultWatch::new(async move {
             rx.await.map_err(|_| BackendError::Closed)
         }))
+    }
+
+    /// Registers every waiter, then reads the stored results of all in one
+    /// call: a result stored in between is in that read, or reaches the
+    /// poller.
+    async fn watch_many(&self, task_ids: &[String]) -> Result<Vec<ResultWatch>, BackendError> {
+        let waits: Vec<_> = task_ids
+            .iter()
+            .map(|id| self.shared.waiters.register(id))
+            .collect();
+        let ids = task_ids.to_vec();
+        let stored: Vec<Option<String>> = blocking(
+            &self.shared.db,
+            move |conn| {
+                let mut q = conn.prepare_cached(
+                    "SELECT meta FROM results WHERE task_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                )?;
+                let now = unix_now();
+                ids.iter()
+                    .map(|id| q.query_row(params![id, now], |r| r.get(0)).optional())
+                    .collect()
+            },
+            backend_storage,
+        )
+        .await?;
+        let mut out = Vec::with_capacity(waits.len());
+        let mut waiting = false;
+        for (rx, raw) in waits.into_iter().zip(stored) {
+            let meta = raw
+                .map(|s| {
+                    serde_json::from_str::<ResultMeta>(&s)
+                        .map_err(|e| BackendError::Malformed(e.to_string()))
+                })
+                .transpose()?
+                .filter(|m| m.status.is_ready());
+            out.push(match meta {
+                Some(meta) => ResultWatch::new(async move { Ok(meta) }),
+                None => {
+                    waiting = true;
+                    ResultWatch::new(async move { rx.await.map_err(|_| BackendError::Closed) })
+                }
+            });
+        }
+        if waiting {
+            self.ensure_poller();
+        }
+        Ok(out)
     }
 
     async fn claim_key(
@@ -1318,7 +1144,7 @@ mod tests {
             dir.path().join("q.db").display()
         ))
         .unwrap();
-        let mut conn = open_connection(&opts).unwrap();
+        let mut conn = open::open_connection(&opts).unwrap();
         let tx = conn.transaction().unwrap();
         for i in 0..2000 {
             tx.execute(

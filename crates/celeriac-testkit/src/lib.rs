@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod python;
 pub mod rabbit_server;
 pub mod redis_server;
+pub mod settle_together;
 pub mod site;
 pub mod tls;
 

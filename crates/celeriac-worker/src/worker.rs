@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_core::broker::SettleTogether;
 use celeriac_core::escape::Escaped;
 use celeriac_core::time::unix_now;
 use celeriac_core::{Args, Broker, Delivery, PoolKind, Registry, ResultBackend, TaskContext};
@@ -43,6 +44,9 @@ pub(crate) struct Inner {
     pub(crate) ledger: Ledger,
     /// `settle`: finished tasks waiting for a batch.
     pub(crate) batches: Batches,
+    /// `settle`: the broker's way to store, join and ack in one call with
+    /// this backend, if it has one.
+    pub(crate) joint: Option<Arc<dyn SettleTogether>>,
     /// `control`: reserved messages and revokes that came meanwhile.
     pub(crate) waiting: Waiting,
     /// `control`: what remote control changes (queues, limits, ...) and
@@ -121,6 +125,11 @@ impl Worker {
             && !p.config.track_started
             && !p.config.result_extended
             && p.config.max_result.is_none();
+        let joint = p.broker.settle_with(p.backend.as_ref());
+        if joint.is_some() {
+            tracing::debug!(broker = %p.broker.url(), backend = %p.backend.url(),
+                "the broker shares the result backend's store: results are stored and messages acked in one call per batch");
+        }
         let mut observers = p.observers;
         observers.push(events.clone());
         Ok(Worker {
@@ -134,6 +143,7 @@ impl Worker {
                 executors,
                 ledger: Ledger::default(),
                 batches: Batches::default(),
+                joint,
                 waiting: Waiting::default(),
                 control,
                 rates: LocalRates::default(),

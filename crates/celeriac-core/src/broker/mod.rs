@@ -29,7 +29,10 @@
 //! | [`Control`] | `control.rs` | remote control (Celery's pidbox), purge |
 //! | [`Events`] | `events.rs` | Celery's monitoring events (`celeryev`) |
 //!
-//! One capability stands apart from [`Broker`]: [`BeatStore`] (`beat.rs`),
+//! Two capabilities stand apart from [`Broker`]: [`SettleTogether`]
+//! (`settle_together.rs`), storing results and acknowledging messages in
+//! one step, which a broker offers through [`Transport::settle_with`] when
+//! it shares its store with the result backend; and [`BeatStore`] (`beat.rs`),
 //! the leader lease and fenced publish of `celeriac beat`, which brokers
 //! with a shared store implement (AMQP keeps it in its result store).
 //!
@@ -56,6 +59,7 @@ mod nodes;
 mod rate_limits;
 mod result_backend;
 mod revocations;
+mod settle_together;
 mod transport;
 
 use std::time::Duration;
@@ -71,6 +75,7 @@ pub use nodes::Nodes;
 pub use rate_limits::RateLimits;
 pub use result_backend::{ChordJoin, PartReturn, ResultBackend, ResultWatch, Waiters};
 pub use revocations::Revocations;
+pub use settle_together::{Fate, Finished, SettleTogether, Settled};
 pub use transport::Transport;
 
 /// How long a revoke is remembered by default (Celery keeps revoked ids

@@ -62,6 +62,15 @@ pub trait ResultBackend: Send + Sync + fmt::Debug {
     /// Every backend states it explicitly; there is no default.
     fn is_private(&self) -> bool;
 
+    /// The backend as [`Any`](std::any::Any), so that a broker can tell a
+    /// backend it can settle together with
+    /// ([`Transport::settle_with`](super::Transport::settle_with)). `None`,
+    /// the default: no broker recognises it, and results are stored
+    /// through this trait alone.
+    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        None
+    }
+
     /// The backend's chord join, if it has one ([`ChordJoin`]); `None`
     /// means chords cannot be joined through this backend (yet), and a
     /// worker says so when a chord header finishes.

@@ -3,11 +3,12 @@
 //! producer and worker needs.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Delivery, Outgoing};
+use super::{Delivery, Outgoing, ResultBackend, SettleTogether};
 use crate::error::BrokerError;
 
 /// The message-moving capability of a broker: publish, claim, renew, ack
@@ -89,6 +90,18 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// without waiting for the others.
     fn batch_settles(&self) -> bool {
         false
+    }
+
+    /// The way to settle finished tasks together with `backend`
+    /// ([`SettleTogether`]: their results stored, chord parts joined and
+    /// messages acknowledged in one step), if this broker keeps its
+    /// messages in the same store as `backend` (the same Redis server and
+    /// database, say). `None`, the default, for every other pairing: the
+    /// worker stores through the backend, then acknowledges here, in
+    /// separate calls.
+    fn settle_with(&self, backend: &dyn ResultBackend) -> Option<Arc<dyn SettleTogether>> {
+        let _ = backend;
+        None
     }
 
     /// Extends the leases of deliveries still being worked on.

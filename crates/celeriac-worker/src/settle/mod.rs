@@ -14,7 +14,11 @@
 //! broker says a batch saves round trips
 //! ([`Transport::batch_settles`](celeriac_core::Transport::batch_settles)):
 //! the handler that finds no batch in flight writes one, its own task and
-//! every one queued meanwhile included.
+//! every one queued meanwhile included. When the broker shares its store
+//! with the result backend
+//! ([`Transport::settle_with`](celeriac_core::Transport::settle_with)), a
+//! batch is stored, joined and acked in one call (`together.rs`);
+//! otherwise in two or three: results, chord joins, acks.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,6 +36,8 @@ use crate::canvas::{ChordPart, Completion, NewChord};
 use crate::decide::Disposition;
 use crate::observe::TaskEvent;
 use crate::worker::Inner;
+
+mod together;
 
 /// The most finished tasks whose results are stored and acks sent in one
 /// round trip each.
@@ -662,6 +668,15 @@ impl Drop for ClearOnDrop<'_> {
 /// failed is not acked either: its message comes back when its lease
 /// lapses, and joins again (counted once).
 async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) -> Vec<Unstored> {
+    let batch = match &inner.joint {
+        // One call; if it fails, the separate calls below settle the same
+        // batch (every step is safe to repeat).
+        Some(joint) => match together::settle_batch(inner, joint.as_ref(), batch).await {
+            Ok(()) => return Vec::new(),
+            Err(batch) => batch,
+        },
+        None => batch,
+    };
     // Taken apart without copies: the results to store, and for each task
     // whether it had one, its delivery, its join and whom to tell.
     let mut metas = Vec::with_capacity(batch.len());
@@ -720,11 +735,23 @@ async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) -> Vec<Unstored> {
         }
         dones.extend(done);
     }
-    match inner.broker.ack_many(&acks).await {
+    ack_all(inner, &acks).await;
+    for done in dones {
+        let _ = done.send(None);
+    }
+    unstored
+}
+
+/// Acks the messages of settled tasks in one call, and logs those refused.
+async fn ack_all(inner: &Inner, acks: &[Delivery]) {
+    if acks.is_empty() {
+        return;
+    }
+    match inner.broker.ack_many(acks).await {
         Ok(held) => {
             for (d, held) in acks.iter().zip(held) {
                 if !held {
-                    tracing::warn!(tag = %Escaped(&d.tag), "ack refused: the message's lease had lapsed; it may be delivered again (its stored result makes a redelivery skip it)");
+                    not_held(d);
                 }
             }
         }
@@ -732,10 +759,11 @@ async fn settle_batch(inner: &Inner, batch: Vec<ToSettle>) -> Vec<Unstored> {
             tracing::warn!(error = %e, count = acks.len(), "ack failed; the messages may be delivered again (their stored results make a redelivery skip them)");
         }
     }
-    for done in dones {
-        let _ = done.send(None);
-    }
-    unstored
+}
+
+/// Logs an ack the broker refused.
+fn not_held(d: &Delivery) {
+    tracing::warn!(tag = %Escaped(&d.tag), "ack refused: the message's lease had lapsed; it may be delivered again (its stored result makes a redelivery skip it)");
 }
 
 /// Joins the chord header parts of a settle batch (`None` for a task that

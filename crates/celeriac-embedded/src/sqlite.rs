@@ -396,7 +396,6 @@ impl Transport for SqliteBroker {
         // reads `PRAGMA data_version`, and claims again (a write
         // transaction) only when another process has committed or a
         // waiting message (eta, lapsed lease) has become visible.
-        self.db.watch.start();
         let mut backoff = Duration::from_millis(1);
         let mut idle: Option<Idle> = None;
         loop {
@@ -407,6 +406,9 @@ impl Transport for SqliteBroker {
             let changed = self.db.watch.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            // Before the look: a write after it wakes us. It fires once,
+            // so a busy worker pays one wake-up per claim at most.
+            self.db.watch.arm();
             let due = match &idle {
                 None => true,
                 Some(i) => unix_now() >= i.next_visible || self.data_version().await? != i.version,

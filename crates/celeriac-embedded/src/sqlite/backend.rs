@@ -143,7 +143,6 @@ impl SqliteBackend {
         if shared.poller_running.swap(true, Ordering::SeqCst) {
             return;
         }
-        shared.db.watch.start();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(1);
             // Dropped waiters are pruned (a walk over all of them) at most
@@ -167,10 +166,12 @@ impl SqliteBackend {
                     }
                 }
                 let since = *shared.last_seq.lock();
-                // Set before the look, so that a write after it wakes us.
+                // Set before the look, so that a write after it wakes us
+                // (once: a busy poller pays one wake-up per look at most).
                 let changed = shared.db.watch.changed();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
+                shared.db.watch.arm();
                 let rows = blocking(
                     &shared.db,
                     move |conn| {

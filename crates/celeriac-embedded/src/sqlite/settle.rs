@@ -95,14 +95,14 @@ impl SettleTogether for JointSettle {
                 let mut fates = vec![Fate::Acked; tags.len()];
                 let mut won = Vec::new();
                 let now = unix_now();
-                for (group, at, rows) in chords {
-                    if let Some(all) = join_parts(tx, &group, &rows, now, ttl)? {
+                for (group, at, rows) in &chords {
+                    if let Some(all) = join_parts(tx, group, rows, now, ttl)? {
                         // These parts complete the chord: held until the
                         // worker has sent its body.
-                        for i in at {
+                        for &i in at {
                             fates[i] = Fate::HeldBack;
                         }
-                        won.push((group, all));
+                        won.push((group.clone(), all));
                     }
                 }
                 let mut del =

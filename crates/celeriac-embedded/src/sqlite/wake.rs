@@ -1,51 +1,75 @@
 //! Noticing other processes' commits to the SQLite file without polling
-//! it: on Linux, an inotify watch on the file's directory for writes to
-//! its write-ahead log (`FILE-wal`; in WAL mode every commit appends
-//! there). A waiting claim or result poller is woken by such a write, and
-//! then checks the file cheaply (`PRAGMA data_version`, or the results
-//! written since its last look) instead of waiting out its back-off.
+//! it: on Linux, an inotify watch on the file's write-ahead log
+//! (`FILE-wal`; in WAL mode every commit appends there). A waiting claim
+//! or result poller is woken by the next write to it, and then checks the
+//! file cheaply (`PRAGMA data_version`, or the results written since its
+//! last look) instead of waiting out its back-off.
+//!
+//! The watch is one-shot (`IN_ONESHOT`): a waiter arms it before its look,
+//! the first write after that fires it once and removes it, and the next
+//! waiter arms it again. So a busy file, which nobody waits on, pays
+//! nothing for it: an armed watch on every write (every WAL frame) cost a
+//! wake-up of the watching thread per frame, which doubled the worker's
+//! CPU per task on W1.
 //!
 //! The back-off polls remain as the fallback (on other systems, where the
 //! watch cannot be set, or for a write the kernel does not report, as on
 //! a network file system), so the watch only ever makes a wake-up sooner.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 /// A watch on one database file's commits, started on first use.
 #[derive(Debug)]
 pub(super) struct FileWatch {
-    path: PathBuf,
+    /// The file's write-ahead log.
+    wal: PathBuf,
     changed: Arc<Notify>,
-    started: AtomicBool,
-    running: Arc<AtomicBool>,
+    /// Whether the watch is armed (set by a waiter, cleared when it
+    /// fires).
+    armed: Arc<AtomicBool>,
+    /// The watch, once started; `None` inside until then, or if it could
+    /// not be set up.
+    state: Mutex<Option<Option<imp::Watch>>>,
 }
 
 impl FileWatch {
-    /// A watch on `path` (not started yet).
+    /// A watch on the database file `path` (not started yet).
     pub(super) fn new(path: &Path) -> Self {
+        let mut wal = path.as_os_str().to_os_string();
+        wal.push("-wal");
         FileWatch {
-            path: path.to_path_buf(),
+            wal: PathBuf::from(wal),
             changed: Arc::new(Notify::new()),
-            started: AtomicBool::new(false),
-            running: Arc::new(AtomicBool::new(false)),
+            armed: Arc::new(AtomicBool::new(false)),
+            state: Mutex::new(None),
         }
     }
 
-    /// Starts the watch if it has not been tried yet; says whether it
-    /// runs (then waiters are woken by other processes' commits).
-    pub(super) fn start(&self) -> bool {
-        if !self.started.swap(true, Ordering::SeqCst) {
-            imp::spawn(&self.path, &self.changed, &self.running);
+    /// Arms the watch (starting it on first use), so that the next write
+    /// to the file's log wakes [`changed`](Self::changed). Call it after
+    /// enabling the `changed` future and before the look it follows.
+    pub(super) fn arm(&self) {
+        if self.armed.load(Ordering::SeqCst) {
+            return;
         }
-        self.running.load(Ordering::SeqCst)
+        let mut state = self.state.lock();
+        let watch = state.get_or_insert_with(|| imp::Watch::start(&self.changed, &self.armed));
+        if let Some(w) = watch
+            && !self.armed.swap(true, Ordering::SeqCst)
+            && !w.arm(&self.wal)
+        {
+            // No log yet (nothing committed), or no watch: poll.
+            self.armed.store(false, Ordering::SeqCst);
+        }
     }
 
-    /// Woken by the next write to the file's log (by any process). Create
-    /// it, and `enable` it, before the look it is to follow.
+    /// Woken by the first write to the file's log after [`arm`](Self::arm)
+    /// (by any process). Create and `enable` it before arming.
     pub(super) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
     }
@@ -54,6 +78,7 @@ impl FileWatch {
 #[cfg(target_os = "linux")]
 mod imp {
     use std::os::fd::AsFd;
+    use std::sync::Weak;
 
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -64,46 +89,43 @@ mod imp {
     /// wanted (its handle not dropped).
     const ALIVE_CHECK_MS: u16 = 1000;
 
-    /// Starts a thread that wakes `changed`'s waiters on every write to
-    /// `path`'s log, until `changed` is dropped; `running` is set while it
-    /// runs (not at all if the watch cannot be set: the caller keeps
-    /// polling).
-    pub(super) fn spawn(path: &Path, changed: &Arc<Notify>, running: &Arc<AtomicBool>) {
-        let Some(name) = path.file_name() else {
-            return;
-        };
-        let mut wal = name.to_os_string();
-        wal.push("-wal");
-        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            Some(d) => d.to_path_buf(),
-            None => PathBuf::from("."),
-        };
-        let watch = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).and_then(|fd| {
-            fd.add_watch(&dir, AddWatchFlags::IN_MODIFY)?;
-            Ok(fd)
-        });
-        let fd = match watch {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::debug!(dir = %dir.display(), error = %e, "no inotify watch on the database's directory; polling only");
-                return;
-            }
-        };
-        let changed = Arc::downgrade(changed);
-        running.store(true, Ordering::SeqCst);
-        let flag = running.clone();
-        let spawned = std::thread::Builder::new()
-            .name("celeriac-sqlite-watch".to_string())
-            .spawn(move || {
-                watch_loop(&fd, &wal, &changed);
-                flag.store(false, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            running.store(false, Ordering::SeqCst);
+    /// An inotify instance, read by a thread of its own.
+    #[derive(Debug)]
+    pub(super) struct Watch {
+        fd: Arc<Inotify>,
+    }
+
+    impl Watch {
+        /// Starts the thread that wakes `changed`'s waiters (and clears
+        /// `armed`) when the armed watch fires, until `changed` is
+        /// dropped. `None` if inotify is not available.
+        pub(super) fn start(changed: &Arc<Notify>, armed: &Arc<AtomicBool>) -> Option<Self> {
+            let fd = match Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) {
+                Ok(fd) => Arc::new(fd),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no inotify; the SQLite broker polls only");
+                    return None;
+                }
+            };
+            let changed = Arc::downgrade(changed);
+            let armed = armed.clone();
+            let reader = fd.clone();
+            std::thread::Builder::new()
+                .name("celeriac-sqlite-watch".to_string())
+                .spawn(move || watch_loop(&reader, &changed, &armed))
+                .ok()?;
+            Some(Watch { fd })
+        }
+
+        /// Sets the one-shot watch on `wal`; false if it cannot be set.
+        pub(super) fn arm(&self, wal: &Path) -> bool {
+            self.fd
+                .add_watch(wal, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_ONESHOT)
+                .is_ok()
         }
     }
 
-    fn watch_loop(fd: &Inotify, wal: &std::ffi::OsStr, changed: &Weak<Notify>) {
+    fn watch_loop(fd: &Inotify, changed: &Weak<Notify>, armed: &AtomicBool) {
         loop {
             let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::from(ALIVE_CHECK_MS)) {
@@ -113,24 +135,25 @@ mod imp {
                     }
                 }
                 Ok(_) => {
-                    let events = match fd.read_events() {
-                        Ok(events) => events,
+                    match fd.read_events() {
+                        // Fired (or removed): the next waiter arms it
+                        // again. Cleared before the wake-up, so that a
+                        // waiter that still saw it armed is woken.
+                        Ok(_) => armed.store(false, Ordering::SeqCst),
                         Err(nix::errno::Errno::EAGAIN) => continue,
                         Err(e) => {
                             tracing::debug!(error = %e, "the inotify watch failed; polling only");
                             return;
                         }
-                    };
-                    if events.iter().any(|e| e.name.as_deref() == Some(wal)) {
-                        match changed.upgrade() {
-                            Some(n) => n.notify_waiters(),
-                            None => return,
-                        }
+                    }
+                    match changed.upgrade() {
+                        Some(n) => n.notify_waiters(),
+                        None => return,
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
-                    tracing::debug!(error = %e, "polling the inotify watch failed; polling the file only");
+                    tracing::debug!(error = %e, "polling the inotify watch failed; polling only");
                     return;
                 }
             }
@@ -143,5 +166,16 @@ mod imp {
     use super::*;
 
     /// No watch here: the pollers' back-off alone.
-    pub(super) fn spawn(_: &Path, _: &Arc<Notify>, _: &Arc<AtomicBool>) {}
+    #[derive(Debug)]
+    pub(super) struct Watch;
+
+    impl Watch {
+        pub(super) fn start(_: &Arc<Notify>, _: &Arc<AtomicBool>) -> Option<Self> {
+            None
+        }
+
+        pub(super) fn arm(&self, _: &Path) -> bool {
+            false
+        }
+    }
 }

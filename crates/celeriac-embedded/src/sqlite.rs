@@ -406,9 +406,12 @@ impl Transport for SqliteBroker {
             let changed = self.db.watch.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            // Before the look: a write after it wakes us. It fires once,
-            // so a busy worker pays one wake-up per claim at most.
-            self.db.watch.arm();
+            // Armed before an idle look, so that a write after it wakes
+            // us; not before a claim, which a busy worker makes often and
+            // whose every armed watch would cost a wake-up.
+            if idle.is_some() {
+                self.db.watch.arm();
+            }
             let due = match &idle {
                 None => true,
                 Some(i) => unix_now() >= i.next_visible || self.data_version().await? != i.version,
@@ -418,7 +421,13 @@ impl Transport for SqliteBroker {
                 if !got.is_empty() {
                     return Ok(got);
                 }
+                let first = idle.is_none();
                 idle = now_idle;
+                if first && idle.is_some() {
+                    // Found nothing: arm the watch and look again at once
+                    // (the cheap look), rather than wait unarmed.
+                    continue;
+                }
             }
             let now = Instant::now();
             if now >= deadline {

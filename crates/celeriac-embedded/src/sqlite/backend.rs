@@ -148,6 +148,8 @@ impl SqliteBackend {
             // Dropped waiters are pruned (a walk over all of them) at most
             // this often, not on every look.
             let mut pruned = Instant::now();
+            // Whether the watch is armed for the next look.
+            let mut armed = false;
             loop {
                 let empty = if pruned.elapsed() >= PRUNE_EVERY {
                     pruned = Instant::now();
@@ -166,12 +168,15 @@ impl SqliteBackend {
                     }
                 }
                 let since = *shared.last_seq.lock();
-                // Set before the look, so that a write after it wakes us
-                // (once: a busy poller pays one wake-up per look at most).
+                // Set before the look, so that a write after it wakes us;
+                // armed only after a look found nothing (a busy poller
+                // would pay a wake-up per look).
                 let changed = shared.db.watch.changed();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                shared.db.watch.arm();
+                if armed {
+                    shared.db.watch.arm();
+                }
                 let rows = blocking(
                     &shared.db,
                     move |conn| {
@@ -189,6 +194,7 @@ impl SqliteBackend {
                 match rows {
                     Ok(rows) if !rows.is_empty() => {
                         backoff = Duration::from_millis(1);
+                        armed = false;
                         let mut last = shared.last_seq.lock();
                         for (seq, meta) in rows {
                             *last = (*last).max(seq);
@@ -196,6 +202,11 @@ impl SqliteBackend {
                                 shared.waiters.notify(&meta);
                             }
                         }
+                    }
+                    // Nothing new: arm the watch and look again at once.
+                    Ok(_) if !armed => {
+                        armed = true;
+                        continue;
                     }
                     Ok(_) => backoff = (backoff * 2).min(Duration::from_millis(20)),
                     Err(e) => {

@@ -82,6 +82,14 @@ fn insert_messages(tx: &Connection, msgs: &[Outgoing]) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The longest wait between two idle looks at the file.
+const POLL_MAX: Duration = Duration::from_millis(20);
+
+/// The same, while the file's watch is armed (`wake.rs`): another
+/// process's commit wakes the claim at once, and the polls only cover a
+/// write the kernel does not report (a network file system).
+const WATCHED_POLL_MAX: Duration = Duration::from_millis(100);
+
 /// What an empty claim saw: the database's version and the earliest time
 /// a waiting message becomes visible. Until one of them moves, claiming
 /// again would find nothing.
@@ -392,7 +400,7 @@ impl Transport for SqliteBroker {
         let deadline = Instant::now() + timeout;
         // This process's publishes and requeues wake us, and so, where the
         // file can be watched, do other processes' commits. Otherwise poll,
-        // backing off from 1 ms to 20 ms while idle. An idle look only
+        // backing off from 1 ms to 20 ms while idle (100 ms when watched). An idle look only
         // reads `PRAGMA data_version`, and claims again (a write
         // transaction) only when another process has committed or a
         // waiting message (eta, lapsed lease) has become visible.
@@ -409,9 +417,7 @@ impl Transport for SqliteBroker {
             // Armed before an idle look, so that a write after it wakes
             // us; not before a claim, which a busy worker makes often and
             // whose every armed watch would cost a wake-up.
-            if idle.is_some() {
-                self.db.watch.arm();
-            }
+            let watched = idle.is_some() && self.db.watch.arm();
             let due = match &idle {
                 None => true,
                 Some(i) => unix_now() >= i.next_visible || self.data_version().await? != i.version,
@@ -433,7 +439,14 @@ impl Transport for SqliteBroker {
             if now >= deadline {
                 return Ok(Vec::new());
             }
-            let wait = backoff.min(deadline - now);
+            let mut wait = backoff.min(deadline - now);
+            if let Some(i) = &idle {
+                // A waiting message (eta, lapsed lease) due sooner.
+                let due_in = (i.next_visible - unix_now()).max(0.0);
+                if due_in < wait.as_secs_f64() {
+                    wait = Duration::from_secs_f64(due_in);
+                }
+            }
             tokio::select! {
                 _ = &mut notified => {
                     backoff = Duration::from_millis(1);
@@ -442,7 +455,10 @@ impl Transport for SqliteBroker {
                 // Some process wrote: look at the version again.
                 _ = &mut changed => {}
                 _ = tokio::time::sleep(wait) => {
-                    backoff = (backoff * 2).min(Duration::from_millis(20));
+                    // Watched, the polls are only a fallback, and an idle
+                    // worker makes fewer of them.
+                    let most = if watched { WATCHED_POLL_MAX } else { POLL_MAX };
+                    backoff = (backoff * 2).min(most);
                 }
             }
         }

@@ -51,11 +51,12 @@ impl FileWatch {
     }
 
     /// Arms the watch (starting it on first use), so that the next write
-    /// to the file's log wakes [`changed`](Self::changed). Call it after
-    /// enabling the `changed` future and before the look it follows.
-    pub(super) fn arm(&self) {
+    /// to the file's log wakes [`changed`](Self::changed); says whether it
+    /// is armed. Call it after enabling the `changed` future and before the
+    /// look it follows.
+    pub(super) fn arm(&self) -> bool {
         if self.armed.load(Ordering::SeqCst) {
-            return;
+            return true;
         }
         let mut state = self.state.lock();
         let watch = state.get_or_insert_with(|| imp::Watch::start(&self.changed, &self.armed));
@@ -66,6 +67,7 @@ impl FileWatch {
             // No log yet (nothing committed), or no watch: poll.
             self.armed.store(false, Ordering::SeqCst);
         }
+        self.armed.load(Ordering::SeqCst)
     }
 
     /// Woken by the first write to the file's log after [`arm`](Self::arm)

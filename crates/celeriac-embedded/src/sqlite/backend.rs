@@ -50,7 +50,7 @@ impl ResultRows {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let mut seq: i64 =
+        let first: i64 =
             tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM results", [], |r| {
                 r.get(0)
             })?;
@@ -61,9 +61,8 @@ impl ResultRows {
              WHERE results.status <> 'SUCCESS' OR results.expires_at < ?6",
         )?;
         let now = unix_now();
-        for (task_id, status, json) in &self.rows {
+        for (seq, (task_id, status, json)) in (first..).zip(&self.rows) {
             put.execute(params![task_id, status, json, self.expires, seq, now])?;
-            seq += 1;
         }
         Ok(())
     }

@@ -28,6 +28,19 @@
 //! (`redelivered`). Ack, renew and requeue match on the claim token, so a
 //! worker whose lease lapsed cannot ack a message another worker holds.
 //!
+//! Each handle's connection belongs to one thread of its own. The claims,
+//! publishes, acks and result stores queued while it works share one write
+//! transaction (one commit), and a worker whose result backend is the
+//! broker's own file stores a batch's results, joins its chord parts and
+//! acks its messages in one transaction
+//! ([`SettleTogether`](celeriac_core::broker::SettleTogether)). The file
+//! is in WAL mode with `synchronous=NORMAL`: a committed claim, ack or
+//! result survives the crash (`kill -9`) of any process, and only a power
+//! loss can undo the last commits (`?sync=full` guards against that too,
+//! at the cost of an fsync per commit). On Linux a waiting claim or result
+//! poller is woken by another process's next write to the file's log (a
+//! one-shot inotify watch), and otherwise polls, backing off to 20 ms.
+//!
 //! ## Chords
 //!
 //! Both backends join chords ([`ChordJoin`](celeriac_core::ChordJoin))

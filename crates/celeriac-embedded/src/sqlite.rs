@@ -2,8 +2,14 @@
 //! shared safely by several processes on one machine. See the crate docs
 //! for the design.
 
+mod backend;
 mod beat;
 mod control;
+mod db;
+mod open;
+mod records;
+mod settle;
+mod wake;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,230 +18,18 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use celeriac_core::time::unix_now;
-use celeriac_core::{
-    BackendError, BoxError, BrokerError, DeadLetter, DeadLetters, Delivery, NodeInfo, Nodes,
-    Outgoing, RateLimits, ResultBackend, ResultMeta, ResultWatch, Revocations, Transport, Waiters,
-};
-use parking_lot::Mutex;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use celeriac_core::{BoxError, BrokerError, Delivery, Outgoing, ResultBackend, Transport};
+use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::Notify;
 
+use self::db::{Db, batched, blocking};
+use self::open::OpenError;
 use crate::url::{SqliteOptions, parse_sqlite_url};
 
 mod chord;
 mod events;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    visible_at REAL NOT NULL,
-    tag TEXT NOT NULL,
-    task_id TEXT NOT NULL DEFAULT '',
-    payload BLOB NOT NULL,
-    deliveries INTEGER NOT NULL DEFAULT 0,
-    consumer TEXT,
-    claim_token TEXT,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_ready ON messages(queue, priority, id);
-CREATE INDEX IF NOT EXISTS messages_visible ON messages(queue, visible_at);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    failed_at REAL NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS results (
-    task_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    meta TEXT NOT NULL,
-    expires_at REAL,
-    seq INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS results_seq ON results(seq);
-CREATE TABLE IF NOT EXISTS group_results (
-    group_id TEXT PRIMARY KEY,
-    meta TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key TEXT PRIMARY KEY,
-    task_id TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rate_limits (
-    key TEXT PRIMARY KEY,
-    tat REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS revoked (
-    task_id TEXT PRIMARY KEY,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS terminations (
-    task_id TEXT PRIMARY KEY,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS nodes (
-    name TEXT PRIMARY KEY,
-    concurrency INTEGER NOT NULL,
-    pid INTEGER NOT NULL,
-    last_seen REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sent_at REAL NOT NULL,
-    routing_key TEXT NOT NULL,
-    hostname TEXT NOT NULL,
-    body BLOB NOT NULL
-);
-";
-
-/// Why a database file could not be opened: what was being done (empty if
-/// the error says it all), and the underlying error if there is one.
-#[derive(Debug)]
-struct OpenError {
-    context: String,
-    source: Option<BoxError>,
-}
-
-impl OpenError {
-    fn new(context: String, source: impl Into<BoxError>) -> Self {
-        OpenError {
-            context,
-            source: Some(source.into()),
-        }
-    }
-
-    fn into_broker(self) -> BrokerError {
-        BrokerError::Connection {
-            context: self.context,
-            source: self.source,
-        }
-    }
-
-    fn into_backend(self) -> BackendError {
-        BackendError::Connection {
-            context: self.context,
-            source: self.source,
-        }
-    }
-}
-
-impl From<rusqlite::Error> for OpenError {
-    fn from(e: rusqlite::Error) -> Self {
-        OpenError::new(String::new(), e)
-    }
-}
-
-fn open_connection(opts: &SqliteOptions) -> Result<Connection, OpenError> {
-    if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if opts.create_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| OpenError::new(format!("cannot create {}", dir.display()), e))?;
-        } else if !dir.is_dir() {
-            return Err(OpenError {
-                context: format!(
-                    "directory {} does not exist (only the default location's directory is created; check the path or create it)",
-                    dir.display()
-                ),
-                source: None,
-            });
-        }
-    }
-    create_private(&opts.path)?;
-    let conn = Connection::open(&opts.path)
-        .map_err(|e| OpenError::new(format!("cannot open {}", opts.path.display()), e))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    // Switching a new file to WAL needs exclusive access. When another
-    // process opens the same new file at that moment, SQLite may leave the
-    // mode unchanged (or report busy) instead of waiting, so retry.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mode = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0));
-        match mode {
-            Ok(m) if m.eq_ignore_ascii_case("wal") => break,
-            other if std::time::Instant::now() >= deadline => {
-                let context = format!("{} cannot use WAL mode", opts.path.display());
-                return Err(match other {
-                    Err(e) => OpenError::new(context, e),
-                    Ok(mode) => OpenError {
-                        context: format!("{context}: journal mode is {mode:?}"),
-                        source: None,
-                    },
-                });
-            }
-            _ => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    let sync = if opts.full_sync { "FULL" } else { "NORMAL" };
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"
-    ))?;
-    // Several processes may create the schema at once; IF NOT EXISTS inside
-    // an immediate transaction makes that safe.
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {SCHEMA} {} COMMIT;",
-        chord::CHORD_SCHEMA
-    ))?;
-    // Files made before messages carried their task id.
-    let has_task_id: bool = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'task_id'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )? > 0;
-    if !has_task_id {
-        conn.execute_batch("ALTER TABLE messages ADD COLUMN task_id TEXT NOT NULL DEFAULT ''")
-            .or_else(|e| {
-                // Another process may have added it meanwhile.
-                if e.to_string().contains("duplicate column") {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
-    }
-    Ok(conn)
-}
-
-/// Creates the database file, if it does not exist yet, readable and
-/// writable by its owner only (0600): SQLite gives its `-wal` and `-shm`
-/// files the database file's mode, so they are private too. An existing
-/// file keeps its mode.
-fn create_private(path: &std::path::Path) -> Result<(), OpenError> {
-    if path.as_os_str() == ":memory:" {
-        return Ok(());
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(OpenError::new(
-            format!("cannot create {}", path.display()),
-            e,
-        )),
-    }
-}
-
-#[derive(Debug)]
-struct Db {
-    conn: Mutex<Connection>,
-    path: String,
-}
-
-impl Db {
-    fn open(opts: &SqliteOptions) -> Result<Arc<Self>, OpenError> {
-        Ok(Arc::new(Db {
-            conn: Mutex::new(open_connection(opts)?),
-            path: opts.path.display().to_string(),
-        }))
-    }
-}
+pub use self::backend::SqliteBackend;
 
 /// The claim's pick: the first visible messages of a queue, in claim
 /// order (priority, then id), with their revoked flag. It walks
@@ -249,29 +43,6 @@ const PICK: &str = "SELECT m.id, m.queue, m.payload, m.deliveries,
      FROM messages m
      WHERE m.queue = ?1 AND +m.visible_at <= ?2
      ORDER BY m.priority ASC, m.id ASC LIMIT ?3";
-
-/// Runs a blocking database closure off the async executor. `map_err`
-/// builds the error from a context (empty for the database's own errors)
-/// and the underlying error.
-async fn blocking<T, E, F>(db: &Arc<Db>, f: F, map_err: fn(&str, BoxError) -> E) -> Result<T, E>
-where
-    T: Send + 'static,
-    E: Send + 'static,
-    F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-{
-    let db = db.clone();
-    let run = move || {
-        let mut conn = db.conn.lock();
-        f(&mut conn).map_err(|e| map_err("", e.into()))
-    };
-    if tokio::runtime::Handle::try_current().is_ok() {
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|e| map_err("database task failed", e.into()))?
-    } else {
-        run()
-    }
-}
 
 fn storage(context: &str, e: BoxError) -> BrokerError {
     BrokerError::storage_in(context, e)
@@ -288,7 +59,7 @@ fn split_tag(tag: &str) -> Result<(i64, String), BrokerError> {
 }
 
 /// Inserts messages to publish, inside the caller's transaction.
-fn insert_messages(tx: &rusqlite::Transaction<'_>, msgs: &[Outgoing]) -> rusqlite::Result<()> {
+fn insert_messages(tx: &Connection, msgs: &[Outgoing]) -> rusqlite::Result<()> {
     let now = unix_now();
     let mut ins = tx.prepare_cached(
         "INSERT INTO messages (queue, priority, visible_at, tag, task_id, payload, created_at)
@@ -308,6 +79,14 @@ fn insert_messages(tx: &rusqlite::Transaction<'_>, msgs: &[Outgoing]) -> rusqlit
     }
     Ok(())
 }
+
+/// The longest wait between two idle looks at the file.
+const POLL_MAX: Duration = Duration::from_millis(20);
+
+/// The same, while the file's watch is armed (`wake.rs`): another
+/// process's commit wakes the claim at once, and the polls only cover a
+/// write the kernel does not report (a network file system).
+const WATCHED_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// What an empty claim saw: the database's version and the earliest time
 /// a waiting message becomes visible. Until one of them moves, claiming
@@ -476,11 +255,10 @@ impl SqliteBroker {
         let consumer = consumer.to_string();
         let queues = queues.to_vec();
         let lease = self.lease.as_secs_f64();
-        blocking(
+        batched(
             &self.db,
-            move |conn| {
+            move |tx| {
                 let now = unix_now();
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let mut out = Vec::new();
                 {
                     let mut pick = tx.prepare_cached(PICK)?;
@@ -531,7 +309,6 @@ impl SqliteBroker {
                 } else {
                     None
                 };
-                tx.commit()?;
                 Ok((out, idle))
             },
             storage,
@@ -541,16 +318,14 @@ impl SqliteBroker {
 
     /// `PRAGMA data_version` of this handle's connection: it changes when
     /// another connection (another process) commits. It reads no table and
-    /// takes no database lock, so it runs here rather than on a blocking
-    /// thread; `None` when the connection is busy with another call (ask
-    /// again on the next tick).
-    fn data_version(&self) -> Result<Option<i64>, BrokerError> {
-        let Some(conn) = self.db.conn.try_lock() else {
-            return Ok(None);
-        };
-        conn.query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map(Some)
-            .map_err(|e| storage("", e.into()))
+    /// takes no database lock.
+    async fn data_version(&self) -> Result<i64, BrokerError> {
+        blocking(
+            &self.db,
+            |conn| conn.query_row("PRAGMA data_version", [], |r| r.get(0)),
+            storage,
+        )
+        .await
     }
 
     async fn settle(
@@ -562,7 +337,7 @@ impl SqliteBroker {
         self.check_open()?;
         let (id, token) = split_tag(&delivery.tag)?;
         let tag = delivery.tag.clone();
-        let changed = blocking(
+        let changed = batched(
             &self.db,
             move |conn| match extra {
                 Some(x) => conn.execute(sql, params![id, token, x]),
@@ -592,22 +367,23 @@ impl Transport for SqliteBroker {
         true
     }
 
+    /// Results stored, chord parts joined and messages acked in one
+    /// transaction, with a [`SqliteBackend`] on this same file
+    /// (`settle.rs`).
+    fn settle_with(
+        &self,
+        backend: &dyn ResultBackend,
+    ) -> Option<Arc<dyn celeriac_core::broker::SettleTogether>> {
+        settle::joint(self, backend)
+    }
+
     async fn publish(&self, msg: Outgoing) -> Result<(), BrokerError> {
         self.publish_batch(vec![msg]).await
     }
 
     async fn publish_batch(&self, msgs: Vec<Outgoing>) -> Result<(), BrokerError> {
         self.check_open()?;
-        blocking(
-            &self.db,
-            move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                insert_messages(&tx, &msgs)?;
-                tx.commit()
-            },
-            storage,
-        )
-        .await?;
+        batched(&self.db, move |tx| insert_messages(tx, &msgs), storage).await?;
         self.notify.notify_waiters();
         Ok(())
     }
@@ -620,11 +396,12 @@ impl Transport for SqliteBroker {
         timeout: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
         let deadline = Instant::now() + timeout;
-        // This process's publishes and requeues wake us. Other processes'
-        // do not, so poll, backing off from 1 ms to 20 ms while idle; but
-        // an idle poll only reads `PRAGMA data_version`, and claims again
-        // (a write transaction) only when another process has committed
-        // or a waiting message (eta, lapsed lease) has become visible.
+        // This process's publishes and requeues wake us, and so, where the
+        // file can be watched, do other processes' commits. Otherwise poll,
+        // backing off from 1 ms to 20 ms while idle (100 ms when watched). An idle look only
+        // reads `PRAGMA data_version`, and claims again (a write
+        // transaction) only when another process has committed or a
+        // waiting message (eta, lapsed lease) has become visible.
         let mut backoff = Duration::from_millis(1);
         let mut idle: Option<Idle> = None;
         loop {
@@ -632,30 +409,55 @@ impl Transport for SqliteBroker {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let changed = self.db.watch.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            // Armed before an idle look, so that a write after it wakes
+            // us; not before a claim, which a busy worker makes often and
+            // whose every armed watch would cost a wake-up.
+            let watched = idle.is_some() && self.db.watch.arm();
             let due = match &idle {
                 None => true,
-                Some(i) => {
-                    unix_now() >= i.next_visible
-                        || self.data_version()?.is_some_and(|v| v != i.version)
-                }
+                Some(i) => unix_now() >= i.next_visible || self.data_version().await? != i.version,
             };
             if due {
                 let (got, now_idle) = self.try_claim(consumer, queues, max.max(1)).await?;
                 if !got.is_empty() {
                     return Ok(got);
                 }
+                let first = idle.is_none();
                 idle = now_idle;
+                if first && idle.is_some() {
+                    // Found nothing: arm the watch and look again at once
+                    // (the cheap look), rather than wait unarmed.
+                    continue;
+                }
             }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(Vec::new());
             }
-            let wait = backoff.min(deadline - now);
-            if tokio::time::timeout(wait, notified).await.is_ok() {
-                backoff = Duration::from_millis(1);
-                idle = None;
-            } else {
-                backoff = (backoff * 2).min(Duration::from_millis(20));
+            let mut wait = backoff.min(deadline - now);
+            if let Some(i) = &idle {
+                // A waiting message (eta, lapsed lease) due sooner.
+                let due_in = (i.next_visible - unix_now()).max(0.0);
+                if due_in < wait.as_secs_f64() {
+                    wait = Duration::from_secs_f64(due_in);
+                }
+            }
+            tokio::select! {
+                _ = &mut notified => {
+                    backoff = Duration::from_millis(1);
+                    idle = None;
+                }
+                // Some process wrote: look at the version again.
+                _ = &mut changed => {}
+                _ = tokio::time::sleep(wait) => {
+                    // Watched, the polls are only a fallback, and an idle
+                    // worker makes fewer of them.
+                    let most = if watched { WATCHED_POLL_MAX } else { POLL_MAX };
+                    backoff = (backoff * 2).min(most);
+                }
             }
         }
     }
@@ -673,10 +475,9 @@ impl Transport for SqliteBroker {
         self.check_open()?;
         let tags: Vec<Option<(i64, String)>> =
             deliveries.iter().map(|d| split_tag(&d.tag).ok()).collect();
-        blocking(
+        batched(
             &self.db,
-            move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            move |tx| {
                 let mut held = Vec::with_capacity(tags.len());
                 {
                     let mut del = tx.prepare_cached(
@@ -689,7 +490,6 @@ impl Transport for SqliteBroker {
                         });
                     }
                 }
-                tx.commit()?;
                 Ok(held)
             },
             storage,
@@ -704,20 +504,17 @@ impl Transport for SqliteBroker {
             .filter_map(|d| split_tag(&d.tag).ok())
             .collect();
         let lease = self.lease.as_secs_f64();
-        blocking(
+        batched(
             &self.db,
-            move |conn| {
+            move |tx| {
                 let until = unix_now() + lease;
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                {
-                    let mut up = tx.prepare_cached(
-                        "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND claim_token = ?2",
-                    )?;
-                    for (id, token) in &tags {
-                        up.execute(params![id, token, until])?;
-                    }
+                let mut up = tx.prepare_cached(
+                    "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND claim_token = ?2",
+                )?;
+                for (id, token) in &tags {
+                    up.execute(params![id, token, until])?;
                 }
-                tx.commit()
+                Ok(())
             },
             storage,
         )
@@ -782,527 +579,6 @@ impl Transport for SqliteBroker {
     }
 }
 
-#[async_trait]
-impl DeadLetters for SqliteBroker {
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
-        self.check_open()?;
-        let (id, token) = split_tag(&delivery.tag)?;
-        let reason = reason.to_string();
-        let moved = blocking(
-            &self.db,
-            move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let n = tx.execute(
-                    "INSERT INTO dead_letters (queue, reason, failed_at, payload)
-                     SELECT queue, ?3, ?4, payload FROM messages WHERE id = ?1 AND claim_token = ?2",
-                    params![id, token, reason, unix_now()],
-                )?;
-                tx.execute(
-                    "DELETE FROM messages WHERE id = ?1 AND claim_token = ?2",
-                    params![id, token],
-                )?;
-                tx.commit()?;
-                Ok(n)
-            },
-            storage,
-        )
-        .await?;
-        if moved == 0 {
-            return Err(BrokerError::NotHeld(delivery.tag.clone()));
-        }
-        Ok(())
-    }
-
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
-        blocking(
-            &self.db,
-            move |conn| {
-                let mut st = conn.prepare_cached(
-                    "SELECT id, queue, reason, failed_at, payload FROM dead_letters ORDER BY id LIMIT ?1",
-                )?;
-                st.query_map(params![limit as i64], |r| {
-                    Ok(DeadLetter {
-                        id: r.get::<_, i64>(0)?.to_string(),
-                        queue: r.get(1)?,
-                        reason: r.get(2)?,
-                        failed_at: r.get(3)?,
-                        payload: r.get(4)?,
-                    })
-                })?
-                .collect()
-            },
-            storage,
-        )
-        .await
-    }
-
-    async fn requeue_dead_letter(&self, id: &str) -> Result<bool, BrokerError> {
-        let Ok(id) = id.parse::<i64>() else {
-            return Ok(false);
-        };
-        let moved = blocking(
-            &self.db,
-            move |conn| {
-                let now = unix_now();
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let row: Option<(String, Vec<u8>)> = tx
-                    .query_row(
-                        "SELECT queue, payload FROM dead_letters WHERE id = ?1",
-                        params![id],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
-                let Some((queue, payload)) = row else {
-                    return Ok(false);
-                };
-                let task_id = crate::memory::task_id_of(&payload);
-                tx.execute(
-                    "INSERT INTO messages (queue, priority, visible_at, tag, task_id, payload, created_at)
-                     VALUES (?1, 0, ?2, ?3, ?4, ?5, ?2)",
-                    params![queue, now, format!("dlq-{id}"), task_id, payload],
-                )?;
-                tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])?;
-                tx.commit()?;
-                Ok(true)
-            },
-            storage,
-        )
-        .await?;
-        self.notify.notify_waiters();
-        Ok(moved)
-    }
-}
-
-#[async_trait]
-impl Revocations for SqliteBroker {
-    async fn revoke(&self, task_ids: &[String], ttl: Duration) -> Result<(), BrokerError> {
-        self.record_revokes(task_ids, ttl, false).await
-    }
-
-    async fn revoke_terminate(
-        &self,
-        task_ids: &[String],
-        ttl: Duration,
-    ) -> Result<(), BrokerError> {
-        self.record_revokes(task_ids, ttl, true).await
-    }
-
-    async fn terminations(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
-        self.live_ids("terminations", task_ids).await
-    }
-
-    async fn revoked(&self, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {
-        self.live_ids("revoked", task_ids).await
-    }
-}
-
-#[async_trait]
-impl RateLimits for SqliteBroker {
-    async fn rate_wait(&self, key: &str, interval: f64) -> Result<f64, BrokerError> {
-        let key = key.to_string();
-        blocking(
-            &self.db,
-            move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let tat: Option<f64> = tx
-                    .query_row(
-                        "SELECT tat FROM rate_limits WHERE key = ?1",
-                        params![key],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let wait = match celeriac_core::rate::gcra(tat, unix_now(), interval) {
-                    Ok(new_tat) => {
-                        tx.execute(
-                            "INSERT INTO rate_limits (key, tat) VALUES (?1, ?2)
-                             ON CONFLICT(key) DO UPDATE SET tat = excluded.tat",
-                            params![key, new_tat],
-                        )?;
-                        0.0
-                    }
-                    Err(wait) => wait,
-                };
-                tx.commit()?;
-                Ok(wait)
-            },
-            storage,
-        )
-        .await
-    }
-}
-
-#[async_trait]
-impl Nodes for SqliteBroker {
-    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BrokerError> {
-        let node = node.clone();
-        blocking(
-            &self.db,
-            move |conn| {
-                conn.execute(
-                    "INSERT INTO nodes (name, concurrency, pid, last_seen) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(name) DO UPDATE SET concurrency = excluded.concurrency,
-                     pid = excluded.pid, last_seen = excluded.last_seen",
-                    params![node.name, node.concurrency as i64, node.pid, node.last_seen],
-                )
-                .map(|_| ())
-            },
-            storage,
-        )
-        .await
-    }
-
-    async fn node_gone(&self, name: &str) -> Result<(), BrokerError> {
-        let name = name.to_string();
-        blocking(
-            &self.db,
-            move |conn| {
-                conn.execute("DELETE FROM nodes WHERE name = ?1", params![name])
-                    .map(|_| ())
-            },
-            storage,
-        )
-        .await
-    }
-
-    async fn nodes(&self, max_age: Duration) -> Result<Vec<NodeInfo>, BrokerError> {
-        let cutoff = unix_now() - max_age.as_secs_f64();
-        blocking(
-            &self.db,
-            move |conn| {
-                let mut st = conn.prepare_cached(
-                    "SELECT name, concurrency, pid, last_seen FROM nodes WHERE last_seen >= ?1 ORDER BY name",
-                )?;
-                st.query_map(params![cutoff], |r| {
-                    Ok(NodeInfo {
-                        name: r.get(0)?,
-                        concurrency: r.get::<_, i64>(1)? as usize,
-                        pid: r.get(2)?,
-                        last_seen: r.get(3)?,
-                    })
-                })?
-                .collect()
-            },
-            storage,
-        )
-        .await
-    }
-}
-
-fn backend_storage(context: &str, e: BoxError) -> BackendError {
-    BackendError::storage_in(context, e)
-}
-
-#[derive(Debug)]
-struct BackendShared {
-    db: Arc<Db>,
-    waiters: Waiters,
-    poller_running: AtomicBool,
-    last_seq: Mutex<i64>,
-}
-
-/// A durable result store in a SQLite file (`sqlite:///path/to/file.db`),
-/// usually the broker's own file.
-///
-/// Waiting clients in the storing process are woken directly; results
-/// stored by other processes are picked up by a poller that reads only rows
-/// written since its last look.
-///
-/// # Examples
-///
-/// ```
-/// use celeriac_core::{ResultBackend, ResultMeta};
-/// use celeriac_embedded::SqliteBackend;
-///
-/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// let dir = tempfile::tempdir().unwrap();
-/// let url = format!("sqlite://{}/r.db", dir.path().display());
-/// let a = SqliteBackend::open(&url).unwrap();
-/// let b = SqliteBackend::open(&url).unwrap();
-/// let watch = b.watch("t1").await.unwrap();
-/// a.store(&ResultMeta::success("t1", 5.into())).await.unwrap();
-/// assert_eq!(watch.await.unwrap().result, 5);
-/// # });
-/// ```
-#[derive(Debug)]
-pub struct SqliteBackend {
-    shared: Arc<BackendShared>,
-    ttl: Duration,
-}
-
-impl SqliteBackend {
-    /// Opens (creating if needed) the file named by a `sqlite://` URL.
-    pub fn open(url: &str) -> Result<Arc<Self>, BackendError> {
-        let opts = parse_sqlite_url(url).map_err(|e| BackendError::InvalidUrl {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
-        let db = Db::open(&opts).map_err(OpenError::into_backend)?;
-        let last_seq = db
-            .conn
-            .lock()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM results", [], |r| {
-                r.get(0)
-            })
-            .map_err(BackendError::storage)?;
-        Ok(Arc::new(SqliteBackend {
-            shared: Arc::new(BackendShared {
-                db,
-                waiters: Waiters::default(),
-                poller_running: AtomicBool::new(false),
-                last_seq: Mutex::new(last_seq),
-            }),
-            ttl: crate::DEFAULT_RESULT_TTL,
-        }))
-    }
-
-    fn ensure_poller(&self) {
-        let shared = self.shared.clone();
-        if shared.poller_running.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(1);
-            loop {
-                if shared.waiters.pending_ids().is_empty() {
-                    shared.poller_running.store(false, Ordering::SeqCst);
-                    // A watcher registered after the emptiness check but
-                    // before the flag was cleared would have no poller.
-                    if shared.waiters.is_empty()
-                        || shared.poller_running.swap(true, Ordering::SeqCst)
-                    {
-                        return;
-                    }
-                }
-                let since = *shared.last_seq.lock();
-                let rows = blocking(
-                    &shared.db,
-                    move |conn| {
-                        let mut st = conn.prepare_cached(
-                            "SELECT seq, meta FROM results WHERE seq > ?1 ORDER BY seq LIMIT 10000",
-                        )?;
-                        st.query_map(params![since], |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()
-                    },
-                    backend_storage,
-                )
-                .await;
-                match rows {
-                    Ok(rows) if !rows.is_empty() => {
-                        backoff = Duration::from_millis(1);
-                        let mut last = shared.last_seq.lock();
-                        for (seq, meta) in rows {
-                            *last = (*last).max(seq);
-                            if let Ok(meta) = serde_json::from_str::<ResultMeta>(&meta) {
-                                shared.waiters.notify(&meta);
-                            }
-                        }
-                    }
-                    Ok(_) => backoff = (backoff * 2).min(Duration::from_millis(20)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "result poller failed; retrying");
-                        backoff = Duration::from_millis(200);
-                    }
-                }
-                tokio::time::sleep(backoff).await;
-            }
-        });
-    }
-}
-
-#[async_trait]
-impl ResultBackend for SqliteBackend {
-    fn url(&self) -> String {
-        format!("sqlite://{}", self.shared.db.path)
-    }
-
-    /// False: other processes read results through the file.
-    fn is_private(&self) -> bool {
-        false
-    }
-
-    /// Joins in one SQLite transaction per call, across processes (see
-    /// [`ChordJoin`](celeriac_core::ChordJoin)).
-    fn chord_join(&self) -> Option<&dyn celeriac_core::ChordJoin> {
-        Some(self)
-    }
-
-    async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
-        self.store_many(std::slice::from_ref(meta)).await
-    }
-
-    async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {
-        let mut rows = Vec::with_capacity(metas.len());
-        for meta in metas {
-            let json =
-                serde_json::to_string(meta).map_err(|e| BackendError::Malformed(e.to_string()))?;
-            rows.push((meta.task_id.clone(), meta.status.to_string(), json));
-        }
-        let expires = unix_now() + self.ttl.as_secs_f64();
-        blocking(
-            &self.shared.db,
-            move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM results", [], |r| r.get(0))?;
-                {
-                    let mut put = tx.prepare_cached(
-                        "INSERT INTO results (task_id, status, meta, expires_at, seq) VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT(task_id) DO UPDATE SET status = excluded.status, meta = excluded.meta,
-                           expires_at = excluded.expires_at, seq = excluded.seq
-                         WHERE results.status <> 'SUCCESS' OR results.expires_at < ?6",
-                    )?;
-                    for (task_id, status, json) in &rows {
-                        put.execute(params![task_id, status, json, expires, seq, unix_now()])?;
-                        seq += 1;
-                    }
-                }
-                tx.commit()
-            },
-            backend_storage,
-        )
-        .await?;
-        for meta in metas {
-            self.shared.waiters.notify(meta);
-        }
-        Ok(())
-    }
-
-    async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
-        let task_id = task_id.to_string();
-        let raw: Option<String> = blocking(
-            &self.shared.db,
-            move |conn| {
-                conn.query_row(
-                    "SELECT meta FROM results WHERE task_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-                    params![task_id, unix_now()],
-                    |r| r.get(0),
-                )
-                .optional()
-            },
-            backend_storage,
-        )
-        .await?;
-        raw.map(|s| serde_json::from_str(&s).map_err(|e| BackendError::Malformed(e.to_string())))
-            .transpose()
-    }
-
-    async fn watch(&self, task_id: &str) -> Result<ResultWatch, BackendError> {
-        if let Some(meta) = self.get(task_id).await?.filter(|m| m.status.is_ready()) {
-            return Ok(ResultWatch::new(async move { Ok(meta) }));
-        }
-        let rx = self.shared.waiters.register(task_id);
-        if let Some(meta) = self.get(task_id).await?.filter(|m| m.status.is_ready()) {
-            return Ok(ResultWatch::new(async move { Ok(meta) }));
-        }
-        self.ensure_poller();
-        Ok(ResultWatch::new(async move {
-            rx.await.map_err(|_| BackendError::Closed)
-        }))
-    }
-
-    async fn claim_key(
-        &self,
-        key: &str,
-        task_id: &str,
-        ttl: Duration,
-    ) -> Result<Option<String>, BackendError> {
-        let key = key.to_string();
-        let task_id = task_id.to_string();
-        let ttl = ttl.as_secs_f64();
-        blocking(
-            &self.shared.db,
-            move |conn| {
-                let now = unix_now();
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let holder: Option<String> = tx
-                    .query_row(
-                        "SELECT task_id FROM idempotency_keys WHERE key = ?1 AND expires_at > ?2",
-                        params![key, now],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if holder.is_none() {
-                    tx.execute(
-                        "INSERT INTO idempotency_keys (key, task_id, expires_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT(key) DO UPDATE SET task_id = excluded.task_id, expires_at = excluded.expires_at",
-                        params![key, task_id, now + ttl],
-                    )?;
-                }
-                tx.commit()?;
-                Ok(holder)
-            },
-            backend_storage,
-        )
-        .await
-    }
-
-    async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
-        let task_id = task_id.to_string();
-        blocking(
-            &self.shared.db,
-            move |conn| {
-                conn.execute("DELETE FROM results WHERE task_id = ?1", params![task_id])
-                    .map(|_| ())
-            },
-            backend_storage,
-        )
-        .await
-    }
-
-    /// One row of `group_results`, kept for the result TTL (Celery's
-    /// `GroupResult.save`).
-    async fn save_group(
-        &self,
-        group_id: &str,
-        meta: &serde_json::Value,
-    ) -> Result<(), BackendError> {
-        let group_id = group_id.to_string();
-        let json = meta.to_string();
-        let expires = unix_now() + self.ttl.as_secs_f64();
-        blocking(
-            &self.shared.db,
-            move |conn| {
-                let now = unix_now();
-                conn.execute(
-                    "DELETE FROM group_results WHERE expires_at <= ?1",
-                    params![now],
-                )?;
-                conn.execute(
-                    "INSERT INTO group_results (group_id, meta, expires_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(group_id) DO UPDATE SET meta = excluded.meta, expires_at = excluded.expires_at",
-                    params![group_id, json, expires],
-                )
-                .map(|_| ())
-            },
-            backend_storage,
-        )
-        .await
-    }
-
-    async fn restore_group(
-        &self,
-        group_id: &str,
-    ) -> Result<Option<serde_json::Value>, BackendError> {
-        let group_id = group_id.to_string();
-        let raw: Option<String> = blocking(
-            &self.shared.db,
-            move |conn| {
-                conn.query_row(
-                    "SELECT meta FROM group_results WHERE group_id = ?1 AND expires_at > ?2",
-                    params![group_id, unix_now()],
-                    |r| r.get(0),
-                )
-                .optional()
-            },
-            backend_storage,
-        )
-        .await?;
-        raw.map(|s| serde_json::from_str(&s).map_err(|e| BackendError::Malformed(e.to_string())))
-            .transpose()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1318,7 +594,7 @@ mod tests {
             dir.path().join("q.db").display()
         ))
         .unwrap();
-        let mut conn = open_connection(&opts).unwrap();
+        let mut conn = open::open_connection(&opts).unwrap();
         let tx = conn.transaction().unwrap();
         for i in 0..2000 {
             tx.execute(

@@ -64,6 +64,24 @@ celeriac_testkit::broker_contract!(memory_broker, super::memory);
 celeriac_testkit::broker_contract!(sqlite_broker, super::sqlite);
 celeriac_testkit::chord_join_contract!(memory_chord_join, super::memory);
 celeriac_testkit::chord_join_contract!(sqlite_chord_join, super::sqlite);
+celeriac_testkit::settle_together_contract!(sqlite_settle_together, super::sqlite);
+
+#[test]
+fn sqlite_settles_together_only_with_a_backend_on_its_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/one.db", dir.path().display());
+    let broker = SqliteBroker::open(&url).unwrap();
+    let same = SqliteBackend::open(&url).unwrap();
+    // The same file by another spelling of its path.
+    let spelled =
+        SqliteBackend::open(&format!("sqlite://{}/./one.db", dir.path().display())).unwrap();
+    let other = SqliteBackend::open(&format!("sqlite://{}/two.db", dir.path().display())).unwrap();
+    let memory = MemoryBackend::new();
+    assert!(broker.settle_with(same.as_ref()).is_some());
+    assert!(broker.settle_with(spelled.as_ref()).is_some());
+    assert!(broker.settle_with(other.as_ref()).is_none());
+    assert!(broker.settle_with(&memory).is_none());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_messages_survive_reopening_the_file() {

@@ -12,10 +12,12 @@
 use async_trait::async_trait;
 use celeriac_core::time::unix_now;
 use celeriac_core::{BackendError, ChordJoin, PartReturn};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
 
-use super::{SqliteBackend, backend_storage, blocking};
+use super::SqliteBackend;
+use super::backend::backend_storage;
+use super::db::{batched, blocking};
 
 /// The tables of the join (created with the rest of the schema).
 pub(crate) const CHORD_SCHEMA: &str = "
@@ -44,7 +46,7 @@ const CLAIM_TTL_SECS: f64 = 6.0;
 const DONE_TTL_SECS: f64 = 300.0;
 
 /// Makes sure `group_id` has a row, and pushes its expiry to `expires`.
-fn touch(tx: &rusqlite::Transaction<'_>, group_id: &str, expires: f64) -> rusqlite::Result<()> {
+fn touch(tx: &rusqlite::Connection, group_id: &str, expires: f64) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO chords (group_id, expires_at) VALUES (?1, ?2)
          ON CONFLICT(group_id) DO UPDATE SET expires_at = excluded.expires_at",
@@ -54,7 +56,7 @@ fn touch(tx: &rusqlite::Transaction<'_>, group_id: &str, expires: f64) -> rusqli
 }
 
 /// Drops the chords whose time is up, with their parts.
-fn sweep(tx: &rusqlite::Transaction<'_>, now: f64) -> rusqlite::Result<()> {
+fn sweep(tx: &rusqlite::Connection, now: f64) -> rusqlite::Result<()> {
     tx.execute(
         "DELETE FROM chord_parts WHERE group_id IN
            (SELECT group_id FROM chords WHERE expires_at <= ?1)",
@@ -65,11 +67,7 @@ fn sweep(tx: &rusqlite::Transaction<'_>, now: f64) -> rusqlite::Result<()> {
 }
 
 /// A chord whose row expired is a new chord: its old state goes.
-fn forget_expired(
-    tx: &rusqlite::Transaction<'_>,
-    group_id: &str,
-    now: f64,
-) -> rusqlite::Result<()> {
+fn forget_expired(tx: &rusqlite::Connection, group_id: &str, now: f64) -> rusqlite::Result<()> {
     let expired = tx
         .query_row(
             "SELECT 1 FROM chords WHERE group_id = ?1 AND expires_at <= ?2",
@@ -90,7 +88,7 @@ fn forget_expired(
 
 /// A part as its row in `chord_parts`.
 #[derive(Debug)]
-struct PartRow {
+pub(super) struct PartRow {
     /// `<task id>:<group index>` (`inf` without one): counted once.
     member: String,
     index: Option<i64>,
@@ -98,7 +96,7 @@ struct PartRow {
 }
 
 impl PartRow {
-    fn of(p: &PartReturn<'_>) -> Self {
+    pub(super) fn of(p: &PartReturn<'_>) -> Self {
         PartRow {
             member: match p.group_index {
                 Some(i) => format!("{}:{i}", p.task_id),
@@ -114,8 +112,8 @@ impl PartRow {
 /// nothing once the chord is done; the parts of the chord (in header
 /// order) when these complete it and no other part holds the claim, which
 /// they then take.
-fn join_parts(
-    tx: &rusqlite::Transaction<'_>,
+pub(super) fn join_parts(
+    tx: &rusqlite::Connection,
     group_id: &str,
     rows: &[PartRow],
     now: f64,
@@ -163,6 +161,17 @@ fn join_parts(
     Ok(Some(parts))
 }
 
+/// The parts a winning join returned, decoded.
+pub(super) fn decode_parts(parts: &[String]) -> Result<Vec<Value>, BackendError> {
+    parts
+        .iter()
+        .map(|p| {
+            serde_json::from_str(p)
+                .map_err(|e| BackendError::Malformed(format!("chord part {p:?}: {e}")))
+        })
+        .collect()
+}
+
 #[async_trait]
 impl ChordJoin for SqliteBackend {
     async fn set_size(&self, group_id: &str, size: u64) -> Result<(), BackendError> {
@@ -170,19 +179,18 @@ impl ChordJoin for SqliteBackend {
         let ttl = self.ttl.as_secs_f64();
         let size = i64::try_from(size)
             .map_err(|_| BackendError::Malformed(format!("chord size {size} is out of range")))?;
-        blocking(
+        batched(
             &self.shared.db,
-            move |conn| {
+            move |tx| {
                 let now = unix_now();
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                sweep(&tx, now)?;
-                touch(&tx, &group_id, now + ttl)?;
+                sweep(tx, now)?;
+                touch(tx, &group_id, now + ttl)?;
                 tx.execute(
                     "UPDATE chords SET size = ?2, claimed_until = NULL, done_until = NULL
                      WHERE group_id = ?1",
                     params![group_id, size],
                 )?;
-                tx.commit()
+                Ok(())
             },
             backend_storage,
         )
@@ -218,47 +226,32 @@ impl ChordJoin for SqliteBackend {
         let group_id = group_id.to_string();
         let rows: Vec<PartRow> = parts.iter().map(PartRow::of).collect();
         let ttl = self.ttl.as_secs_f64();
-        let won: Option<Vec<String>> = blocking(
+        let won: Option<Vec<String>> = batched(
             &self.shared.db,
-            move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let won = join_parts(&tx, &group_id, &rows, unix_now(), ttl)?;
-                tx.commit()?;
-                Ok(won)
-            },
+            move |tx| join_parts(tx, &group_id, &rows, unix_now(), ttl),
             backend_storage,
         )
         .await?;
-        won.map(|parts| {
-            parts
-                .iter()
-                .map(|p| {
-                    serde_json::from_str(p)
-                        .map_err(|e| BackendError::Malformed(format!("chord part {p:?}: {e}")))
-                })
-                .collect()
-        })
-        .transpose()
+        won.map(|parts| decode_parts(&parts)).transpose()
     }
 
     async fn finish(&self, group_id: &str) -> Result<(), BackendError> {
         let group_id = group_id.to_string();
-        blocking(
+        batched(
             &self.shared.db,
-            move |conn| {
+            move |tx| {
                 let now = unix_now();
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 tx.execute(
                     "DELETE FROM chord_parts WHERE group_id = ?1",
                     params![group_id],
                 )?;
-                touch(&tx, &group_id, now + DONE_TTL_SECS)?;
+                touch(tx, &group_id, now + DONE_TTL_SECS)?;
                 tx.execute(
                     "UPDATE chords SET size = NULL, claimed_until = NULL, done_until = ?2
                      WHERE group_id = ?1",
                     params![group_id, now + DONE_TTL_SECS],
                 )?;
-                tx.commit()
+                Ok(())
             },
             backend_storage,
         )

@@ -210,6 +210,7 @@ impl ServerBuilder {
             groups: Mutex::new(HashMap::new()),
             groups_cv: Condvar::new(),
             tally: Mutex::new(BTreeMap::new()),
+            lane_tally: Default::default(),
             callbacks: Mutex::new(Some(cb_tx)),
             secret: self.secret,
             oid: uuid::Uuid::new_v4().to_string(),

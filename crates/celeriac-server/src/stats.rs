@@ -71,3 +71,28 @@ impl fmt::Display for Stats {
         write!(f, "{} active tasks, {} cores", self.pending, self.workers)
     }
 }
+
+/// The local node's tally of jobs that succeeded on the local lane: two
+/// counters, so that the lane's pool threads take no lock to count a job.
+#[derive(Debug, Default)]
+pub(crate) struct LaneTally {
+    jobs: std::sync::atomic::AtomicU64,
+    nanos: std::sync::atomic::AtomicU64,
+}
+
+impl LaneTally {
+    /// Counts a job that ran for `runtime`.
+    pub(crate) fn add(&self, runtime: Duration) {
+        use std::sync::atomic::Ordering;
+        let nanos = u64::try_from(runtime.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.jobs.fetch_add(1, Ordering::Release);
+    }
+
+    /// Jobs counted, and their summed runtime in seconds.
+    pub(crate) fn get(&self) -> (u64, f64) {
+        use std::sync::atomic::Ordering;
+        let jobs = self.jobs.load(Ordering::Acquire);
+        (jobs, self.nanos.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+}

@@ -107,12 +107,67 @@ impl LocalJob {
     }
 }
 
+/// A job that succeeded on the local lane: its value, and the facts its
+/// result document holds beside it. The document itself is built only when
+/// asked for ([`LocalSuccess::meta`]): a caller that wants the value alone
+/// pays for no timestamp text and no copies of the names.
+#[derive(Debug, Clone)]
+pub struct LocalSuccess {
+    id: String,
+    name: String,
+    queue: String,
+    node: Arc<str>,
+    value: Value,
+    runtime: Duration,
+    /// When it finished, in unix seconds (the document's `date_done`).
+    done_at: f64,
+    /// Subtasks it sent, listed as the document's `children`.
+    children: Vec<String>,
+}
+
+impl LocalSuccess {
+    /// The value the task returned.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// How long the task ran.
+    pub fn runtime(&self) -> Duration {
+        self.runtime
+    }
+
+    /// The worker's node name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The SUCCESS document the broker path would have stored.
+    pub fn meta(&self) -> ResultMeta {
+        let mut meta = ResultMeta::new(&self.id, celeriac_core::State::Success, Value::Null);
+        meta.result = self.value.clone();
+        meta.date_done = Some(celeriac_core::time::iso_from_unix(self.done_at));
+        meta.name = Some(self.name.clone());
+        meta.worker = Some(self.node.to_string());
+        meta.retries = Some(0);
+        meta.queue = Some(self.queue.clone());
+        meta.runtime = Some(self.runtime.as_secs_f64());
+        meta.children = self
+            .children
+            .iter()
+            .map(|id| serde_json::json!([[id, null], null]))
+            .collect();
+        meta
+    }
+}
+
 /// How a job on the local lane ended.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum LocalEnd {
-    /// It finished: its result document (SUCCESS, FAILURE or REVOKED), as
-    /// the broker path would have stored it.
+    /// It succeeded: its value (and its result document on demand).
+    Success(Box<LocalSuccess>),
+    /// It finished otherwise: its result document (FAILURE or REVOKED),
+    /// as the broker path would have stored it.
     Done(Box<ResultMeta>),
     /// It asked for a retry: publish `next` (the same task id, one more
     /// retry, its eta set) through the broker; the worker runs it from
@@ -224,6 +279,13 @@ impl Worker {
         Ok(())
     }
 
+    /// The recent average run time of the worker's tasks (a moving
+    /// average over both paths), `None` before any has finished: how long
+    /// a caller can expect to wait for a job it just handed over.
+    pub fn average_runtime(&self) -> Option<Duration> {
+        self.inner().slots.average_runtime()
+    }
+
     /// Revokes task ids on the local lane (for `ttl`): a job that has not
     /// started ends REVOKED instead of running. (A terminate is the
     /// caller's: cancel the job's token.)
@@ -288,16 +350,18 @@ fn run(
     }
     subtasks.finish();
     match out {
-        Ok(v) => {
+        Ok(value) => {
             inner.notify.count_succeeded();
-            let mut meta = facts(
-                ResultMeta::success(&job.id, v),
-                &job,
-                node,
-                Some(runtime_taken),
-            );
-            subtasks.list_children(&mut meta);
-            LocalEnd::Done(Box::new(meta))
+            LocalEnd::Success(Box::new(LocalSuccess {
+                id: job.id,
+                name: job.name,
+                queue: job.queue,
+                node: inner.lane_node.clone(),
+                value,
+                runtime: runtime_taken,
+                done_at: unix_now(),
+                children: subtasks.take_children(),
+            }))
         }
         // The failure path is the broker path's, on the message the job
         // would have been.

@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     /// the broker path would (no observers, `track_started`,
     /// `result_extended` or result limit: each needs the message).
     pub(crate) lane_ok: bool,
+    /// `local`: the node name, shared by the lane's results.
+    pub(crate) lane_node: Arc<str>,
 }
 
 /// A worker: consumes task messages and runs them. Cheap to clone; clones
@@ -121,6 +123,7 @@ impl Worker {
             && !p.config.track_started
             && !p.config.result_extended
             && p.config.max_result.is_none();
+        let lane_node: Arc<str> = Arc::from(p.config.nodename.as_str());
         let mut observers = p.observers;
         observers.push(events.clone());
         Ok(Worker {
@@ -141,6 +144,7 @@ impl Worker {
                 events,
                 local_revokes: Default::default(),
                 lane_ok,
+                lane_node,
             }),
         })
     }

@@ -78,7 +78,7 @@ pub(crate) struct ServerState {
     pub(crate) backend: Arc<dyn ResultBackend>,
     pub(crate) local_node: Option<String>,
     pub(crate) forget_results: bool,
-    pub(crate) pending: Mutex<HashMap<String, Arc<JobState>>>,
+    pub(crate) pending: Mutex<crate::stats::IdMap<Arc<JobState>>>,
     pub(crate) groups: Mutex<HashMap<String, usize>>,
     pub(crate) groups_cv: Condvar,
     pub(crate) tally: Mutex<BTreeMap<String, NodeTally>>,
@@ -97,6 +97,12 @@ pub(crate) struct ServerState {
     /// others are in `tally`): counters, not the tally's lock, on the
     /// lane's hot path.
     pub(crate) lane_tally: crate::stats::LaneTally,
+    /// The server's runtime, for what a [`Job`] does on it.
+    pub(crate) rt: tokio::runtime::Handle,
+    /// The publisher, for a retry from the local lane (a job's hand-off
+    /// then clones nothing but this state); emptied at destroy, so that
+    /// the publisher task ends.
+    pub(crate) retry_publish: Mutex<Option<mpsc::UnboundedSender<Outbound>>>,
 }
 
 impl ServerState {
@@ -251,6 +257,7 @@ impl ServerCore {
             self.shared.finish(state, outcome);
         }
         self.shared.callbacks.lock().take();
+        self.shared.retry_publish.lock().take();
         if let Some(t) = self.callback_thread.lock().take()
             && t.thread().id() != std::thread::current().id()
         {
@@ -564,7 +571,6 @@ impl Server {
             .time_limits(o.time_limit, o.soft_time_limit)
             .cancel_token(cancel);
         let shared = h.shared.clone();
-        let publish = h.publish.clone();
         shared.lane_inflight.fetch_add(1, Ordering::SeqCst);
         shared.lane_jobs.fetch_add(1, Ordering::Relaxed);
         let done = move |end: LocalEnd| {
@@ -574,10 +580,14 @@ impl Server {
                 // A retry goes through the broker, as it would have from
                 // the broker path: the worker runs it when it is due.
                 LocalEnd::Retry { next, .. } => {
-                    if let Err(returned) =
-                        publish.send(Outbound::Job(Unpublished { msg: *next, state }))
-                        && let Outbound::Job(u) = returned.0
-                    {
+                    let publish = shared.retry_publish.lock().clone();
+                    let sent = match publish {
+                        Some(p) => p
+                            .send(Outbound::Job(Unpublished { msg: *next, state }))
+                            .map_err(|returned| returned.0),
+                        None => Err(Outbound::Job(Unpublished { msg: *next, state })),
+                    };
+                    if let Err(Outbound::Job(u)) = sent {
                         shared.finish(u.state, JobEnd::Error(JobError::Destroyed));
                     }
                 }

@@ -247,7 +247,7 @@ impl Worker {
     /// Runs `job` on the local lane: on the worker's thread pool, now, and
     /// calls `done` with how it ended (on the pool thread). `runtime` is
     /// the runtime [`Worker::run`] runs on (or will): the job's soft time
-    /// limit and subtasks use it. Gives the job back when the lane cannot
+    /// limit and subtasks use it. The first call's is kept for every job. Gives the job back when the lane cannot
     /// take it (see [`Worker::accepts_local`]).
     pub fn run_local(
         &self,
@@ -256,10 +256,12 @@ impl Worker {
         done: impl FnOnce(LocalEnd) + Send + 'static,
     ) -> Result<(), Box<LocalJob>> {
         let inner = self.inner();
-        let Some(task) = inner.registry.get(&job.name).cloned() else {
+        if inner.registry.get(&job.name).is_none() {
             return Err(Box::new(job));
-        };
-        let runtime = runtime.clone();
+        }
+        // The runtime is kept once (a clone per job would be one more
+        // shared counter bumped by the caller and dropped by a pool thread).
+        inner.lane_rt.get_or_init(|| runtime.clone());
         let lane = inner.clone();
         // The job holds an execution slot from here to its end, over the
         // concurrency if need be: messages claimed meanwhile wait in line
@@ -267,7 +269,11 @@ impl Worker {
         // (and their revokes and expiry are checked when they start).
         inner.slots.occupy();
         let spawned = inner.executors.threads().spawn(move || {
-            let end = run(&lane, &runtime, &task, job);
+            let (Some(runtime), Some(task)) = (lane.lane_rt.get(), lane.registry.get(&job.name))
+            else {
+                unreachable!("the lane's runtime is set and its task registered before a hand-off");
+            };
+            let end = run(&lane, runtime, task, job);
             lane.slots.vacate();
             done(end);
         });

@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) lane_ok: bool,
     /// `local`: the node name, shared by the lane's results.
     pub(crate) lane_node: Arc<str>,
+    /// `local`: the runtime the lane's jobs use (set by the first).
+    pub(crate) lane_rt: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// A worker: consumes task messages and runs them. Cheap to clone; clones
@@ -145,6 +147,7 @@ impl Worker {
                 local_revokes: Default::default(),
                 lane_ok,
                 lane_node,
+                lane_rt: std::sync::OnceLock::new(),
             }),
         })
     }

@@ -494,6 +494,37 @@ mod tests {
     }
 
     #[test]
+    fn batch_results_are_gathered_compactly_until_one_fails() {
+        let all_ok = BatchResults::collect((0..3).map(|i| Ok(Value::from(i))), 3);
+        assert!(matches!(&all_ok, BatchResults::Values(v) if v.len() == 3));
+        let results = vec![
+            Ok(Value::from(1)),
+            Err(TaskError::new("no")),
+            Ok(Value::from(3)),
+        ];
+        let mixed = BatchResults::collect(results.into_iter(), 3);
+        assert_eq!(mixed.len(), 3);
+        let mut out = vec![Ok(Value::from(0))];
+        mixed.append_to(&mut out);
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[1].as_ref().unwrap(), &Value::from(1));
+        assert_eq!(out[2].as_ref().unwrap_err().message(), "no");
+        assert_eq!(out[3].as_ref().unwrap(), &Value::from(3));
+    }
+
+    #[test]
+    fn complete_in_sees_whole_frames_only() {
+        let mut buf = Vec::new();
+        put_seq(&mut buf, 3, b"{}");
+        assert!(complete_in(&buf));
+        assert!(!complete_in(&buf[..buf.len() - 1]));
+        assert!(!complete_in(&buf[..3]));
+        assert!(!complete_in(&[]));
+        let mut r = &buf[..];
+        assert!(matches!(read_seq::<Value>(&mut r).unwrap(), Some((3, _))));
+    }
+
+    #[test]
     fn a_torn_or_huge_frame_is_an_error() {
         let mut r = &[1u8, 0][..];
         assert!(read::<ToChild>(&mut r).is_err());

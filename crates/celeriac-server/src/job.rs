@@ -105,7 +105,7 @@ impl JobEnd {
 }
 
 /// How long a waiter polls for its job's outcome before it sleeps.
-pub(crate) const SPIN: Duration = Duration::from_micros(20);
+const SPIN: Duration = Duration::from_micros(20);
 
 /// A job's callback, decoding the outcome to the job's type.
 pub(crate) type Callback = Box<dyn FnOnce(&JobEnd) + Send>;
@@ -125,10 +125,6 @@ pub(crate) struct JobState {
     /// The cancel token of a job run on the local lane (a terminate
     /// cancels it); `None` for a job sent through the broker.
     pub(crate) cancel: Option<CancelToken>,
-    /// Whether a waiter polls for the outcome before it sleeps: for a job
-    /// expected to end within [`SPIN`]. A waiter that polls for a longer
-    /// job takes CPU from the threads running it.
-    spin: bool,
 }
 
 impl std::fmt::Debug for JobState {
@@ -142,17 +138,15 @@ impl std::fmt::Debug for JobState {
 
 impl JobState {
     pub(crate) fn new(id: String, group: String, callback: Option<Callback>) -> Arc<Self> {
-        Self::with_cancel(id, group, callback, None, true)
+        Self::with_cancel(id, group, callback, None)
     }
 
-    /// A job state holding the cancel token of a job on the local lane;
-    /// `spin`: the job is expected to end within [`SPIN`].
+    /// A job state holding the cancel token of a job on the local lane.
     pub(crate) fn with_cancel(
         id: String,
         group: String,
         callback: Option<Callback>,
         cancel: Option<CancelToken>,
-        spin: bool,
     ) -> Arc<Self> {
         Arc::new(JobState {
             id,
@@ -163,7 +157,6 @@ impl JobState {
             done: AtomicBool::new(false),
             cv: Condvar::new(),
             cancel,
-            spin,
         })
     }
 
@@ -203,7 +196,7 @@ impl JobState {
     ) -> Option<R> {
         // A job on the local lane finishes within microseconds: poll for
         // a moment before sleeping (a wake-up from a futex costs more).
-        if self.spin && !self.done.load(Ordering::Acquire) {
+        if !self.done.load(Ordering::Acquire) {
             let spin_until = Instant::now() + SPIN;
             while !self.done.load(Ordering::Acquire) && Instant::now() < spin_until {
                 std::thread::yield_now();

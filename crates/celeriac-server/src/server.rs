@@ -554,16 +554,8 @@ impl Server {
         let (name, args, kwargs, o) = call.into_parts();
         let id = o.task_id.unwrap_or_else(celeriac_core::id::fresh_uuid);
         let cancel = CancelToken::new();
-        // The waiter polls only for a job the worker's recent ones say
-        // ends within the poll.
-        let spin = lane.average_runtime().is_none_or(|t| t <= crate::job::SPIN);
-        let state = JobState::with_cancel(
-            id.clone(),
-            group.clone(),
-            callback,
-            Some(cancel.clone()),
-            spin,
-        );
+        let state =
+            JobState::with_cancel(id.clone(), group.clone(), callback, Some(cancel.clone()));
         *h.shared.groups.lock().entry(group).or_insert(0) += 1;
         h.shared.pending.lock().insert(id.clone(), state.clone());
         let job = Job::new(state.clone(), None, Some(self.link()));

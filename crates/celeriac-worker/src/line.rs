@@ -249,13 +249,6 @@ impl Reservations {
     }
 
     /// Folds a finished task's runtime into the average.
-    /// The recent average run time of the tasks (a moving average), `None`
-    /// before any has finished.
-    pub(crate) fn average_runtime(&self) -> Option<Duration> {
-        let avg = self.avg_runtime_us.load(Ordering::Relaxed);
-        (avg != u64::MAX).then(|| Duration::from_micros(avg))
-    }
-
     pub(crate) fn record_runtime(&self, runtime: Duration) {
         let us = runtime.as_micros().min(u64::MAX as u128 - 1) as u64;
         let _ = self

@@ -285,13 +285,6 @@ impl Worker {
         Ok(())
     }
 
-    /// The recent average run time of the worker's tasks (a moving
-    /// average over both paths), `None` before any has finished: how long
-    /// a caller can expect to wait for a job it just handed over.
-    pub fn average_runtime(&self) -> Option<Duration> {
-        self.inner().slots.average_runtime()
-    }
-
     /// Revokes task ids on the local lane (for `ttl`): a job that has not
     /// started ends REVOKED instead of running. (A terminate is the
     /// caller's: cancel the job's token.)

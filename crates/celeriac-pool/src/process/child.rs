@@ -72,13 +72,7 @@ fn run(registry: Registry) -> io::Result<()> {
     // ends the read.
     let mut input = BufReader::with_capacity(64 * 1024, reader);
     let timer = SoftTimer::start()?;
-    let mut held = Held::default();
     loop {
-        // Results are held back only while the next task is already here
-        // and may run first (see `Held`): never while this thread waits.
-        if held.since.is_some() && !frame::complete_in(input.buffer()) {
-            held.send(&mut out)?;
-        }
         let (seq, f) = match frame::read_seq::<ToChild>(&mut input) {
             Ok(Some(f)) => f,
             // The parent closed its end: it is gone, or done with us.
@@ -88,9 +82,6 @@ fn run(registry: Registry) -> io::Result<()> {
                 std::process::exit(70);
             }
         };
-        if !held.may_wait_for(&f) {
-            held.send(&mut out)?;
-        }
         match f {
             ToChild::Run(r) => {
                 let RunFrame {
@@ -111,8 +102,6 @@ fn run(registry: Registry) -> io::Result<()> {
                     peak_rss: report_rss.then(peak_rss).flatten(),
                 };
                 frame::write(&mut out, &ToParent::Done(done))?;
-                held.hold(start);
-                continue;
             }
             ToChild::RunBatch(b) => {
                 let BatchFrame {
@@ -148,57 +137,6 @@ fn run(registry: Registry) -> io::Result<()> {
         out.flush()?;
     }
     out.flush()
-}
-
-/// A task's run up to this long is quick: the next one is taken to be
-/// quick too, and the result may wait for it.
-const QUICK: Duration = Duration::from_micros(50);
-/// Results wait at most this long for the tasks run after them.
-const HOLD_MAX: Duration = Duration::from_micros(200);
-
-/// Results written to the buffered output and not sent yet.
-///
-/// A child with prefetched tasks in its input runs them one after
-/// another; sending each quick task's result on its own costs a write and
-/// a wake-up of the parent's reader per task. So the result of a quick
-/// task (one under [`QUICK`]) waits for the next task already read, and
-/// the results go together, when nothing more is read, when they have
-/// waited [`HOLD_MAX`], after a task that was not quick, or before a task
-/// that the parent must see start at once: one with a hard time limit
-/// (the parent times it from the previous result), with states (they go
-/// straight to the socket), or a batch. A task that turns out slow after
-/// a quick one delays the results held before it by its run: the cost of
-/// the guess.
-#[derive(Debug, Default)]
-struct Held {
-    /// When the first held result's task started.
-    since: Option<Instant>,
-    /// Whether the last task run was quick.
-    quick: bool,
-}
-
-impl Held {
-    /// A task that started at `start` has just written its result.
-    fn hold(&mut self, start: Instant) {
-        self.quick = start.elapsed() <= QUICK;
-        self.since.get_or_insert(start);
-    }
-
-    /// Whether the held results may wait while `next` runs.
-    fn may_wait_for(&self, next: &ToChild) -> bool {
-        let Some(since) = self.since else {
-            return true;
-        };
-        self.quick
-            && since.elapsed() <= HOLD_MAX
-            && matches!(next, ToChild::Run(r) if r.ctx.time_limit().is_none() && !r.states)
-    }
-
-    /// Sends the held results.
-    fn send(&mut self, out: &mut impl Write) -> io::Result<()> {
-        self.since = None;
-        out.flush()
-    }
 }
 
 /// A child's task states: sent to the parent, which stores them through

@@ -235,11 +235,9 @@ impl ProcessPoolBuilder {
 
     /// Tasks sent ahead to each child (default 1). More hides the
     /// round trip for tiny tasks; a crash then also sends the prefetched,
-    /// not yet started tasks back to the queue (they are not lost). A
-    /// child sends the results of quick tasks (up to 50 µs) together, for
-    /// up to 200 µs, while the next prefetched task is already there: a
-    /// slow task right after a quick one delays the quick one's result by
-    /// its run.
+    /// not yet started tasks back to the queue (they are not lost). Each
+    /// result is sent as its task ends, so the parent always knows which
+    /// task a child is running (a terminate kills the right one).
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = n.max(1);
         self

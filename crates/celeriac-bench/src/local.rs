@@ -64,9 +64,19 @@ struct LatchState {
     done: usize,
     failed: usize,
     pids: HashSet<u32>,
+    /// How many outcomes the waiter waits for: it is woken once, by the
+    /// last (a wake-up per job would cost the waiting thread a futex wake
+    /// and a context switch per job, on the CPUs the pool needs).
+    want: usize,
 }
 
 impl Latch {
+    fn new(want: usize) -> Self {
+        let latch = Latch::default();
+        latch.state.lock().unwrap_or_else(|e| e.into_inner()).want = want;
+        latch
+    }
+
     fn record(&self, ok: bool, pid: Option<u32>) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.done += 1;
@@ -74,7 +84,9 @@ impl Latch {
             st.failed += 1;
         }
         st.pids.extend(pid);
-        self.cv.notify_all();
+        if st.done >= st.want {
+            self.cv.notify_all();
+        }
     }
 
     /// Waits for `n` outcomes; fails if any job failed. Returns how many
@@ -109,7 +121,7 @@ fn submit_all(
     job: impl Fn(usize) -> ProcessJob,
     ok: impl Fn(usize, &Value) -> bool + Send + Sync + 'static,
 ) -> Result<usize> {
-    let latch = Arc::new(Latch::default());
+    let latch = Arc::new(Latch::new(n));
     let ok = Arc::new(ok);
     for i in 0..n {
         let (latch, ok) = (latch.clone(), ok.clone());
@@ -303,6 +315,14 @@ fn noop() -> usize {
     black_box(0)
 }
 
+/// Whether W4's part `part` (`threads`, `server`, `processes`, `map`)
+/// runs: all of them, unless `CELERIAC_BENCH_W4` lists some (to profile
+/// one part alone).
+fn w4_part(part: &str) -> bool {
+    std::env::var("CELERIAC_BENCH_W4")
+        .map_or(true, |parts| parts.split(',').any(|p| p.trim() == part))
+}
+
 /// W4: per-task overhead of no-op tasks on the local pools (2 workers).
 pub(crate) fn run_w4(cfg: &LocalConfig) -> Result<()> {
     let workers = 2usize;
@@ -333,81 +353,89 @@ pub(crate) fn run_w4(cfg: &LocalConfig) -> Result<()> {
         Ok::<(), anyhow::Error>(())
     };
 
-    // Thread pool, raw closures (as crates/celeriac-pool/benches/pool_overhead.rs).
-    let pool = ThreadPool::builder()
-        .threads(workers)
-        .thread_name("bench-worker")
-        .build()
-        .context("building the thread pool")?;
-    report("celeriac-threads", "sequential", scaled(100_000), &|n| {
-        for _ in 0..n {
-            pool.execute(noop)
-                .map_err(|_| anyhow!("pool shut down"))?
-                .join()
-                .map_err(|_| anyhow!("task panicked"))?;
-        }
-        Ok(())
-    })?;
-    report("celeriac-threads", "pipelined", scaled(1_000_000), &|n| {
-        let mut handles = Vec::with_capacity(n);
-        for _ in 0..n {
-            handles.push(pool.execute(noop).map_err(|_| anyhow!("pool shut down"))?);
-        }
-        for h in handles {
-            h.join().map_err(|_| anyhow!("task panicked"))?;
-        }
-        Ok(())
-    })?;
-    pool.shutdown();
-
-    // The pp-style job server (memory:// broker, thread workers): the whole
-    // task path, for comparison with ppft.
-    let server = thread_server(workers)?;
-    report("celeriac-server", "sequential", scaled(20_000), &|n| {
-        for i in 0..n {
-            server
-                .submit(echo::call(json!(i)))
-                .wait()
-                .map_err(|e| anyhow!("echo job: {e}"))?;
-        }
-        Ok(())
-    })?;
-    report("celeriac-server", "pipelined", scaled(50_000), &|n| {
-        let jobs: Vec<_> = (0..n)
-            .map(|i| server.submit(echo::call(json!(i))))
-            .collect();
-        for j in jobs {
-            j.wait().map_err(|e| anyhow!("echo job: {e}"))?;
-        }
-        Ok(())
-    })?;
-    server.destroy();
-
-    // Process pool, one task per job.
     let echo_job = |i: usize| ProcessJob::call("celeriac.echo", vec![json!(i)]);
     let echo_ok = |i: usize, v: &Value| *v == json!(i);
-    let pool = process_pool(workers, 1)?;
-    report("celeriac-processes", "sequential", scaled(10_000), &|n| {
-        for i in 0..n {
-            let out = pool.run(echo_job(i));
-            if !out.result.as_ref().is_ok_and(|v| echo_ok(i, v)) {
-                bail!("echo job {i} failed: {:?}", out.result);
+    if w4_part("threads") {
+        // Thread pool, raw closures (as crates/celeriac-pool/benches/pool_overhead.rs).
+        let pool = ThreadPool::builder()
+            .threads(workers)
+            .thread_name("bench-worker")
+            .build()
+            .context("building the thread pool")?;
+        report("celeriac-threads", "sequential", scaled(100_000), &|n| {
+            for _ in 0..n {
+                pool.execute(noop)
+                    .map_err(|_| anyhow!("pool shut down"))?
+                    .join()
+                    .map_err(|_| anyhow!("task panicked"))?;
             }
-        }
-        Ok(())
-    })?;
-    report("celeriac-processes", "pipelined", scaled(20_000), &|n| {
-        submit_all(&pool, n, echo_job, echo_ok).map(drop)
-    })?;
-    pool.shutdown(Duration::from_secs(10));
-
+            Ok(())
+        })?;
+        report("celeriac-threads", "pipelined", scaled(1_000_000), &|n| {
+            let mut handles = Vec::with_capacity(n);
+            for _ in 0..n {
+                handles.push(pool.execute(noop).map_err(|_| anyhow!("pool shut down"))?);
+            }
+            for h in handles {
+                h.join().map_err(|_| anyhow!("task panicked"))?;
+            }
+            Ok(())
+        })?;
+        pool.shutdown();
+    }
+    if w4_part("server") {
+        // The pp-style job server (memory:// broker, thread workers): the whole
+        // task path, for comparison with ppft.
+        let server = thread_server(workers)?;
+        report("celeriac-server", "sequential", scaled(20_000), &|n| {
+            for i in 0..n {
+                server
+                    .submit(echo::call(json!(i)))
+                    .wait()
+                    .map_err(|e| anyhow!("echo job: {e}"))?;
+            }
+            Ok(())
+        })?;
+        report("celeriac-server", "pipelined", scaled(50_000), &|n| {
+            let jobs: Vec<_> = (0..n)
+                .map(|i| server.submit(echo::call(json!(i))))
+                .collect();
+            for j in jobs {
+                j.wait().map_err(|e| anyhow!("echo job: {e}"))?;
+            }
+            Ok(())
+        })?;
+        server.destroy();
+    }
+    if w4_part("processes") {
+        // Process pool, one task per job.
+        let pool = process_pool(workers, 1)?;
+        report("celeriac-processes", "sequential", scaled(10_000), &|n| {
+            for i in 0..n {
+                let out = pool.run(echo_job(i));
+                if !out.result.as_ref().is_ok_and(|v| echo_ok(i, v)) {
+                    bail!("echo job {i} failed: {:?}", out.result);
+                }
+            }
+            Ok(())
+        })?;
+        report("celeriac-processes", "pipelined", scaled(20_000), &|n| {
+            submit_all(&pool, n, echo_job, echo_ok).map(drop)
+        })?;
+        pool.shutdown(Duration::from_secs(10));
+    }
+    if !w4_part("processes") && !w4_part("map") {
+        return Ok(());
+    }
     let pool = process_pool(workers, 8)?;
-    report(
-        "celeriac-processes",
-        "pipelined_prefetch8",
-        scaled(50_000),
-        &|n| submit_all(&pool, n, echo_job, echo_ok).map(drop),
-    )?;
+    if w4_part("processes") {
+        report(
+            "celeriac-processes",
+            "pipelined_prefetch8",
+            scaled(50_000),
+            &|n| submit_all(&pool, n, echo_job, echo_ok).map(drop),
+        )?;
+    }
 
     // Batched mode: `ProcessPool::map(name, items, chunk)` sends `chunk`
     // items per message to a child (0: about four chunks per child, as
@@ -433,13 +461,15 @@ pub(crate) fn run_w4(cfg: &LocalConfig) -> Result<()> {
             Ok(())
         }
     };
-    report("celeriac-processes", "map_chunk_1", scaled(20_000), &map(1))?;
-    report(
-        "celeriac-processes",
-        "map_default_chunk",
-        scaled(500_000),
-        &map(0),
-    )?;
+    if w4_part("map") {
+        report("celeriac-processes", "map_chunk_1", scaled(20_000), &map(1))?;
+        report(
+            "celeriac-processes",
+            "map_default_chunk",
+            scaled(500_000),
+            &map(0),
+        )?;
+    }
     pool.shutdown(Duration::from_secs(10));
     Ok(())
 }

@@ -37,6 +37,7 @@ pub mod error;
 pub mod escape;
 pub mod events;
 pub mod execute;
+pub mod id;
 pub mod message;
 pub mod monitor;
 pub mod names;

@@ -8,6 +8,7 @@
 //! [`TaskErrorKind::InvalidArguments`](crate::TaskErrorKind::InvalidArguments),
 //! stored as a FAILURE; it never panics the worker.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +62,19 @@ impl Args {
     /// Binds the arguments to parameter names, Python style: positional
     /// first, then keywords by name.
     pub fn bind(self, task: &str, params: &'static [&'static str]) -> Result<BoundArgs, TaskError> {
+        Ok(BoundArgs {
+            slots: self.slots(task, params)?,
+            task: Cow::Owned(task.to_string()),
+            params,
+        })
+    }
+
+    /// The arguments in parameter order (see [`bind`](Self::bind)).
+    fn slots(
+        self,
+        task: &str,
+        params: &'static [&'static str],
+    ) -> Result<Vec<Option<Value>>, TaskError> {
         if self.args.len() > params.len() {
             return Err(TaskError::invalid_arguments(format!(
                 "{task}() takes {} positional argument{} but {} {} given",
@@ -70,8 +84,8 @@ impl Args {
                 if self.args.len() == 1 { "was" } else { "were" },
             )));
         }
-        let mut slots: Vec<Option<Value>> = Vec::with_capacity(params.len());
-        slots.extend(self.args.into_iter().map(Some));
+        // In place: the arguments' vector becomes the slots' (same layout).
+        let mut slots: Vec<Option<Value>> = self.args.into_iter().map(Some).collect();
         slots.resize(params.len(), None);
         for (key, value) in self.kwargs {
             match params.iter().position(|p| *p == key) {
@@ -88,10 +102,21 @@ impl Args {
                 }
             }
         }
+        Ok(slots)
+    }
+
+    /// [`bind`](Self::bind) for a task whose name is a `&'static str`
+    /// (what `#[task]` generates): the bound arguments borrow the name
+    /// instead of copying it.
+    pub fn bind_static(
+        self,
+        task: &'static str,
+        params: &'static [&'static str],
+    ) -> Result<BoundArgs, TaskError> {
         Ok(BoundArgs {
-            task: task.to_string(),
+            slots: self.slots(task, params)?,
+            task: Cow::Borrowed(task),
             params,
-            slots,
         })
     }
 }
@@ -99,7 +124,7 @@ impl Args {
 /// Arguments bound to parameter slots; see [`Args::bind`].
 #[derive(Debug)]
 pub struct BoundArgs {
-    task: String,
+    task: Cow<'static, str>,
     params: &'static [&'static str],
     slots: Vec<Option<Value>>,
 }
@@ -300,7 +325,7 @@ impl TaskContext {
     /// A context for calling a task directly, outside any worker.
     pub fn detached(name: &str) -> Self {
         TaskContext {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::id::fresh_uuid(),
             name: name.to_string(),
             retries: 0,
             hostname: String::new(),

@@ -434,7 +434,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
         quote! {
             let _ = __ctx;
             #[allow(unused_mut)]
-            let mut __bound = __args.bind(<Self as ::celeriac::Task>::name(), Self::PARAMS)?;
+            let mut __bound = __args.bind_static(<Self as ::celeriac::Task>::name(), Self::PARAMS)?;
             #(#bindings)*
             let __out = #fn_name(#(#call_args),*);
             #convert
@@ -452,7 +452,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
                     let __ctx = &__owned_ctx;
                     let _ = __ctx;
                     #[allow(unused_mut)]
-                    let mut __bound = __args.bind(<Self as ::celeriac::Task>::name(), Self::PARAMS)?;
+                    let mut __bound = __args.bind_static(<Self as ::celeriac::Task>::name(), Self::PARAMS)?;
                     #(#bindings)*
                     let __out = #fn_name(#(#call_args),*).await;
                     #convert

@@ -206,10 +206,13 @@ impl ServerBuilder {
             broker,
             backend,
             local_node: worker.as_ref().map(|w| w.nodename().to_string()),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Default::default()),
             groups: Mutex::new(HashMap::new()),
             groups_cv: Condvar::new(),
             tally: Mutex::new(BTreeMap::new()),
+            lane_tally: Default::default(),
+            rt: rt.handle().clone(),
+            retry_publish: Mutex::new(None),
             callbacks: Mutex::new(Some(cb_tx)),
             secret: self.secret,
             oid: uuid::Uuid::new_v4().to_string(),
@@ -217,6 +220,7 @@ impl ServerBuilder {
             lane_jobs: std::sync::atomic::AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        *shared.retry_publish.lock() = Some(tx.clone());
         rt.spawn(publisher(shared.clone(), rx));
         let lane = worker
             .as_ref()

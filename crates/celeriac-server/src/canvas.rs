@@ -37,7 +37,6 @@ pub(crate) struct PlanWork {
 #[derive(Clone)]
 pub(crate) struct ServerLink {
     shared: Arc<ServerState>,
-    rt: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for ServerLink {
@@ -54,7 +53,7 @@ impl ServerLink {
         F::Output: Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.rt.spawn(async move {
+        self.shared.rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
         rx.recv().map_err(|_| JobError::Destroyed)
@@ -103,7 +102,7 @@ impl ServerLink {
         let state = self.state(node.id(), counted);
         let job = Job::new(state.clone(), Some(node.clone()), Some(self.clone()));
         let shared = self.shared.clone();
-        self.rt.spawn(async move {
+        self.shared.rt.spawn(async move {
             let mut leaves = Vec::new();
             leaf_ids(&node, &mut leaves);
             let guard = FinishOnDrop::new(&shared, state);
@@ -432,7 +431,6 @@ impl Server {
     pub(crate) fn link(&self) -> ServerLink {
         ServerLink {
             shared: self.handle.shared.clone(),
-            rt: self.handle.rt().handle().clone(),
         }
     }
 

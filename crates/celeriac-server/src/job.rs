@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use celeriac_core::canvas::ResultNode;
 use celeriac_core::{BackendError, BrokerError, CancelToken, ResultMeta, TaskError};
+use celeriac_worker::LocalSuccess;
 use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
 
@@ -67,13 +68,28 @@ impl From<BackendError> for JobError {
 #[derive(Debug, Clone)]
 pub(crate) enum JobEnd {
     Meta(Box<ResultMeta>),
+    /// A success on the local lane: the value, its document on demand.
+    Local(Box<LocalSuccess>),
     Error(JobError),
 }
 
 impl JobEnd {
+    /// The result document, if the job has one.
+    pub(crate) fn meta(&self) -> Option<ResultMeta> {
+        match self {
+            JobEnd::Meta(m) => Some((**m).clone()),
+            JobEnd::Local(s) => Some(s.meta()),
+            JobEnd::Error(_) => None,
+        }
+    }
+
     pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, JobError> {
         match self {
             JobEnd::Error(e) => Err(e.clone()),
+            JobEnd::Local(s) => {
+                let v = s.value();
+                T::deserialize(v).map_err(|e| JobError::Decode(format!("{e} (value: {v})")))
+            }
             JobEnd::Meta(meta) => match meta.outcome() {
                 Some(Ok(v)) => {
                     T::deserialize(v).map_err(|e| JobError::Decode(format!("{e} (value: {v})")))
@@ -170,31 +186,36 @@ impl JobState {
         true
     }
 
-    fn wait_until(&self, deadline: Option<Instant>) -> Option<JobEnd> {
+    /// Waits for the outcome (until `deadline`) and reads it with `read`,
+    /// under the slot's lock: a typed value is decoded from the document
+    /// where it lies, not from a copy of it.
+    fn wait_until<R>(
+        &self,
+        deadline: Option<Instant>,
+        read: impl FnOnce(&JobEnd) -> R,
+    ) -> Option<R> {
         // A job on the local lane finishes within microseconds: poll for
         // a moment before sleeping (a wake-up from a futex costs more).
-        let spin_until = Instant::now() + SPIN;
-        while !self.done.load(Ordering::Acquire) && Instant::now() < spin_until {
-            std::thread::yield_now();
+        if !self.done.load(Ordering::Acquire) {
+            let spin_until = Instant::now() + SPIN;
+            while !self.done.load(Ordering::Acquire) && Instant::now() < spin_until {
+                std::thread::yield_now();
+            }
         }
         let mut slot = self.slot.lock();
         loop {
             if let Some(o) = slot.as_ref() {
-                return Some(o.clone());
+                return Some(read(o));
             }
             match deadline {
                 None => self.cv.wait(&mut slot),
                 Some(d) => {
                     if self.cv.wait_until(&mut slot, d).timed_out() {
-                        return slot.clone();
+                        return slot.as_ref().map(read);
                     }
                 }
             }
         }
-    }
-
-    pub(crate) fn peek(&self) -> Option<JobEnd> {
-        self.slot.lock().clone()
     }
 }
 
@@ -264,10 +285,7 @@ impl<T> Job<T> {
     /// The stored result document, once the job has finished: state,
     /// result, `parent_id`, `group_id`, `children`, the worker, ...
     pub fn meta(&self) -> Option<ResultMeta> {
-        match self.state.peek() {
-            Some(JobEnd::Meta(m)) => Some(*m),
-            _ => None,
-        }
+        self.state.slot.lock().as_ref().and_then(JobEnd::meta)
     }
 
     /// The stored document: the finished job's, or else what the backend
@@ -329,28 +347,26 @@ impl<T: DeserializeOwned> Job<T> {
 
     /// Blocks until the job has finished and returns its value or error.
     pub fn wait(&self) -> Result<T, JobError> {
-        match self.state.wait_until(None) {
-            Some(o) => o.decode(),
-            None => Err(JobError::Destroyed),
-        }
+        self.state
+            .wait_until(None, JobEnd::decode)
+            .unwrap_or(Err(JobError::Destroyed))
     }
 
     /// Like [`Job::wait`], giving up after `timeout` with
     /// [`JobError::Timeout`].
     pub fn wait_timeout(&self, timeout: Duration) -> Result<T, JobError> {
-        match self.state.wait_until(Some(Instant::now() + timeout)) {
-            Some(o) => o.decode(),
-            None => Err(JobError::Timeout),
-        }
+        self.state
+            .wait_until(Some(Instant::now() + timeout), JobEnd::decode)
+            .unwrap_or(Err(JobError::Timeout))
     }
 
     /// Whether the job has finished.
     pub fn ready(&self) -> bool {
-        self.state.peek().is_some()
+        self.state.done.load(Ordering::Acquire)
     }
 
     /// The result if the job has finished, without blocking.
     pub fn try_result(&self) -> Option<Result<T, JobError>> {
-        self.state.peek().map(|o| o.decode())
+        self.state.slot.lock().as_ref().map(JobEnd::decode)
     }
 }

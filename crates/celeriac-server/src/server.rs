@@ -64,7 +64,7 @@ pub(crate) struct Unpublished {
     state: Arc<JobState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct NodeTally {
     pub(crate) jobs: u64,
     pub(crate) seconds: f64,
@@ -78,7 +78,7 @@ pub(crate) struct ServerState {
     pub(crate) backend: Arc<dyn ResultBackend>,
     pub(crate) local_node: Option<String>,
     pub(crate) forget_results: bool,
-    pub(crate) pending: Mutex<HashMap<String, Arc<JobState>>>,
+    pub(crate) pending: Mutex<crate::stats::IdMap<Arc<JobState>>>,
     pub(crate) groups: Mutex<HashMap<String, usize>>,
     pub(crate) groups_cv: Condvar,
     pub(crate) tally: Mutex<BTreeMap<String, NodeTally>>,
@@ -93,6 +93,16 @@ pub(crate) struct ServerState {
     pub(crate) lane_inflight: AtomicUsize,
     /// Jobs handed to the local lane so far.
     pub(crate) lane_jobs: std::sync::atomic::AtomicU64,
+    /// The local node's tally of jobs that succeeded on the lane (the
+    /// others are in `tally`): counters, not the tally's lock, on the
+    /// lane's hot path.
+    pub(crate) lane_tally: crate::stats::LaneTally,
+    /// The server's runtime, for what a [`Job`] does on it.
+    pub(crate) rt: tokio::runtime::Handle,
+    /// The publisher, for a retry from the local lane (a job's hand-off
+    /// then clones nothing but this state); emptied at destroy, so that
+    /// the publisher task ends.
+    pub(crate) retry_publish: Mutex<Option<mpsc::UnboundedSender<Outbound>>>,
 }
 
 impl ServerState {
@@ -102,7 +112,9 @@ impl ServerState {
         let Some(callback) = state.claim() else {
             return;
         };
-        if let JobEnd::Meta(meta) = &outcome {
+        if let JobEnd::Local(done) = &outcome {
+            self.lane_tally.add(done.runtime());
+        } else if let JobEnd::Meta(meta) = &outcome {
             let node = match (&meta.worker, &self.local_node) {
                 (Some(w), Some(local)) if w == local => "local",
                 (Some(w), _) => w.as_str(),
@@ -245,6 +257,7 @@ impl ServerCore {
             self.shared.finish(state, outcome);
         }
         self.shared.callbacks.lock().take();
+        self.shared.retry_publish.lock().take();
         if let Some(t) = self.callback_thread.lock().take()
             && t.thread().id() != std::thread::current().id()
         {
@@ -539,7 +552,7 @@ impl Server {
         }
         let queue = queue.to_string();
         let (name, args, kwargs, o) = call.into_parts();
-        let id = o.task_id.unwrap_or_else(fresh_id);
+        let id = o.task_id.unwrap_or_else(celeriac_core::id::fresh_uuid);
         let cancel = CancelToken::new();
         let state =
             JobState::with_cancel(id.clone(), group.clone(), callback, Some(cancel.clone()));
@@ -550,19 +563,23 @@ impl Server {
             .time_limits(o.time_limit, o.soft_time_limit)
             .cancel_token(cancel);
         let shared = h.shared.clone();
-        let publish = h.publish.clone();
         shared.lane_inflight.fetch_add(1, Ordering::SeqCst);
         shared.lane_jobs.fetch_add(1, Ordering::Relaxed);
         let done = move |end: LocalEnd| {
             match end {
+                LocalEnd::Success(done) => shared.finish(state, JobEnd::Local(done)),
                 LocalEnd::Done(meta) => shared.finish(state, JobEnd::Meta(meta)),
                 // A retry goes through the broker, as it would have from
                 // the broker path: the worker runs it when it is due.
                 LocalEnd::Retry { next, .. } => {
-                    if let Err(returned) =
-                        publish.send(Outbound::Job(Unpublished { msg: *next, state }))
-                        && let Outbound::Job(u) = returned.0
-                    {
+                    let publish = shared.retry_publish.lock().clone();
+                    let sent = match publish {
+                        Some(p) => p
+                            .send(Outbound::Job(Unpublished { msg: *next, state }))
+                            .map_err(|returned| returned.0),
+                        None => Err(Outbound::Job(Unpublished { msg: *next, state })),
+                    };
+                    if let Err(Outbound::Job(u)) = sent {
                         shared.finish(u.state, JobEnd::Error(JobError::Destroyed));
                     }
                 }
@@ -658,7 +675,13 @@ impl Server {
 
     /// A snapshot of per-node statistics.
     pub fn stats(&self) -> Stats {
-        let tally = self.handle.shared.tally.lock();
+        let mut tally = self.handle.shared.tally.lock().clone();
+        let (lane_jobs, lane_seconds) = self.handle.shared.lane_tally.get();
+        if lane_jobs > 0 {
+            let local = tally.entry("local".to_string()).or_default();
+            local.jobs += lane_jobs;
+            local.seconds += lane_seconds;
+        }
         let total: u64 = tally.values().map(|t| t.jobs).sum();
         let mut nodes: Vec<NodeStats> = tally
             .iter()
@@ -749,31 +772,6 @@ impl Server {
     }
 }
 
-/// A fresh task id: a random (version 4) UUID, as Celery's, drawn from a
-/// per-thread generator (wyrand) seeded once from the operating system's,
-/// which costs a system call per id.
-fn fresh_id() -> String {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
-    }
-    let next = || {
-        STATE.with(|s| {
-            let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
-            s.set(x);
-            let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
-            ((t >> 64) as u64) ^ (t as u64)
-        })
-    };
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&next().to_le_bytes());
-    bytes[8..].copy_from_slice(&next().to_le_bytes());
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .hyphenated()
-        .to_string()
-}
-
 type TemplateCallback<O> = Arc<dyn Fn(Result<O, JobError>) + Send + Sync>;
 
 /// Pre-binds a task, a group and a callback, like pp's `Template`; each
@@ -840,24 +838,5 @@ where
             .clone()
             .map(|cb| Box::new(move |o: &JobEnd| cb(o.decode::<T::Output>())) as Callback);
         self.server.send(call, self.group.clone(), callback)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fresh_id;
-
-    #[test]
-    fn fresh_ids_are_distinct_version_4_uuids() {
-        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| fresh_id()).collect();
-        assert_eq!(ids.len(), 10_000);
-        let other_thread = std::thread::spawn(fresh_id).join().unwrap();
-        assert!(!ids.contains(&other_thread));
-        for id in ids.iter().take(100) {
-            let u = uuid::Uuid::parse_str(id).unwrap();
-            assert_eq!(u.get_version_num(), 4, "{id}");
-            assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{id}");
-            assert_eq!(id.len(), 36);
-        }
     }
 }

@@ -71,3 +71,57 @@ impl fmt::Display for Stats {
         write!(f, "{} active tasks, {} cores", self.pending, self.workers)
     }
 }
+
+/// The local node's tally of jobs that succeeded on the local lane: two
+/// counters, so that the lane's pool threads take no lock to count a job.
+#[derive(Debug, Default)]
+pub(crate) struct LaneTally {
+    jobs: std::sync::atomic::AtomicU64,
+    nanos: std::sync::atomic::AtomicU64,
+}
+
+impl LaneTally {
+    /// Counts a job that ran for `runtime`.
+    pub(crate) fn add(&self, runtime: Duration) {
+        use std::sync::atomic::Ordering;
+        let nanos = u64::try_from(runtime.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.jobs.fetch_add(1, Ordering::Release);
+    }
+
+    /// Jobs counted, and their summed runtime in seconds.
+    pub(crate) fn get(&self) -> (u64, f64) {
+        use std::sync::atomic::Ordering;
+        let jobs = self.jobs.load(Ordering::Acquire);
+        (jobs, self.nanos.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+}
+
+/// The hasher of the server's maps keyed by task id: FxHash's fold (as
+/// rustc's), which costs a few cycles per 8 bytes where the standard
+/// SipHash costs tens of nanoseconds per id. Task ids come from this
+/// program (random UUIDs, or ids its caller chose), not from the network.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in chunks.by_ref() {
+            let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by task id, hashed with [`IdHasher`].
+pub(crate) type IdMap<V> =
+    std::collections::HashMap<String, V, std::hash::BuildHasherDefault<IdHasher>>;

@@ -78,7 +78,7 @@ mod worker;
 
 pub use celeriac_core::PoolKind;
 pub use config::{DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_STORE_RETRY_FOR, WorkerBuilder};
-pub use local::{LocalEnd, LocalJob};
+pub use local::{LocalEnd, LocalJob, LocalSuccess};
 pub use observe::{Observer, RevokedBy, TaskEvent, WorkerStats};
 pub use task_log::{RESULT_REPR_MAX, TaskLog};
 pub use task_metrics::{TaskMetrics, UNREGISTERED};

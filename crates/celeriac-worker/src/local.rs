@@ -107,12 +107,67 @@ impl LocalJob {
     }
 }
 
+/// A job that succeeded on the local lane: its value, and the facts its
+/// result document holds beside it. The document itself is built only when
+/// asked for ([`LocalSuccess::meta`]): a caller that wants the value alone
+/// pays for no timestamp text and no copies of the names.
+#[derive(Debug, Clone)]
+pub struct LocalSuccess {
+    id: String,
+    name: String,
+    queue: String,
+    node: Arc<str>,
+    value: Value,
+    runtime: Duration,
+    /// When it finished, in unix seconds (the document's `date_done`).
+    done_at: f64,
+    /// Subtasks it sent, listed as the document's `children`.
+    children: Vec<String>,
+}
+
+impl LocalSuccess {
+    /// The value the task returned.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// How long the task ran.
+    pub fn runtime(&self) -> Duration {
+        self.runtime
+    }
+
+    /// The worker's node name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The SUCCESS document the broker path would have stored.
+    pub fn meta(&self) -> ResultMeta {
+        let mut meta = ResultMeta::new(&self.id, celeriac_core::State::Success, Value::Null);
+        meta.result = self.value.clone();
+        meta.date_done = Some(celeriac_core::time::iso_from_unix(self.done_at));
+        meta.name = Some(self.name.clone());
+        meta.worker = Some(self.node.to_string());
+        meta.retries = Some(0);
+        meta.queue = Some(self.queue.clone());
+        meta.runtime = Some(self.runtime.as_secs_f64());
+        meta.children = self
+            .children
+            .iter()
+            .map(|id| serde_json::json!([[id, null], null]))
+            .collect();
+        meta
+    }
+}
+
 /// How a job on the local lane ended.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum LocalEnd {
-    /// It finished: its result document (SUCCESS, FAILURE or REVOKED), as
-    /// the broker path would have stored it.
+    /// It succeeded: its value (and its result document on demand).
+    Success(Box<LocalSuccess>),
+    /// It finished otherwise: its result document (FAILURE or REVOKED),
+    /// as the broker path would have stored it.
     Done(Box<ResultMeta>),
     /// It asked for a retry: publish `next` (the same task id, one more
     /// retry, its eta set) through the broker; the worker runs it from
@@ -192,7 +247,7 @@ impl Worker {
     /// Runs `job` on the local lane: on the worker's thread pool, now, and
     /// calls `done` with how it ended (on the pool thread). `runtime` is
     /// the runtime [`Worker::run`] runs on (or will): the job's soft time
-    /// limit and subtasks use it. Gives the job back when the lane cannot
+    /// limit and subtasks use it. The first call's is kept for every job. Gives the job back when the lane cannot
     /// take it (see [`Worker::accepts_local`]).
     pub fn run_local(
         &self,
@@ -201,10 +256,12 @@ impl Worker {
         done: impl FnOnce(LocalEnd) + Send + 'static,
     ) -> Result<(), Box<LocalJob>> {
         let inner = self.inner();
-        let Some(task) = inner.registry.get(&job.name).cloned() else {
+        if inner.registry.get(&job.name).is_none() {
             return Err(Box::new(job));
-        };
-        let runtime = runtime.clone();
+        }
+        // The runtime is kept once (a clone per job would be one more
+        // shared counter bumped by the caller and dropped by a pool thread).
+        inner.lane_rt.get_or_init(|| runtime.clone());
         let lane = inner.clone();
         // The job holds an execution slot from here to its end, over the
         // concurrency if need be: messages claimed meanwhile wait in line
@@ -212,7 +269,11 @@ impl Worker {
         // (and their revokes and expiry are checked when they start).
         inner.slots.occupy();
         let spawned = inner.executors.threads().spawn(move || {
-            let end = run(&lane, &runtime, &task, job);
+            let (Some(runtime), Some(task)) = (lane.lane_rt.get(), lane.registry.get(&job.name))
+            else {
+                unreachable!("the lane's runtime is set and its task registered before a hand-off");
+            };
+            let end = run(&lane, runtime, task, job);
             lane.slots.vacate();
             done(end);
         });
@@ -288,16 +349,18 @@ fn run(
     }
     subtasks.finish();
     match out {
-        Ok(v) => {
+        Ok(value) => {
             inner.notify.count_succeeded();
-            let mut meta = facts(
-                ResultMeta::success(&job.id, v),
-                &job,
-                node,
-                Some(runtime_taken),
-            );
-            subtasks.list_children(&mut meta);
-            LocalEnd::Done(Box::new(meta))
+            LocalEnd::Success(Box::new(LocalSuccess {
+                id: job.id,
+                name: job.name,
+                queue: job.queue,
+                node: inner.lane_node.clone(),
+                value,
+                runtime: runtime_taken,
+                done_at: unix_now(),
+                children: subtasks.take_children(),
+            }))
         }
         // The failure path is the broker path's, on the message the job
         // would have been.

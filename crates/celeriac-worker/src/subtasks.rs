@@ -102,9 +102,14 @@ impl TaskSubtasks {
         }
     }
 
+    /// The ids of the subtasks the task sent, taken.
+    pub(crate) fn take_children(&self) -> Vec<String> {
+        std::mem::take(&mut *self.children.lock())
+    }
+
     /// Lists the subtasks the task sent as the first `children` of `result`.
     pub(crate) fn list_children(&self, result: &mut ResultMeta) {
-        let children = std::mem::take(&mut *self.children.lock());
+        let children = self.take_children();
         if children.is_empty() {
             return;
         }

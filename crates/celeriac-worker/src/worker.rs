@@ -64,6 +64,10 @@ pub(crate) struct Inner {
     /// the broker path would (no observers, `track_started`,
     /// `result_extended` or result limit: each needs the message).
     pub(crate) lane_ok: bool,
+    /// `local`: the node name, shared by the lane's results.
+    pub(crate) lane_node: Arc<str>,
+    /// `local`: the runtime the lane's jobs use (set by the first).
+    pub(crate) lane_rt: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// A worker: consumes task messages and runs them. Cheap to clone; clones
@@ -130,6 +134,7 @@ impl Worker {
             tracing::debug!(broker = %p.broker.url(), backend = %p.backend.url(),
                 "the broker shares the result backend's store: results are stored and messages acked in one call per batch");
         }
+        let lane_node: Arc<str> = Arc::from(p.config.nodename.as_str());
         let mut observers = p.observers;
         observers.push(events.clone());
         Ok(Worker {
@@ -151,6 +156,8 @@ impl Worker {
                 events,
                 local_revokes: Default::default(),
                 lane_ok,
+                lane_node,
+                lane_rt: std::sync::OnceLock::new(),
             }),
         })
     }

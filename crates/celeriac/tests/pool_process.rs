@@ -777,6 +777,35 @@ fn revoke_terminate_kills_the_running_task() {
     seen.sort();
     assert_eq!(seen, ["queued-0", "queued-1"]);
     assert_eq!(pool.stats().terminated, 1);
+
+    // With prefetch, a quick task's result is back before the next task
+    // runs, so a long task right after a quick one is seen running and a
+    // terminate finds it (a child that held the quick result until the
+    // long task ended would hide it from the terminate for its whole run).
+    let pool = ProcessPool::builder()
+        .processes(1)
+        .prefetch(8)
+        .build()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut ids = Vec::new();
+    for n in [0.0, 30.0] {
+        let tx = tx.clone();
+        let j = job_with_id("celeriac.sleep", n);
+        ids.push(j.0.clone());
+        let id = j.0.clone();
+        pool.submit(j.1, move |o| {
+            let _ = tx.send((id, o));
+        })
+        .unwrap();
+    }
+    let (quick, _) = rx.recv_timeout(Duration::from_secs(10)).expect("no hang");
+    assert_eq!(quick, ids[0], "the quick task ends first");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pool.terminate(&ids[1]), "the long task is seen running");
+    let (id, o) = rx.recv_timeout(Duration::from_secs(10)).expect("no hang");
+    assert_eq!(id, ids[1]);
+    assert_eq!(kind(&o), TaskErrorKind::Revoked);
 }
 
 /// A sleep job whose task id is `queued-N`, N counting up.

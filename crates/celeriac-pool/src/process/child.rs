@@ -114,18 +114,19 @@ fn run(registry: Registry) -> io::Result<()> {
                     ctx.set_states(ToParentStates::new(seq, &states_out));
                 }
                 let start = Instant::now();
-                let mut results = Vec::with_capacity(items.len());
-                match registry.get(&name) {
-                    Some(task) => results.extend(
+                let len = items.len();
+                let results = match registry.get(&name) {
+                    Some(task) => BatchResults::collect(
                         items
                             .into_args()
                             .map(|args| run_task(task, &timer, &ctx, args, start)),
+                        len,
                     ),
-                    None => results.resize(items.len(), Err(TaskError::not_registered(&name))),
-                }
+                    None => BatchResults::Mixed(vec![Err(TaskError::not_registered(&name)); len]),
+                };
                 let done = DoneBatchFrame {
                     seq,
-                    results: BatchResults::of(results),
+                    results,
                     runtime_ns: nanos(start),
                     peak_rss: report_rss.then(peak_rss).flatten(),
                 };
@@ -135,7 +136,7 @@ fn run(registry: Registry) -> io::Result<()> {
         }
         out.flush()?;
     }
-    Ok(())
+    out.flush()
 }
 
 /// A child's task states: sent to the parent, which stores them through

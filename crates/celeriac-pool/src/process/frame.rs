@@ -229,7 +229,7 @@ impl<'de> Deserialize<'de> for CompactArgs {
 
 /// A batch's results, compact: the values alone when every item
 /// succeeded, else each item's `{"Ok": ...}` or `{"Err": ...}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum BatchResults {
     /// Every item succeeded.
     #[serde(rename = "ok")]
@@ -241,6 +241,7 @@ pub(crate) enum BatchResults {
 
 impl BatchResults {
     /// The compact form of `results`.
+    #[cfg(test)]
     pub(crate) fn of(results: Vec<Result<Value, TaskError>>) -> Self {
         if results.iter().all(Result::is_ok) {
             BatchResults::Values(results.into_iter().flatten().collect())
@@ -249,7 +250,47 @@ impl BatchResults {
         }
     }
 
+    /// The compact form of `len` results, gathered as they come: the
+    /// values alone until an item fails.
+    pub(crate) fn collect(
+        results: impl Iterator<Item = Result<Value, TaskError>>,
+        len: usize,
+    ) -> Self {
+        let mut values = Vec::with_capacity(len);
+        let mut results = results;
+        for r in results.by_ref() {
+            match r {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    let mut mixed = Vec::with_capacity(len);
+                    mixed.extend(values.into_iter().map(Ok));
+                    mixed.push(Err(e));
+                    mixed.extend(results);
+                    return BatchResults::Mixed(mixed);
+                }
+            }
+        }
+        BatchResults::Values(values)
+    }
+
+    /// How many results.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            BatchResults::Values(v) => v.len(),
+            BatchResults::Mixed(v) => v.len(),
+        }
+    }
+
+    /// Appends each item's result, in order, to `out`.
+    pub(crate) fn append_to(self, out: &mut Vec<Result<Value, TaskError>>) {
+        match self {
+            BatchResults::Values(v) => out.extend(v.into_iter().map(Ok)),
+            BatchResults::Mixed(v) => out.extend(v),
+        }
+    }
+
     /// Each item's result, in order.
+    #[cfg(test)]
     pub(crate) fn into_results(self) -> Vec<Result<Value, TaskError>> {
         match self {
             BatchResults::Values(v) => v.into_iter().map(Ok).collect(),
@@ -293,15 +334,25 @@ pub(crate) fn write<T: Serialize>(w: &mut impl Write, frame: &T) -> io::Result<(
 
 /// Writes one parent-to-child frame: `seq`, then the JSON `body`.
 pub(crate) fn write_seq(w: &mut impl Write, seq: u64, body: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(body.len() + 8)
-        .ok()
-        .filter(|&n| (n as usize) <= MAX_FRAME)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
     let mut buf = Vec::with_capacity(body.len() + 12);
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&seq.to_le_bytes());
-    buf.extend_from_slice(body);
+    put_seq(&mut buf, seq, body);
     w.write_all(&buf)
+}
+
+/// Appends one parent-to-child frame to `out`: `seq`, then the JSON
+/// `body` (which `encode` keeps under [`MAX_FRAME`]).
+pub(crate) fn put_seq(out: &mut Vec<u8>, seq: u64, body: &[u8]) {
+    let len = u32::try_from(body.len() + 8).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Whether `buf` (what a buffered reader holds) starts with a whole
+/// frame: reading it then makes no system call.
+pub(crate) fn complete_in(buf: &[u8]) -> bool {
+    buf.len() >= 4
+        && buf.len() - 4 >= u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize
 }
 
 /// Reads one parent-to-child frame: its sequence number and body.
@@ -440,6 +491,37 @@ mod tests {
         let back = back.into_results();
         assert_eq!(back[0].as_ref().unwrap(), &Value::from(1));
         assert_eq!(back[1].as_ref().unwrap_err().message(), "no");
+    }
+
+    #[test]
+    fn batch_results_are_gathered_compactly_until_one_fails() {
+        let all_ok = BatchResults::collect((0..3).map(|i| Ok(Value::from(i))), 3);
+        assert!(matches!(&all_ok, BatchResults::Values(v) if v.len() == 3));
+        let results = vec![
+            Ok(Value::from(1)),
+            Err(TaskError::new("no")),
+            Ok(Value::from(3)),
+        ];
+        let mixed = BatchResults::collect(results.into_iter(), 3);
+        assert_eq!(mixed.len(), 3);
+        let mut out = vec![Ok(Value::from(0))];
+        mixed.append_to(&mut out);
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[1].as_ref().unwrap(), &Value::from(1));
+        assert_eq!(out[2].as_ref().unwrap_err().message(), "no");
+        assert_eq!(out[3].as_ref().unwrap(), &Value::from(3));
+    }
+
+    #[test]
+    fn complete_in_sees_whole_frames_only() {
+        let mut buf = Vec::new();
+        put_seq(&mut buf, 3, b"{}");
+        assert!(complete_in(&buf));
+        assert!(!complete_in(&buf[..buf.len() - 1]));
+        assert!(!complete_in(&buf[..3]));
+        assert!(!complete_in(&[]));
+        let mut r = &buf[..];
+        assert!(matches!(read_seq::<Value>(&mut r).unwrap(), Some((3, _))));
     }
 
     #[test]

@@ -191,7 +191,7 @@ fn cli_map_chunks_auto_and_fixed_through_redis() {
         for (i, l) in got.iter().enumerate() {
             if i == 12_345 {
                 assert_eq!(l["error"]["state"], "FAILURE", "{l}");
-                assert_eq!(l["error"]["type"], "InvalidArguments", "{l}");
+                assert_eq!(l["error"]["type"], "TypeError", "{l}");
             } else {
                 assert_eq!(l, &json!(2 * i), "line {i} (--chunk {chunk})");
             }

@@ -40,7 +40,11 @@ async fn main() -> anyhow::Result<()> {
             s.per_item.unwrap_or(0.0) * 1e6,
         );
         // Fixed chunks, as Celery's `chunks(it, 1000)`.
-        let fixed = server.map_with(add::call(0, 0), (0..10i64).map(|i| (i, 1)), ChunkSize::Fixed(4));
+        let fixed = server.map_with(
+            add::call(0, 0),
+            (0..10i64).map(|i| (i, 1)),
+            ChunkSize::Fixed(4),
+        );
         println!("fixed chunks of 4: {:?}", fixed.wait().unwrap());
     });
     server_side.await?;
@@ -49,9 +53,13 @@ async fn main() -> anyhow::Result<()> {
     //    worker on them (here both in process).
     let broker = Arc::new(MemoryBroker::new());
     let backend = Arc::new(MemoryBackend::new());
-    let worker = Worker::builder(broker.clone(), backend.clone(), Arc::new(Registry::linked(false)?))
-        .concurrency(2)
-        .build()?;
+    let worker = Worker::builder(
+        broker.clone(),
+        backend.clone(),
+        Arc::new(Registry::linked(false)?),
+    )
+    .concurrency(2)
+    .build()?;
     let running = tokio::spawn({
         let w = worker.clone();
         async move { w.run().await }

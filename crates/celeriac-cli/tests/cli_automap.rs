@@ -32,10 +32,7 @@ fn node(url: &str, dir: &Path, name: &str) -> LoggedChild {
 /// Waits until `server` sees every one of `nodes` (a hang guard of 30 s).
 fn wait_for_nodes(server: &Server, nodes: &[&str]) {
     let start = Instant::now();
-    while !nodes
-        .iter()
-        .all(|n| server.active_nodes().contains_key(*n))
-    {
+    while !nodes.iter().all(|n| server.active_nodes().contains_key(*n)) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "nodes never showed: {:?}",
@@ -94,7 +91,10 @@ fn server_map_runs_chunks_on_two_worker_processes() {
         .wait()
         .unwrap();
     assert_eq!(values, (1..=50_000).collect::<Vec<i64>>());
-    let (da, db) = (jobs_of(&server, a) - before.0, jobs_of(&server, b) - before.1);
+    let (da, db) = (
+        jobs_of(&server, a) - before.0,
+        jobs_of(&server, b) - before.1,
+    );
     assert_eq!(da + db, 50, "one job per chunk");
     assert!(da > 0 && db > 0, "both nodes took chunks: {da} and {db}");
 
@@ -154,7 +154,11 @@ fn lines(o: &Output) -> Vec<Value> {
 fn stats(o: &Output) -> Value {
     let err = String::from_utf8_lossy(&o.stderr);
     err.lines()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v.get("chunks").is_some()))
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v.get("chunks").is_some())
+        })
         .unwrap_or_else(|| panic!("no --stats line in: {err}"))
 }
 
@@ -179,7 +183,13 @@ fn cli_map_chunks_auto_and_fixed_through_redis() {
         }
     }
     for chunk in ["auto", "7"] {
-        let out = map_cli(dir.path(), &conn, "celeriac.add", &file, &["--chunk", chunk, "--stats"]);
+        let out = map_cli(
+            dir.path(),
+            &conn,
+            "celeriac.add",
+            &file,
+            &["--chunk", chunk, "--stats"],
+        );
         assert_eq!(
             out.status.code(),
             Some(1),
@@ -207,7 +217,11 @@ fn cli_map_chunks_auto_and_fixed_through_redis() {
     }
     // An empty file: nothing sent, nothing printed, success.
     let out = map_cli(dir.path(), &conn, "celeriac.add", "\n", &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
 }
 
@@ -225,7 +239,10 @@ fn a_python_celery_worker_runs_the_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let worker = LoggedChild::spawn(cmd, dir.path(), "python-map-worker");
     let log = worker.wait_for_log(" ready.");
-    assert!(log.contains(" ready."), "the Python worker did not start:\n{log}");
+    assert!(
+        log.contains(" ready."),
+        "the Python worker did not start:\n{log}"
+    );
 
     let n = 3_000;
     let mut file = String::new();

@@ -69,7 +69,11 @@ impl Server {
         let h = &self.handle;
         // Chunks are `celery.starmap` jobs: they go where the task would.
         let task = if task.options().queue.is_none() {
-            let q = h.routes.queue_for(task.name()).unwrap_or(&h.queue).to_string();
+            let q = h
+                .routes
+                .queue_for(task.name())
+                .unwrap_or(&h.queue)
+                .to_string();
             task.queue(q)
         } else {
             task
@@ -84,17 +88,19 @@ impl Server {
             }
         };
         let server = self.clone();
-        let stream = map.workers(workers).with_sender(Box::new(move |call: Call<Value>| {
-            let (tx, rx) = oneshot::channel();
-            let done = Box::new(move |end: &JobEnd| {
-                let _ = tx.send(chunk_end(end));
-            });
-            server.send(call, MAP_GROUP.to_string(), Some(done));
-            Box::pin(async move {
-                rx.await
-                    .unwrap_or_else(|_| ChunkEnd::failed(transport(JobError::Destroyed)))
-            })
-        }));
+        let stream = map
+            .workers(workers)
+            .with_sender(Box::new(move |call: Call<Value>| {
+                let (tx, rx) = oneshot::channel();
+                let done = Box::new(move |end: &JobEnd| {
+                    let _ = tx.send(chunk_end(end));
+                });
+                server.send(call, MAP_GROUP.to_string(), Some(done));
+                Box::pin(async move {
+                    rx.await
+                        .unwrap_or_else(|_| ChunkEnd::failed(transport(JobError::Destroyed)))
+                })
+            }));
         MapResults { stream }
     }
 }

@@ -63,7 +63,11 @@ fn results_come_back_in_input_order_with_growing_chunks() {
 #[test]
 fn fixed_chunks_of_n() {
     let server = server(true);
-    let results = server.map_with(add::call(0, 0), (0..1000i64).map(|i| (i, i)), ChunkSize::Fixed(300));
+    let results = server.map_with(
+        add::call(0, 0),
+        (0..1000i64).map(|i| (i, i)),
+        ChunkSize::Fixed(300),
+    );
     let stats_sizes = results.stats().sizes.clone();
     assert!(stats_sizes.is_empty(), "nothing is sent before it is read");
     let mut it = results;

@@ -251,10 +251,18 @@ mod tests {
     fn shrinks_at_once_when_per_item_time_rises() {
         let p = ChunkPolicy::default();
         let mut m = Measured::default();
-        m.record(30_000, Duration::from_millis(31), Some(Duration::from_millis(30)));
+        m.record(
+            30_000,
+            Duration::from_millis(31),
+            Some(Duration::from_millis(30)),
+        );
         assert_eq!(p.next_size(&m, 30_000, 1 << 30, 1), 30_000);
         // The task became 10x slower: the next chunk is 10x smaller.
-        m.record(30_000, Duration::from_millis(301), Some(Duration::from_millis(300)));
+        m.record(
+            30_000,
+            Duration::from_millis(301),
+            Some(Duration::from_millis(300)),
+        );
         assert_eq!(p.next_size(&m, 30_000, 1 << 30, 1), 3_000);
     }
 
@@ -303,11 +311,19 @@ mod tests {
         assert_eq!(p.in_flight(&Measured::default(), 8, 3), 6);
         let mut m = Measured::default();
         // 30 ms of work per chunk, 1 ms round trip: two per worker.
-        m.record(30_000, Duration::from_millis(31), Some(Duration::from_millis(30)));
+        m.record(
+            30_000,
+            Duration::from_millis(31),
+            Some(Duration::from_millis(30)),
+        );
         assert_eq!(p.in_flight(&m, 30_000, 4), 8);
         // A 100 ms round trip (a far broker) against 30 ms of work: 5.
         let mut far = Measured::default();
-        far.record(30_000, Duration::from_millis(130), Some(Duration::from_millis(30)));
+        far.record(
+            30_000,
+            Duration::from_millis(130),
+            Some(Duration::from_millis(30)),
+        );
         assert_eq!(p.in_flight(&far, 30_000, 1), 5);
     }
 

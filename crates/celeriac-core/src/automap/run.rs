@@ -238,7 +238,10 @@ mod tests {
     fn results_come_out_in_input_order() {
         let mut run = run_of(1000, ChunkSize::Auto);
         let (out, sent) = drive(&mut run, |x| Ok(x * 2));
-        let values: Vec<i64> = out.into_iter().map(|r| r.unwrap().as_i64().unwrap()).collect();
+        let values: Vec<i64> = out
+            .into_iter()
+            .map(|r| r.unwrap().as_i64().unwrap())
+            .collect();
         assert_eq!(values, (0..1000).map(|x| x * 2).collect::<Vec<_>>());
         assert!(sent.len() > 1 && sent[0].len() == 8, "{sent:?}");
     }
@@ -282,7 +285,10 @@ mod tests {
         assert_eq!(run.stats().splits, 0);
         let errs: Vec<_> = std::iter::from_fn(|| run.next_ready()).collect();
         assert_eq!(errs.len(), 10);
-        assert!(errs.iter().all(|e| matches!(e, Err(MapError::Task(t)) if t.exc_type() == "NotRegistered")));
+        assert!(
+            errs.iter()
+                .all(|e| matches!(e, Err(MapError::Task(t)) if t.exc_type() == "NotRegistered"))
+        );
         assert!(run.is_done());
     }
 

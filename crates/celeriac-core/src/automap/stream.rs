@@ -17,9 +17,7 @@ use serde_json::Value;
 use super::policy::{ChunkPolicy, ChunkSize};
 use super::run::MapRun;
 use super::{MapError, MapStats, Template, UNSEEN_WORKERS, runtime_of};
-use crate::{
-    Broker, Call, Message, Outgoing, ResultBackend, ResultMeta, Secret, State, TaskError,
-};
+use crate::{Broker, Call, Message, Outgoing, ResultBackend, ResultMeta, Secret, State, TaskError};
 
 /// How a finished chunk ended: the list of its items' results (or why
 /// there is none), and the worker's run time when the result carries one.
@@ -399,10 +397,15 @@ mod tests {
         let sent = Box::new(|_: Call<Value>| -> BoxFuture<'static, ChunkEnd> {
             panic!("nothing may be sent")
         });
-        let stream = Call::<i64>::new("t.add").automap([Bad, Bad]).with_sender(sent);
+        let stream = Call::<i64>::new("t.add")
+            .automap([Bad, Bad])
+            .with_sender(sent);
         let out = futures::executor::block_on(stream.collect_all());
         assert_eq!(out.len(), 2);
-        assert!(out.iter().all(|r| matches!(r, Err(MapError::Task(e)) if e.message().contains("item 0"))));
+        assert!(
+            out.iter()
+                .all(|r| matches!(r, Err(MapError::Task(e)) if e.message().contains("item 0")))
+        );
     }
 
     #[test]

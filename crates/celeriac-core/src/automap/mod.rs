@@ -133,9 +133,12 @@ impl Template {
             "task": self.task, "args": [], "kwargs": {}, "options": {},
             "subtask_type": null, "immutable": false,
         });
+        // The items move into the kwargs (`kwarg` would copy them).
+        let mut kwargs = serde_json::Map::new();
+        kwargs.insert("task".into(), sig);
+        kwargs.insert("it".into(), Value::Array(items));
         let mut call = Call::new(STARMAP)
-            .kwarg("task", sig)
-            .kwarg("it", Value::Array(items))
+            .with_kwargs(kwargs)
             .time_limits(self.time_limits.0, self.time_limits.1);
         if let Some(q) = &self.queue {
             call = call.queue(q.clone());

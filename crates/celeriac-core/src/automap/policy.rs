@@ -75,14 +75,16 @@ impl Default for ChunkPolicy {
     }
 }
 
-/// What has been measured so far: moving estimates of the time one item
-/// takes on a worker and of a chunk's round trip (send, queue, store,
-/// receive: the wall time not spent running items).
+/// What has been measured so far: a moving estimate of the time one item
+/// takes on a worker, and the smallest round trip of a chunk seen (send,
+/// store, receive: the wall time not spent running items, less any wait
+/// behind other chunks).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Measured {
     /// Seconds of work per item, once a chunk has finished.
     pub per_item: Option<f64>,
-    /// Seconds of round trip per chunk, once a chunk has finished.
+    /// Seconds of round trip per chunk (the smallest seen), once a chunk
+    /// has finished.
     pub round_trip: Option<f64>,
     /// Chunks measured.
     pub chunks: u64,
@@ -122,8 +124,13 @@ impl Measured {
             None => sample,
         });
         if let Some(t) = trip {
+            // The smallest seen: a chunk's wait in the queue behind other
+            // chunks is not round trip, and counting it would put more
+            // chunks in flight, which would wait longer (a feedback loop
+            // seen in W7 before this rule: 1.1 s "round trips", 26 chunks
+            // in flight).
             self.round_trip = Some(match self.round_trip {
-                Some(old) => old + ALPHA * (t - old),
+                Some(old) => old.min(t),
                 None => t,
             });
         }
@@ -303,6 +310,24 @@ mod tests {
         m.record(100, Duration::from_millis(3), None);
         let p = m.per_item.unwrap();
         assert!(p < 0.002 / 8.0 && p > 10e-6, "{p}");
+    }
+
+    #[test]
+    fn queueing_does_not_count_as_round_trip() {
+        let p = ChunkPolicy::default();
+        let mut m = Measured::default();
+        m.record(8, Duration::from_millis(2), Some(us(8)));
+        // Chunks that waited a second behind others: the round trip stays
+        // the 2 ms seen, and the window stays at two chunks per worker.
+        for _ in 0..10 {
+            m.record(
+                30_000,
+                Duration::from_millis(1030),
+                Some(Duration::from_millis(30)),
+            );
+        }
+        assert!(m.round_trip.unwrap() < 0.0021, "{m:?}");
+        assert_eq!(p.in_flight(&m, 30_000, 2), 4);
     }
 
     #[test]

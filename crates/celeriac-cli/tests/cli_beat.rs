@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use celeriac_core::Message;
 use celeriac_core::broker::prelude::*;
 use celeriac_testkit::process::LoggedChild;
-use celeriac_testkit::python::{interop_python, python_dir};
+use celeriac_testkit::python::{CeleryWorker, interop_python, python_dir};
 use celeriac_testkit::redis_server::RedisServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
@@ -455,13 +455,9 @@ fn worker_b_embeds_a_beat_whose_tasks_the_worker_runs() {
 
 /// A real `celery worker` on `tests/python/pytasks.py`.
 fn python_worker(python: &str, url: &str, dir: &Path) -> LoggedChild {
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P", "solo"])
-        .args(["--loglevel", "INFO", "-n", "py@localhost"])
-        .current_dir(python_dir())
-        .env("BROKER", url)
-        .env("PYTHONPATH", python_dir());
-    LoggedChild::spawn(cmd, dir, "python-worker")
+    CeleryWorker::new(python, "pytasks")
+        .broker(url)
+        .spawn(dir, "python-worker")
 }
 
 #[test]

@@ -19,6 +19,7 @@ use celeriac_core::broker::prelude::*;
 use celeriac_core::{Call, Outgoing, Secret};
 use celeriac_embedded::SqliteBroker;
 use celeriac_testkit::process::LoggedChild;
+use celeriac_testkit::python::CeleryWorker;
 use celeriac_testkit::redis_server::RedisServer;
 use serde_json::{Value, json};
 
@@ -223,16 +224,11 @@ fn python_celery_workers_run_signed_messages() {
     let redis = RedisServer::start();
     let url = redis.url("");
     let dir = tempfile::tempdir().unwrap();
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python");
-    let mut cmd = Command::new(python);
-    cmd.args([
-        "-m", "celery", "-A", "pytasks", "worker", "-P", "solo", "-c", "1", "-n",
-    ])
-    .arg("py-signed@localhost")
-    .current_dir(&py)
-    .env("BROKER", &url)
-    .env("PYTHONPATH", &py);
-    let _py = LoggedChild::spawn(cmd, dir.path(), "python-worker");
+    let _py = CeleryWorker::new(&python, "pytasks")
+        .pool(["solo", "-c", "1"])
+        .node("py-signed@localhost")
+        .broker(&url)
+        .spawn(dir.path(), "python-worker");
     let out = celeriac(
         dir.path(),
         &[

@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use celeriac_testkit::process::LoggedChild;
-use celeriac_testkit::python::{interop_python as python, python_dir};
+use celeriac_testkit::python::{CeleryWorker, interop_python as python, python_dir};
 use celeriac_testkit::site::Site;
 use serde_json::json;
 
@@ -37,20 +37,11 @@ fn celeriac_worker(site: &Site) -> LoggedChild {
 }
 
 fn python_worker(python: &str, site: &Site) -> LoggedChild {
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P", "solo"])
-        .args(["-Q", "py", "--loglevel", "INFO", "-n", "py@localhost"])
-        .current_dir(python_dir())
-        .env("BROKER", &site.broker)
-        .env("BACKEND", &site.backend)
-        .env("PYTHONPATH", python_dir());
-    let worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-canvas-worker");
-    let log = worker.wait_for_log(" ready.");
-    assert!(
-        log.contains(" ready."),
-        "the Python worker did not start:\n{log}"
-    );
-    worker
+    CeleryWorker::new(python, "pytasks")
+        .args(["-Q", "py"])
+        .broker(&site.broker)
+        .backend(&site.backend)
+        .start(&std::env::temp_dir(), "python-canvas-worker")
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use celeriac::canvas::{chain, chord, chunks, group, map, starmap};
 use celeriac::{Call, Job, JobError, ResultRef, Server, State, task};
 use celeriac_testkit::process::LoggedChild;
-use celeriac_testkit::python::{interop_python as python, python_dir};
+use celeriac_testkit::python::{CeleryWorker, interop_python as python, python_dir};
 use celeriac_testkit::redis_server::RedisServer;
 use serde_json::{Value, json};
 
@@ -79,19 +79,10 @@ enum Workers {
 }
 
 fn python_worker(python: &str, url: &str) -> LoggedChild {
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "celery", "-A", "pycanvas", "worker", "-P", "solo"])
-        .args(["--loglevel", "INFO", "-n", "pycanvas@localhost"])
-        .current_dir(python_dir())
-        .env("BROKER", url)
-        .env("PYTHONPATH", python_dir());
-    let worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-canvas-client-worker");
-    let log = worker.wait_for_log(" ready.");
-    assert!(
-        log.contains(" ready."),
-        "the Python worker did not start:\n{log}"
-    );
-    worker
+    CeleryWorker::new(python, "pycanvas")
+        .node("pycanvas@localhost")
+        .broker(url)
+        .start(&std::env::temp_dir(), "python-canvas-client-worker")
 }
 
 fn python_groups(python: &str, url: &str, args: &[&str]) -> Value {

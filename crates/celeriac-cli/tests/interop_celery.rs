@@ -10,10 +10,10 @@
 //! `CELERIAC_TEST_PYTHON`. Each Redis test uses its own database of the
 //! shared server; each AMQP test its own vhost and its own `redis-server`.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use celeriac_testkit::process::LoggedChild;
+use celeriac_testkit::python::{CeleryWorker, python_dir};
 use celeriac_testkit::site::Site;
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
@@ -106,10 +106,6 @@ mod rpc {
         };
         super::celeriac_calls_python_celery_workers(&env, &site);
     }
-}
-
-fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
 }
 
 /// Runs a Python script (a path, or `-c CODE`) with the site's broker URL
@@ -211,27 +207,11 @@ fn python_clients_call_celeriac_workers(env: &Env, site: &Site) {
 }
 
 fn celeriac_calls_python_celery_workers(env: &Env, site: &Site) {
-    let mut cmd = Command::new(&env.python);
-    cmd.args([
-        "-m",
-        "celery",
-        "-A",
-        "pytasks",
-        "worker",
-        "-P",
-        "solo",
-        "-c",
-        "1",
-        "--loglevel",
-        "INFO",
-        "-n",
-        "py@localhost",
-    ])
-    .current_dir(python_dir())
-    .env("BROKER", &site.broker)
-    .env("BACKEND", &site.backend)
-    .env("PYTHONPATH", python_dir());
-    let _worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-celery-worker");
+    let _worker = CeleryWorker::new(&env.python, "pytasks")
+        .pool(["solo", "-c", "1"])
+        .broker(&site.broker)
+        .backend(&site.backend)
+        .spawn(&std::env::temp_dir(), "python-celery-worker");
 
     let out = celeriac_at(
         site,

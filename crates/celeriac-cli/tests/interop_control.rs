@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use celeriac_testkit::process::LoggedChild;
-use celeriac_testkit::python::{interop_python as python, python_dir};
+use celeriac_testkit::python::{CeleryWorker, interop_python as python, python_dir};
 use celeriac_testkit::site::Site;
 use serde_json::{Value, json};
 
@@ -361,26 +361,17 @@ fn python_worker(
     pool: &[&str],
     mingle: bool,
 ) -> LoggedChild {
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P"])
-        .args(pool)
-        .args(["--loglevel", "INFO", "-n", node])
+    CeleryWorker::new(python, "pytasks")
+        .pool(pool.iter().copied())
+        .node(node)
         .args(if mingle {
-            &[][..]
+            None
         } else {
-            &["--without-mingle"][..]
+            Some("--without-mingle")
         })
-        .current_dir(python_dir())
-        .env("BROKER", &site.broker)
-        .env("BACKEND", &site.backend)
-        .env("PYTHONPATH", python_dir());
-    let w = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-worker");
-    let log = w.wait_for_log(" ready.");
-    assert!(
-        log.contains(" ready."),
-        "the Python worker did not start:\n{log}"
-    );
-    w
+        .broker(&site.broker)
+        .backend(&site.backend)
+        .start(&std::env::temp_dir(), "python-worker")
 }
 
 /// Mingle both ways: a celeriac worker starting beside a Python worker

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use celeriac_testkit::process::LoggedChild;
-use celeriac_testkit::python::python_dir;
+use celeriac_testkit::python::{CeleryWorker, python_dir};
 use celeriac_testkit::site::Site;
 use serde_json::{Value, json};
 
@@ -370,21 +370,12 @@ fn celeriac_events_dump_shows_a_python_workers_events(python: &str, site: &Site)
     let dir = tempfile::tempdir().unwrap();
     let dump = Dump::start(Some(site), None, dir.path());
 
-    let mut cmd = Command::new(python);
-    cmd.args([
-        "-m", "celery", "-A", "pytasks", "worker", "-P", "solo", "-E",
-    ])
-    .args(["--loglevel", "INFO", "-n", "py@events"])
-    .current_dir(python_dir())
-    .env("BROKER", &site.broker)
-    .env("BACKEND", &site.backend)
-    .env("PYTHONPATH", python_dir());
-    let mut worker = LoggedChild::spawn(cmd, dir.path(), "python-events-worker");
-    let log = worker.wait_for_log(" ready.");
-    assert!(
-        log.contains(" ready."),
-        "the Python worker did not start:\n{log}"
-    );
+    let mut worker = CeleryWorker::new(python, "pytasks")
+        .node("py@events")
+        .args(["-E"])
+        .broker(&site.broker)
+        .backend(&site.backend)
+        .start(dir.path(), "python-events-worker");
 
     assert_eq!(call_wait(site, "tasks.add", "[2, 3]"), "5");
     let out = celeriac(

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use celeriac_testkit::process::LoggedChild;
-use celeriac_testkit::python::{interop_python as python, python_dir};
+use celeriac_testkit::python::{CeleryWorker, interop_python as python, python_dir};
 use celeriac_testkit::redis_server::RedisServer;
 use celeriac_testkit::site::Site;
 use serde_json::{Value, json};
@@ -70,22 +70,13 @@ fn python_worker_at(
     extra: &[&str],
     extended: bool,
 ) -> LoggedChild {
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P", pool])
-        .args(["-c", "1", "--loglevel", "INFO", "-n", "py@localhost"])
-        .args(extra)
-        .current_dir(python_dir())
-        .env("BROKER", &site.broker)
-        .env("BACKEND", &site.backend)
+    CeleryWorker::new(python, "pytasks")
+        .pool([pool, "-c", "1"])
+        .args(extra.iter().copied())
+        .broker(&site.broker)
+        .backend(&site.backend)
         .env("RESULT_EXTENDED", if extended { "1" } else { "0" })
-        .env("PYTHONPATH", python_dir());
-    let worker = LoggedChild::spawn(cmd, &std::env::temp_dir(), "python-celery-worker");
-    let log = worker.wait_for_log(" ready.");
-    assert!(
-        log.contains(" ready."),
-        "the Python worker did not start:\n{log}"
-    );
-    worker
+        .start(&std::env::temp_dir(), "python-celery-worker")
 }
 
 fn celeriac_worker(url: &str, extra: &[&str]) -> LoggedChild {

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use celeriac::canvas::{PlanContext, chain};
 use celeriac::{Broker, Call, Outgoing, Registry, TaskError, Worker};
 use celeriac_dashboard::{Dashboard, DashboardArgs, DashboardError};
-use celeriac_testkit::process::LoggedChild;
-use celeriac_testkit::python::{interop_python, python_dir};
+use celeriac_testkit::python::{CeleryWorker, interop_python};
 use celeriac_testkit::redis_server::RedisServer;
 use celeriac_testkit::send_calls;
 use serde_json::{Value, json};
@@ -181,19 +180,11 @@ async fn the_api_shows_a_celeriac_and_a_python_worker_and_acts_on_them() {
     let rs = worker(&broker, &url, "rs@dash", "rsq");
     let dir = tempfile::tempdir().unwrap();
     let _py = python.as_ref().map(|python| {
-        let mut cmd = Command::new(python);
-        cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P", "solo"])
-            .args(["--loglevel", "INFO", "-n", "py@dash", "-Q", "pyq"])
-            .current_dir(python_dir())
-            .env("BROKER", &url)
-            .env("PYTHONPATH", python_dir());
-        let w = LoggedChild::spawn(cmd, dir.path(), "python-dashboard-worker");
-        let log = w.wait_for_log(" ready.");
-        assert!(
-            log.contains(" ready."),
-            "the Python worker did not start:\n{log}"
-        );
-        w
+        CeleryWorker::new(python, "pytasks")
+            .node("py@dash")
+            .args(["-Q", "pyq"])
+            .broker(&url)
+            .start(dir.path(), "python-dashboard-worker")
     });
 
     // Both workers appear by node name, with their pool from `stats` and

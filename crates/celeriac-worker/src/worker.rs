@@ -234,6 +234,10 @@ impl Worker {
         }
         let mut backoff = Duration::from_millis(100);
         let mut failing = false;
+        // The queue of the last message claimed: the next claim starts
+        // with the queue after it, so that a busy queue does not starve
+        // the others (kombu's round-robin cycle on Redis).
+        let mut last_queue: Option<String> = None;
         while !self.is_stopping() {
             // Reserve up to `prefetch` messages per slot.
             inner
@@ -244,7 +248,7 @@ impl Worker {
                 break;
             }
             // Remote control may have cancelled every queue.
-            let queues = inner.control.queues();
+            let queues = serve_order(inner.control.queues(), last_queue.as_deref());
             if queues.is_empty() {
                 inner.slots.sleep_unless_stopping(CLAIM_WAIT).await;
                 continue;
@@ -270,6 +274,9 @@ impl Worker {
                         crate::task_metrics::broker_reconnected();
                     }
                     backoff = Duration::from_millis(100);
+                    if let Some(d) = deliveries.last() {
+                        last_queue = Some(d.queue.clone());
+                    }
                     for d in deliveries {
                         self.spawn_handler(d);
                     }
@@ -441,6 +448,25 @@ async fn handle(inner: &Arc<Inner>, mut held: Held, slot: &mut Slot<'_>) {
 
 /// A task's time limits: its call's, else remote control's for its name,
 /// else the worker's.
+/// The order in which the next claim serves `queues` (the worker's `-Q`
+/// list, in its order): starting with the queue after `last`, the queue
+/// the previous claim's last message came from, and wrapping around.
+/// Each claim still drains its first queue before it looks at the next,
+/// but every queue gets its turn to be first, as in kombu's Redis
+/// transport, which rotates the queue that delivered to the back of its
+/// cycle. Without a previous claim, or if `last` is no longer consumed,
+/// the list keeps its order.
+fn serve_order(queues: Arc<Vec<String>>, last: Option<&str>) -> Arc<Vec<String>> {
+    match last.and_then(|l| queues.iter().position(|q| q == l)) {
+        Some(i) if i + 1 < queues.len() => {
+            let mut turned = queues.to_vec();
+            turned.rotate_left(i + 1);
+            Arc::new(turned)
+        }
+        _ => queues,
+    }
+}
+
 pub(crate) fn set_time_limits(inner: &Inner, ctx: &mut TaskContext) {
     let (remote_soft, remote_hard) = inner.control.time_limits(ctx.name()).unwrap_or_default();
     let hard = ctx.time_limit().or(remote_hard).or(inner.config.time_limit);
@@ -506,4 +532,28 @@ fn canvas_problems(id: &str, canvas: &crate::canvas::Continuation) {
 pub(crate) fn random_unit() -> f64 {
     let bits = (uuid::Uuid::new_v4().as_u128() >> 75) as u64; // 53 random bits
     bits as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::serve_order;
+
+    fn qs(names: &[&str]) -> Arc<Vec<String>> {
+        Arc::new(names.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn each_claim_starts_after_the_queue_that_last_delivered() {
+        let all = qs(&["a", "b", "c"]);
+        assert_eq!(serve_order(all.clone(), None), qs(&["a", "b", "c"]));
+        assert_eq!(serve_order(all.clone(), Some("a")), qs(&["b", "c", "a"]));
+        assert_eq!(serve_order(all.clone(), Some("b")), qs(&["c", "a", "b"]));
+        assert_eq!(serve_order(all.clone(), Some("c")), qs(&["a", "b", "c"]));
+        // A queue that is no longer consumed (remote control cancelled it).
+        assert_eq!(serve_order(all, Some("gone")), qs(&["a", "b", "c"]));
+        assert_eq!(serve_order(qs(&["only"]), Some("only")), qs(&["only"]));
+        assert!(serve_order(qs(&[]), Some("a")).is_empty());
+    }
 }

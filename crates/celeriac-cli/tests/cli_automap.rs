@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use celeriac::automap::ChunkSize;
 use celeriac::{Call, JobError, Server};
 use celeriac_testkit::process::LoggedChild;
-use celeriac_testkit::python::{interop_python as python, python_dir};
+use celeriac_testkit::python::{CeleryWorker, interop_python as python};
 use celeriac_testkit::redis_server::RedisServer;
 use celeriac_testkit::site::Site;
 use serde_json::{Value, json};
@@ -229,20 +229,13 @@ fn cli_map_chunks_auto_and_fixed_through_redis() {
 fn a_python_celery_worker_runs_the_chunks() {
     let Some(python) = python() else { return };
     let site = Site::redis();
-    let mut cmd = Command::new(&python);
-    cmd.args(["-m", "celery", "-A", "pytasks", "worker", "-P", "solo"])
-        .args(["-Q", "py", "--loglevel", "INFO", "-n", "py-map@localhost"])
-        .current_dir(python_dir())
-        .env("BROKER", &site.broker)
-        .env("BACKEND", &site.backend)
-        .env("PYTHONPATH", python_dir());
     let dir = tempfile::tempdir().unwrap();
-    let worker = LoggedChild::spawn(cmd, dir.path(), "python-map-worker");
-    let log = worker.wait_for_log(" ready.");
-    assert!(
-        log.contains(" ready."),
-        "the Python worker did not start:\n{log}"
-    );
+    let worker = CeleryWorker::new(&python, "pytasks")
+        .args(["-Q", "py"])
+        .node("py-map@localhost")
+        .broker(&site.broker)
+        .backend(&site.backend)
+        .start(dir.path(), "python-map-worker");
 
     let n = 3_000;
     let mut file = String::new();

@@ -3,7 +3,8 @@
 //! measured per-item time and round trip.
 //!
 //! - [`Call::automap`] is the queue client's side: it sends the chunks
-//!   through a [`Broker`], waits on a [`ResultBackend`], and gives the
+//!   through a [`Broker`](crate::Broker), waits on a
+//!   [`ResultBackend`](crate::ResultBackend), and gives the
 //!   items' results back in input order as a [`MapStream`].
 //! - The job server's `Server::map` drives the same [`MapStream`] through
 //!   its jobs ([`AutoMap::with_sender`]), and `celeriac map --chunk auto`

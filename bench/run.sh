@@ -13,7 +13,10 @@
 #    worker -P threads and -P processes); celeriac W1+W2 on the default
 #    broker, one sqlite:// file in $tmp (worker -P threads, a separate
 #    client process); Celery W1+W2 (prefork, threads);
-#    celeriac W3+W4; Python W3+W4 (bench/peers/local_bench.py); W6 canvas
+#    celeriac W3+W4; Python W3+W4 (bench/peers/local_bench.py); W7
+#    (bench/peers/automap_bench.py: 1M tiny tasks through `celeriac map
+#    --chunk auto` to two `celeriac worker` processes, beside
+#    multiprocessing.Pool(2).starmap with default chunks); W6 canvas
 #    (a group and a chord of 10,000 adds from one Python Celery client,
 #    bench/peers/canvas_bench.py) to a celeriac worker and to Celery
 #    prefork. Redis is flushed between steps. W1+W2 on AMQP: celeriac
@@ -24,7 +27,7 @@
 # 5. all JSON lines go to bench/out/results.jsonl, and the Markdown table
 #    (celeriac beside the peers, with ratios) to bench/out/table.md and
 #    stdout.
-# --quick uses small N (about a minute); the full run takes about 6-7 minutes.
+# --quick uses small N (about a minute); the full run takes about 7-8 minutes.
 # --only W1,W6 runs only the steps of those workloads (W1W2, W3W4 count for
 # both of theirs).
 # Every process started here is stopped on exit, error or Ctrl-C. The exit
@@ -41,7 +44,7 @@ while [ $# -gt 0 ]; do
         --quick) quick=1 ;;
         --only) only="${2:?--only takes a list such as W1,W6}"; shift ;;
         --only=*) only="${1#--only=}" ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -96,6 +99,7 @@ if [ "$quick" = 1 ]; then
     bench_args=(--quick)
     step_limit=240
     canvas_n=2000
+    automap_args=(--n 200000 --repeat 1)
 else
     redis_n=200000
     celery_args=(--n 5000 --latency-n 2000)
@@ -103,6 +107,7 @@ else
     bench_args=()
     step_limit=420
     canvas_n=10000
+    automap_args=(--n 1000000 --repeat 3)
 fi
 
 failed=()
@@ -181,6 +186,10 @@ run_step W6-celery-prefork "$py" "$peers/canvas_bench.py" --redis "$url" --syste
 flush
 run_step W3W4-celeriac "$bench_bin" run "${bench_args[@]}" --only W3,W4
 run_step W3W4-python "$py" "$peers/local_bench.py" "${local_args[@]}"
+# W7: auto-batched map through Redis vs multiprocessing.Pool, same run.
+flush
+run_step W7-automap "$py" "$peers/automap_bench.py" --redis "$url" \
+    --celeriac-bin "$celeriac_bin" "${automap_args[@]}"
 
 # 5. The combined table.
 elapsed=$(( $(date +%s) - start ))

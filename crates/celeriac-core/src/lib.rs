@@ -30,6 +30,7 @@
 //!
 //! Users normally depend on the `celeriac` facade crate instead.
 
+pub mod automap;
 pub mod broker;
 mod call;
 pub mod canvas;

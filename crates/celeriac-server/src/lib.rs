@@ -11,6 +11,7 @@
 //! | `server.wait(group)` | [`Server::wait_group`], [`Server::wait`] |
 //! | `Template(server, f, …).submit(args)` | [`Template`] |
 //! | `set_ncpus` / `get_ncpus` | [`Server::set_workers`] / [`Server::workers`]; any node: [`Server::set_node_workers`] |
+//! | `pool.starmap(f, items)` (auto-chunked, across the cluster) | [`Server::map`] → [`MapResults`] |
 //! | `get_active_nodes()` | [`Server::active_nodes`] |
 //! | `get_stats()` / `print_stats()` | [`Server::stats`] / [`Server::print_stats`] |
 //! | Celery's `chain(...).apply_async()`, `group`, `chord` | [`Server::apply`] → [`Job`] / [`GroupResult`] |
@@ -28,6 +29,7 @@ mod builder;
 mod canvas;
 mod group;
 mod job;
+mod map;
 mod nodes;
 mod server;
 mod stats;
@@ -36,5 +38,6 @@ pub use builder::ServerBuilder;
 pub use canvas::Apply;
 pub use group::{GroupResult, ResultRef};
 pub use job::{Job, JobError};
+pub use map::{MAP_GROUP, MapResults};
 pub use server::{Server, ServerError, Submit, Template};
 pub use stats::{NodeStats, Stats};

@@ -481,7 +481,12 @@ impl Server {
         }
     }
 
-    fn send<T>(&self, call: Call<T>, group: String, callback: Option<Callback>) -> Job<T> {
+    pub(crate) fn send<T>(
+        &self,
+        call: Call<T>,
+        group: String,
+        callback: Option<Callback>,
+    ) -> Job<T> {
         let h = &self.handle;
         let (call, group, callback) = match self.send_local(call, group, callback) {
             Ok(job) => return job,

@@ -56,9 +56,32 @@ fn each(
     name: &str,
     to_args: impl Fn(Value) -> Vec<Value>,
 ) -> Result<Value, TaskError> {
-    let mut b = args.bind(name, &["task", "it"])?;
-    let sig: Value = b.take(0)?;
-    let items: Vec<Value> = b.take(1)?;
+    // The items are moved out as they are, not deserialized (which would
+    // rebuild every item's JSON): a chunk may hold 100,000 of them.
+    let Args {
+        args: mut positional,
+        mut kwargs,
+    } = args;
+    let it = if positional.len() >= 2 {
+        Some(positional.remove(1))
+    } else {
+        kwargs.remove("it")
+    };
+    let items = match it {
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(TaskError::invalid_arguments(format!(
+                "{name}() argument 'it': expected a list, got {other}"
+            )));
+        }
+        None => {
+            return Err(TaskError::invalid_arguments(format!(
+                "{name}() missing 1 required positional argument: 'it'"
+            )));
+        }
+    };
+    let mut b = Args::new(positional, kwargs).bind(name, &["task"])?;
+    let sig: Value = b.take_required(0)?;
     let sig = Signature::from_value(&sig)
         .map_err(|e| TaskError::invalid_arguments(format!("{name}: {e}")))?;
     let task = tasks
@@ -157,6 +180,18 @@ mod tests {
             .unwrap(),
             json!([3, 7])
         );
+        let mut kw = serde_json::Map::new();
+        kw.insert("task".into(), json!({"task": "t.neg"}));
+        kw.insert("it".into(), json!(5));
+        let err = run(&b, "celery.map", vec![], kw).unwrap_err();
+        assert_eq!(err.exc_type(), "TypeError", "{err}");
+        let err = run(
+            &b,
+            "celery.map",
+            vec![json!({"task": "t.neg"})],
+            Default::default(),
+        );
+        assert!(err.unwrap_err().message().contains("'it'"));
         let unknown = json!({"task": "t.nope"});
         let err = run(
             &b,

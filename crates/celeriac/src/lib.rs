@@ -34,6 +34,12 @@
 extern crate self as celeriac;
 
 pub mod builtins;
+
+/// Automatic batching of a map across the network: see
+/// [`celeriac_core::automap`], [`Call::automap`] and [`Server::map`].
+pub mod automap {
+    pub use celeriac_core::automap::*;
+}
 #[cfg(feature = "cli")]
 pub mod cli;
 
@@ -63,8 +69,8 @@ pub use celeriac_pool::process::{
 pub use celeriac_pool::{AsyncExecutor, ProcessExecutor, ThreadExecutor};
 pub use celeriac_pool::{BlockingSection, ThreadPool};
 pub use celeriac_server::{
-    Apply, GroupResult, Job, JobError, NodeStats, ResultRef, Server, ServerBuilder, ServerError,
-    Stats, Template,
+    Apply, GroupResult, Job, JobError, MapResults, NodeStats, ResultRef, Server, ServerBuilder,
+    ServerError, Stats, Template,
 };
 
 /// Celery's canvas, typed: see [`celeriac_core::canvas`] and

@@ -12,6 +12,14 @@
 //! anything is sent. Each output line is the task's result (JSON), or for
 //! a task that failed or was revoked
 //! `{"error": {"state", "type", "message", "task_id"}}`.
+//!
+//! `--chunk auto` (the default) sends the calls as Celery `celery.starmap`
+//! chunks sized adaptively ([`celeriac::automap`]); `--chunk N` as chunks
+//! of N; `--chunk 1` one message per call. Chunks carry positional
+//! arguments only: with `--chunk auto`, a file where some line has
+//! keyword arguments is sent one message per call. A failed item in a
+//! chunk has `"task_id": null` (its chunk was split to find it; see
+//! [`celeriac::automap`]).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -20,6 +28,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use celeriac::automap::ChunkSize;
 use celeriac::{Call, Message, ResultMeta};
 use clap::Args as ClapArgs;
 use clap::builder::NonEmptyStringValueParser;
@@ -57,6 +66,15 @@ pub(crate) struct MapArgs {
     /// `task_send_sent_event`), so that monitors show them as SENT.
     #[arg(long)]
     sent_event: bool,
+    /// Items per message: `auto` (adaptive `celery.starmap` chunks
+    /// aiming at 10-50 ms of work each), or a number (1: one message per
+    /// call).
+    #[arg(long, default_value = "auto", value_name = "auto|N")]
+    chunk: ChunkSize,
+    /// Print what the chunking chose (chunk sizes, per-item time, round
+    /// trip) as one JSON line on standard error at the end.
+    #[arg(long)]
+    stats: bool,
     #[command(flatten)]
     signing: Signing,
 }
@@ -133,7 +151,7 @@ fn output(meta: &ResultMeta) -> (Value, bool) {
 }
 
 /// The output line of a call not finished in time.
-fn pending(id: &str, state: &str) -> Value {
+pub(crate) fn pending(id: &str, state: &str) -> Value {
     json!({"error": {
         "state": state,
         "type": "TimeoutError",
@@ -143,7 +161,7 @@ fn pending(id: &str, state: &str) -> Value {
 }
 
 /// The progress bar: on standard error, and only when it is a terminal.
-fn progress(n: usize, hidden: bool) -> ProgressBar {
+pub(crate) fn progress(n: usize, hidden: bool) -> ProgressBar {
     if hidden || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -163,6 +181,34 @@ pub(crate) fn run(conn: &Conn, mut args: MapArgs) -> Result<ExitCode> {
     let queue = args.queue.clone().unwrap_or_default();
     let calls = read_lines(&args.args_file)?;
     let secret = args.signing.secret()?;
+    let with_kwargs = calls.iter().position(|(_, k)| !k.is_empty());
+    match (args.chunk, with_kwargs) {
+        (ChunkSize::Fixed(1), _) => {}
+        (ChunkSize::Auto, Some(_)) => {
+            eprintln!("keyword arguments in the calls: one message per call (no chunks)");
+        }
+        (_, Some(i)) => bail!(
+            "call {} has keyword arguments, and --chunk N sends positional arguments only \
+             (Celery's starmap); use --chunk 1",
+            i + 1
+        ),
+        (_, None) => {
+            return crate::cli::runtime()?.block_on(crate::cli::map_chunks::run(
+                conn,
+                &args.name,
+                &queue,
+                calls.into_iter().map(|(a, _)| a).collect(),
+                secret,
+                crate::cli::map_chunks::Options {
+                    chunk: args.chunk,
+                    timeout: args.timeout,
+                    no_progress: args.no_progress,
+                    sent_event: args.sent_event,
+                    stats: args.stats,
+                },
+            ));
+        }
+    }
     let mut messages = Vec::with_capacity(calls.len());
     for (a, k) in calls {
         let mut msg: Message = Call::<Value>::new(args.name.clone())

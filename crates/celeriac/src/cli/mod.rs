@@ -32,6 +32,7 @@ mod events;
 mod inspect;
 mod logging;
 mod map;
+mod map_chunks;
 mod parse;
 mod probe;
 mod purge;

@@ -109,6 +109,7 @@ impl Server {
 fn chunk_end(end: &JobEnd) -> ChunkEnd {
     match end {
         JobEnd::Meta(meta) => ChunkEnd::from_meta((**meta).clone()),
+        JobEnd::Local(success) => ChunkEnd::from_meta(success.meta()),
         JobEnd::Error(JobError::Task(e)) => ChunkEnd::failed(MapError::Task(e.clone())),
         JobEnd::Error(e) => ChunkEnd::failed(transport(e.clone())),
     }

@@ -2,31 +2,8 @@
 //! acknowledging messages in one step, which a broker offers
 //! ([`Transport::settle_with`](super::Transport::settle_with)) when it
 //! keeps its messages in the same store as the result backend (the same
-//! Redis server and database, the same SQLite file).
-//!
-//! Without it a worker settles a batch of finished tasks in two or three
-//! calls: [`ResultBackend::store_many`](super::ResultBackend::store_many),
-//! [`ChordJoin::part_return_many`](super::ChordJoin::part_return_many) for
-//! each chord in the batch, then
-//! [`Transport::ack_many`](super::Transport::ack_many). Together they are
-//! one request, with the same order and the same guarantees:
-//!
-//! - a result is stored **before** its message is acknowledged (in one
-//!   atomic step here, so nothing can happen in between);
-//! - a chord header part is joined after its result is stored and before
-//!   its message is acknowledged, and counted once however often it is
-//!   joined (the backend's dedupe);
-//! - the parts of a chord that this batch completes are **held back**, not
-//!   acknowledged ([`Fate::HeldBack`]): the worker sends the chord's body
-//!   first, then acknowledges them, so that a worker killed before the
-//!   body is sent leaves a part to come back and complete the chord;
-//! - the stored results, their keys and their notification are what the
-//!   result backend itself writes.
-//!
-//! A call that fails may have done all, part or none of this: every step
-//! is safe to run again (a stored SUCCESS is never overwritten, a part is
-//! counted once, an ack of a message nobody holds changes nothing), so a
-//! caller falls back to the separate calls for the same batch.
+//! Redis server and database, the same SQLite file). The trait's docs
+//! state the guarantees.
 
 use std::fmt;
 
@@ -89,7 +66,30 @@ impl Settled {
 
 /// Stores results, joins chord header parts and acknowledges messages in
 /// one step, for a broker that shares its store with the result backend.
-/// See the [module docs](self) for the guarantees.
+///
+/// Without it a worker settles a batch of finished tasks in two or three
+/// calls: [`ResultBackend::store_many`](super::ResultBackend::store_many),
+/// [`ChordJoin::part_return_many`](super::ChordJoin::part_return_many) for
+/// each chord in the batch, then
+/// [`Transport::ack_many`](super::Transport::ack_many). Together they are
+/// one request, with the same order and the same guarantees:
+///
+/// - a result is stored **before** its message is acknowledged (in one
+///   atomic step here, so nothing can happen in between);
+/// - a chord header part is joined after its result is stored and before
+///   its message is acknowledged, and counted once however often it is
+///   joined (the backend's dedupe);
+/// - the parts of a chord that this batch completes are **held back**, not
+///   acknowledged ([`Fate::HeldBack`]): the worker sends the chord's body
+///   first, then acknowledges them, so that a worker killed before the
+///   body is sent leaves a part to come back and complete the chord;
+/// - the stored results, their keys and their notification are what the
+///   result backend itself writes.
+///
+/// A call that fails may have done all, part or none of this: every step
+/// is safe to run again (a stored SUCCESS is never overwritten, a part is
+/// counted once, an ack of a message nobody holds changes nothing), so a
+/// caller falls back to the separate calls for the same batch.
 ///
 /// # Examples
 ///

@@ -47,7 +47,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use policy::{ChunkPolicy, ChunkSize, Measured};
-pub use stream::{AutoMap, ChunkEnd, MapStream, SendChunk, publish_and_wait, seen_workers};
+pub use stream::{
+    AutoMap, ChunkEnd, MapStream, SendChunk, chunk_message, publish_and_wait, seen_workers,
+};
 
 use crate::{Call, IntoArgs, TaskError};
 

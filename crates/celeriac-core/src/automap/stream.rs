@@ -174,15 +174,10 @@ impl<T> AutoMap<T> {
         self.with_sender(Box::new(move |call: Call<Value>| {
             let (broker, backend, secret) = (broker.clone(), backend.clone(), secret.clone());
             Box::pin(async move {
-                let mut msg = match call.to_message() {
+                let msg = match chunk_message(&call, secret.as_ref()) {
                     Ok(m) => m,
-                    Err(e) => return ChunkEnd::failed(MapError::Task(e)),
+                    Err(end) => return end,
                 };
-                if let Some(s) = &secret
-                    && let Err(e) = s.sign(&mut msg)
-                {
-                    return ChunkEnd::failed(MapError::Transport(Arc::new(e)));
-                }
                 publish_and_wait(&*broker, &*backend, &msg, true).await
             })
         }))
@@ -199,6 +194,20 @@ pub async fn seen_workers(broker: &dyn Broker) -> usize {
         },
         Err(_) => UNSEEN_WORKERS,
     }
+}
+
+/// A chunk's message: the `celery.starmap` call encoded and, with a
+/// secret, signed. A call that cannot be encoded or signed ends the
+/// chunk as failed (`Err`), with the cause.
+pub fn chunk_message(call: &Call<Value>, secret: Option<&Secret>) -> Result<Message, ChunkEnd> {
+    let mut msg = call
+        .to_message()
+        .map_err(|e| ChunkEnd::failed(MapError::Task(e)))?;
+    if let Some(s) = secret {
+        s.sign(&mut msg)
+            .map_err(|e| ChunkEnd::failed(MapError::Transport(Arc::new(e))))?;
+    }
+    Ok(msg)
 }
 
 /// Publishes one chunk's message (signed already, if it must be) and

@@ -5,11 +5,10 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use celeriac::automap::{ChunkEnd, ChunkSize, MapError, publish_and_wait, seen_workers};
+use celeriac::automap::{ChunkSize, MapError, chunk_message, publish_and_wait, seen_workers};
 use celeriac::{Call, Secret, TaskErrorKind};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -75,15 +74,10 @@ pub(crate) async fn run(
         .with_sender(Box::new(move |call: Call<Value>| {
             let (broker, backend, secret) = (broker.clone(), backend.clone(), secret.clone());
             Box::pin(async move {
-                let mut msg = match call.to_message() {
+                let msg = match chunk_message(&call, secret.as_ref()) {
                     Ok(m) => m,
-                    Err(e) => return ChunkEnd::failed(MapError::Task(e)),
+                    Err(end) => return end,
                 };
-                if let Some(s) = &secret
-                    && let Err(e) = s.sign(&mut msg)
-                {
-                    return ChunkEnd::failed(MapError::Transport(Arc::new(e)));
-                }
                 if sent_event {
                     crate::cli::events::send_sent(&broker, std::slice::from_ref(&msg)).await;
                 }

@@ -41,12 +41,20 @@
 //! worker's memory.
 //!
 //! When the lists are empty, an idle consumer waits on a **dedicated
-//! connection** with `BLMOVE Q Q RIGHT RIGHT` on its first queue's list. On one
-//! list that is a rotation of the last element onto itself: it blocks until a
-//! message arrives and leaves the list unchanged, so nothing leaves Redis
-//! outside the claim script. The claim runs as soon as the wait returns. The
-//! wait lasts at most 250 ms and is then re-issued, which also bounds the
-//! idle latency of the lists it does not watch (other queues, priority
+//! connection** with a blocking `BLMOVE` on its first queue's list, and
+//! sends the claim script right behind it in the same pipeline: Redis runs
+//! it the moment the wait ends, so a wake-up costs no round trip of its
+//! own. The wait moves the message into the consumer's **inbox**
+//! (`celeriac.inbox.<consumer id>.<n>`, registered in `celeriac.inboxes`),
+//! a list only that consumer's claims pop, and the claim takes it from
+//! there into `unacked` like any other; since the wait's reply already
+//! carried the message, the claim's reply leaves it out, so a message
+//! crosses the network once. A message sits in an inbox only between the
+//! wait's end and the claim, which Redis runs back to back; if the process
+//! is killed right then, live consumers put it back on its list once its
+//! liveness lease lapses (below). Python workers do not look in inboxes.
+//! The wait lasts at most 250 ms and is then re-issued, which also bounds
+//! the idle latency of the lists it does not watch (other queues, priority
 //! sub-lists). Its connection has a response timeout: a wait that goes
 //! silent (a half-open socket after a broker restart) fails, and it is
 //! re-issued on a fresh connection. Celery workers can stop consuming after
@@ -69,8 +77,9 @@
 //! a TTL of 10 s renewed every 2 s, and the claim token of every message it
 //! claims starts with that id. Once the lease lapses (the process was
 //! killed, or is cut off from Redis), live celeriac consumers restore its
-//! messages at once, as above. So a worker killed with SIGKILL has its
-//! messages run again within seconds. kombu's structures are unchanged:
+//! messages at once, as above, and empty its inboxes back onto their
+//! lists. So a worker killed with SIGKILL has its messages run again
+//! within seconds. kombu's structures are unchanged:
 //! Python workers restore by the visibility timeout, as before.
 //!
 //! A claim whose reply is lost (the script ran, the connection dropped) is

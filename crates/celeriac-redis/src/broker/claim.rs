@@ -18,12 +18,17 @@
 //!   visibility timeout), a claim first gives back messages whose lease
 //!   lapsed and the messages of consumers whose liveness lease lapsed.
 //!
+//! - **Waits.** An idle consumer's blocking wait and the claim after it
+//!   go in one round trip; see `wake.rs`.
+//!
 //! Per claim, this costs the script four `TYPE` calls (the bookkeeping
 //! keys it writes: `unacked`, `unacked_index`, `celeriac.claims`,
 //! `celeriac.deliveries`; the delayed set is checked by its read and each
-//! list by its pop) and, when it took messages, one more field in the claim
-//! table's `HSET` (the batch record, encoded with cjson). No extra round
-//! trip, no extra key. A resumed claim costs one `HGET` more.
+//! list by its pop), one pop of the consumer's inbox (usually empty; one
+//! `LLEN` more after a wait that moved a message there) and, when it took
+//! messages, one more field in the claim table's `HSET` (the batch record,
+//! encoded with cjson). No extra round trip. A resumed claim costs one
+//! `HGET` more.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -32,29 +37,43 @@ use celeriac_core::time::unix_now;
 use celeriac_core::{BrokerError, Delivery, validate_queue_name};
 use redis::aio::ConnectionManager;
 
+use super::wake::INBOX_PREFIX;
 use super::{MAX_BATCH, PRIORITY_STEPS, RedisBroker, SEP, conn_err, payload_redelivered};
 use crate::liveness::{LEASE, RENEW_EVERY};
 
 /// A consumer name's claim state in one broker handle.
 #[derive(Debug)]
 pub(super) struct Claimer {
-    /// Its batch key's number, unique within the handle.
+    /// Its batch key's and its inbox's number, unique within the handle.
     slot: usize,
     /// The token of a claim that failed (its reply may have been lost):
     /// the next claim resumes it.
     pending: Option<String>,
+    /// Its inbox (see `wake.rs`).
+    pub(super) inbox: super::wake::Inbox,
 }
 
 /// The prefix of the claim table's fields that hold batch records (a
 /// delivery tag never starts with a NUL).
 const BATCH_FIELD: &str = "\0celeriac-batch:";
 
-/// The token of one claim, whether it resumes a failed one, and the field
-/// of its batch record.
-struct Attempt {
+/// The token of one claim, whether it resumes a failed one, the field of
+/// its batch record, and its consumer's inbox.
+pub(super) struct Attempt {
     token: String,
     resume: bool,
     record: String,
+    /// The inbox's field in the registry (`<consumer id>.<slot>`).
+    pub(super) inbox_field: String,
+    /// The inbox's key.
+    pub(super) inbox: String,
+    /// The queue the inbox's messages came from.
+    inbox_queue: String,
+    /// Whether the wait before this claim moves its message into the
+    /// inbox (it holds the inbox; see `wake.rs`).
+    pub(super) wake: bool,
+    /// The inbox's epoch when the attempt was made.
+    pub(super) epoch: u64,
 }
 
 impl RedisBroker {
@@ -74,35 +93,35 @@ impl RedisBroker {
         }
         self.ensure_pidbox(&conn);
         let deadline = Instant::now() + timeout;
+        let max = max.clamp(1, MAX_BATCH);
         // The first queue's default list is watched with a blocking wait;
         // the others are checked by the claim after each wait.
         let watched = queues.first().map(|q| self.list_key(q, 0));
+        // How long the next claim waits first (none: it claims at once).
+        let mut wait: Option<Duration> = None;
         loop {
             self.ensure_alive(&mut conn).await?;
             self.maybe_restore(&mut conn).await?;
-            let attempt = self.attempt(consumer);
-            let mut inv = self.scripts.claim.prepare_invoke();
-            for k in self.bookkeeping() {
-                inv.key(k);
-            }
-            inv.arg(unix_now())
-                .arg(max.clamp(1, MAX_BATCH))
-                .arg(&attempt.token)
-                .arg(&self.opts.prefix)
-                .arg(if attempt.resume { "1" } else { "0" })
-                .arg(&attempt.record)
-                .arg(SEP);
-            for s in PRIORITY_STEPS {
-                for q in queues {
-                    inv.key(self.list_key(q, s));
-                    inv.arg(q);
-                }
-            }
+            let waiting = wait.take().zip(watched.as_deref());
+            let attempt = self.attempt(consumer, queues, waiting.is_some());
+            let inv = self.claim_invocation(&attempt, queues, max);
             // On an error the attempt stays pending: the next claim of this
             // consumer resumes it.
-            let raw: Vec<redis::Value> = inv.invoke_async(&mut conn).await.map_err(conn_err)?;
-            self.settled(consumer);
-            let (resumed, out) = parse_claim(&raw, &attempt.token)?;
+            let (raw, woke) = match waiting {
+                Some((block, list)) => match self
+                    .wait_then_claim(consumer, &attempt, list, block, &inv)
+                    .await?
+                {
+                    Some(got) => got,
+                    // The script was not loaded: claim at once, which loads
+                    // it (and takes what the wait moved to the inbox).
+                    None => continue,
+                },
+                None => (inv.invoke_async(&mut conn).await.map_err(conn_err)?, None),
+            };
+            let (resumed, out) = parse_claim(&raw, &attempt.token, woke)?;
+            // A new claim that took fewer than it could emptied the inbox.
+            self.settled(consumer, &attempt, !resumed && out.len() < max);
             if resumed {
                 tracing::info!(
                     count = out.len(),
@@ -116,46 +135,90 @@ impl RedisBroker {
             if now >= deadline {
                 return Ok(Vec::new());
             }
-            let wait = (deadline - now).min(crate::conn::BLOCK_FOR);
-            match &watched {
-                Some(list) => self.wait_for(list, wait).await?,
-                None => tokio::time::sleep(wait).await,
+            let pause = (deadline - now).min(crate::conn::BLOCK_FOR);
+            if watched.is_some() {
+                wait = Some(pause);
+            } else {
+                tokio::time::sleep(pause).await;
             }
         }
     }
 
-    /// The token for the next claim of `consumer`: the pending one (a
-    /// claim that failed) to resume, or a new one, now pending until its
-    /// reply arrives.
-    fn attempt(&self, consumer: &str) -> Attempt {
+    /// The claim script's invocation for `attempt`: the bookkeeping keys,
+    /// the inbox, then every queue's lists in priority order.
+    fn claim_invocation<'a>(
+        &'a self,
+        attempt: &Attempt,
+        queues: &[String],
+        max: usize,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = self.scripts.claim.prepare_invoke();
+        for k in self.bookkeeping() {
+            inv.key(k);
+        }
+        inv.arg(unix_now())
+            .arg(max)
+            .arg(&attempt.token)
+            .arg(&self.opts.prefix)
+            .arg(if attempt.resume { "1" } else { "0" })
+            .arg(&attempt.record)
+            .arg(SEP)
+            .arg(if attempt.wake { "1" } else { "0" });
+        inv.key(&attempt.inbox).arg(&attempt.inbox_queue);
+        for s in PRIORITY_STEPS {
+            for q in queues {
+                inv.key(self.list_key(q, s));
+                inv.arg(q);
+            }
+        }
+        inv
+    }
+
+    /// The next claim of `consumer`: the pending token (a claim that
+    /// failed) to resume, or a new one, now pending until its reply
+    /// arrives. `waiting`: a blocking wait goes first, which takes the
+    /// consumer's inbox if it is free and empty.
+    fn attempt(&self, consumer: &str, queues: &[String], waiting: bool) -> Attempt {
         let mut claimers = self.claimers.lock();
         let slot = claimers.len();
         let c = claimers.entry(consumer.to_string()).or_insert(Claimer {
             slot,
             pending: None,
+            inbox: Default::default(),
         });
-        let record = format!("{BATCH_FIELD}{}.{}", self.liveness.id(), c.slot);
-        if let Some(token) = &c.pending {
-            return Attempt {
-                token: token.clone(),
-                resume: true,
-                record,
-            };
-        }
-        let n = self.next_claim.fetch_add(1, Ordering::Relaxed);
-        let token = format!("{}:{n}", self.liveness.id());
-        c.pending = Some(token.clone());
+        let id = self.liveness.id();
+        let record = format!("{BATCH_FIELD}{id}.{}", c.slot);
+        let inbox_field = format!("{id}.{}", c.slot);
+        let wake = waiting && c.inbox.take(queues.first().map(String::as_str));
+        let (token, resume) = match &c.pending {
+            Some(token) => (token.clone(), true),
+            None => {
+                let n = self.next_claim.fetch_add(1, Ordering::Relaxed);
+                let token = format!("{id}:{n}");
+                c.pending = Some(token.clone());
+                (token, false)
+            }
+        };
         Attempt {
             token,
-            resume: false,
+            resume,
             record,
+            inbox: self.key(&format!("{INBOX_PREFIX}{inbox_field}")),
+            inbox_field,
+            inbox_queue: c.inbox.queue(queues.first().map(String::as_str)),
+            wake,
+            epoch: c.inbox.epoch(),
         }
     }
 
-    /// The claim of `consumer` got its reply: nothing to resume.
-    fn settled(&self, consumer: &str) {
+    /// The claim of `consumer` got its reply: nothing to resume; `drained`:
+    /// it emptied the inbox.
+    fn settled(&self, consumer: &str, attempt: &Attempt, drained: bool) {
         if let Some(c) = self.claimers.lock().get_mut(consumer) {
             c.pending = None;
+            if drained {
+                c.inbox.drained(attempt.epoch);
+            }
         }
     }
 
@@ -225,6 +288,7 @@ impl RedisBroker {
             .key(claims)
             .key(self.key("unacked_mutex"))
             .key(self.key("celeriac.consumers"))
+            .key(self.key(super::wake::INBOXES))
             .arg(cutoff)
             .arg(1000)
             .arg(&self.opts.prefix)
@@ -269,8 +333,13 @@ async fn keep_alive_loop(me: std::sync::Weak<RedisBroker>) {
 }
 
 /// The claim script's reply: whether it resumed a batch, and the
-/// deliveries.
-fn parse_claim(raw: &[redis::Value], token: &str) -> Result<(bool, Vec<Delivery>), BrokerError> {
+/// deliveries. `woke`: the message the wait's reply carried, which the
+/// script leaves out (it sends its length instead).
+fn parse_claim(
+    raw: &[redis::Value],
+    token: &str,
+    mut woke: Option<Vec<u8>>,
+) -> Result<(bool, Vec<Delivery>), BrokerError> {
     let Some((flag, rest)) = raw.split_first() else {
         return Ok((false, Vec::new()));
     };
@@ -278,8 +347,18 @@ fn parse_claim(raw: &[redis::Value], token: &str) -> Result<(bool, Vec<Delivery>
     let mut out = Vec::with_capacity(rest.len() / 5);
     for chunk in rest.chunks_exact(5) {
         let queue: String = redis::from_redis_value_ref(&chunk[0]).map_err(BrokerError::storage)?;
-        let payload: Vec<u8> =
-            redis::from_redis_value_ref(&chunk[1]).map_err(BrokerError::storage)?;
+        let payload: Vec<u8> = match &chunk[1] {
+            // The message the wait's reply carried. Anything else is a
+            // reply this handle cannot read: the claim fails, and the next
+            // one resumes its batch (with every payload).
+            redis::Value::Int(len) => woke
+                .take()
+                .filter(|m| i64::try_from(m.len()) == Ok(*len))
+                .ok_or_else(|| {
+                    BrokerError::storage_msg("the claim left out a message the wait did not carry")
+                })?,
+            v => redis::from_redis_value_ref(v).map_err(BrokerError::storage)?,
+        };
         let tag: String = redis::from_redis_value_ref(&chunk[2]).map_err(BrokerError::storage)?;
         let count: u32 = redis::from_redis_value_ref(&chunk[3]).map_err(BrokerError::storage)?;
         let revoked: i64 = redis::from_redis_value_ref(&chunk[4]).map_err(BrokerError::storage)?;

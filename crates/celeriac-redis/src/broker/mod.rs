@@ -4,6 +4,8 @@
 //!   that settle a claimed message (ack, renew, requeue);
 //! - `claim.rs`: the claim loop, resumable claims, the liveness lease and
 //!   the restore of messages whose holder is gone;
+//! - `wake.rs`: an idle consumer's blocking wait, its inbox, and the claim
+//!   sent behind the wait in the same round trip;
 //! - `dead_letters.rs`: the dead-letter store;
 //! - `control.rs`: revokes (and Celery's pidbox broadcasts), rate-limit
 //!   buckets, the node registry;
@@ -22,6 +24,7 @@ mod control;
 mod dead_letters;
 mod events;
 mod remote;
+mod wake;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -227,39 +230,6 @@ impl RedisBroker {
             self.pidbox_channel(),
             self.opts.prefix.clone(),
         ));
-    }
-
-    /// Blocks until `list` is non-empty or `timeout` passes, without taking
-    /// anything: `BLMOVE list list RIGHT RIGHT` moves the last element to the
-    /// end of the same list, which leaves the list as it was. The claim
-    /// script runs afterwards, so messages still leave the list only
-    /// atomically with their `unacked` record.
-    async fn wait_for(&self, list: &str, timeout: Duration) -> Result<(), BrokerError> {
-        let pooled = self.blockers.lock().pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => crate::conn::blocking(&self.client)
-                .await
-                .map_err(conn_err)?,
-        };
-        let secs = timeout.as_secs_f64().max(0.01);
-        let r: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("BLMOVE")
-            .arg(list)
-            .arg(list)
-            .arg("RIGHT")
-            .arg("RIGHT")
-            .arg(secs)
-            .query_async(&mut conn)
-            .await;
-        match r {
-            Ok(_) => {
-                self.blockers.lock().push(conn);
-                Ok(())
-            }
-            // A failed or silent wait drops its connection; the next wait
-            // opens a fresh one.
-            Err(e) => Err(conn_err(e)),
-        }
     }
 
     /// Which of `task_ids` have a live key `<prefix><kind><id>` (revokes

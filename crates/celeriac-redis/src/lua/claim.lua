@@ -4,23 +4,34 @@
 -- that a claim whose reply was lost can be resumed. Due delayed messages
 -- are moved onto their lists first.
 --
+-- The first list is the consumer's inbox: the blocking wait that wakes an
+-- idle consumer moves the message it waited for there (`BLMOVE`), and this
+-- script, sent in the same round trip right behind it, takes it from
+-- there (see broker/wake.rs). With `wake` set and exactly one message in
+-- the inbox, that message is the one the wait's reply carried: its
+-- payload is not sent again (its length stands in for it), so a big
+-- message crosses the network once.
+--
 -- The bookkeeping is written with one multi-field command per structure
 -- for the whole batch (`RPOP key count`, `HSET` with many fields, ...):
 -- inside a script each `redis.call` costs microseconds, so the per-message
 -- cost is what matters (see BENCHMARKS.md, W1). The batch record is one
 -- more field of the claim table's HSET, not a command of its own.
 --
--- KEYS: unacked, unacked_index, claims, deliveries, delayed, list...
+-- KEYS: unacked, unacked_index, claims, deliveries, delayed, inbox, list...
 -- ARGV: now, max, token, key prefix, resume (1: this token's reply was
 --       lost, return its recorded batch), the consumer's batch field in the
---       claim table, separator, queue name of each list (ARGV[i + 2] for
---       KEYS[i], from 8 on)
--- Returns a flag (1: a resumed batch, 0: a new one), then queue, message,
--- tag, delivery count and a revoked flag for each message claimed.
+--       claim table, separator, wake (1: the inbox's one message came with
+--       the wait's reply), then the queue name of each list from the inbox
+--       on (ARGV[i + 3] for KEYS[i], from 6 on)
+-- Returns a flag (1: a resumed batch, 0: a new one), then queue, message
+-- (or, for the message the wait's reply carried, its length), tag,
+-- delivery count and a revoked flag for each message claimed.
 local unacked, index, claims, deliveries, delayed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local batch = ARGV[6]
--- The first list key.
-local FIRST = 6
+-- The first list key (the inbox), and the offset of its queue name in ARGV.
+local FIRST, NAMES = 6, 3
+local INBOX = FIRST
 local now = tonumber(ARGV[1])
 local max = tonumber(ARGV[2])
 local token = ARGV[3]
@@ -163,6 +174,8 @@ end
 -- the earlier pops took is put back exactly where it was before the claim
 -- is refused, so nothing has changed.
 local queues, msgs, taken = {}, {}, {}
+-- The index of the message the wait's reply carried, if any.
+local woke = nil
 for i = FIRST, #KEYS do
   if #msgs >= max then break end
   local got, t = pop(KEYS[i], max - #msgs)
@@ -174,8 +187,11 @@ for i = FIRST, #KEYS do
     refuse(KEYS[i], t, 'list')
   end
   if #got > 0 then table.insert(taken, {key = KEYS[i], m = got}) end
+  if i == INBOX and ARGV[8] == '1' and #got == 1 and redis.call('LLEN', KEYS[i]) == 0 then
+    woke = 1
+  end
   for _, m in ipairs(got) do
-    table.insert(queues, ARGV[i + 2])
+    table.insert(queues, ARGV[i + NAMES])
     table.insert(msgs, m)
   end
 end
@@ -220,7 +236,7 @@ end
 local out = {0}
 for j, m in ipairs(msgs) do
   table.insert(out, queues[j])
-  table.insert(out, m)
+  if j == woke then table.insert(out, #m) else table.insert(out, m) end
   table.insert(out, tags[j])
   table.insert(out, counts[j])
   table.insert(out, revoked[j] or 0)

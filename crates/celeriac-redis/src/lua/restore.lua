@@ -9,24 +9,30 @@
 --    messages come back in seconds, not after the visibility timeout. The
 --    consumers that may hold claims are the members of `celeriac.consumers`;
 --    a claim's token starts with its consumer's id. Their batch records
---    (fields of the claim table) are removed too.
+--    (fields of the claim table) are removed too, and what their inboxes
+--    hold (a message a blocking wait moved there whose claim never ran:
+--    the process was killed in between) goes back to the front of the
+--    list it came from, as it was (it was never delivered).
 --
 -- A message whose queue's key holds something other than a list, or whose
 -- entry cannot be decoded, is dead-lettered with the reason instead.
 -- Nothing is done while a Python worker holds `unacked_mutex`.
 --
--- KEYS: unacked, unacked_index, claims, mutex, consumers.
+-- KEYS: unacked, unacked_index, claims, mutex, consumers, inboxes (the
+--       registry of inboxes: `<consumer id>.<n>` -> the list its wait
+--       watches; the inbox itself is `<prefix>celeriac.inbox.<consumer id>.<n>`).
 -- ARGV: cutoff, limit, key prefix, separator, judge (1/0), now, the
 --       prefix of batch record fields in the claim table.
 -- Returns {restored after the visibility timeout, restored from dead
 -- consumers, dead consumers}, or {-1, 0, 0} while the mutex is held.
-local unacked, index, claims, consumers = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
+local unacked, index, claims, consumers, inboxes = KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6]
 if redis.call('EXISTS', KEYS[4]) == 1 then return {-1, 0, 0} end
 local prefix, sep, now, BATCH = ARGV[3], ARGV[4], tonumber(ARGV[6]), ARGV[7]
 expect(unacked, 'hash')
 expect(index, 'zset')
 expect(claims, 'hash')
 expect(consumers, 'set')
+expect(inboxes, 'hash')
 
 -- Puts one message back; false (changing nothing) when it can go neither
 -- to its queue nor to the dead-letter store.
@@ -85,6 +91,30 @@ local function restore(tag, n)
   return true
 end
 
+-- Gives back what a dead consumer's inbox holds: onto the front of the
+-- list it came from, oldest frontmost, or to the dead-letter store when
+-- that key holds something else. Returns how many, and false when some
+-- could go nowhere (they stay).
+local function empty_inbox(inbox, source, n)
+  if not listable(inbox) then return 0, true end
+  local moved = 0
+  if listable(source) then
+    while redis.call('LMOVE', inbox, source, 'LEFT', 'RIGHT') do moved = moved + 1 end
+    return moved, true
+  end
+  local why = 'restored from a dead consumer\'s inbox, but its queue\'s key "' .. source
+    .. '" holds a ' .. redis.call('TYPE', source)['ok'] .. ', not a list'
+  while true do
+    local m = redis.call('RPOP', inbox)
+    if not m then return moved, true end
+    if not bury(prefix, queue_of(prefix, sep, source), why, m, now, n + moved) then
+      redis.call('RPUSH', inbox, m)
+      return moved, false
+    end
+    moved = moved + 1
+  end
+end
+
 local lapsed = redis.call('ZRANGEBYSCORE', index, '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local done = {}
 local restored, orphaned, dead = 0, 0, 0
@@ -120,6 +150,15 @@ if ARGV[5] == '1' then
       end
     end
     for _, field in ipairs(records) do redis.call('HDEL', claims, field) end
+    local reg = redis.call('HGETALL', inboxes)
+    for i = 1, #reg, 2 do
+      local holder = string.match(reg[i], '^([^.]*)%.')
+      if holder and gone[holder] then
+        local moved, ok = empty_inbox(prefix .. 'celeriac.inbox.' .. reg[i], reg[i + 1], #lapsed + #all + i)
+        orphaned = orphaned + moved
+        if ok then redis.call('HDEL', inboxes, reg[i]) else kept = true end
+      end
+    end
     -- A consumer stays listed while any of its claims could not be given
     -- back, so a later pass tries again.
     if not kept then

@@ -116,7 +116,6 @@ async fn ambiguous_envelopes_are_decoded_in_full() {
 /// listing (`inspect scheduled`) and purging see every entry across pages.
 #[tokio::test]
 async fn delayed_messages_across_pages_are_counted_listed_and_purged() {
-    use celeriac_core::Transport;
     let f = redis(Duration::from_secs(30));
     let now = celeriac_core::time::unix_now();
     // 2,500 on `paged` (priority 0 and 9 alternating) and 1,000 on `other`,

@@ -233,6 +233,17 @@ impl RedisBroker {
         ));
     }
 
+    /// An idle dedicated connection for a blocking command, or a new one.
+    /// Give it back (`blockers`) when its command succeeded; a failed or
+    /// silent one is dropped, and the next wait opens a fresh one.
+    async fn blocker(&self) -> Result<redis::aio::MultiplexedConnection, BrokerError> {
+        let pooled = self.blockers.lock().pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => crate::conn::blocking(&self.client).await.map_err(conn_err),
+        }
+    }
+
     /// Which of `task_ids` have a live key `<prefix><kind><id>` (revokes
     /// and terminations are keys with a TTL).
     async fn live_ids(&self, kind: &str, task_ids: &[String]) -> Result<Vec<String>, BrokerError> {

@@ -210,13 +210,7 @@ impl Control for RedisBroker {
         oid: &str,
         wait: Duration,
     ) -> Result<Vec<ControlReply>, BrokerError> {
-        let pooled = self.blockers.lock().pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => crate::conn::blocking(&self.client)
-                .await
-                .map_err(conn_err)?,
-        };
+        let mut conn = self.blocker().await?;
         let secs = wait.min(MAX_WAIT).as_secs_f64().max(0.01);
         let got: Option<(String, Vec<u8>)> = redis::cmd("BRPOP")
             .arg(self.reply_lists(oid))

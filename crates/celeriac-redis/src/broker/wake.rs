@@ -151,13 +151,7 @@ impl RedisBroker {
             consumer,
             ok: false,
         });
-        let pooled = self.blockers.lock().pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => crate::conn::blocking(&self.client)
-                .await
-                .map_err(conn_err)?,
-        };
+        let mut conn = self.blocker().await?;
         let secs = timeout.as_secs_f64().max(0.01);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();

@@ -196,3 +196,46 @@ async fn a_message_left_in_a_dead_consumers_inbox_goes_back_to_its_queue() {
     .await;
     assert_eq!(registered, 0, "the dead consumer's inbox is forgotten");
 }
+
+/// Calls of `command` the server has run so far.
+async fn calls(url: &str, command: &str) -> u64 {
+    let info: String = raw(url, redis::cmd("INFO").arg("commandstats")).await;
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn right_after_a_claim_that_emptied_the_lists_the_next_one_starts_with_its_wait() {
+    if !RedisServer::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let url = server.url("");
+    let broker = RedisBroker::open(&url).unwrap();
+    let (o, _) = out("celery", 0, None);
+    broker.publish(o).await.unwrap();
+    // Took one of the two it could: every list was empty.
+    let got = broker
+        .claim("w", &q(&["celery"]), 2, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let (evals, waits) = (calls(&url, "evalsha").await, calls(&url, "blmove").await);
+    let none = broker
+        .claim("w", &q(&["celery"]), 2, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let evals = calls(&url, "evalsha").await - evals;
+    let waits = calls(&url, "blmove").await - waits;
+    assert!(waits >= 1, "it waited");
+    assert_eq!(
+        evals, waits,
+        "every claim script ran behind a wait, none before"
+    );
+    assert_eq!(broker.ack_many(&got).await.unwrap(), vec![true]);
+}

@@ -51,7 +51,14 @@ pub(super) struct Claimer {
     pending: Option<String>,
     /// Its inbox (see `wake.rs`).
     pub(super) inbox: super::wake::Inbox,
+    /// When its last claim found every list empty (it took fewer than it
+    /// could).
+    emptied: Option<Instant>,
 }
+
+/// How soon after a claim that found every list empty the next claim of
+/// the consumer starts with its wait instead of a claim of its own.
+const JUST_EMPTIED: Duration = Duration::from_millis(2);
 
 /// The prefix of the claim table's fields that hold batch records (a
 /// delivery tag never starts with a NUL).
@@ -98,7 +105,15 @@ impl RedisBroker {
         // the others are checked by the claim after each wait.
         let watched = queues.first().map(|q| self.list_key(q, 0));
         // How long the next claim waits first (none: it claims at once).
-        let mut wait: Option<Duration> = None;
+        // Right after a claim that found every list empty, the claim starts
+        // with the wait (which returns at once if the watched list has a
+        // message): a claim of its own would find nothing, and would run
+        // on the shared connection ahead of the settles of the tasks just
+        // claimed.
+        let mut wait = self
+            .just_emptied(consumer)
+            .then(|| timeout.min(crate::conn::BLOCK_FOR))
+            .filter(|w| *w >= Duration::from_millis(10));
         loop {
             self.ensure_alive(&mut conn).await?;
             self.maybe_restore(&mut conn).await?;
@@ -122,6 +137,9 @@ impl RedisBroker {
             let (resumed, out) = parse_claim(&raw, &attempt.token, woke)?;
             // A new claim that took fewer than it could emptied the inbox.
             self.settled(consumer, &attempt, !resumed && out.len() < max);
+            if !out.is_empty() && !resumed && out.len() < max {
+                self.set_emptied(consumer);
+            }
             if resumed {
                 tracing::info!(
                     count = out.len(),
@@ -185,6 +203,7 @@ impl RedisBroker {
             slot,
             pending: None,
             inbox: Default::default(),
+            emptied: None,
         });
         let id = self.liveness.id();
         let record = format!("{BATCH_FIELD}{id}.{}", c.slot);
@@ -208,6 +227,22 @@ impl RedisBroker {
             inbox_queue: c.inbox.queue(queues.first().map(String::as_str)),
             wake,
             epoch: c.inbox.epoch(),
+        }
+    }
+
+    /// Whether the last claim of `consumer` found every list empty just
+    /// now (within [`JUST_EMPTIED`]).
+    fn just_emptied(&self, consumer: &str) -> bool {
+        self.claimers
+            .lock()
+            .get(consumer)
+            .and_then(|c| c.emptied)
+            .is_some_and(|t| t.elapsed() < JUST_EMPTIED)
+    }
+
+    fn set_emptied(&self, consumer: &str) {
+        if let Some(c) = self.claimers.lock().get_mut(consumer) {
+            c.emptied = Some(Instant::now());
         }
     }
 

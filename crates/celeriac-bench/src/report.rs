@@ -601,6 +601,62 @@ fn w6(rows: &Rows, out: &mut String) {
     );
 }
 
+fn w7(rows: &Rows, out: &mut String) {
+    let ours = rows.find("W7", "celeriac-redis", "seconds", &[]);
+    let theirs = rows.find("W7", "python-mp-pool", "seconds", &[]);
+    if ours.is_none() && theirs.is_none() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## W7: auto-batched map across the network\n\n\
+         n tiny `add`s: `celeriac map --chunk auto` through one private Redis \
+         to worker processes (chunk sizes chosen from measured per-item time \
+         and round trip), beside Python's local `multiprocessing.Pool(2)\
+         .starmap` with default chunks (`bench/peers/automap_bench.py`). \
+         Seconds are medians of alternating rounds; the ratio is celeriac's \
+         rate over the pool's (issue 17's target: at least 0.3).\n"
+    );
+    let rate = |r: Option<&Value>| r.and_then(|r| r["rate"].as_f64());
+    let secs = |r: Option<&Value>| r.and_then(|r| r["value"].as_f64());
+    let chunks = ours
+        .and_then(|r| r["chunk_stats"]["chunks"].as_u64())
+        .map_or_else(|| "–".into(), |c| c.to_string());
+    let body = vec![
+        vec![
+            "`celeriac-redis`".into(),
+            int(ours, "n"),
+            int(ours, "worker_processes"),
+            chunks,
+            cell(secs(ours)),
+            cell(rate(ours)),
+            ratio(rate(ours), rate(theirs)),
+        ],
+        vec![
+            "`python-mp-pool`".into(),
+            int(theirs, "n"),
+            "2".into(),
+            "default".into(),
+            cell(secs(theirs)),
+            cell(rate(theirs)),
+            "1.00×".into(),
+        ],
+    ];
+    table(
+        out,
+        &[
+            "system",
+            "n",
+            "processes",
+            "chunks",
+            "seconds",
+            "items/s",
+            "÷ Pool.starmap",
+        ],
+        &body,
+    );
+}
+
 /// Renders the Markdown report of `rows`.
 fn render(rows: &Rows) -> String {
     let mut out = String::new();
@@ -611,6 +667,7 @@ fn render(rows: &Rows) -> String {
     w4(rows, &mut out);
     w5(rows, &mut out);
     w6(rows, &mut out);
+    w7(rows, &mut out);
     out
 }
 
@@ -623,4 +680,43 @@ pub(crate) fn run(files: &[impl AsRef<Path>], markdown: Option<&Path>) -> Result
         std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(lines: &str) -> Rows {
+        Rows(
+            lines
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn w7_compares_the_map_with_the_pool() {
+        let r = rows(concat!(
+            r#"{"workload":"W7","n":1000000,"system":"celeriac-redis","metric":"seconds","value":0.84,"rate":1190476,"worker_processes":2,"chunk_stats":{"chunks":37}}"#,
+            "\n",
+            r#"{"workload":"W7","n":1000000,"system":"python-mp-pool","metric":"seconds","value":0.2,"rate":5000000}"#,
+        ));
+        let text = render(&r);
+        assert!(text.contains("## W7"), "{text}");
+        let ours = text
+            .lines()
+            .find(|l| l.starts_with("| `celeriac-redis`"))
+            .expect("celeriac's row");
+        assert!(ours.contains("| 37 |"), "{ours}");
+        assert!(ours.ends_with("| 0.24× |"), "{ours}");
+    }
+
+    #[test]
+    fn w7_is_left_out_without_its_lines() {
+        let r = rows(
+            r#"{"workload":"W6","system":"celery-prefork","metric":"group_drain","value":1.0}"#,
+        );
+        assert!(!render(&r).contains("W7"));
+    }
 }

@@ -5,51 +5,21 @@
 //! and a Python Celery worker running the chunks (they are Celery's own
 //! `celery.starmap` messages).
 
+mod cluster_nodes;
+
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+
+use cluster_nodes::{jobs_of, node, wait_for_node};
 
 use celeriac::automap::ChunkSize;
 use celeriac::{Call, JobError, Server};
-use celeriac_testkit::process::LoggedChild;
 use celeriac_testkit::python::{CeleryWorker, interop_python as python};
 use celeriac_testkit::redis_server::RedisServer;
 use celeriac_testkit::site::Site;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
-
-/// A `celeriac worker` node on `url` with two threads, reserving one
-/// message per slot.
-fn node(url: &str, dir: &Path, name: &str) -> LoggedChild {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["worker", "--broker", url, "-n", name])
-        .args(["--prefetch-multiplier", "1", "-c", "2"])
-        .env_remove("CELERIAC_SECRET");
-    LoggedChild::spawn(cmd, dir, name)
-}
-
-/// Waits until `server` sees every one of `nodes` (a hang guard of 30 s).
-fn wait_for_nodes(server: &Server, nodes: &[&str]) {
-    let start = Instant::now();
-    while !nodes.iter().all(|n| server.active_nodes().contains_key(*n)) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "nodes never showed: {:?}",
-            server.active_nodes()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn jobs_of(server: &Server, node: &str) -> u64 {
-    server
-        .stats()
-        .nodes
-        .iter()
-        .find(|n| n.node == node)
-        .map_or(0, |n| n.jobs)
-}
 
 #[test]
 fn server_map_runs_chunks_on_two_worker_processes() {
@@ -60,10 +30,11 @@ fn server_map_runs_chunks_on_two_worker_processes() {
     let url = redis.url("");
     let logs = tempfile::tempdir().unwrap();
     let (a, b) = ("map-a@cluster", "map-b@cluster");
-    let _a = node(&url, logs.path(), a);
-    let _b = node(&url, logs.path(), b);
+    let _a = node(&url, logs.path(), a, 2, None);
+    let _b = node(&url, logs.path(), b, 2, None);
     let server = Server::builder().broker(&url).workers(0).build().unwrap();
-    wait_for_nodes(&server, &[a, b]);
+    wait_for_node(&server, a, 2);
+    wait_for_node(&server, b, 2);
 
     // Adaptive: every result in order, chunks growing from 8.
     let n = 100_000i64;
@@ -170,8 +141,8 @@ fn cli_map_chunks_auto_and_fixed_through_redis() {
     let redis = RedisServer::start();
     let url = redis.url("");
     let dir = tempfile::tempdir().unwrap();
-    let _a = node(&url, dir.path(), "cli-a@cluster");
-    let _b = node(&url, dir.path(), "cli-b@cluster");
+    let _a = node(&url, dir.path(), "cli-a@cluster", 2, None);
+    let _b = node(&url, dir.path(), "cli-b@cluster", 2, None);
     let conn = ["--broker", url.as_str(), "--result-backend", url.as_str()];
     let n = 20_000;
     let mut file = String::new();

@@ -6,66 +6,19 @@
 //! Then pp's shared secret, the celeriac way: a Redis ACL user with a
 //! password, TLS, and signed messages.
 
-use std::path::Path;
+mod cluster_nodes;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use cluster_nodes::{jobs_of, node, wait_for_node};
 
 use celeriac::prelude::*;
 use celeriac::{Call, Job, Message, Secret, Server};
 use celeriac_redis::RedisBroker;
-use celeriac_testkit::process::LoggedChild;
 use celeriac_testkit::redis_server::RedisServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
-
-/// A `celeriac worker` node on `url`, with `slots` threads, reserving one
-/// message per slot (so that idle nodes get the waiting jobs).
-fn node(url: &str, dir: &Path, name: &str, slots: usize, secret: Option<&str>) -> LoggedChild {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "worker",
-        "--broker",
-        url,
-        "-n",
-        name,
-        "--prefetch-multiplier",
-        "1",
-    ])
-    .args(["-c", &slots.to_string()])
-    .env_remove("CELERIAC_SECRET");
-    if let Some(s) = secret {
-        cmd.env("CELERIAC_SECRET", s);
-    }
-    LoggedChild::spawn(cmd, dir, name)
-}
-
-/// Waits (polling every 20 ms) until `node` is in `active_nodes()` with
-/// `slots` workers; returns how long it took. Panics after 30 s (a hang
-/// guard).
-fn wait_for_node(server: &Server, node: &str, slots: usize) -> Duration {
-    let start = Instant::now();
-    loop {
-        if server.active_nodes().get(node) == Some(&slots) {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{node} with {slots} workers never showed: {:?}",
-            server.active_nodes()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Jobs finished by each node so far.
-fn jobs_of(server: &Server, node: &str) -> u64 {
-    server
-        .stats()
-        .nodes
-        .iter()
-        .find(|n| n.node == node)
-        .map_or(0, |n| n.jobs)
-}
 
 fn sleeps(server: &Server, n: usize, secs: f64) -> Vec<Job<serde_json::Value>> {
     (0..n)

@@ -111,3 +111,48 @@ async fn ambiguous_envelopes_are_decoded_in_full() {
     }
     assert_eq!(f.broker.ack_many(&got).await.unwrap(), vec![true, true]);
 }
+
+/// `celeriac.delayed` is read a page (1,000 entries) at a time: counting,
+/// listing (`inspect scheduled`) and purging see every entry across pages.
+#[tokio::test]
+async fn delayed_messages_across_pages_are_counted_listed_and_purged() {
+    let f = redis(Duration::from_secs(30));
+    let now = celeriac_core::time::unix_now();
+    // 2,500 on `paged` (priority 0 and 9 alternating) and 1,000 on `other`,
+    // interleaved by eta.
+    let mut batch = Vec::new();
+    for i in 0..3500u32 {
+        let queue = if i % 7 < 5 { "paged" } else { "other" };
+        let priority = if i % 2 == 0 { 0 } else { 9 };
+        batch.push(celeriac_testkit::out(queue, priority, Some(now + 600.0 + f64::from(i))).0);
+    }
+    f.broker.publish_batch(batch).await.unwrap();
+    assert_eq!(f.broker.queue_len("paged").await.unwrap(), 2500);
+    assert_eq!(f.broker.queue_len("other").await.unwrap(), 1000);
+    let by_priority = f.broker.queue_len_by_priority("paged").await.unwrap();
+    assert_eq!(by_priority.iter().map(|(_, n)| n).sum::<usize>(), 2500);
+    assert_eq!(by_priority.len(), 2, "{by_priority:?}");
+
+    let listed = f
+        .other
+        .delayed(&[String::from("paged")], 2200)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2200, "the limit, reached across pages");
+    assert!(listed.iter().all(|(_, q, _)| q == "paged"));
+    assert!(listed.windows(2).all(|w| w[0].0 < w[1].0), "soonest first");
+    let all = f
+        .other
+        .delayed(&[String::from("paged")], 10_000)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2500);
+
+    assert_eq!(f.broker.purge("paged").await.unwrap(), 2500);
+    assert_eq!(f.broker.queue_len("paged").await.unwrap(), 0);
+    assert_eq!(
+        f.broker.queue_len("other").await.unwrap(),
+        1000,
+        "another queue's delayed messages stay"
+    );
+}

@@ -222,6 +222,27 @@ impl SqliteBackend {
             }
         });
     }
+
+    /// The JSON document of the one row that `sql` selects by `key` (`?1`)
+    /// and that has not expired at the time passed as `?2`, decoded.
+    async fn read_live<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        sql: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, BackendError> {
+        let key = key.to_string();
+        let raw: Option<String> = blocking(
+            &self.shared.db,
+            move |conn| {
+                conn.query_row(sql, params![key, unix_now()], |r| r.get(0))
+                    .optional()
+            },
+            backend_storage,
+        )
+        .await?;
+        raw.map(|s| serde_json::from_str(&s).map_err(|e| BackendError::Malformed(e.to_string())))
+            .transpose()
+    }
 }
 
 #[async_trait]
@@ -261,22 +282,11 @@ impl ResultBackend for SqliteBackend {
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
-        let task_id = task_id.to_string();
-        let raw: Option<String> = blocking(
-            &self.shared.db,
-            move |conn| {
-                conn.query_row(
-                    "SELECT meta FROM results WHERE task_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-                    params![task_id, unix_now()],
-                    |r| r.get(0),
-                )
-                .optional()
-            },
-            backend_storage,
+        self.read_live(
+            "SELECT meta FROM results WHERE task_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+            task_id,
         )
-        .await?;
-        raw.map(|s| serde_json::from_str(&s).map_err(|e| BackendError::Malformed(e.to_string())))
-            .transpose()
+        .await
     }
 
     async fn watch(&self, task_id: &str) -> Result<ResultWatch, BackendError> {
@@ -423,21 +433,10 @@ impl ResultBackend for SqliteBackend {
         &self,
         group_id: &str,
     ) -> Result<Option<serde_json::Value>, BackendError> {
-        let group_id = group_id.to_string();
-        let raw: Option<String> = blocking(
-            &self.shared.db,
-            move |conn| {
-                conn.query_row(
-                    "SELECT meta FROM group_results WHERE group_id = ?1 AND expires_at > ?2",
-                    params![group_id, unix_now()],
-                    |r| r.get(0),
-                )
-                .optional()
-            },
-            backend_storage,
+        self.read_live(
+            "SELECT meta FROM group_results WHERE group_id = ?1 AND expires_at > ?2",
+            group_id,
         )
-        .await?;
-        raw.map(|s| serde_json::from_str(&s).map_err(|e| BackendError::Malformed(e.to_string())))
-            .transpose()
+        .await
     }
 }

@@ -20,6 +20,7 @@ mod beat;
 mod claim;
 mod control;
 mod dead_letters;
+mod delayed;
 mod events;
 mod remote;
 
@@ -453,25 +454,17 @@ impl Transport for RedisBroker {
             pipe.llen(self.list_key(queue, s));
         }
         let mut lens: Vec<usize> = pipe.query_async(&mut conn).await.map_err(conn_err)?;
-        let delayed: Vec<String> = conn
-            .zrange(self.key("celeriac.delayed"), 0, -1)
-            .await
-            .map_err(conn_err)?;
         let keys: Vec<String> = PRIORITY_STEPS
             .iter()
             .map(|s| self.list_key(queue, *s))
             .collect();
-        for d in delayed
-            .iter()
-            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        {
-            if let Some(i) = d["k"]
-                .as_str()
-                .and_then(|k| keys.iter().position(|x| x == k))
-            {
+        delayed::each_delayed(&mut conn, &self.key("celeriac.delayed"), |d| {
+            if let Some(i) = keys.iter().position(|x| x == d.list) {
                 lens[i] += 1;
             }
-        }
+            std::ops::ControlFlow::Continue(())
+        })
+        .await?;
         Ok(PRIORITY_STEPS
             .into_iter()
             .zip(lens)

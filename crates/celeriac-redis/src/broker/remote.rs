@@ -5,6 +5,7 @@
 //! deadline), and a worker replies by looking the routing key up there and
 //! `LPUSH`ing onto the bound list, exactly as kombu's `Node.reply` does.
 
+use std::ops::ControlFlow;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -286,25 +287,21 @@ impl Control for RedisBroker {
             })
             .collect();
         let mut conn = self.conn().await?;
-        let delayed: Vec<(String, f64)> = conn
-            .zrange_withscores(self.key("celeriac.delayed"), 0, -1)
-            .await
-            .map_err(conn_err)?;
         let mut out = Vec::new();
-        for (item, at) in delayed {
-            if out.len() >= limit {
-                break;
-            }
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&item) else {
-                continue;
-            };
-            let (Some(k), Some(m)) = (v["k"].as_str(), v["m"].as_str()) else {
-                continue;
-            };
-            if let Some((_, q)) = lists.iter().find(|(l, _)| l == k) {
-                out.push((at, (*q).clone(), m.as_bytes().to_vec()));
-            }
+        if limit == 0 {
+            return Ok(out);
         }
+        super::delayed::each_delayed(&mut conn, &self.key("celeriac.delayed"), |d| {
+            if let Some((_, q)) = lists.iter().find(|(l, _)| l == d.list) {
+                out.push((d.eta, (*q).clone(), d.message.as_bytes().to_vec()));
+            }
+            if out.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await?;
         Ok(out)
     }
 
@@ -324,23 +321,18 @@ impl Control for RedisBroker {
         }
         pipe.del(&lists).ignore();
         let lens: Vec<usize> = pipe.query_async(&mut conn).await.map_err(conn_err)?;
-        let delayed: Vec<String> = conn
-            .zrange(self.key("celeriac.delayed"), 0, -1)
-            .await
-            .map_err(conn_err)?;
-        let mine: Vec<&String> = delayed
-            .iter()
-            .filter(|d| {
-                serde_json::from_str::<serde_json::Value>(d)
-                    .ok()
-                    .and_then(|v| v["k"].as_str().map(|k| lists.iter().any(|l| l == k)))
-                    .unwrap_or(false)
-            })
-            .collect();
+        let mut mine: Vec<String> = Vec::new();
+        super::delayed::each_delayed(&mut conn, &self.key("celeriac.delayed"), |d| {
+            if lists.iter().any(|l| l == d.list) {
+                mine.push(d.member.to_string());
+            }
+            ControlFlow::Continue(())
+        })
+        .await?;
         let mut removed = 0;
-        if !mine.is_empty() {
-            removed = conn
-                .zrem(self.key("celeriac.delayed"), mine)
+        for members in mine.chunks(1000) {
+            removed += conn
+                .zrem::<_, _, usize>(self.key("celeriac.delayed"), members)
                 .await
                 .map_err(conn_err)?;
         }

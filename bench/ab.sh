@@ -13,7 +13,10 @@
 # Raw JSON lines, tagged with "side", go to $BENCH_OUT/ab.jsonl (default
 # bench/out). AB_POOLS (default threads,processes) picks the W1/W2 worker
 # pools, AB_W4=0 leaves W4 out, and AB_BROKER=sqlite runs W1/W2 through a
-# fresh sqlite:// file per run instead of the private Redis.
+# fresh sqlite:// file per run instead of the private Redis;
+# AB_SQLITE_SEED_A / AB_SQLITE_SEED_B (optional) name a database file that
+# side's run starts from instead of an empty one (for example a file made
+# with other creation-time pragmas).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 [ $# -ge 2 ] || { sed -n '2,15p' "$0"; exit 2; }
@@ -40,6 +43,8 @@ run_side() {
     redis-cli -p "$port" flushall >/dev/null
     if [ "${AB_BROKER:-redis}" = sqlite ]; then
         rm -f "$tmp"/ab.db*
+        local seed_var="AB_SQLITE_SEED_$side"
+        if [ -n "${!seed_var:-}" ]; then cp "${!seed_var}" "$tmp/ab.db"; fi
         target=(--broker "sqlite://$tmp/ab.db")
     else
         target=(--redis "$url")

@@ -272,14 +272,106 @@ fn run_w3_fib(cfg: &LocalConfig, n: u64) -> Result<()> {
 /// workers); the samples of each, in seconds.
 fn interleaved(repeat: usize, run: &dyn Fn(usize) -> Result<()>) -> Result<[Vec<f64>; 2]> {
     let mut out = [Vec::new(), Vec::new()];
+    // Diagnostics (off by default): each run's threads, and a pause
+    // before each run (see BENCHMARKS.md, session 6: local).
+    let trace = std::env::var_os("CELERIAC_BENCH_W3_TRACE").is_some();
+    let pause = std::env::var("CELERIAC_BENCH_W3_PAUSE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
     for _ in 0..repeat.max(1) {
         for (i, samples) in out.iter_mut().enumerate() {
+            if let Some(pause) = pause {
+                std::thread::sleep(pause);
+            }
+            let before = trace.then(thread_times);
             let t = Instant::now();
             run(i)?;
-            samples.push(t.elapsed().as_secs_f64());
+            let elapsed = t.elapsed();
+            samples.push(elapsed.as_secs_f64());
+            if let Some(before) = before {
+                log_thread_times(i + 1, elapsed, &before, &thread_times());
+            }
         }
     }
     Ok(out)
+}
+
+/// One thread's scheduler figures, from `/proc/self/task/<tid>/`.
+#[derive(Debug, Default, Clone)]
+struct ThreadTimes {
+    name: String,
+    /// On a CPU, and runnable but waiting for one (`schedstat`), in ns.
+    ran_ns: u64,
+    waited_ns: u64,
+    /// The CPU it last ran on (`stat` field 39).
+    cpu: String,
+}
+
+/// Every thread of this process, by tid.
+fn thread_times() -> std::collections::BTreeMap<u32, ThreadTimes> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let path = entry.path();
+        let read = |f: &str| std::fs::read_to_string(path.join(f)).unwrap_or_default();
+        let sched: Vec<u64> = read("schedstat")
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let stat = read("stat");
+        let after_name = stat.rsplit(')').next().unwrap_or("");
+        out.insert(
+            tid,
+            ThreadTimes {
+                name: read("comm").trim().to_string(),
+                ran_ns: sched.first().copied().unwrap_or(0),
+                waited_ns: sched.get(1).copied().unwrap_or(0),
+                cpu: after_name
+                    .split_whitespace()
+                    .nth(36)
+                    .unwrap_or("?")
+                    .to_string(),
+            },
+        );
+    }
+    out
+}
+
+/// Logs the threads that ran or waited during a run of `workers`: CPU time,
+/// time runnable but waiting for a CPU, the CPU each ended on.
+fn log_thread_times(
+    workers: usize,
+    elapsed: Duration,
+    before: &std::collections::BTreeMap<u32, ThreadTimes>,
+    after: &std::collections::BTreeMap<u32, ThreadTimes>,
+) {
+    let mut line = format!(
+        "W3 trace: {workers} worker(s), {:.2} ms:",
+        elapsed.as_secs_f64() * 1e3
+    );
+    for (tid, a) in after {
+        let b = before.get(tid).cloned().unwrap_or_default();
+        let (ran, waited) = (
+            a.ran_ns.saturating_sub(b.ran_ns),
+            a.waited_ns.saturating_sub(b.waited_ns),
+        );
+        if ran > 50_000 || waited > 200_000 {
+            line += &format!(
+                " [{tid} {} ran {:.2} waited {:.2} cpu {}]",
+                a.name,
+                ran as f64 / 1e6,
+                waited as f64 / 1e6,
+                a.cpu
+            );
+        }
+    }
+    log(&line);
 }
 
 fn report_w3(

@@ -44,10 +44,17 @@ async fn dropping_the_backend_closes_its_result_subscription() {
 
     let backend = RedisBackend::open(&url).unwrap();
     let watch = backend.watch("t-never").await.unwrap();
+    // The watch subscribes in the background (its SUBSCRIBE may land after
+    // `watch` returns).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pubsub_clients(&mut conn).await == 0 {
+        assert!(Instant::now() < deadline, "the listener never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         pubsub_clients(&mut conn).await,
         1,
-        "the listener subscribes"
+        "one subscription for the backend"
     );
     drop(watch);
     drop(backend);

@@ -40,9 +40,6 @@
 //! at the cost of an fsync per commit). On Linux a waiting claim or result
 //! poller is woken by another process's next write to the file's log (a
 //! one-shot inotify watch), and otherwise polls, backing off to 20 ms.
-//! A new file uses incremental auto-vacuum: while the queues are idle,
-//! idle claims give a drained backlog's free pages back, a bounded step at
-//! a time.
 //!
 //! ## Chords
 //!

@@ -24,9 +24,6 @@ use tokio::sync::Notify;
 
 use self::db::{Db, batched, blocking};
 use self::open::OpenError;
-
-/// Seconds between two steps of shrinking an idle file.
-const VACUUM_PAUSE: f64 = 0.05;
 use crate::url::{SqliteOptions, parse_sqlite_url};
 
 mod chord;
@@ -304,14 +301,6 @@ impl SqliteBroker {
                     for q in &queues {
                         let at: Option<f64> = next.query_row(params![q], |r| r.get(0))?;
                         next_visible = next_visible.min(at.unwrap_or(f64::INFINITY));
-                    }
-                    // Idle: give a drained backlog's pages back, a step
-                    // per idle look. Our own commit leaves `version` as
-                    // it is (only other connections' commits change it).
-                    // While steps free pages, look again soon, so that an
-                    // idle file shrinks without waiting for other writes.
-                    if open::vacuum_step(tx)? > 0 {
-                        next_visible = next_visible.min(now + VACUUM_PAUSE);
                     }
                     Some(Idle {
                         version,

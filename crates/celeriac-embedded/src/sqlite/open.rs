@@ -137,12 +137,6 @@ pub(super) fn open_connection(opts: &SqliteOptions) -> Result<Connection, OpenEr
     let conn = Connection::open(&opts.path)
         .map_err(|e| OpenError::new(format!("cannot open {}", opts.path.display()), e))?;
     conn.busy_timeout(Duration::from_secs(10))?;
-    // A new file gives the pages that drained messages free back to the
-    // file system, a step at a time while the queues are idle (see
-    // `vacuum_step`). This takes effect only before the first table is
-    // made, so files made by older versions keep their size (SQLite reuses
-    // their free pages); `VACUUM` on a stopped file converts one.
-    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL;")?;
     // Switching a new file to WAL needs exclusive access. When another
     // process opens the same new file at that moment, SQLite may leave the
     // mode unchanged (or report busy) instead of waiting, so retry.
@@ -219,31 +213,4 @@ fn create_private(path: &std::path::Path) -> Result<(), OpenError> {
             e,
         )),
     }
-}
-
-/// Free pages that an idle claim leaves alone: below this the file is not
-/// worth shrinking (4 MiB of 4 KiB pages).
-const VACUUM_FREE_PAGES: i64 = 1024;
-/// Pages one idle claim gives back at most, so that it holds the write
-/// lock for milliseconds, not for the whole backlog.
-const VACUUM_STEP_PAGES: i64 = 512;
-
-/// One step of shrinking the file, inside an idle claim's transaction: if
-/// more than [`VACUUM_FREE_PAGES`] pages are free (after a drain), gives up
-/// to [`VACUUM_STEP_PAGES`] of them back. A no-op on files without
-/// incremental auto-vacuum (made by older versions). Returns the pages
-/// freed.
-pub(super) fn vacuum_step(tx: &Connection) -> rusqlite::Result<i64> {
-    let free: i64 = tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-    if free <= VACUUM_FREE_PAGES {
-        return Ok(0);
-    }
-    let step = VACUUM_STEP_PAGES.min(free - VACUUM_FREE_PAGES / 2);
-    // The pragma frees a page per step of its statement: step it to the end.
-    let mut vacuum = tx.prepare(&format!("PRAGMA incremental_vacuum({step})"))?;
-    let mut rows = vacuum.query([])?;
-    while rows.next()?.is_some() {}
-    drop(rows);
-    let left: i64 = tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-    Ok(free - left)
 }

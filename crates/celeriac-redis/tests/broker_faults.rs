@@ -2,6 +2,8 @@
 //! keys of the wrong type, a claim whose reply is lost, and a consumer that
 //! dies holding messages. Each test starts its own `redis-server`.
 
+mod raw_command;
+
 use std::time::{Duration, Instant};
 
 use celeriac_core::broker::prelude::*;
@@ -10,13 +12,7 @@ use celeriac_redis::RedisBroker;
 use celeriac_testkit::proxy::FaultProxy;
 use celeriac_testkit::redis_server::RedisServer;
 use celeriac_testkit::{id_of, out, q};
-
-/// A raw command on the server at `url`.
-async fn raw<T: redis::FromRedisValue>(url: &str, cmd: &mut redis::Cmd) -> T {
-    let client = redis::Client::open(url).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    cmd.query_async(&mut c).await.unwrap()
-}
+use raw_command::raw;
 
 /// Claims from `queue` until `want` messages came or `within` passed.
 async fn claim_all(

@@ -5,6 +5,8 @@
 //! in a dead consumer's inbox put back on its queue. Each test starts its
 //! own `redis-server`.
 
+mod raw_command;
+
 use std::time::{Duration, Instant};
 
 use celeriac_core::broker::prelude::*;
@@ -12,14 +14,8 @@ use celeriac_core::{Message, Outgoing};
 use celeriac_redis::RedisBroker;
 use celeriac_testkit::redis_server::RedisServer;
 use celeriac_testkit::{id_of, out, q};
+use raw_command::raw;
 use serde_json::json;
-
-/// A raw command on the server at `url`.
-async fn raw<T: redis::FromRedisValue>(url: &str, cmd: &mut redis::Cmd) -> T {
-    let client = redis::Client::open(url).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    cmd.query_async(&mut c).await.unwrap()
-}
 
 /// Bytes the server has sent to its clients so far.
 async fn net_out(url: &str) -> u64 {
